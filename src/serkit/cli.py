@@ -1,0 +1,228 @@
+"""The serkit command line: each command is a thin layer over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from serkit.errors import SerkitError
+
+app = typer.Typer(help="serkit: speech emotion recognition that respects privacy and small devices.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Import corpora, inspect manifests, make speaker-independent splits.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True)
+
+
+class Corpus(str, Enum):
+    ravdess = "ravdess"
+    emodb = "emodb"
+    emovo = "emovo"
+    folder = "folder"
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@data_app.command("import")
+def data_import(
+    corpus: Corpus = typer.Argument(..., help="corpus layout to read"),
+    src: Path = typer.Argument(..., help="folder holding the corpus (its official layout)"),
+    out: Path = typer.Option(..., "-o", "--out", help="new folder for audio/ and manifest.csv"),
+    link: bool = typer.Option(False, help="reference files that are already 16 kHz mono in place instead of copying"),
+    skip_bad: bool = typer.Option(False, help="leave out undecodable files (listed) instead of stopping"),
+    csv: Optional[Path] = typer.Option(None, help="folder corpus: CSV with path, speaker, emotion (and gender) columns"),
+    path_column: str = "path", speaker_column: str = "speaker", emotion_column: str = "emotion",
+    gender_column: str = "gender",
+):
+    """Import a corpus to 16 kHz mono FLAC + manifest.csv; labels from the corpus' file names."""
+    from serkit.data.importers import import_corpus
+
+    with console.status(f"importing {corpus.value} from {src}"):
+        report = import_corpus(corpus.value, src, out, link=link, skip_bad=skip_bad, csv=csv,
+                               path_column=path_column, speaker_column=speaker_column,
+                               emotion_column=emotion_column, gender_column=gender_column)
+    console.print(f"imported {report.n_files} utterances to {out / 'manifest.csv'} "
+                  f"({report.n_copied} converted to FLAC, {report.n_linked} referenced in place)")
+    if report.ignored:
+        console.print(f"ignored {report.ignored} files whose names are not {corpus.value} speech files")
+    for bad in report.skipped:
+        console.print(f"[yellow]skipped[/] {bad}")
+
+
+@data_app.command("info")
+def data_info(manifest: Path = typer.Argument(..., help="manifest.csv")):
+    """Speakers, emotions and durations of a manifest."""
+    from serkit.data.manifest import read_manifest
+
+    m = read_manifest(manifest)
+    frame = m.frame
+    table = Table(title=f"{m.file}: {len(frame)} utterances, {frame['speaker'].nunique()} speakers")
+    table.add_column("emotion")
+    table.add_column("utterances", justify="right")
+    for emotion, count in frame["emotion"].value_counts().sort_index().items():
+        table.add_row(emotion, str(count))
+    console.print(table)
+    if "duration_s" in frame.columns:
+        d = frame["duration_s"]
+        console.print(f"duration: {d.sum() / 60:.1f} min in all, {d.min():.2f}-{d.max():.2f} s per utterance (median {d.median():.2f})")
+    if "gender" in frame.columns:
+        genders = frame.groupby("speaker")["gender"].first().value_counts()
+        console.print("speakers by gender: " + ", ".join(f"{g} {n}" for g, n in genders.items()))
+
+
+@data_app.command("split")
+def data_split(
+    manifest: Path = typer.Argument(..., help="manifest.csv"),
+    out: Path = typer.Option(..., "-o", "--out", help="split file to write (JSON)"),
+    val: float = typer.Option(0.25, help="validation speakers: a count (>= 1) or a fraction"),
+    test: float = typer.Option(0.25, help="test speakers: a count (>= 1) or a fraction"),
+    seed: int = typer.Option(0, help="seed for choosing speakers"),
+    loso: bool = typer.Option(False, "--loso", help="leave-one-speaker-out folds instead of one hold-out split"),
+    loso_val: int = typer.Option(1, help="with --loso: validation speakers per fold"),
+):
+    """Speaker-independent split (gender-balanced where the corpus allows), audited for leakage."""
+    from serkit.data.manifest import read_manifest
+    from serkit.data.splits import holdout_split, loso_folds, save_split
+
+    m = read_manifest(manifest)
+    if loso:
+        folds = loso_folds(m, loso_val, seed)
+        save_split(out, m, seed, folds=folds)
+        console.print(f"wrote {len(folds)} leave-one-speaker-out folds to {out}")
+        return
+    parts = holdout_split(m, val, test, seed)
+    save_split(out, m, seed, parts=parts)
+    genders = m.frame.groupby("speaker")["gender"].first() if "gender" in m.frame.columns else None
+    for name, speakers in parts.items():
+        n = int(m.frame["speaker"].isin(speakers).sum())
+        mix = ""
+        if genders is not None and speakers:
+            counts = genders[speakers].value_counts()
+            mix = " (" + ", ".join(f"{g} {c}" for g, c in counts.items()) + ")"
+        console.print(f"{name:5s}: {len(speakers):2d} speakers{mix}, {n} utterances: {' '.join(speakers)}")
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="recipe YAML (see configs/)"),
+    set_: list[str] = typer.Option([], "--set", help="override a recipe value, e.g. --set train.max_epochs=5"),
+):
+    """Train a model from a recipe; writes a run folder with the model, metrics and a report."""
+    from serkit.config import load_recipe
+    from serkit.training import train as run_training
+
+    r = load_recipe(recipe, set_)
+    result = run_training(r, log=console.print)
+    if result is None:  # a non-zero DDP rank
+        return
+    for e in result.evaluations:
+        console.print(f"{e.name}: UAR {e.summary['uar']:.3f}, accuracy {e.summary['war']:.3f} "
+                      f"({e.summary['n']} utterances, {len(e.summary['speakers'])} speakers)")
+    console.print(f"run folder: {result.output_dir}  (model: {result.model_dir}, report: {result.output_dir / 'report.md'})")
+
+
+@app.command()
+def evaluate(
+    model_dir: Path = typer.Argument(..., help="serkit model directory"),
+    split: Optional[Path] = typer.Option(None, help="split file; evaluates one part of it"),
+    part: str = typer.Option("test", help="train, val or test"),
+    fold: Optional[int] = typer.Option(None, help="fold of a leave-one-speaker-out split"),
+    manifest: Optional[Path] = typer.Option(None, help="manifest (all rows, or the one the split names)"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="new folder for the results"),
+    batch_size: int = 16,
+):
+    """Evaluate a model: metrics.json, predictions.csv, confusion.png and report.md."""
+    from serkit.data.manifest import read_manifest
+    from serkit.data.splits import load_split
+    from serkit.evaluation import evaluate as run_eval
+    from serkit.evaluation import write_evaluation_dir
+    from serkit.models import load_model
+
+    saved = load_model(model_dir)
+    if split is not None:
+        s = load_split(split, manifest, fold)
+        rows, source, name = s.part(part), f"{part} part of {split}", part
+    elif manifest is not None:
+        rows, source, name = read_manifest(manifest), str(manifest), "all"
+    else:
+        raise SerkitError("give --split SPLIT.json (with --part) or --manifest MANIFEST.csv")
+    if len(rows) == 0:
+        raise SerkitError(f"the {part} part of {split} has no utterances")
+    out = out or model_dir.parent / f"{model_dir.name}-eval-{name}"
+    result = run_eval(saved, rows, name, batch_size)
+    write_evaluation_dir(out, result, saved.path, source)
+    s = result.summary
+    console.print(f"{name}: UAR {s['uar']:.3f}, accuracy {s['war']:.3f}, macro-F1 {s['macro_f1']:.3f} on {s['n']} utterances")
+    console.print(f"wrote {out}/ (metrics.json, predictions.csv, confusion.png, report.md)")
+
+
+@app.command()
+def predict(
+    model_dir: Path = typer.Argument(..., help="serkit model directory"),
+    files: list[Path] = typer.Argument(..., help="audio files (any rate, mono or stereo)"),
+    format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json"),
+    batch_size: int = 16,
+):
+    """Predict the emotion of audio files: label and class probabilities."""
+    from serkit.inference import predict_files
+    from serkit.models import load_model
+
+    saved = load_model(model_dir)
+    results = predict_files(saved, files, batch_size)
+    if format == OutputFormat.json:
+        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+        return
+    table = Table()
+    table.add_column("file")
+    table.add_column("label")
+    for label in saved.labels:
+        table.add_column(label[:8], justify="right")
+    for r in results:
+        table.add_row(r["file"], f"[bold]{r['label']}[/]", *(f"{r['probabilities'][lab]:.2f}" for lab in saved.labels))
+    console.print(table)
+
+
+@models_app.command("list")
+def models_list(classes: int = typer.Option(8, help="number of classes for the parameter count")):
+    """Registered architectures and their parameter counts."""
+    from serkit.models import architectures, build_model
+
+    table = Table()
+    for col in ("name", "family", "parameters", "default lr", "description"):
+        table.add_column(col)
+    for arch in architectures().values():
+        if arch.family == "ssl":
+            count = "depends on backbone"
+        else:
+            count = f"{build_model(arch.name, {}, classes).total_parameters() / 1e6:.2f} M"
+        table.add_row(arch.name, arch.family, count, f"{arch.default_lr:g}", arch.description)
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except SerkitError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; nothing was written")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Recipes: YAML files validated by pydantic at the boundary, with `--set key=value` overrides.
+
+Relative paths in a recipe are relative to the directory serkit is run from.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from serkit.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    split: Path = Field(description="split file from `serkit data split`")
+    manifest: Path | None = Field(None, description="override the manifest the split file names")
+    fold: int | None = Field(None, description="fold of a leave-one-speaker-out split")
+    labels: list[str] | None = Field(None, description="class list and order; default: the training emotions, sorted")
+    trim_silence_db: float | None = Field(None, gt=0, description="trim leading/trailing audio quieter than this (dB below peak)")
+    max_seconds: float | None = Field(None, gt=0, description="random crop of training utterances to this length")
+
+
+class ModelConfig(_Strict):
+    architecture: str = "cnn6"
+    options: dict = Field(default_factory=dict)
+
+
+class LRDecay(_Strict):
+    every_epochs: int = Field(5, ge=1)
+    factor: float = Field(0.9, gt=0, le=1)
+
+
+class TrainConfig(_Strict):
+    lr: float | None = Field(None, gt=0, description="Adam learning rate; default 1e-3 for CNNs, 3e-5 for SSL backbones")
+    weight_decay: float = Field(0.0, ge=0)
+    lr_decay: LRDecay | None = None
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(16, ge=1)
+    max_epochs: int = Field(20, ge=1)
+    patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better val UAR")
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_workers: int = Field(0, ge=0)
+    deterministic: bool = True
+    progress_bar: bool = True
+
+
+class Recipe(_Strict):
+    name: str = "serkit-run"
+    seed: int = 0
+    output_dir: Path
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    task: Literal["classification"] = "classification"
+
+    @model_validator(mode="after")
+    def _check_model(self):
+        from serkit.models.registry import parse_options
+
+        parse_options(self.model.architecture, self.model.options)
+        return self
+
+
+def parse_value(text: str):
+    """A --set value as YAML: numbers, booleans, null and lists parse; anything else is a string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.max_epochs=5")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a section of the recipe")
+        node[parts[-1]] = parse_value(value)
+    return raw
+
+
+def load_recipe(path: Path | str | None = None, overrides: list[str] | None = None, raw: dict | None = None) -> Recipe:
+    if raw is None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe not found: {path}; see configs/ for examples")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"recipe {path} must be a mapping of sections (data, model, train, ...)")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ConfigError(f"recipe {path or ''}: {where}: {first['msg']}") from None
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return recipe.model_dump(mode="json")

@@ -1,0 +1,90 @@
+"""Torch datasets over a manifest: decoded once, cropped per item, padded per batch with a mask."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from serkit import SAMPLE_RATE
+from serkit.audio import load_audio, trim_silence
+from serkit.data.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What happens to a waveform before the model sees it. Saved with every model, so that
+    evaluation and prediction repeat exactly what training did."""
+
+    sample_rate: int = SAMPLE_RATE
+    trim_silence_db: float | None = None
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray:
+        if self.trim_silence_db is not None:
+            wave = trim_silence(wave, self.trim_silence_db)
+        return wave
+
+    def to_dict(self) -> dict:
+        return {"sample_rate": self.sample_rate, "trim_silence_db": self.trim_silence_db}
+
+
+def load_waves(paths, preprocessing: Preprocessing, workers: int | None = None) -> list[np.ndarray]:
+    """Decode and preprocess every file (in parallel threads; libsndfile and soxr release the GIL)."""
+
+    def one(path):
+        return preprocessing(load_audio(path, preprocessing.sample_rate))
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(one, paths))
+
+
+class UtteranceDataset(Dataset):
+    """Waveforms and label indices of the rows of a manifest.
+
+    `max_seconds` bounds the length of each item: a random crop when `random_crop` (training),
+    the first `max_seconds` otherwise. None keeps whole utterances.
+    """
+
+    def __init__(self, manifest: Manifest, labels: list[str], preprocessing: Preprocessing,
+                 max_seconds: float | None = None, random_crop: bool = False, waves: list | None = None):
+        manifest.check_labels(labels, "the model")
+        self.manifest = manifest
+        self.labels = list(labels)
+        index = {label: i for i, label in enumerate(self.labels)}
+        self.targets = np.array([index[e] for e in manifest.frame["emotion"]], dtype=np.int64)
+        self.waves = waves if waves is not None else load_waves(manifest.audio_paths(), preprocessing)
+        self.max_samples = None if max_seconds is None else int(max_seconds * preprocessing.sample_rate)
+        self.random_crop = random_crop
+
+    def __len__(self) -> int:
+        return len(self.waves)
+
+    def __getitem__(self, i: int):
+        wave = self.waves[i]
+        if self.max_samples is not None and wave.shape[0] > self.max_samples:
+            start = 0
+            if self.random_crop:
+                # torch's RNG: seeded by Lightning per worker, so crops are reproducible
+                start = int(torch.randint(0, wave.shape[0] - self.max_samples + 1, ()).item())
+            wave = wave[start:start + self.max_samples]
+        return torch.from_numpy(np.ascontiguousarray(wave)), int(self.targets[i]), i
+
+
+def collate(batch):
+    """Pad waveforms to the longest in the batch; the mask marks real samples."""
+    waves, targets, indices = zip(*batch)
+    lengths = torch.tensor([w.shape[0] for w in waves])
+    padded = torch.zeros(len(waves), int(lengths.max()))
+    for row, wave in enumerate(waves):
+        padded[row, : wave.shape[0]] = wave
+    mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
+    return padded, mask, torch.tensor(targets), torch.tensor(indices)
+
+
+def pad_batch(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    padded, mask, _, _ = collate([(torch.from_numpy(w), 0, 0) for w in waves])
+    return padded, mask

@@ -1,0 +1,57 @@
+"""Batched inference: class probabilities and embeddings for lists of waveforms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serkit.data.dataset import load_waves, pad_batch
+from serkit.models.modeldir import SavedModel
+from serkit.models.registry import SERModel
+
+
+@torch.no_grad()
+def model_outputs(model: SERModel, waves: list[np.ndarray], batch_size: int = 16,
+                  layers: tuple[str, ...] = ("logits",), device: str | torch.device | None = None) -> dict[str, np.ndarray]:
+    """Run `model` over `waves` in length-sorted batches (less padding; the models are
+    padding-invariant, so the order does not change any output). Returns arrays in input order."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    order = np.argsort([w.shape[0] for w in waves], kind="stable")
+    outputs: dict[str, list] = {name: [None] * len(waves) for name in layers}
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        wave, mask = pad_batch([waves[i] for i in idx])
+        feats = model.features(wave.to(device), mask.to(device))
+        for name in layers:
+            values = feats[name].float().cpu().numpy()
+            for row, i in enumerate(idx):
+                outputs[name][i] = values[row]
+    model.train(was_training)
+    return {name: np.stack(rows) for name, rows in outputs.items()}
+
+
+def predict_proba(model: SERModel, waves: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
+    logits = model_outputs(model, waves, batch_size)["logits"]
+    logits = logits - logits.max(1, keepdims=True)
+    probs = np.exp(logits)
+    return probs / probs.sum(1, keepdims=True)
+
+
+def predict_files(saved: SavedModel, files: list[Path | str], batch_size: int = 16) -> list[dict]:
+    """Label and class probabilities for each file. Every file is read before any prediction."""
+    waves = load_waves([Path(f) for f in files], saved.preprocessing)
+    probs = predict_proba(saved.model, waves, batch_size)
+    results = []
+    for path, row in zip(files, probs):
+        best = int(np.argmax(row))
+        results.append({
+            "file": str(path),
+            "label": saved.labels[best],
+            "confidence": float(row[best]),
+            "probabilities": {label: float(p) for label, p in zip(saved.labels, row)},
+        })
+    return results

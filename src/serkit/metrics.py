@@ -1,0 +1,117 @@
+"""Metrics, as pure functions over label arrays: UAR, WAR, macro-F1, confusion matrix, CCC and
+the one-tailed two-proportion z-test the papers use to mark significance."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def _check(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true and y_pred must be 1-D and of equal length, got {y_true.shape} and {y_pred.shape}")
+    if y_true.size == 0:
+        raise ValueError("no samples to score")
+    return y_true, y_pred
+
+
+def uar(y_true, y_pred) -> float:
+    """Unweighted average recall: the mean of per-class recalls over the classes present in y_true."""
+    y_true, y_pred = _check(y_true, y_pred)
+    return float(skm.recall_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0))
+
+
+def war(y_true, y_pred) -> float:
+    """Weighted average recall, which equals accuracy."""
+    y_true, y_pred = _check(y_true, y_pred)
+    return float(np.mean(y_true == y_pred))
+
+
+accuracy = war
+
+
+def macro_f1(y_true, y_pred) -> float:
+    """Mean F1 over the classes present in y_true or y_pred."""
+    y_true, y_pred = _check(y_true, y_pred)
+    return float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
+
+
+def confusion_matrix(y_true, y_pred, labels: Sequence) -> np.ndarray:
+    """Counts; rows are true classes, columns predicted, both in the order of `labels`."""
+    y_true, y_pred = _check(y_true, y_pred)
+    return skm.confusion_matrix(y_true, y_pred, labels=list(labels))
+
+
+def uar_from_confusion(matrix: np.ndarray) -> float:
+    """UAR from a confusion matrix, over the classes that have support."""
+    matrix = np.asarray(matrix, dtype=float)
+    support = matrix.sum(1)
+    present = support > 0
+    return float(np.mean(np.diag(matrix)[present] / support[present])) if present.any() else 0.0
+
+
+def classification_summary(y_true, y_pred, labels: Sequence[str]) -> dict:
+    """Everything a report needs: UAR, WAR, macro-F1, per-class recall and support, confusion."""
+    y_true, y_pred = _check(y_true, y_pred)
+    matrix = confusion_matrix(y_true, y_pred, labels)
+    support = matrix.sum(1)
+    recall = {
+        label: (float(matrix[i, i] / support[i]) if support[i] else None) for i, label in enumerate(labels)
+    }
+    return {
+        "n": int(y_true.size),
+        "uar": uar(y_true, y_pred),
+        "war": war(y_true, y_pred),
+        "accuracy": war(y_true, y_pred),
+        "macro_f1": macro_f1(y_true, y_pred),
+        "recall": recall,
+        "support": {label: int(s) for label, s in zip(labels, support)},
+        "labels": list(labels),
+        "confusion": matrix.tolist(),
+    }
+
+
+def ccc(x, y) -> float:
+    """Concordance correlation coefficient (Lin 1989), population moments."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.size < 2:
+        raise ValueError("ccc needs two equal-length arrays of at least 2 values")
+    mx, my = x.mean(), y.mean()
+    cov = np.mean((x - mx) * (y - my))
+    denom = x.var() + y.var() + (mx - my) ** 2
+    return float(2 * cov / denom) if denom > 0 else 0.0
+
+
+def z_test_one_tailed(p1: float, p2: float, n1: int, n2: int) -> tuple[float, float]:
+    """Two-proportion pooled z-test of H1: p1 > p2. Returns (z, one-tailed p-value).
+
+    As in the papers, applied to rates such as UAR or accuracy measured on n1 and n2 samples.
+    """
+    if n1 <= 0 or n2 <= 0:
+        raise ValueError("sample sizes must be positive")
+    for p in (p1, p2):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"proportions must lie in [0, 1], got {p}")
+    pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return (0.0, 0.5) if p1 == p2 else (math.copysign(math.inf, p1 - p2), 0.0 if p1 > p2 else 1.0)
+    z = (p1 - p2) / se
+    return z, 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def significance_marker(p_value: float) -> str:
+    """Marks as used in the papers' tables."""
+    if p_value < 0.001:
+        return "***"
+    if p_value < 0.01:
+        return "**"
+    if p_value < 0.05:
+        return "*"
+    if p_value < 0.1:
+        return "+"
+    return ""

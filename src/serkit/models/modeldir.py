@@ -1,0 +1,143 @@
+"""The model directory: `model.safetensors` + `config.json` (+ a transformers config for SSL).
+
+config.json holds everything needed to rebuild the model and use it the way it was trained:
+architecture and options (front end included), label list, sample rate, preprocessing, and
+training provenance. Weights are safetensors only: serkit refuses pickles (.pt/.pth/.ckpt/.bin),
+which can run arbitrary code when loaded. Loading a saved model gives bit-identical predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import serkit
+from serkit.data.dataset import Preprocessing
+from serkit.errors import ConfigError, ModelDirError
+from serkit.io import atomic_dir, sha256_file
+from serkit.models.registry import SERModel, build_model, get_architecture
+
+FORMAT = "serkit-model"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
+REQUIRED_KEYS = ("architecture", "options", "labels", "sample_rate")
+
+
+@dataclass
+class SavedModel:
+    model: SERModel
+    labels: list[str]
+    preprocessing: Preprocessing
+    config: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def weights_sha256(self) -> str:
+        return sha256_file(self.path / WEIGHTS) if self.path else ""
+
+
+def save_model(path: Path | str, model: SERModel, labels: list[str], preprocessing: Preprocessing,
+               provenance: dict | None = None) -> Path:
+    """Write a new model directory at `path` (refused if it exists; written atomically)."""
+    path = Path(path)
+    if len(labels) != model.num_classes:
+        raise ValueError(f"{len(labels)} labels for a model with {model.num_classes} outputs")
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "serkit_version": serkit.__version__,
+        "architecture": model.architecture,
+        "family": model.family,
+        "options": model.options.model_dump(mode="json"),
+        "labels": list(labels),
+        "sample_rate": preprocessing.sample_rate,
+        "preprocessing": preprocessing.to_dict(),
+        "parameters": {"total": model.total_parameters(), "trainable": model.trainable_parameters()},
+        "provenance": provenance or {},
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_dir(path) as tmp:
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        for name, payload in model.extra_files().items():
+            (tmp / name).write_text(json.dumps(payload, indent=2) + "\n")
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def load_model(path: Path | str, device: str | torch.device = "cpu") -> SavedModel:
+    """Load a serkit model directory, checking every file it needs."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelDirError(_pickle_message(path))
+    if path.is_file() and path.name in (WEIGHTS, CONFIG):
+        path = path.parent
+    if not path.is_dir():
+        raise ModelDirError(f"model directory not found: {path}; give the folder `serkit train` wrote (it holds {CONFIG} and {WEIGHTS})")
+    config_file = path / CONFIG
+    if not config_file.is_file():
+        pickles = [p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+        if pickles:
+            raise ModelDirError(_pickle_message(path / pickles[0]))
+        raise ModelDirError(f"{path} is not a serkit model directory: no {CONFIG}; give the folder `serkit train` wrote")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelDirError(f"{config_file} is not valid JSON ({exc.msg}, line {exc.lineno}); restore it from the trained model") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        hint = " (it looks like a transformers checkpoint: use it as model.options.checkpoint in a recipe)" \
+            if isinstance(config, dict) and "model_type" in config else ""
+        raise ModelDirError(f"{config_file} is not a serkit model config (no \"format\": \"{FORMAT}\"){hint}")
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ModelDirError(f"{config_file} lacks {missing}; restore it from the trained model")
+    labels = config["labels"]
+    if not isinstance(labels, list) or len(labels) < 2 or len(set(labels)) != len(labels):
+        raise ModelDirError(f"{config_file}: 'labels' must be a list of at least 2 distinct names")
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        pickles = [p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+        if pickles:
+            raise ModelDirError(_pickle_message(path / pickles[0]))
+        raise ModelDirError(f"{path} has no {WEIGHTS}; the model directory is incomplete")
+    try:
+        arch = get_architecture(config["architecture"])
+        kwargs = {}
+        if arch.family == "ssl":
+            backbone_file = path / "backbone_config.json"
+            if not backbone_file.is_file():
+                raise ModelDirError(f"{path} has no backbone_config.json (needed for an SSL model)")
+            kwargs["saved_backbone_config"] = json.loads(backbone_file.read_text())
+        model = build_model(config["architecture"], config["options"], len(labels), **kwargs)
+    except ConfigError as exc:
+        raise ModelDirError(f"{config_file}: {exc}") from None
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ModelDirError(f"cannot read {weights} as safetensors ({exc}); the file is damaged") from None
+    result = model.load_state_dict(state, strict=False)
+    expected = model.state_dict()
+    shapes = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if result.missing_keys or result.unexpected_keys or shapes:
+        raise ModelDirError(
+            f"weights in {weights} do not match {config_file}: "
+            f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}, "
+            f"wrong shape {shapes[:3]} (was config.json edited, or copied from another model?)"
+        )
+    model.to(device).eval()
+    prep = config.get("preprocessing") or {}
+    preprocessing = Preprocessing(sample_rate=int(config["sample_rate"]), trim_silence_db=prep.get("trim_silence_db"))
+    return SavedModel(model, list(labels), preprocessing, config, path)
+
+
+def _pickle_message(path: Path) -> str:
+    return (
+        f"{path} is a pickle checkpoint; serkit loads only safetensors model directories, because "
+        "unpickling can run arbitrary code. Re-save the weights with safetensors (or retrain with serkit train)"
+    )

@@ -1,0 +1,141 @@
+"""Self-supervised speech backbones through `transformers`, with the papers' head.
+
+wav2vec 2.0, HuBERT, WavLM and DistilHuBERT (a 2-layer HuBERT) are loaded from a LOCAL
+checkpoint directory (safetensors only; never a hub id) or built from a config dict (random
+weights: tests and from-scratch baselines). The convolutional feature encoder is frozen, as in
+the papers; hidden states are mean-pooled over valid frames (or a learnable softmax-weighted sum
+of layers first), then a head of two linear layers: FC1 (256, ReLU) and FC2 (classes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+from transformers import (
+    HubertConfig, HubertModel, PretrainedConfig, PreTrainedModel, Wav2Vec2Config, Wav2Vec2Model,
+    WavLMConfig, WavLMModel,
+)
+
+from serkit.errors import ConfigError, ModelDirError
+from serkit.frontends import WaveformNormalize
+from serkit.models.registry import SERModel, register
+
+BACKBONES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
+    "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
+    "hubert": (HubertConfig, HubertModel),
+    "wavlm": (WavLMConfig, WavLMModel),
+    "distilhubert": (HubertConfig, HubertModel),
+}
+
+
+class SSLOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: Literal["wav2vec2", "hubert", "wavlm", "distilhubert"] = "wav2vec2"
+    checkpoint: str | None = Field(None, description="local transformers checkpoint directory (safetensors)")
+    hf_config: dict | None = Field(None, description="transformers config dict: build with random weights")
+    freeze_feature_encoder: bool = True
+    freeze_backbone: bool = Field(False, description="train the head only (a probe)")
+    layer: int | None = Field(None, description="hidden state to pool (0 = before the transformer); None: last")
+    layer_weights: bool = Field(False, description="learnable softmax weights over all hidden states")
+    normalize_waveform: bool = Field(True, description="zero mean, unit variance per utterance")
+    head_dim: int = 256
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.checkpoint is None) == (self.hf_config is None):
+            raise ValueError("give exactly one of 'checkpoint' (a local directory) or 'hf_config' (a config dict)")
+        if self.layer is not None and self.layer_weights:
+            raise ValueError("'layer' and 'layer_weights' exclude each other")
+        return self
+
+
+def load_backbone(options: SSLOptions, saved_config: dict | None = None) -> PreTrainedModel:
+    config_cls, model_cls = BACKBONES[options.backbone]
+    if saved_config is not None:  # reloading a serkit model dir: weights come from its safetensors
+        return model_cls(config_cls.from_dict(saved_config))
+    if options.hf_config is not None:
+        try:
+            return model_cls(config_cls(**options.hf_config))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model.options.hf_config is not a valid {config_cls.__name__}: {exc}") from None
+    path = Path(options.checkpoint)
+    if not path.is_dir():
+        raise ConfigError(
+            f"backbone checkpoint {path} is not a local directory; serkit never downloads: "
+            "download the checkpoint once (config.json + model.safetensors) and give its path"
+        )
+    if not (path / "config.json").is_file():
+        raise ModelDirError(f"backbone checkpoint {path} has no config.json")
+    if not any(path.glob("*.safetensors")):
+        raise ModelDirError(
+            f"backbone checkpoint {path} has no .safetensors weights; serkit never unpickles "
+            "(.bin/.pt can run code): convert it with transformers' save_pretrained(safe_serialization=True)"
+        )
+    return model_cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+
+
+@register("ssl", "ssl", SSLOptions, "wav2vec 2.0 / HuBERT / WavLM / DistilHuBERT + mean pooling + 2-layer head", 3e-5)
+class SSLClassifier(SERModel):
+    def __init__(self, options: SSLOptions, num_classes: int, saved_backbone_config: dict | None = None):
+        super().__init__(options, num_classes)
+        self.normalize = WaveformNormalize() if options.normalize_waveform else None
+        self.backbone = load_backbone(options, saved_backbone_config)
+        n_states = self.backbone.config.num_hidden_layers + 1
+        if options.layer is not None and not 0 <= options.layer < n_states:
+            raise ConfigError(f"model.options.layer {options.layer} out of range: this backbone has hidden states 0..{n_states - 1}")
+        self.layer_logits = nn.Parameter(torch.zeros(n_states)) if options.layer_weights else None
+        if options.freeze_feature_encoder or options.freeze_backbone:
+            for p in self.backbone.feature_extractor.parameters():
+                p.requires_grad = False
+        if options.freeze_backbone:
+            for p in self.backbone.parameters():
+                p.requires_grad = False
+        hidden = self.backbone.config.hidden_size
+        self.dropout = nn.Dropout(options.dropout)
+        self.fc1 = nn.Linear(hidden, options.head_dim)
+        self.fc2 = nn.Linear(options.head_dim, num_classes)
+
+    @property
+    def uses_hidden_states(self) -> bool:
+        return self.options.layer is not None or self.options.layer_weights
+
+    def features(self, waveform, mask):
+        if self.normalize is not None:
+            waveform = self.normalize(waveform, mask)
+        else:
+            waveform = waveform * mask
+        # models with group-norm feature encoders (wav2vec2-base) were trained on zero padding
+        # without an attention mask; passing one changes their output (transformers' docs)
+        pass_mask = getattr(self.backbone.config, "feat_extract_norm", "layer") == "layer"
+        out = self.backbone(
+            waveform, attention_mask=mask.long() if pass_mask else None,
+            output_hidden_states=self.uses_hidden_states,
+        )
+        if self.options.layer is not None:
+            hidden = out.hidden_states[self.options.layer]
+        elif self.layer_logits is not None:
+            weights = torch.softmax(self.layer_logits, 0)
+            hidden = torch.einsum("l,lbtd->btd", weights, torch.stack(out.hidden_states))
+        else:
+            hidden = out.last_hidden_state
+        frame_mask = self.backbone._get_feature_vector_attention_mask(hidden.shape[1], mask.long())
+        weight = frame_mask[..., None].to(hidden.dtype)
+        pooled = (hidden * weight).sum(1) / torch.clamp(weight.sum(1), min=1.0)
+        fc1 = torch.relu(self.fc1(self.dropout(pooled)))
+        logits = self.fc2(self.dropout(fc1))
+        return {"pooled": pooled, "fc1": fc1, "fc2": logits, "logits": logits}
+
+    def embedding_layers(self) -> list[str]:
+        return ["pooled", "fc1", "fc2"]
+
+    def layer_weights(self) -> torch.Tensor | None:
+        return None if self.layer_logits is None else torch.softmax(self.layer_logits.detach(), 0)
+
+    def extra_files(self) -> dict[str, dict]:
+        return {"backbone_config.json": self.backbone.config.to_dict()}

@@ -1,0 +1,56 @@
+"""Plots written as PNG files (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from serkit.io import atomic_file  # noqa: E402
+
+
+def confusion_png(path: Path | str, matrix, labels, title: str = "") -> None:
+    """Row-normalised confusion matrix (recall per true class) with counts in each cell."""
+    matrix = np.asarray(matrix)
+    support = matrix.sum(1, keepdims=True)
+    rates = np.divide(matrix, support, out=np.zeros_like(matrix, dtype=float), where=support > 0)
+    size = 1.2 + 0.62 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{rates[i, j]:.2f}\n({matrix[i, j]})", ha="center", va="center", fontsize=7,
+                    color="white" if rates[i, j] > 0.55 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="recall")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=120)
+    plt.close(fig)
+
+
+def training_curve_png(path: Path | str, history: list[dict]) -> None:
+    """Training loss and validation UAR per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, ax1 = plt.subplots(figsize=(6, 3.6))
+    ax1.plot(epochs, [h.get("train_loss") for h in history], "o-", color="tab:gray", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss")
+    ax2 = ax1.twinx()
+    ax2.plot(epochs, [h.get("val_uar") for h in history], "s-", color="tab:blue", label="val UAR")
+    ax2.set_ylabel("validation UAR")
+    ax2.set_ylim(0, 1)
+    fig.legend(loc="upper center", ncol=2, fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,291 @@
+"""Supervised training with Lightning: Adam, model selection on validation UAR, a run folder.
+
+`train(recipe)` writes `output_dir/` whole or not at all:
+  model/            the best model (by validation UAR) as a serkit model directory
+  metrics.json      val and test metrics of that model, training time, throughput, peak memory
+  report.md         a short human-readable report; confusion_*.png; training_curve.png
+  predictions_*.csv per-utterance predictions; training_log.csv per-epoch history; recipe.yaml
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+import serkit
+from serkit.config import Recipe, recipe_to_dict
+from serkit.data.dataset import Preprocessing, UtteranceDataset, collate, load_waves
+from serkit.data.splits import load_split
+from serkit.errors import ConfigError, SplitError
+from serkit.evaluation import EvalResult, evaluate, recall_table, summary_table, write_predictions
+from serkit.io import refuse_existing, sha256_file, write_json, write_text
+from serkit.metrics import uar_from_confusion
+from serkit.models.modeldir import load_model, save_model
+from serkit.models.registry import SERModel, build_model, get_architecture
+from serkit.plots import confusion_png, training_curve_png
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy training of any SERModel; logs validation UAR and accuracy per epoch."""
+
+    def __init__(self, model: SERModel, lr: float, weight_decay: float = 0.0, lr_decay=None):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay, self.lr_decay = lr, weight_decay, lr_decay
+        self.loss = nn.CrossEntropyLoss()
+        self.val_confusion = MulticlassConfusionMatrix(model.num_classes)
+        self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
+
+    def on_train_epoch_start(self):
+        self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
+
+    @property
+    def epoch_train_loss(self) -> float | None:
+        return self.epoch_loss_sum / self.epoch_loss_count if self.epoch_loss_count else None
+
+    def training_step(self, batch, batch_idx):
+        wave, mask, target, _ = batch
+        loss = self.loss(self.model(wave, mask), target)
+        self.epoch_loss_sum += float(loss.detach()) * len(target)
+        self.epoch_loss_count += len(target)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(target), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        wave, mask, target, _ = batch
+        self.val_confusion.update(self.model(wave, mask).argmax(-1), target)
+
+    def on_validation_epoch_end(self):
+        matrix = self.val_confusion.compute().cpu().numpy()  # synced across DDP processes
+        self.val_confusion.reset()
+        self.log("val_uar", uar_from_confusion(matrix), prog_bar=True)
+        self.log("val_war", float(matrix.trace() / max(matrix.sum(), 1)))
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.lr_decay is None:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self.lr_decay.every_epochs, self.lr_decay.factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+class KeepBest(L.Callback):
+    """Keep the weights of the epoch with the best validation UAR (first one on ties), in memory:
+    no pickled checkpoints on disk. Also records the per-epoch history."""
+
+    def __init__(self):
+        self.best_uar = -1.0
+        self.best_epoch = -1
+        self.state: dict | None = None
+        self.history: list[dict] = []
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, module):
+        self._epoch_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, module):
+        # runs after the module's on_validation_epoch_end has logged val_uar
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        uar = float(metrics["val_uar"])
+        self.history.append({
+            "epoch": trainer.current_epoch + 1,
+            "train_loss": module.epoch_train_loss,
+            "val_uar": uar,
+            "val_war": float(metrics["val_war"]),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
+            "seconds": time.perf_counter() - self._epoch_start,
+        })
+        if uar > self.best_uar:
+            self.best_uar, self.best_epoch = uar, trainer.current_epoch + 1
+            self.state = {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()}
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path
+    metrics: dict
+    evaluations: list[EvalResult]
+
+
+def _rank() -> int:
+    return int(os.environ.get("NODE_RANK", 0)) * 1000 + int(os.environ.get("LOCAL_RANK", 0))
+
+
+def train(recipe: Recipe, log=print) -> TrainResult | None:
+    """Train, select on validation UAR, save, evaluate. Returns None on non-zero DDP ranks."""
+    output_dir = Path(recipe.output_dir)
+    rank = _rank()
+    work = output_dir.with_name(f".{output_dir.name}.partial")
+    if rank == 0:
+        refuse_existing(output_dir, "output directory")
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+
+    split = load_split(recipe.data.split, recipe.data.manifest, recipe.data.fold)
+    if not split.val:
+        raise SplitError(f"split {split.file} has no validation speakers; model selection needs them (serkit data split --val N)")
+    parts = {name: split.part(name) for name in ("train", "val", "test") if split.speakers(name)}
+    labels = recipe.data.labels or parts["train"].emotions
+    if recipe.data.labels:
+        for name, part in parts.items():
+            keep = part.frame["emotion"].isin(labels)
+            if (~keep).any():
+                log(f"{name}: leaving out {(~keep).sum()} utterances whose emotion is not in data.labels")
+            part.frame = part.frame[keep].reset_index(drop=True)
+    missing = [label for label in labels if label not in set(parts["train"].frame["emotion"])]
+    if missing:
+        raise ConfigError(f"data.labels {missing} have no training utterances in split {split.file}")
+    for name, part in parts.items():
+        part.check_labels(labels, "the training set")
+    preprocessing = Preprocessing(trim_silence_db=recipe.data.trim_silence_db)
+    t0 = time.perf_counter()
+    waves = {name: load_waves(part.audio_paths(), preprocessing) for name, part in parts.items()}
+    log(f"loaded {sum(len(w) for w in waves.values())} utterances in {time.perf_counter() - t0:.1f} s "
+        + ", ".join(f"{n}: {len(w)} ({len(split.speakers(n))} speakers)" for n, w in waves.items()))
+
+    arch = get_architecture(recipe.model.architecture)
+    model = build_model(recipe.model.architecture, recipe.model.options, len(labels))
+    lr = recipe.train.lr or arch.default_lr
+    log(f"model {arch.name}: {model.total_parameters() / 1e6:.2f} M parameters "
+        f"({model.trainable_parameters() / 1e6:.2f} M trainable), {len(labels)} classes, Adam lr {lr:g}")
+
+    train_set = UtteranceDataset(parts["train"], labels, preprocessing, recipe.data.max_seconds, True, waves["train"])
+    val_set = UtteranceDataset(parts["val"], labels, preprocessing, None, False, waves["val"])
+    loader_args = {"collate_fn": collate, "num_workers": recipe.train.num_workers,
+                   "persistent_workers": recipe.train.num_workers > 0}
+    train_loader = DataLoader(train_set, recipe.train.batch_size, shuffle=True, drop_last=False, **loader_args)
+    val_loader = DataLoader(val_set, recipe.train.eval_batch_size, shuffle=False, **loader_args)
+
+    if rank == 0:
+        if work.exists():
+            shutil.rmtree(work)  # left by a crashed run of the same recipe
+        work.mkdir(parents=True)
+    try:
+        keep_best = KeepBest()
+        callbacks = [keep_best]
+        if recipe.train.patience:
+            callbacks.append(L.pytorch.callbacks.EarlyStopping("val_uar", patience=recipe.train.patience, mode="max"))
+        trainer = L.Trainer(
+            default_root_dir=work, max_epochs=recipe.train.max_epochs, accelerator=recipe.train.accelerator,
+            devices=recipe.train.devices, strategy=recipe.train.strategy, precision=recipe.train.precision,
+            deterministic=recipe.train.deterministic, logger=False, callbacks=callbacks,
+            enable_checkpointing=False, num_sanity_val_steps=0, enable_model_summary=False,
+            enable_progress_bar=recipe.train.progress_bar, log_every_n_steps=10,
+        )
+        module = ClassifierModule(model, lr, recipe.train.weight_decay, recipe.train.lr_decay)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        trainer.fit(module, train_loader, val_loader)
+        train_seconds = time.perf_counter() - t0
+        if not trainer.is_global_zero:
+            return None
+        if keep_best.state is None:
+            raise ConfigError("training ended before the first validation; raise train.max_epochs")
+        model.load_state_dict(keep_best.state)
+        model.cpu().eval()
+        epochs = len(keep_best.history)
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        training = {
+            "epochs": epochs,
+            "best_epoch": keep_best.best_epoch,
+            "best_val_uar": keep_best.best_uar,
+            "train_seconds": round(train_seconds, 2),
+            "train_utterances_per_s": round(len(train_set) * epochs / train_seconds, 2),
+            "peak_rss_mb": round(peak_rss_mb, 1),
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+            "device": str(trainer.strategy.root_device),
+            "learning_rate": lr,
+        }
+        provenance = {
+            "recipe": recipe_to_dict(recipe),
+            "split_file": str(split.file.resolve()) if split.file else None,
+            "split_sha256": sha256_file(split.file) if split.file else None,
+            "manifest": str(split.manifest.file),
+            "manifest_sha256": split.manifest.sha256,
+            "speakers": split.parts(),
+            "n_utterances": {n: len(w) for n, w in waves.items()},
+            "seed": recipe.seed,
+            "training": training,
+            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": {"serkit": serkit.__version__, "torch": torch.__version__, "python": platform.python_version()},
+            "git_commit": _git_commit(),
+        }
+        save_model(work / "model", model, labels, preprocessing, provenance)
+        saved = load_model(work / "model")  # evaluate exactly what was written
+        evaluations = []
+        for name in ("val", "test"):
+            if name in parts:
+                result = evaluate(saved, parts[name], name, recipe.train.eval_batch_size, waves[name])
+                evaluations.append(result)
+                write_predictions(result, work / f"predictions_{name}.csv")
+                confusion_png(work / f"confusion_{name}.png", result.summary["confusion"], labels,
+                              f"{recipe.name} {name}: UAR {result.summary['uar']:.3f}, acc {result.summary['war']:.3f}")
+        metrics = {e.name: e.summary for e in evaluations}
+        metrics["training"] = training
+        metrics["model"] = {"architecture": arch.name, "parameters": model.total_parameters(),
+                            "trainable_parameters": model.trainable_parameters(), "labels": labels}
+        write_json(work / "metrics.json", metrics)
+        write_text(work / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+        write_text(work / "training_log.csv", _history_csv(keep_best.history))
+        training_curve_png(work / "training_curve.png", keep_best.history)
+        write_text(work / "report.md", _report(recipe, arch.name, model, split, training, evaluations))
+        os.rename(work, output_dir)
+    except BaseException:
+        if rank == 0:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    return TrainResult(output_dir, output_dir / "model", metrics, evaluations)
+
+
+def _history_csv(history: list[dict]) -> str:
+    keys = ["epoch", "train_loss", "val_uar", "val_war", "lr", "seconds"]
+    rows = [",".join(keys)]
+    for h in history:
+        rows.append(",".join("" if h.get(k) is None else f"{h[k]:.6g}" for k in keys))
+    return "\n".join(rows) + "\n"
+
+
+def _report(recipe: Recipe, arch: str, model: SERModel, split, training: dict, evaluations: list[EvalResult]) -> str:
+    test = next((e for e in evaluations if e.name == "test"), evaluations[-1])
+    speakers = ", ".join(f"{p} {len(split.speakers(p))}" for p in ("train", "val", "test"))
+    return "\n\n".join([
+        f"# {recipe.name}",
+        f"Model `{arch}` ({model.total_parameters() / 1e6:.2f} M parameters), trained on `{split.manifest.file}` "
+        f"with a speaker-independent split (speakers: {speakers}), seed {recipe.seed}.",
+        f"Best validation UAR {training['best_val_uar']:.3f} at epoch {training['best_epoch']} of {training['epochs']}; "
+        f"{training['train_seconds']:.0f} s of training on {training['device']} "
+        f"({training['train_utterances_per_s']:.1f} utterances/s), peak memory {training['peak_rss_mb']:.0f} MB.",
+        summary_table(evaluations),
+        f"## Recall per class ({test.name})\n\n" + recall_table(test),
+        f"![confusion matrix]({'confusion_' + test.name + '.png'})\n\n![training curve](training_curve.png)",
+        "Files: `model/` (load with `serkit predict model/ FILE.wav`), `metrics.json`, `predictions_*.csv`, "
+        "`training_log.csv`, `recipe.yaml`.",
+    ]) + "\n"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
