@@ -7,6 +7,7 @@ errors that name the file and say what to do.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,10 @@ def load_audio(path: Path | str, sample_rate: int = SAMPLE_RATE, check_silence: 
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:
         raise AudioError(f"cannot decode audio file {path} ({_reason(exc)}); {_DROP_HINT}") from None
-    if info.frames > 0 and data.shape[0] < info.frames:
+    declared = max(info.frames, _wav_declared_frames(path) or 0)
+    if declared > 0 and data.shape[0] < declared:
         raise AudioError(
-            f"audio file {path} is truncated: header says {info.frames} frames, only {data.shape[0]} "
+            f"audio file {path} is truncated: header says {declared} frames, only {data.shape[0]} "
             f"could be read; {_DROP_HINT}"
         )
     if data.shape[0] == 0:
@@ -93,6 +95,30 @@ def trim_silence(wave: np.ndarray, top_db: float, frame: int = 512, hop: int = 1
     start = loud[0] * hop
     stop = min(wave.shape[0], loud[-1] * hop + frame)
     return wave[start:stop]
+
+
+def _wav_declared_frames(path: Path) -> int | None:
+    """Frames a RIFF/WAVE header promises. libsndfile silently shortens a truncated WAV to what
+    is there, so the promise is read here. None if not a plain WAV or if the size is unset."""
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"fmt ":
+                fmt = handle.read(size + (size & 1))
+                block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+            elif chunk_id == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):  # streaming writers leave it unset
+                    return None
+                return size // block_align
+            else:
+                handle.seek(size + (size & 1), 1)
 
 
 def _reason(exc: Exception) -> str:

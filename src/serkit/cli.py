@@ -213,15 +213,23 @@ def models_list(classes: int = typer.Option(8, help="number of classes for the p
     console.print(table)
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI; a SerkitError becomes one red line on stderr and exit code 2."""
     try:
-        app()
+        app(args=argv)  # typer handles usage errors itself and exits
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except SerkitError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
         err_console.print("interrupted; nothing was written")
-        sys.exit(130)
+        return 130
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
 
 
 if __name__ == "__main__":

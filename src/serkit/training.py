@@ -20,6 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import logging
+import warnings
+
 import lightning as L
 import torch
 import yaml
@@ -38,6 +41,13 @@ from serkit.metrics import uar_from_confusion
 from serkit.models.modeldir import load_model, save_model
 from serkit.models.registry import SERModel, build_model, get_architecture
 from serkit.plots import confusion_png, training_curve_png
+
+
+# Lightning's start-up chatter (tips, "TPU available") says nothing a serkit user can act on.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 
 class ClassifierModule(L.LightningModule):
@@ -89,7 +99,8 @@ class KeepBest(L.Callback):
     """Keep the weights of the epoch with the best validation UAR (first one on ties), in memory:
     no pickled checkpoints on disk. Also records the per-epoch history."""
 
-    def __init__(self):
+    def __init__(self, log=None):
+        self.print_fn = log
         self.best_uar = -1.0
         self.best_epoch = -1
         self.state: dict | None = None
@@ -113,9 +124,15 @@ class KeepBest(L.Callback):
             "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
             "seconds": time.perf_counter() - self._epoch_start,
         })
-        if uar > self.best_uar:
+        better = uar > self.best_uar
+        if better:
             self.best_uar, self.best_epoch = uar, trainer.current_epoch + 1
             self.state = {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()}
+        if self.print_fn is not None and trainer.is_global_zero:
+            h = self.history[-1]
+            loss = "-" if h["train_loss"] is None else f"{h['train_loss']:.3f}"
+            self.print_fn(f"epoch {h['epoch']}/{trainer.max_epochs}: train loss {loss}, val UAR {uar:.3f}, "
+                     f"val accuracy {h['val_war']:.3f}{' (best so far)' if better else ''}, {h['seconds']:.0f} s")
 
 
 @dataclass
@@ -179,7 +196,7 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
             shutil.rmtree(work)  # left by a crashed run of the same recipe
         work.mkdir(parents=True)
     try:
-        keep_best = KeepBest()
+        keep_best = KeepBest(log=None if recipe.train.progress_bar else log)
         callbacks = [keep_best]
         if recipe.train.patience:
             callbacks.append(L.pytorch.callbacks.EarlyStopping("val_uar", patience=recipe.train.patience, mode="max"))

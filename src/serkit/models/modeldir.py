@@ -121,15 +121,18 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> SavedMod
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise ModelDirError(f"cannot read {weights} as safetensors ({exc}); the file is damaged") from None
-    result = model.load_state_dict(state, strict=False)
     expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     shapes = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
-    if result.missing_keys or result.unexpected_keys or shapes:
+    if missing or unexpected or shapes:
+        problems = [f"{what} {keys[:3]}" for what, keys in
+                    (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys]
         raise ModelDirError(
-            f"weights in {weights} do not match {config_file}: "
-            f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}, "
-            f"wrong shape {shapes[:3]} (was config.json edited, or copied from another model?)"
+            f"weights in {weights} do not match {config_file}: {', '.join(problems)} "
+            "(was config.json edited, or copied from another model?)"
         )
+    model.load_state_dict(state, strict=True)
     model.to(device).eval()
     prep = config.get("preprocessing") or {}
     preprocessing = Preprocessing(sample_rate=int(config["sample_rate"]), trim_silence_db=prep.get("trim_silence_db"))

@@ -43,6 +43,8 @@ class SSLOptions(BaseModel):
     layer: int | None = Field(None, description="hidden state to pool (0 = before the transformer); None: last")
     layer_weights: bool = Field(False, description="learnable softmax weights over all hidden states")
     normalize_waveform: bool = Field(True, description="zero mean, unit variance per utterance")
+    layerdrop: float | None = Field(None, ge=0.0, lt=1.0, description="override the backbone's LayerDrop (forced to 0 with layer/layer_weights)")
+    mask_time_prob: float | None = Field(None, ge=0.0, lt=1.0, description="override the backbone's SpecAugment time masking while training")
     head_dim: int = 256
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
@@ -86,13 +88,21 @@ class SSLClassifier(SERModel):
         super().__init__(options, num_classes)
         self.normalize = WaveformNormalize() if options.normalize_waveform else None
         self.backbone = load_backbone(options, saved_backbone_config)
-        n_states = self.backbone.config.num_hidden_layers + 1
+        config = self.backbone.config
+        if options.layerdrop is not None:
+            config.layerdrop = options.layerdrop
+        if options.layer is not None or options.layer_weights:
+            config.layerdrop = 0.0  # a dropped layer would shift the hidden-state indices
+        if options.mask_time_prob is not None:
+            config.mask_time_prob = options.mask_time_prob
+        n_states = config.num_hidden_layers + 1
         if options.layer is not None and not 0 <= options.layer < n_states:
             raise ConfigError(f"model.options.layer {options.layer} out of range: this backbone has hidden states 0..{n_states - 1}")
         self.layer_logits = nn.Parameter(torch.zeros(n_states)) if options.layer_weights else None
         if options.freeze_feature_encoder or options.freeze_backbone:
-            for p in self.backbone.feature_extractor.parameters():
-                p.requires_grad = False
+            # transformers' own freeze also stops the encoder from marking its input as needing
+            # a gradient, which would fail when the waveform already carries one (PGD)
+            self.backbone.feature_extractor._freeze_parameters()
         if options.freeze_backbone:
             for p in self.backbone.parameters():
                 p.requires_grad = False

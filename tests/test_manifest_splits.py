@@ -1,0 +1,109 @@
+import json
+
+import pandas as pd
+import pytest
+
+from serkit.data.manifest import read_manifest
+from serkit.data.splits import holdout_split, load_split, loso_folds, save_split
+from serkit.errors import ManifestError, SplitError
+
+
+def _manifest(tmp_path, speakers=("a", "b", "c", "d", "e", "f", "g", "h"), name="manifest.csv"):
+    rows = []
+    for i, s in enumerate(speakers):
+        for k in range(3):
+            rows.append({"path": f"{s}_{k}.wav", "speaker": s, "gender": "female" if i % 2 else "male",
+                         "emotion": ["anger", "calm", "sadness"][k]})
+    path = tmp_path / name
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_missing_columns_duplicates_and_blanks_are_refused(tmp_path):
+    path = tmp_path / "m.csv"
+    pd.DataFrame({"path": ["x.wav"], "emotion": ["anger"]}).to_csv(path, index=False)
+    with pytest.raises(ManifestError, match=r"m\.csv lacks column\(s\) \['speaker'\]"):
+        read_manifest(path)
+    pd.DataFrame({"path": ["x.wav", "x.wav"], "speaker": ["1", "1"], "emotion": ["a", "b"]}).to_csv(path, index=False)
+    with pytest.raises(ManifestError, match=r"lists x\.wav more than once"):
+        read_manifest(path)
+    pd.DataFrame({"path": ["x.wav", "y.wav"], "speaker": ["1", ""], "emotion": ["a", "b"]}).to_csv(path, index=False)
+    with pytest.raises(ManifestError, match=r"line 3: empty 'speaker'"):
+        read_manifest(path)
+    with pytest.raises(ManifestError, match="manifest not found"):
+        read_manifest(tmp_path / "absent.csv")
+
+
+def test_speaker_ids_stay_strings(tmp_path):
+    path = tmp_path / "m.csv"
+    pd.DataFrame({"path": ["x.wav"], "speaker": ["01"], "emotion": ["anger"]}).to_csv(path, index=False)
+    assert read_manifest(path).frame["speaker"].tolist() == ["01"]
+
+
+def test_holdout_split_is_speaker_disjoint_balanced_and_seeded(tmp_path):
+    m = read_manifest(_manifest(tmp_path))
+    parts = holdout_split(m, val=2, test=2, seed=3)
+    assert [len(parts[p]) for p in ("train", "val", "test")] == [4, 2, 2]
+    assert len(set(parts["train"]) | set(parts["val"]) | set(parts["test"])) == 8
+    genders = m.frame.groupby("speaker")["gender"].first()
+    for p in ("train", "val", "test"):
+        assert genders[parts[p]].value_counts().tolist() == [len(parts[p]) // 2] * 2  # one of each per pair
+    assert holdout_split(m, 2, 2, seed=3) == parts
+    assert any(holdout_split(m, 2, 2, seed=s) != parts for s in range(4, 10))
+    assert [len(v) for v in holdout_split(m, 0.25, 0.25).values()] == [4, 2, 2]
+
+
+def test_split_file_round_trip_and_leak_audit(tmp_path):
+    mpath = _manifest(tmp_path)
+    m = read_manifest(mpath)
+    out = tmp_path / "split.json"
+    save_split(out, m, 0, parts={"train": ["a", "b", "c", "d"], "val": ["e", "f"], "test": ["g", "h"]})
+    split = load_split(out)
+    assert split.test == ["g", "h"] and len(split.part("train")) == 12
+    payload = json.loads(out.read_text())
+    payload["parts"]["test"].append("a")
+    leaky = tmp_path / "leaky.json"
+    leaky.write_text(json.dumps(payload))
+    with pytest.raises(SplitError, match=r"leaks speaker 'a': in both 'train' and 'test'"):
+        load_split(leaky)
+    with pytest.raises(SplitError, match="leaks speaker"):
+        save_split(tmp_path / "x.json", m, 0, parts={"train": ["a"], "val": ["a"], "test": []})
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_changed_manifest_and_unknown_speakers_are_refused(tmp_path):
+    mpath = _manifest(tmp_path)
+    out = tmp_path / "split.json"
+    save_split(out, read_manifest(mpath), 0, parts={"train": ["a", "b"], "val": ["c"], "test": ["d"]})
+    frame = pd.read_csv(mpath, dtype=str)
+    frame.iloc[:-3].to_csv(mpath, index=False)  # drop speaker h
+    with pytest.raises(SplitError, match="changed since split"):
+        load_split(out)
+    payload = json.loads(out.read_text())
+    payload["parts"]["test"] = ["zz"]
+    out.write_text(json.dumps(payload))
+    with pytest.raises(SplitError, match=r"names speaker 'zz' in 'test', not in manifest"):
+        load_split(out, manifest=mpath)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SplitError, match="not valid JSON"):
+        load_split(tmp_path / "bad.json")
+
+
+def test_leave_one_speaker_out(tmp_path):
+    m = read_manifest(_manifest(tmp_path))
+    folds = loso_folds(m, n_val=1, seed=0)
+    assert sorted(f["test"][0] for f in folds) == list("abcdefgh")
+    out = tmp_path / "loso.json"
+    save_split(out, m, 0, folds=folds)
+    split = load_split(out, fold=2)
+    assert len(split.test) == 1 and split.test[0] not in split.train + split.val
+    with pytest.raises(SplitError, match="choose one"):
+        load_split(out)
+    with pytest.raises(SplitError, match="out of range"):
+        load_split(out, fold=8)
+
+
+def test_too_many_held_out_speakers(tmp_path):
+    m = read_manifest(_manifest(tmp_path, speakers=("a", "b", "c")))
+    with pytest.raises(SplitError, match="leave none to train on"):
+        holdout_split(m, val=2, test=1)

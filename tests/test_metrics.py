@@ -1,0 +1,63 @@
+import math
+
+import numpy as np
+import pytest
+
+from serkit import metrics
+
+
+def test_uar_war_f1_against_hand_computed_values():
+    # class a: 3 of 4 right; class b: 1 of 2 right; class c: 0 of 1 right (predicted a)
+    y_true = ["a", "a", "a", "a", "b", "b", "c"]
+    y_pred = ["a", "a", "a", "b", "b", "a", "a"]
+    assert metrics.uar(y_true, y_pred) == pytest.approx((3 / 4 + 1 / 2 + 0) / 3)
+    assert metrics.war(y_true, y_pred) == pytest.approx(4 / 7)
+    # F1 a: P = 3/5, R = 3/4 -> 2/3; b: P = 1/2, R = 1/2 -> 1/2; c: 0
+    assert metrics.macro_f1(y_true, y_pred) == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+
+
+def test_uar_ignores_classes_absent_from_the_truth():
+    # 'c' is predicted once but never true: it must not count as a zero-recall class
+    assert metrics.uar(["a", "a", "b"], ["a", "c", "b"]) == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_confusion_matrix_rows_are_truth_in_label_order():
+    m = metrics.confusion_matrix(["b", "a", "a"], ["a", "a", "b"], labels=["a", "b", "c"])
+    assert m.tolist() == [[1, 1, 0], [1, 0, 0], [0, 0, 0]]
+    assert metrics.uar_from_confusion(m) == pytest.approx(0.25)
+
+
+def test_classification_summary_reports_per_class_recall_and_support():
+    s = metrics.classification_summary(["a", "a", "b"], ["a", "b", "b"], ["a", "b", "c"])
+    assert s["recall"] == {"a": 0.5, "b": 1.0, "c": None}
+    assert s["support"] == {"a": 2, "b": 1, "c": 0}
+    assert s["uar"] == pytest.approx(0.75)
+
+
+def test_z_test_matches_hand_computation():
+    # p1 = .6, p2 = .5, n = 100 each: pooled .55, se = sqrt(.55 * .45 * .02) = .070356, z = 1.4213
+    z, p = metrics.z_test_one_tailed(0.6, 0.5, 100, 100)
+    assert z == pytest.approx(1.42134, abs=1e-4)
+    assert p == pytest.approx(0.07761, abs=1e-4)
+    z2, p2 = metrics.z_test_one_tailed(0.5, 0.6, 100, 100)
+    assert z2 == pytest.approx(-z) and p2 == pytest.approx(1 - p)
+    assert metrics.significance_marker(p) == "+"
+    assert metrics.significance_marker(0.0004) == "***"
+
+
+def test_ccc_known_values():
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    assert metrics.ccc(x, x) == pytest.approx(1.0)
+    centred = x - x.mean()
+    assert metrics.ccc(centred, -centred) == pytest.approx(-1.0)
+    # shift by 1: cov = var = 1.25, denominator 1.25 + 1.25 + 1 -> 2.5 / 3.5
+    assert metrics.ccc(x, x + 1) == pytest.approx(2.5 / 3.5)
+
+
+@pytest.mark.parametrize("bad", [([], []), (["a"], ["a", "b"])])
+def test_bad_inputs_are_refused(bad):
+    with pytest.raises(ValueError):
+        metrics.uar(*bad)
+    with pytest.raises(ValueError):
+        metrics.z_test_one_tailed(1.2, 0.5, 10, 10)
+    assert math.isfinite(metrics.z_test_one_tailed(0.5, 0.5, 10, 10)[0])

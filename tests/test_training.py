@@ -1,0 +1,113 @@
+"""Training end to end on real RAVDESS utterances (a tiny subset: seconds, not minutes)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from serkit.config import load_recipe
+from serkit.data.manifest import read_manifest
+from serkit.errors import ConfigError, ManifestError, SerkitError
+from serkit.evaluation import evaluate
+from serkit.inference import predict_files
+from serkit.models import load_model
+from serkit.training import train
+from tests.conftest import tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_split, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    return train(load_recipe(raw=tiny_recipe(tiny_split, out, max_epochs=3)), log=lambda *a: None)
+
+
+def test_run_folder_is_complete(trained):
+    out = trained.output_dir
+    for name in ("model/model.safetensors", "model/config.json", "metrics.json", "report.md", "recipe.yaml",
+                 "confusion_val.png", "confusion_test.png", "predictions_test.csv", "training_log.csv",
+                 "training_curve.png"):
+        assert (out / name).is_file(), name
+    assert not list(out.parent.glob(".run.partial*"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 12 and metrics["val"]["n"] == 12
+    assert metrics["training"]["epochs"] == 3 and metrics["training"]["train_utterances_per_s"] > 0
+    assert metrics["model"]["labels"] == ["anger", "happiness", "neutral", "sadness"]
+    config = json.loads((out / "model" / "config.json").read_text())
+    prov = config["provenance"]
+    assert prov["speakers"]["test"] == ["06"] and prov["seed"] == 0 and len(prov["manifest_sha256"]) == 64
+    assert config["preprocessing"]["trim_silence_db"] == 40
+    assert "UAR" in (out / "report.md").read_text()
+
+
+def test_model_selection_keeps_the_best_validation_epoch(trained):
+    history = (trained.output_dir / "training_log.csv").read_text().splitlines()[1:]
+    val_uars = [float(line.split(",")[2]) for line in history]
+    best = max(val_uars)
+    assert trained.metrics["training"]["best_epoch"] == val_uars.index(best) + 1
+    # the saved model is the best epoch's: re-evaluating it on val gives that UAR
+    assert trained.metrics["val"]["uar"] == pytest.approx(best, abs=1e-6)
+
+
+def test_reloaded_model_predicts_bit_identically(trained, tiny_manifest):
+    saved = load_model(trained.model_dir)
+    rows = read_manifest(tiny_manifest).subset(["06"])
+    first = evaluate(saved, rows).predictions
+    again = evaluate(load_model(trained.model_dir), rows).predictions
+    assert first.equals(again)
+    metrics = json.loads((trained.output_dir / "metrics.json").read_text())
+    assert metrics["test"]["uar"] == evaluate(saved, rows).summary["uar"]
+    files = list(rows.audio_paths()[:2])
+    out = predict_files(saved, files)
+    assert [r["label"] for r in out] == list(first["predicted"][:2])
+    assert abs(sum(out[0]["probabilities"].values()) - 1) < 1e-5
+
+
+def test_same_seed_same_weights_and_another_seed_differs(trained, tiny_split, tmp_path):
+    again = train(load_recipe(raw=tiny_recipe(tiny_split, tmp_path / "again", max_epochs=3)), log=lambda *a: None)
+    a = load_file(str(trained.model_dir / "model.safetensors"))
+    b = load_file(str(again.model_dir / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    raw = tiny_recipe(tiny_split, tmp_path / "other", max_epochs=1)
+    raw["seed"] = 1
+    other = load_file(str(train(load_recipe(raw=raw), log=lambda *a: None).model_dir / "model.safetensors"))
+    assert not torch.equal(a["fc1.weight"], other["fc1.weight"])
+
+
+def test_existing_output_is_never_overwritten(trained, tiny_split):
+    before = (trained.model_dir / "model.safetensors").read_bytes()
+    with pytest.raises(SerkitError, match="already exists; serkit never overwrites"):
+        train(load_recipe(raw=tiny_recipe(tiny_split, trained.output_dir)), log=lambda *a: None)
+    assert (trained.model_dir / "model.safetensors").read_bytes() == before
+
+
+def test_failed_training_leaves_nothing_behind(tiny_split, tmp_path):
+    raw = tiny_recipe(tiny_split, tmp_path / "run")
+    raw["data"]["labels"] = ["anger", "boredom"]  # no training utterance is bored
+    with pytest.raises(ConfigError, match=r"data.labels \['boredom'\] have no training utterances"):
+        train(load_recipe(raw=raw), log=lambda *a: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluating_on_labels_the_model_does_not_know(trained, ravdess_frame, tmp_path):
+    frame = ravdess_frame[(ravdess_frame.speaker == "06") & (ravdess_frame.emotion.isin(["anger", "fear"]))]
+    path = tmp_path / "m.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(ManifestError, match=r"emotion 'fear' \(8 rows\).*not in model .* labels"):
+        evaluate(load_model(trained.model_dir), read_manifest(path))
+
+
+def test_recipe_overrides_and_errors(tiny_split, tmp_path):
+    raw = tiny_recipe(tiny_split, tmp_path / "run")
+    recipe = load_recipe(raw=raw, overrides=["train.max_epochs=7", "train.lr=0.01", "model.options.dropout=0.3"])
+    assert (recipe.train.max_epochs, recipe.train.lr, recipe.model.options["dropout"]) == (7, 0.01, 0.3)
+    with pytest.raises(ConfigError, match=r"train.max_epochz: Extra inputs are not permitted"):
+        load_recipe(raw=raw, overrides=["train.max_epochz=3"])
+    with pytest.raises(ConfigError, match=r"train.batch_size: Input should be a valid integer"):
+        load_recipe(raw=raw, overrides=["train.batch_size=many"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_recipe(raw=raw, overrides=["train.max_epochs"])
+    with pytest.raises(ConfigError, match=r"model options for 'cnn6': dropout"):
+        load_recipe(raw=raw, overrides=["model.options.dropout=2"])
+    with pytest.raises(ConfigError, match="recipe not found"):
+        load_recipe(tmp_path / "nope.yaml")
