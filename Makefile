@@ -22,7 +22,8 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python bench/train_benchmark.py --help
+	$(BIN)/python bench/train_benchmark.py --corpus ravdess
+	$(BIN)/python bench/train_benchmark.py --corpus emodb
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

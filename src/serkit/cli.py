@@ -6,7 +6,6 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -43,7 +42,7 @@ def data_import(
     out: Path = typer.Option(..., "-o", "--out", help="new folder for audio/ and manifest.csv"),
     link: bool = typer.Option(False, help="reference files that are already 16 kHz mono in place instead of copying"),
     skip_bad: bool = typer.Option(False, help="leave out undecodable files (listed) instead of stopping"),
-    csv: Optional[Path] = typer.Option(None, help="folder corpus: CSV with path, speaker, emotion (and gender) columns"),
+    csv: Path | None = typer.Option(None, help="folder corpus: CSV with path, speaker, emotion (and gender) columns"),
     path_column: str = "path", speaker_column: str = "speaker", emotion_column: str = "emotion",
     gender_column: str = "gender",
 ):
@@ -138,11 +137,11 @@ def train(
 @app.command()
 def evaluate(
     model_dir: Path = typer.Argument(..., help="serkit model directory"),
-    split: Optional[Path] = typer.Option(None, help="split file; evaluates one part of it"),
+    split: Path | None = typer.Option(None, help="split file; evaluates one part of it"),
     part: str = typer.Option("test", help="train, val or test"),
-    fold: Optional[int] = typer.Option(None, help="fold of a leave-one-speaker-out split"),
-    manifest: Optional[Path] = typer.Option(None, help="manifest (all rows, or the one the split names)"),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="new folder for the results"),
+    fold: int | None = typer.Option(None, help="fold of a leave-one-speaker-out split"),
+    manifest: Path | None = typer.Option(None, help="manifest (all rows, or the one the split names)"),
+    out: Path | None = typer.Option(None, "-o", "--out", help="new folder for the results"),
     batch_size: int = 16,
 ):
     """Evaluate a model: metrics.json, predictions.csv, confusion.png and report.md."""

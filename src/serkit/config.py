@@ -25,6 +25,7 @@ class DataConfig(_Strict):
     fold: int | None = Field(None, description="fold of a leave-one-speaker-out split")
     labels: list[str] | None = Field(None, description="class list and order; default: the training emotions, sorted")
     trim_silence_db: float | None = Field(None, gt=0, description="trim leading/trailing audio quieter than this (dB below peak)")
+    fixed_seconds: float | None = Field(None, gt=0, description="make every utterance this long (repeat, then cut), in training and inference")
     max_seconds: float | None = Field(None, gt=0, description="random crop of training utterances to this length")
 
 
@@ -42,6 +43,7 @@ class TrainConfig(_Strict):
     lr: float | None = Field(None, gt=0, description="Adam learning rate; default 1e-3 for CNNs, 3e-5 for SSL backbones")
     weight_decay: float = Field(0.0, ge=0)
     lr_decay: LRDecay | None = None
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="evaluate and keep an exponential moving average of the weights (e.g. 0.99)")
     batch_size: int = Field(16, ge=1)
     eval_batch_size: int = Field(16, ge=1)
     max_epochs: int = Field(20, ge=1)

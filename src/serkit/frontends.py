@@ -12,6 +12,18 @@ from torch import nn
 from transformers.audio_utils import mel_filter_bank
 
 
+class SpecAugmentConfig(BaseModel):
+    """SpecAugment (Park et al. 2019) masks, drawn per utterance: `time_masks` bands of up to
+    `time_width` of the utterance's frames, `freq_masks` bands of up to `freq_width` mel bins."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time_masks: int = Field(2, ge=0)
+    time_width: float = Field(0.1, ge=0, le=1)
+    freq_masks: int = Field(2, ge=0)
+    freq_width: int = Field(8, ge=0)
+
+
 class LogMelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -21,11 +33,17 @@ class LogMelConfig(BaseModel):
     n_mels: int = Field(64, description="mel bins (paper 003: 64)")
     f_min: float = 0.0
     f_max: float | None = None
+    spec_augment: "SpecAugmentConfig | None" = Field(
+        None, description="time and frequency masking of the log-Mel while training (never at inference)"
+    )
     normalize: str = Field(
         "instance",
         description="'instance': zero mean, unit variance per utterance over its valid frames "
         "(cancels recording gain); 'none': raw log-Mel in dB",
     )
+
+
+LogMelConfig.model_rebuild()
 
 
 class LogMel(nn.Module):
@@ -70,7 +88,27 @@ class LogMel(nn.Module):
             mean = (logmel * weight).sum((1, 2)) / count
             var = (((logmel - mean[:, None, None]) * weight) ** 2).sum((1, 2)) / count
             logmel = (logmel - mean[:, None, None]) / torch.sqrt(var[:, None, None] + 1e-5)
+        if self.training and self.config.spec_augment is not None:
+            logmel = self._spec_augment(logmel, lengths)
         return logmel * weight, frame_mask
+
+    def _spec_augment(self, logmel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        cfg = self.config.spec_augment
+        batch, frames, mels = logmel.shape
+        keep = torch.ones_like(logmel)
+        time_axis = torch.arange(frames, device=logmel.device)
+        mel_axis = torch.arange(mels, device=logmel.device)
+        for b in range(batch):
+            n = int(lengths[b])
+            for _ in range(cfg.time_masks):
+                width = int(torch.randint(0, max(1, int(cfg.time_width * n)) + 1, ()))
+                start = int(torch.randint(0, max(1, n - width + 1), ()))
+                keep[b, (time_axis >= start) & (time_axis < start + width), :] = 0
+            for _ in range(cfg.freq_masks):
+                width = int(torch.randint(0, cfg.freq_width + 1, ()))
+                start = int(torch.randint(0, max(1, mels - width + 1), ()))
+                keep[b, :, (mel_axis >= start) & (mel_axis < start + width)] = 0
+        return logmel * keep  # masked cells take the utterance mean (0 after normalisation)
 
 
 class WaveformNormalize(nn.Module):

@@ -4,7 +4,7 @@ the one-tailed two-proportion z-test the papers use to mark significance."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn import metrics as skm

@@ -9,19 +9,17 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
+import logging
 import os
 import platform
 import resource
 import shutil
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import logging
-import warnings
 
 import lightning as L
 import torch
@@ -42,7 +40,6 @@ from serkit.models.modeldir import load_model, save_model
 from serkit.models.registry import SERModel, build_model, get_architecture
 from serkit.plots import confusion_png, training_curve_png
 
-
 # Lightning's start-up chatter (tips, "TPU available") says nothing a serkit user can act on.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
@@ -53,9 +50,14 @@ warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 class ClassifierModule(L.LightningModule):
     """Cross-entropy training of any SERModel; logs validation UAR and accuracy per epoch."""
 
-    def __init__(self, model: SERModel, lr: float, weight_decay: float = 0.0, lr_decay=None):
+    def __init__(self, model: SERModel, lr: float, weight_decay: float = 0.0, lr_decay=None,
+                 ema_decay: float | None = None):
         super().__init__()
         self.model = model
+        # the averaged copy is what validation sees and what is kept: it smooths the epoch-to-epoch
+        # swings that small corpora give
+        self.ema = None if ema_decay is None else torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay), use_buffers=True)
         self.lr, self.weight_decay, self.lr_decay = lr, weight_decay, lr_decay
         self.loss = nn.CrossEntropyLoss()
         self.val_confusion = MulticlassConfusionMatrix(model.num_classes)
@@ -76,9 +78,18 @@ class ClassifierModule(L.LightningModule):
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(target), sync_dist=True)
         return loss
 
+    @property
+    def selected_model(self) -> SERModel:
+        """The weights validation scores and KeepBest keeps: the EMA if enabled."""
+        return self.model if self.ema is None else self.ema.module
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
     def validation_step(self, batch, batch_idx):
         wave, mask, target, _ = batch
-        self.val_confusion.update(self.model(wave, mask).argmax(-1), target)
+        self.val_confusion.update(self.selected_model(wave, mask).argmax(-1), target)
 
     def on_validation_epoch_end(self):
         matrix = self.val_confusion.compute().cpu().numpy()  # synced across DDP processes
@@ -127,7 +138,7 @@ class KeepBest(L.Callback):
         better = uar > self.best_uar
         if better:
             self.best_uar, self.best_epoch = uar, trainer.current_epoch + 1
-            self.state = {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()}
+            self.state = {k: v.detach().cpu().clone() for k, v in module.selected_model.state_dict().items()}
         if self.print_fn is not None and trainer.is_global_zero:
             h = self.history[-1]
             loss = "-" if h["train_loss"] is None else f"{h['train_loss']:.3f}"
@@ -170,9 +181,9 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
     missing = [label for label in labels if label not in set(parts["train"].frame["emotion"])]
     if missing:
         raise ConfigError(f"data.labels {missing} have no training utterances in split {split.file}")
-    for name, part in parts.items():
+    for part in parts.values():
         part.check_labels(labels, "the training set")
-    preprocessing = Preprocessing(trim_silence_db=recipe.data.trim_silence_db)
+    preprocessing = Preprocessing(trim_silence_db=recipe.data.trim_silence_db, fixed_seconds=recipe.data.fixed_seconds)
     t0 = time.perf_counter()
     waves = {name: load_waves(part.audio_paths(), preprocessing) for name, part in parts.items()}
     log(f"loaded {sum(len(w) for w in waves.values())} utterances in {time.perf_counter() - t0:.1f} s "
@@ -207,7 +218,7 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
             enable_checkpointing=False, num_sanity_val_steps=0, enable_model_summary=False,
             enable_progress_bar=recipe.train.progress_bar, log_every_n_steps=10,
         )
-        module = ClassifierModule(model, lr, recipe.train.weight_decay, recipe.train.lr_decay)
+        module = ClassifierModule(model, lr, recipe.train.weight_decay, recipe.train.lr_decay, recipe.train.ema_decay)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()

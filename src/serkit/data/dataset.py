@@ -22,14 +22,29 @@ class Preprocessing:
 
     sample_rate: int = SAMPLE_RATE
     trim_silence_db: float | None = None
+    fixed_seconds: float | None = None  # repeat short utterances and cut long ones (paper 003)
 
     def __call__(self, wave: np.ndarray) -> np.ndarray:
         if self.trim_silence_db is not None:
             wave = trim_silence(wave, self.trim_silence_db)
+        if self.fixed_seconds is not None:
+            wave = repeat_to_length(wave, int(round(self.fixed_seconds * self.sample_rate)))
         return wave
 
     def to_dict(self) -> dict:
-        return {"sample_rate": self.sample_rate, "trim_silence_db": self.trim_silence_db}
+        return {"sample_rate": self.sample_rate, "trim_silence_db": self.trim_silence_db,
+                "fixed_seconds": self.fixed_seconds}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Preprocessing":
+        return cls(**{k: values[k] for k in ("sample_rate", "trim_silence_db", "fixed_seconds") if k in values})
+
+
+def repeat_to_length(wave: np.ndarray, length: int) -> np.ndarray:
+    """Self-repeat a short utterance and cut it to `length` samples: no zero padding at all."""
+    if wave.shape[0] < length:
+        wave = np.tile(wave, -(-length // wave.shape[0]))
+    return wave[:length]
 
 
 def load_waves(paths, preprocessing: Preprocessing, workers: int | None = None) -> list[np.ndarray]:

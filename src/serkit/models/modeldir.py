@@ -134,8 +134,7 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> SavedMod
         )
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
-    prep = config.get("preprocessing") or {}
-    preprocessing = Preprocessing(sample_rate=int(config["sample_rate"]), trim_silence_db=prep.get("trim_silence_db"))
+    preprocessing = Preprocessing.from_dict({**(config.get("preprocessing") or {}), "sample_rate": int(config["sample_rate"])})
     return SavedModel(model, list(labels), preprocessing, config, path)
 
 

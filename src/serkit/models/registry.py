@@ -7,8 +7,8 @@ class logits; its front end is part of it, so gradients reach the waveform.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from pydantic import BaseModel, ValidationError
