@@ -109,10 +109,10 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> SavedMod
     try:
         arch = get_architecture(config["architecture"])
         kwargs = {}
-        if arch.family == "ssl":
+        if arch.family == "ssl":  # transformers backbones are rebuilt from the config saved beside the weights
             backbone_file = path / "backbone_config.json"
             if not backbone_file.is_file():
-                raise ModelDirError(f"{path} has no backbone_config.json (needed for an SSL model)")
+                raise ModelDirError(f"{path} has no backbone_config.json (needed for a {arch.name} model)")
             kwargs["saved_backbone_config"] = json.loads(backbone_file.read_text())
         model = build_model(config["architecture"], config["options"], len(labels), **kwargs)
     except ConfigError as exc:

