@@ -23,10 +23,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SERKIT = [sys.executable, "-m", "serkit"]
-CORPORA = {  # recipe, split arguments (paper 003's 10/8/6 actors for RAVDESS; 6/2/2 for EmoDB)
-    "ravdess": ("configs/ravdess_cnn6.yaml", ["--val", "8", "--test", "6"]),
-    "emodb": ("configs/emodb_cnn6.yaml", ["--val", "2", "--test", "2"]),
-}
+SPLITS = {"ravdess": ["--val", "8", "--test", "6"], "emodb": ["--val", "2", "--test", "2"]}  # paper 003's 10/8/6 actors
 
 
 def sh(args: list[str]) -> None:
@@ -53,16 +50,17 @@ def latency(model_dir: Path, seconds: float = 3.0, repeats: int = 20) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", choices=sorted(CORPORA), default="ravdess")
+    parser.add_argument("--corpus", choices=sorted(SPLITS), default="ravdess")
+    parser.add_argument("--model", default="cnn6", help="recipe configs/<corpus>_<model>.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("SERKIT_DATA", REPO.parent / "shared" / "data")))
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench")
     parser.add_argument("--set", action="append", default=[], help="recipe override for every run")
     args = parser.parse_args()
 
-    recipe, split_args = CORPORA[args.corpus]
+    recipe, split_args = f"configs/{args.corpus}_{args.model}.yaml", SPLITS[args.corpus]
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = args.out / f"{args.corpus}-{stamp}"
+    base = args.out / f"{args.corpus}-{args.model}-{stamp}"
     sh([*SERKIT, "data", "import", args.corpus, str(args.data / args.corpus), "-o", str(base / "data"), "--link"])
     sh([*SERKIT, "data", "split", str(base / "data" / "manifest.csv"), "-o", str(base / "split.json"), *split_args, "--seed", "0"])
     rows = []

@@ -111,3 +111,20 @@ def test_recipe_overrides_and_errors(tiny_split, tmp_path):
         load_recipe(raw=raw, overrides=["model.options.dropout=2"])
     with pytest.raises(ConfigError, match="recipe not found"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_ddp_on_two_cpu_processes(tiny_split, tmp_path):
+    """The multi-GPU path (DDP) exercised with two CPU processes (gloo): one model, one run folder."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    raw = tiny_recipe(tiny_split, tmp_path / "ddp", max_epochs=1, accelerator="cpu", devices=2, strategy="ddp")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, "-m", "serkit", "train", str(tmp_path / "recipe.yaml")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["training"]["epochs"] == 1 and metrics["test"]["n"] == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "recipe.yaml"]

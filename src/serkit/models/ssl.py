@@ -121,18 +121,26 @@ class SSLClassifier(SERModel):
     def uses_hidden_states(self) -> bool:
         return self.options.layer is not None or self.options.layer_weights
 
-    def features(self, waveform, mask):
+    def _backbone(self, waveform, mask, hidden_states: bool):
         if self.normalize is not None:
             waveform = self.normalize(waveform, mask)
         else:
             waveform = waveform * mask
-        # models with group-norm feature encoders (wav2vec2-base) were trained on zero padding
-        # without an attention mask; passing one changes their output (transformers' docs)
+        # group-norm feature encoders (wav2vec2-base) were trained on zero padding without an
+        # attention mask; passing one changes their output (transformers' docs)
         pass_mask = getattr(self.backbone.config, "feat_extract_norm", "layer") == "layer"
-        out = self.backbone(
-            waveform, attention_mask=mask.long() if pass_mask else None,
-            output_hidden_states=self.uses_hidden_states,
-        )
+        return self.backbone(waveform, attention_mask=mask.long() if pass_mask else None, output_hidden_states=hidden_states)
+
+    def pooled_hidden_states(self, waveform: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked time-average of every hidden state: (layers + 1, B, hidden)."""
+        out = self._backbone(waveform, mask, hidden_states=True)
+        frame_mask = self.backbone._get_feature_vector_attention_mask(out.hidden_states[0].shape[1], mask.long())
+        weight = frame_mask[..., None].to(out.hidden_states[0].dtype)
+        count = torch.clamp(weight.sum(1), min=1.0)
+        return torch.stack([(h * weight).sum(1) / count for h in out.hidden_states])
+
+    def features(self, waveform, mask):
+        out = self._backbone(waveform, mask, hidden_states=self.uses_hidden_states)
         if self.options.layer is not None:
             hidden = out.hidden_states[self.options.layer]
         elif self.layer_logits is not None:

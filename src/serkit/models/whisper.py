@@ -192,6 +192,13 @@ class WhisperClassifier(SERModel):
         states[-1] = enc.layer_norm(x)
         return states, enc_mask
 
+    def pooled_hidden_states(self, waveform: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked time-average of every hidden state: (layers + 1, B, d_model)."""
+        states, enc_mask = self.hidden_states(waveform, mask)
+        weight = enc_mask[..., None].to(states[0].dtype)
+        count = torch.clamp(weight.sum(1), min=1.0)
+        return torch.stack([(h * weight).sum(1) / count for h in states])
+
     def features(self, waveform, mask):
         states, enc_mask = self.hidden_states(waveform, mask)
         if self.options.layer is not None:

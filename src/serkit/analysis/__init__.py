@@ -1,0 +1,1 @@
+"""Representation analysis: layer-wise probes (and, in later releases, model comparisons)."""
