@@ -128,3 +128,15 @@ def test_ddp_on_two_cpu_processes(tiny_split, tmp_path):
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["training"]["epochs"] == 1 and metrics["test"]["n"] == 12
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "recipe.yaml"]
+
+
+def test_train_plus_val_setting_keeps_the_last_epoch(tiny_split, tmp_path):
+    raw = tiny_recipe(tiny_split, tmp_path / "tv", max_epochs=2)
+    raw["data"]["train_parts"] = ["train", "val"]
+    result = train(load_recipe(raw=raw), log=lambda *a: None)
+    assert set(result.metrics) == {"test", "training", "model"}
+    assert result.metrics["training"]["best_epoch"] == 2 and result.metrics["training"]["best_val_uar"] is None
+    config = json.loads((result.model_dir / "config.json").read_text())
+    assert config["provenance"]["trained_on"] == ["train", "val"]
+    assert config["provenance"]["n_utterances"]["train"] == 60  # 5 actors x 12
+    assert "no validation" in (result.output_dir / "report.md").read_text()

@@ -23,6 +23,9 @@ class DataConfig(_Strict):
     split: Path = Field(description="split file from `serkit data split`")
     manifest: Path | None = Field(None, description="override the manifest the split file names")
     fold: int | None = Field(None, description="fold of a leave-one-speaker-out split")
+    train_parts: list[Literal["train", "val"]] = Field(
+        ["train"], description="['train', 'val'] trains on both (the papers' train+val -> test setting): "
+        "no model selection then, the last epoch is kept")
     labels: list[str] | None = Field(None, description="class list and order; default: the training emotions, sorted")
     trim_silence_db: float | None = Field(None, gt=0, description="trim leading/trailing audio quieter than this (dB below peak)")
     fixed_seconds: float | None = Field(None, gt=0, description="make every utterance this long (repeat, then cut), in training and inference")

@@ -45,10 +45,11 @@ def training_curve_png(path: Path | str, history: list[dict]) -> None:
     ax1.plot(epochs, [h.get("train_loss") for h in history], "o-", color="tab:gray", label="train loss")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("train loss")
-    ax2 = ax1.twinx()
-    ax2.plot(epochs, [h.get("val_uar") for h in history], "s-", color="tab:blue", label="val UAR")
-    ax2.set_ylabel("validation UAR")
-    ax2.set_ylim(0, 1)
+    if any(h.get("val_uar") is not None for h in history):
+        ax2 = ax1.twinx()
+        ax2.plot(epochs, [h.get("val_uar") for h in history], "s-", color="tab:blue", label="val UAR")
+        ax2.set_ylabel("validation UAR")
+        ax2.set_ylim(0, 1)
     fig.legend(loc="upper center", ncol=2, fontsize=8)
     fig.tight_layout()
     with atomic_file(path, "wb") as handle:

@@ -110,8 +110,9 @@ class KeepBest(L.Callback):
     """Keep the weights of the epoch with the best validation UAR (first one on ties), in memory:
     no pickled checkpoints on disk. Also records the per-epoch history."""
 
-    def __init__(self, log=None):
+    def __init__(self, log=None, select: bool = True):
         self.print_fn = log
+        self.select = select  # False: no validation data, keep the last epoch
         self.best_uar = -1.0
         self.best_epoch = -1
         self.state: dict | None = None
@@ -120,6 +121,18 @@ class KeepBest(L.Callback):
 
     def on_train_epoch_start(self, trainer, module):
         self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module):
+        if self.select:
+            return
+        self.history.append({"epoch": trainer.current_epoch + 1, "train_loss": module.epoch_train_loss, "val_uar": None,
+                             "val_war": None, "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                             "seconds": time.perf_counter() - self._epoch_start})
+        self.best_epoch, self.best_uar = trainer.current_epoch + 1, None
+        self.state = {k: v.detach().cpu().clone() for k, v in module.selected_model.state_dict().items()}
+        if self.print_fn is not None and trainer.is_global_zero:
+            self.print_fn(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: train loss {module.epoch_train_loss:.3f}, "
+                          f"{self.history[-1]['seconds']:.0f} s (no validation: training on train+val)")
 
     def on_validation_end(self, trainer, module):
         # runs after the module's on_validation_epoch_end has logged val_uar
@@ -168,9 +181,14 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
     L.seed_everything(recipe.seed, workers=True, verbose=False)
 
     split = load_split(recipe.data.split, recipe.data.manifest, recipe.data.fold)
-    if not split.val:
+    select_on_val = "val" not in recipe.data.train_parts
+    if select_on_val and not split.val:
         raise SplitError(f"split {split.file} has no validation speakers; model selection needs them (serkit data split --val N)")
-    parts = {name: split.part(name) for name in ("train", "val", "test") if split.speakers(name)}
+    train_speakers = [s for part in recipe.data.train_parts for s in split.speakers(part)]
+    parts = {"train": split.manifest.subset(train_speakers)}
+    for name in ("val", "test"):
+        if split.speakers(name) and name not in recipe.data.train_parts:
+            parts[name] = split.part(name)
     labels = recipe.data.labels or parts["train"].emotions
     if recipe.data.labels:
         for name, part in parts.items():
@@ -186,8 +204,8 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
     preprocessing = Preprocessing(trim_silence_db=recipe.data.trim_silence_db, fixed_seconds=recipe.data.fixed_seconds)
     t0 = time.perf_counter()
     waves = {name: load_waves(part.audio_paths(), preprocessing) for name, part in parts.items()}
-    log(f"loaded {sum(len(w) for w in waves.values())} utterances in {time.perf_counter() - t0:.1f} s "
-        + ", ".join(f"{n}: {len(w)} ({len(split.speakers(n))} speakers)" for n, w in waves.items()))
+    log(f"loaded {sum(len(w) for w in waves.values())} utterances in {time.perf_counter() - t0:.1f} s: "
+        + ", ".join(f"{n} {len(w)} ({parts[n].frame['speaker'].nunique()} speakers)" for n, w in waves.items()))
 
     arch = get_architecture(recipe.model.architecture)
     model = build_model(recipe.model.architecture, recipe.model.options, len(labels))
@@ -196,20 +214,22 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
         f"({model.trainable_parameters() / 1e6:.2f} M trainable), {len(labels)} classes, Adam lr {lr:g}")
 
     train_set = UtteranceDataset(parts["train"], labels, preprocessing, recipe.data.max_seconds, True, waves["train"])
-    val_set = UtteranceDataset(parts["val"], labels, preprocessing, None, False, waves["val"])
     loader_args = {"collate_fn": collate, "num_workers": recipe.train.num_workers,
                    "persistent_workers": recipe.train.num_workers > 0}
     train_loader = DataLoader(train_set, recipe.train.batch_size, shuffle=True, drop_last=False, **loader_args)
-    val_loader = DataLoader(val_set, recipe.train.eval_batch_size, shuffle=False, **loader_args)
+    val_loader = None
+    if select_on_val:
+        val_set = UtteranceDataset(parts["val"], labels, preprocessing, None, False, waves["val"])
+        val_loader = DataLoader(val_set, recipe.train.eval_batch_size, shuffle=False, **loader_args)
 
     if rank == 0:
         if work.exists():
             shutil.rmtree(work)  # left by a crashed run of the same recipe
         work.mkdir(parents=True)
     try:
-        keep_best = KeepBest(log=None if recipe.train.progress_bar else log)
+        keep_best = KeepBest(log=None if recipe.train.progress_bar else log, select=select_on_val)
         callbacks = [keep_best]
-        if recipe.train.patience:
+        if recipe.train.patience and select_on_val:
             callbacks.append(L.pytorch.callbacks.EarlyStopping("val_uar", patience=recipe.train.patience, mode="max"))
         trainer = L.Trainer(
             default_root_dir=work, max_epochs=recipe.train.max_epochs, accelerator=recipe.train.accelerator,
@@ -217,6 +237,7 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
             deterministic=recipe.train.deterministic, logger=False, callbacks=callbacks,
             enable_checkpointing=False, num_sanity_val_steps=0, enable_model_summary=False,
             enable_progress_bar=recipe.train.progress_bar, log_every_n_steps=10,
+            limit_val_batches=1.0 if select_on_val else 0,
         )
         module = ClassifierModule(model, lr, recipe.train.weight_decay, recipe.train.lr_decay, recipe.train.ema_decay)
         if torch.cuda.is_available():
@@ -250,6 +271,7 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
             "manifest": str(split.manifest.file),
             "manifest_sha256": split.manifest.sha256,
             "speakers": split.parts(),
+            "trained_on": list(recipe.data.train_parts),
             "n_utterances": {n: len(w) for n, w in waves.items()},
             "seed": recipe.seed,
             "training": training,
@@ -295,12 +317,16 @@ def _history_csv(history: list[dict]) -> str:
 def _report(recipe: Recipe, arch: str, model: SERModel, split, training: dict, evaluations: list[EvalResult]) -> str:
     test = next((e for e in evaluations if e.name == "test"), evaluations[-1])
     speakers = ", ".join(f"{p} {len(split.speakers(p))}" for p in ("train", "val", "test"))
+    if training["best_val_uar"] is not None:
+        selection = f"Best validation UAR {training['best_val_uar']:.3f} at epoch {training['best_epoch']} of {training['epochs']}; "
+    else:
+        selection = (f"Trained on {' + '.join(recipe.data.train_parts)} for {training['epochs']} epochs, no validation: "
+                     "the last epoch is kept; ")
     return "\n\n".join([
         f"# {recipe.name}",
         f"Model `{arch}` ({model.total_parameters() / 1e6:.2f} M parameters), trained on `{split.manifest.file}` "
         f"with a speaker-independent split (speakers: {speakers}), seed {recipe.seed}.",
-        f"Best validation UAR {training['best_val_uar']:.3f} at epoch {training['best_epoch']} of {training['epochs']}; "
-        f"{training['train_seconds']:.0f} s of training on {training['device']} "
+        selection + f"{training['train_seconds']:.0f} s of training on {training['device']} "
         f"({training['train_utterances_per_s']:.1f} utterances/s), peak memory {training['peak_rss_mb']:.0f} MB.",
         summary_table(evaluations),
         f"## Recall per class ({test.name})\n\n" + recall_table(test),
