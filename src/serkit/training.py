@@ -114,6 +114,7 @@ class KeepBest(L.Callback):
         self.print_fn = log
         self.select = select  # False: no validation data, keep the last epoch
         self.best_uar = -1.0
+        self.best_war = None
         self.best_epoch = -1
         self.state: dict | None = None
         self.history: list[dict] = []
@@ -151,6 +152,7 @@ class KeepBest(L.Callback):
         better = uar > self.best_uar
         if better:
             self.best_uar, self.best_epoch = uar, trainer.current_epoch + 1
+            self.best_war = float(metrics["val_war"])
             self.state = {k: v.detach().cpu().clone() for k, v in module.selected_model.state_dict().items()}
         if self.print_fn is not None and trainer.is_global_zero:
             h = self.history[-1]
@@ -257,6 +259,7 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
             "epochs": epochs,
             "best_epoch": keep_best.best_epoch,
             "best_val_uar": keep_best.best_uar,
+            "best_val_accuracy": keep_best.best_war,
             "train_seconds": round(train_seconds, 2),
             "train_utterances_per_s": round(len(train_set) * epochs / train_seconds, 2),
             "peak_rss_mb": round(peak_rss_mb, 1),

@@ -110,23 +110,29 @@ class TargetedPGD:
                     noise = (torch.rand(clean.shape, generator=gen) * 2 - 1).to(device)
                     x = clean + noise * tau
                 x = x * weight
-                active = torch.ones(len(idx), dtype=torch.bool, device=device)
+                active = torch.arange(len(idx), device=device)  # rows still short of their target
                 taken = torch.zeros(len(idx), dtype=torch.long, device=device)
+                x = x.detach()
                 for _ in range(self.steps):
-                    x.requires_grad_(True)
-                    logits = model(x, mask)
+                    # only rows still attacking are computed: cost falls as targets are reached
+                    xa = x[active].requires_grad_(True)
+                    logits = model(xa, mask[active])
                     if self.early_stop:
-                        reached = logits.argmax(-1) == y
-                        active = active & ~reached
-                        if not active.any():
-                            x = x.detach()
+                        keep = logits.argmax(-1) != y[active]
+                        if not keep.any():
                             break
-                    loss = nn.functional.cross_entropy(logits, y, reduction="sum")
-                    (grad,) = torch.autograd.grad(loss, x)
+                        active, xa_kept, logits = active[keep], xa, logits[keep]
+                        loss = nn.functional.cross_entropy(logits, y[active], reduction="sum")
+                        (grad,) = torch.autograd.grad(loss, xa_kept)
+                        grad = grad[keep]
+                    else:
+                        loss = nn.functional.cross_entropy(logits, y[active], reduction="sum")
+                        (grad,) = torch.autograd.grad(loss, xa)
                     with torch.no_grad():
-                        step = sigma * grad.sign() * active[:, None].to(x.dtype)
-                        x = torch.max(torch.min(x - step, clean + tau), clean - tau) * weight
-                    taken += active.long()
+                        stepped = x[active] - sigma[active] * grad.sign()
+                        bounded = torch.max(torch.min(stepped, clean[active] + tau[active]), clean[active] - tau[active])
+                        x[active] = bounded * weight[active]
+                    taken[active] += 1
                 x = x.detach()
                 with torch.no_grad():
                     reached = model(x, mask).argmax(-1) == y

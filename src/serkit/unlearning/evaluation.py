@@ -1,0 +1,72 @@
+"""The proof: what a model knows about the forget set, about everyone else, and how it compares.
+
+- UAR and accuracy on the forget set D_e;
+- UAR and accuracy on speakers the model never trained on (validation or test);
+- accuracy on the forgotten speaker's other training utterances (collateral forgetting);
+- a membership-inference attack: per-utterance cross-entropy as the score, forget set vs unseen
+  speakers. AUC 1 means the forget set is obviously "in" (memorised), 0.5 that it looks like data
+  the model never saw (what retraining gives), well below 0.5 that it stands out by being *worse*
+  than unseen data (over-forgetting, which also reveals it). Attack accuracy is the best balanced
+  accuracy of a loss threshold;
+- agreement with, and UAR gap to, a retrained model when one is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from serkit.inference import model_outputs
+from serkit.metrics import uar, war
+
+
+@dataclass
+class EvalSet:
+    name: str
+    waves: list[np.ndarray]
+    labels: np.ndarray  # indices into the model's labels
+
+    def __len__(self) -> int:
+        return len(self.waves)
+
+
+def outputs(model, data: EvalSet) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and per-utterance cross-entropy losses."""
+    logits = torch.from_numpy(model_outputs(model, data.waves)["logits"])
+    loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(data.labels), reduction="none")
+    return logits.argmax(-1).numpy(), loss.numpy()
+
+
+def membership_attack(member_loss: np.ndarray, nonmember_loss: np.ndarray) -> dict:
+    """Loss-threshold membership inference: members are predicted where the loss is low."""
+    scores = -np.concatenate([member_loss, nonmember_loss])
+    truth = np.concatenate([np.ones(len(member_loss)), np.zeros(len(nonmember_loss))])
+    auc = float(roc_auc_score(truth, scores))
+    fpr, tpr, _ = roc_curve(truth, scores)
+    return {"auc": auc, "attack_accuracy": float(np.max((tpr + 1 - fpr) / 2)),
+            "forget_loss_mean": float(np.mean(member_loss)), "unseen_loss_mean": float(np.mean(nonmember_loss))}
+
+
+def forget_report(model, forget: EvalSet, unseen: EvalSet, other: EvalSet | None, retrained=None) -> dict:
+    f_pred, f_loss = outputs(model, forget)
+    u_pred, u_loss = outputs(model, unseen)
+    report = {
+        "forget": {"n": len(forget), "uar": uar(forget.labels, f_pred), "accuracy": war(forget.labels, f_pred)},
+        unseen.name: {"n": len(unseen), "uar": uar(unseen.labels, u_pred), "accuracy": war(unseen.labels, u_pred)},
+        "membership": membership_attack(f_loss, u_loss),
+    }
+    if other is not None and len(other):
+        o_pred, _ = outputs(model, other)
+        report["speaker_other_training"] = {"n": len(other), "accuracy": war(other.labels, o_pred)}
+    if retrained is not None:
+        r_pred, _ = outputs(retrained, unseen)
+        rf_pred, _ = outputs(retrained, forget)
+        report["vs_retrained"] = {
+            "agreement_unseen": float(np.mean(u_pred == r_pred)),
+            "agreement_forget": float(np.mean(f_pred == rf_pred)),
+            "uar_gap_unseen": uar(unseen.labels, u_pred) - uar(unseen.labels, r_pred),
+        }
+    return report

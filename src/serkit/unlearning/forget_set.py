@@ -1,0 +1,156 @@
+"""The forget set D_e: the utterances a deletion request names, checked against what the model learned.
+
+Three ways to name it: a list of files, a whole training speaker, or N utterances drawn at random
+(seeded) from one training speaker (the papers' protocol). The model directory's provenance says
+which manifest and which speakers it was trained on; utterances of speakers it never trained on
+(validation or test) are refused: what was never learned cannot be forgotten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from serkit.data.manifest import Manifest, read_manifest
+from serkit.errors import SerkitError
+from serkit.models.modeldir import SavedModel
+
+
+@dataclass
+class TrainingData:
+    """What a saved model was trained on, from its provenance."""
+
+    manifest: Manifest
+    trained_speakers: list[str]
+    held_out: dict[str, list[str]]  # part -> speakers the model never trained on
+
+    def train_rows(self) -> pd.DataFrame:
+        return self.manifest.frame[self.manifest.frame["speaker"].isin(self.trained_speakers)]
+
+
+def training_data(saved: SavedModel, manifest: Path | str | None = None) -> TrainingData:
+    prov = saved.config.get("provenance") or {}
+    path = manifest or prov.get("manifest")
+    if not path:
+        raise SerkitError(f"model {saved.path} does not record the manifest it was trained on; pass --manifest MANIFEST.csv")
+    loaded = read_manifest(path)
+    speakers = prov.get("speakers") or {}
+    trained_on = prov.get("trained_on") or ["train"]
+    trained = sorted({s for part in trained_on for s in speakers.get(part, [])})
+    if not trained:
+        raise SerkitError(f"model {saved.path} does not record its training speakers (provenance.speakers); "
+                          "it was not trained by serkit train, so its forget set cannot be checked")
+    held_out = {p: list(v) for p, v in speakers.items() if p not in trained_on}
+    return TrainingData(loaded, trained, held_out)
+
+
+@dataclass
+class ForgetSet:
+    rows: pd.DataFrame  # manifest rows of the utterances to forget
+    manifest: Manifest
+    mode: str  # "files", "speaker" or "random"
+    seed: int | None = None
+    skipped: list[str] = field(default_factory=list)  # listed files the model was never trained on
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted(self.rows["speaker"].unique())
+
+    def audio_paths(self) -> list[Path]:
+        return Manifest(self.rows, self.manifest.file).audio_paths()
+
+    def as_manifest(self) -> Manifest:
+        return Manifest(self.rows.reset_index(drop=True), self.manifest.file, self.manifest.sha256)
+
+    def hashed_ids(self) -> list[str]:
+        """SHA-256 of each utterance's manifest path: the receipt proves which utterances, without naming them."""
+        return sorted(hashlib.sha256(p.encode()).hexdigest() for p in self.rows["path"])
+
+    def describe(self) -> dict:
+        return {"mode": self.mode, "n": len(self), "speakers_sha256": [hashlib.sha256(s.encode()).hexdigest() for s in self.speakers],
+                "seed": self.seed, "skipped_not_in_training_data": len(self.skipped)}
+
+
+def build_forget_set(saved: SavedModel, *, files: list[str] | None = None, speaker: str | None = None,
+                     n: int | None = None, seed: int = 0, manifest: Path | str | None = None, strict: bool = False,
+                     warn=print) -> ForgetSet:
+    """Name D_e by `files`, or by `speaker` (all of their training utterances, or `n` drawn at random)."""
+    if (files is None) == (speaker is None):
+        raise SerkitError("name the forget set with exactly one of --forget FILES.txt or --speaker ID")
+    data = training_data(saved, manifest)
+    frame = data.manifest.frame
+    held = {s: part for part, speakers in data.held_out.items() for s in speakers}
+    if speaker is not None:
+        if speaker in held:
+            raise SerkitError(f"speaker '{speaker}' is in the {held[speaker]} split: the model never trained on them, "
+                              "so there is nothing to forget")
+        if speaker not in data.trained_speakers:
+            raise SerkitError(f"speaker '{speaker}' is not among the model's training speakers {data.trained_speakers}")
+        rows = frame[frame["speaker"] == speaker]
+        mode = "speaker"
+        if n is not None:
+            if n < 1:
+                raise SerkitError("--n must be at least 1")
+            if n > len(rows):
+                raise SerkitError(f"--n {n} is more than speaker '{speaker}' has ({len(rows)} training utterances)")
+            rows = rows.iloc[np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False))]
+            mode = "random"
+        forget = ForgetSet(rows.reset_index(drop=True), data.manifest, mode, seed if n is not None else None)
+    else:
+        forget = _from_files(files, data, held, strict, warn)
+    if len(forget) == 0:
+        raise SerkitError("the forget set is empty: none of the listed files is a training utterance of this model")
+    forget.as_manifest().check_labels(saved.labels, f"model {saved.path}")
+    return forget
+
+
+def read_file_list(path: Path | str) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise SerkitError(f"forget list not found: {path}; give a text file with one audio path per line")
+    entries = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not entries:
+        raise SerkitError(f"forget list {path} is empty: list one audio path per line")
+    return entries
+
+
+def _from_files(files: list[str], data: TrainingData, held: dict, strict: bool, warn) -> ForgetSet:
+    frame = data.manifest.frame
+    resolved = {str(p.resolve()): i for i, p in enumerate(data.manifest.audio_paths())}
+    by_column = {p: i for i, p in enumerate(frame["path"])}
+    by_name: dict[str, list[int]] = {}
+    for i, p in enumerate(frame["path"]):
+        by_name.setdefault(Path(p).name, []).append(i)
+    chosen, unknown = [], []
+    for entry in files:
+        if entry in by_column:
+            index = by_column[entry]
+        elif str(Path(entry).resolve()) in resolved:
+            index = resolved[str(Path(entry).resolve())]
+        elif len(by_name.get(Path(entry).name, [])) == 1:
+            index = by_name[Path(entry).name][0]
+        else:
+            unknown.append(entry)
+            continue
+        spk = frame["speaker"].iloc[index]
+        if spk in held:
+            raise SerkitError(f"{entry} is in the {held[spk]} split (speaker {spk}): the model never trained on it, "
+                              "so it cannot be forgotten; remove it from the list")
+        if spk not in data.trained_speakers:
+            unknown.append(entry)
+            continue
+        chosen.append(index)
+    if unknown:
+        listing = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        if strict:
+            raise SerkitError(f"{len(unknown)} listed file(s) are not training utterances of this model: {listing} (--strict)")
+        warn(f"warning: {len(unknown)} listed file(s) are not in the model's training data and are skipped: {listing}")
+    rows = frame.iloc[sorted(set(chosen))].reset_index(drop=True)
+    return ForgetSet(rows, data.manifest, "files", None, unknown)

@@ -1,0 +1,203 @@
+"""What every unlearning method shares: its context, the registry, and the fine-tuning loop.
+
+The loop draws a batch of the forget set together with a batch of any extra data (adversarial
+samples, remaining data) at every step, keeps batch-norm statistics frozen (a batch of ten
+forget utterances is no estimate of the training distribution), and stops by a rule:
+- target "misclassify" (the papers'): stop once no forget utterance is classified correctly;
+- target "retrain-like": stop once forget-set accuracy falls to a reference, by default the
+  original model's accuracy on validation speakers it never saw (a number from its provenance,
+  no extra data), so the forget set looks like unseen data rather than like a red flag;
+or after `epochs` epochs, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from serkit.data.dataset import pad_batch
+from serkit.data.manifest import Manifest
+from serkit.errors import ConfigError
+from serkit.models.modeldir import SavedModel
+from serkit.unlearning.forget_set import ForgetSet
+
+
+class FinetuneParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(15, ge=1, description="upper bound on epochs (the papers: 15)")
+    lr: float | None = Field(None, gt=0, description="Adam learning rate; default: the one the model was trained with")
+    batch_size: int = Field(16, ge=1, description="adversarial / remaining samples per step")
+    target: Literal["misclassify", "retrain-like"] = "misclassify"
+    stop_early: bool = Field(True, description="stop as soon as the target is reached (checked every `check_every` steps)")
+    check_every: int = Field(5, ge=1)
+    target_accuracy: float | None = Field(None, ge=0, le=1, description="retrain-like: forget-set accuracy to stop at "
+                                          "(default: the original model's validation accuracy)")
+
+
+@dataclass
+class UnlearnContext:
+    saved: SavedModel  # its model is modified in place: the caller passes a copy
+    forget: ForgetSet
+    forget_waves: list[np.ndarray]
+    forget_labels: np.ndarray  # indices into saved.labels
+    seed: int = 0
+    log: Callable = print
+    reference_accuracy: float | None = None
+    remain: Manifest | None = None
+    work_dir: Path | None = None
+    device: str = "cpu"
+
+
+@dataclass
+class UnlearnOutcome:
+    stats: dict = field(default_factory=dict)
+    replacement: SavedModel | None = None  # retrain returns a new model instead of editing one
+
+
+class UnlearningMethod(abc.ABC):
+    name: str = ""
+    Params: type[BaseModel] = FinetuneParams
+    reads_remaining_data: bool = False
+
+    def __init__(self, params: dict | BaseModel | None = None):
+        if isinstance(params, BaseModel):
+            self.params = params
+        else:
+            try:
+                self.params = self.Params.model_validate(params or {})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise ConfigError(f"method '{self.name}': {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+    @abc.abstractmethod
+    def unlearn(self, ctx: UnlearnContext) -> UnlearnOutcome:
+        """Make ctx.saved.model forget ctx.forget; return statistics for the receipt."""
+
+
+METHODS: dict[str, type[UnlearningMethod]] = {}
+
+
+def register(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str, params: dict | None = None) -> UnlearningMethod:
+    from serkit.unlearning.methods import adversarial, random_label, remain, retrain  # noqa: F401  (registers)
+
+    if name not in METHODS:
+        raise ConfigError(f"unknown unlearning method '{name}'; choose one of {sorted(METHODS)}")
+    return METHODS[name](params)
+
+
+def random_wrong_labels(labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+    """One label per utterance, drawn uniformly from the classes other than its own (seeded)."""
+    rng = np.random.default_rng(seed)
+    return (np.asarray(labels) + rng.integers(1, num_classes, size=len(labels))) % num_classes
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+@torch.no_grad()
+def accuracy_on(model: nn.Module, waves: list[np.ndarray], labels: np.ndarray, batch_size: int = 32) -> float:
+    was = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(waves), batch_size):
+        x, mask = pad_batch(waves[start:start + batch_size])
+        device = next(model.parameters()).device
+        correct += int((model(x.to(device), mask.to(device)).argmax(-1).cpu().numpy() == labels[start:start + batch_size]).sum())
+    model.train(was)
+    return correct / max(len(waves), 1)
+
+
+def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.ndarray,
+             extra: tuple[list[np.ndarray], np.ndarray] | None, loss_fn: Callable, lr: float) -> dict:
+    """The shared loop. `loss_fn(model, forget_batch, extra_batch)` returns (loss, parts dict)."""
+    model = ctx.saved.model
+    device = next(model.parameters()).device
+    rng = np.random.default_rng(ctx.seed)
+    n_forget = len(ctx.forget_waves)
+    if extra is not None:
+        steps_per_epoch = max(1, math.ceil(len(extra[0]) / params.batch_size))
+    else:
+        steps_per_epoch = max(1, math.ceil(n_forget / params.batch_size))
+    forget_batch = max(1, math.ceil(n_forget / steps_per_epoch))
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    if params.target == "retrain-like":
+        goal = params.target_accuracy if params.target_accuracy is not None else ctx.reference_accuracy
+        if goal is None:
+            raise ConfigError("target retrain-like needs a reference accuracy: the model records no validation "
+                              "accuracy, so pass target_accuracy")
+    else:
+        goal = 0.0
+    history, stop_reason, step = [], f"{params.epochs} epochs", 0
+    start = time.perf_counter()
+    model.train()
+    freeze_batchnorm(model)
+    reached = False
+    for epoch in range(params.epochs):
+        forget_order = rng.permutation(n_forget)
+        extra_order = rng.permutation(len(extra[0])) if extra is not None else None
+        losses = []
+        for s in range(steps_per_epoch):
+            fi = forget_order[(s * forget_batch) % n_forget:][:forget_batch]
+            if len(fi) < forget_batch:
+                fi = np.concatenate([fi, forget_order[: forget_batch - len(fi)]])
+            fx, fm = pad_batch([ctx.forget_waves[i] for i in fi])
+            fbatch = (fx.to(device), fm.to(device), torch.as_tensor(forget_targets[fi], device=device))
+            ebatch = None
+            if extra is not None:
+                ei = extra_order[s * params.batch_size:(s + 1) * params.batch_size]
+                ex, em = pad_batch([extra[0][i] for i in ei])
+                ebatch = (ex.to(device), em.to(device), torch.as_tensor(extra[1][ei], device=device))
+            loss, parts = loss_fn(model, fbatch, ebatch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append({k: float(v) for k, v in parts.items()})
+            step += 1
+            if params.stop_early and step % params.check_every == 0:
+                acc = accuracy_on(model, ctx.forget_waves, ctx.forget_labels)
+                model.train()
+                freeze_batchnorm(model)
+                if acc <= goal:
+                    reached = True
+                    stop_reason = f"forget-set accuracy {acc:.2f} <= {goal:.2f} after {step} steps"
+                    break
+        acc = accuracy_on(model, ctx.forget_waves, ctx.forget_labels)
+        model.train()
+        freeze_batchnorm(model)
+        mean_parts = {k: float(np.mean([p[k] for p in losses])) for k in losses[0]} if losses else {}
+        history.append({"epoch": epoch + 1, "forget_accuracy": acc, **mean_parts})
+        ctx.log(f"unlearning epoch {epoch + 1}: forget-set accuracy {acc:.2f}, "
+                + ", ".join(f"{k} {v:.3f}" for k, v in mean_parts.items()))
+        if reached or (params.stop_early and acc <= goal):
+            if not reached:
+                stop_reason = f"forget-set accuracy {acc:.2f} <= {goal:.2f} after epoch {epoch + 1}"
+            break
+    model.eval()
+    return {"epochs_run": len(history), "steps": step, "stop_reason": stop_reason, "target": params.target,
+            "target_accuracy": goal, "lr": lr, "history": history, "finetune_seconds": round(time.perf_counter() - start, 2)}
+
+
+def default_lr(saved: SavedModel) -> float:
+    from serkit.models.registry import get_architecture
+
+    training = (saved.config.get("provenance") or {}).get("training") or {}
+    return float(training.get("learning_rate") or get_architecture(saved.config["architecture"]).default_lr)

@@ -1,0 +1,180 @@
+"""Forget-set-only unlearning: the forget set, PGD, EWC, the methods and the receipt."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from serkit.config import load_recipe
+from serkit.errors import ConfigError, SerkitError
+from serkit.io import sha256_file
+from serkit.models import build_model, load_model
+from serkit.training import train
+from serkit.unlearning.ewc import EWCPenalty, fisher_diagonal
+from serkit.unlearning.forget_set import build_forget_set
+from serkit.unlearning.methods import get_method
+from serkit.unlearning.pgd import TargetedPGD, draw_targets
+from serkit.unlearning.run import forget
+from tests.conftest import tiny_recipe
+
+QUICK = {"adversarial_per_sample": 3, "pgd_steps": 8, "epochs": 2, "tau": 0.05}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_split, tmp_path_factory):
+    out = tmp_path_factory.mktemp("unlearn") / "run"
+    return train(load_recipe(raw=tiny_recipe(tiny_split, out, max_epochs=4)), log=lambda *a: None).model_dir
+
+
+def test_forget_set_by_speaker_random_and_files(model_dir, tiny_manifest, tmp_path):
+    saved = load_model(model_dir)
+    whole = build_forget_set(saved, speaker="02")
+    assert len(whole) == 12 and whole.mode == "speaker"
+    drawn = build_forget_set(saved, speaker="02", n=5, seed=3)
+    assert len(drawn) == 5 and set(drawn.rows["path"]) <= set(whole.rows["path"])
+    assert list(build_forget_set(saved, speaker="02", n=5, seed=3).rows["path"]) == list(drawn.rows["path"])
+    files = list(drawn.rows["path"][:2]) + ["/nowhere/not-trained.wav"]
+    warnings = []
+    listed = build_forget_set(saved, files=files, warn=warnings.append)
+    assert len(listed) == 2 and listed.skipped == ["/nowhere/not-trained.wav"] and "not in the model's training data" in warnings[0]
+    with pytest.raises(SerkitError, match="not training utterances of this model.*--strict"):
+        build_forget_set(saved, files=files, strict=True)
+    assert len(drawn.hashed_ids()) == 5 and all(len(h) == 64 for h in drawn.hashed_ids())
+
+
+def test_forget_set_refusals(model_dir, tiny_manifest):
+    saved = load_model(model_dir)
+    test_file = [p for p in __import__("pandas").read_csv(tiny_manifest, dtype=str).query("speaker == '06'")["path"]][:1]
+    with pytest.raises(SerkitError, match="in the test split .* never trained on it"):
+        build_forget_set(saved, files=test_file)
+    with pytest.raises(SerkitError, match="speaker '06' is in the test split"):
+        build_forget_set(saved, speaker="06")
+    with pytest.raises(SerkitError, match="not among the model's training speakers"):
+        build_forget_set(saved, speaker="99")
+    with pytest.raises(SerkitError, match="more than speaker '02' has \\(12"):
+        build_forget_set(saved, speaker="02", n=13)
+    with pytest.raises(SerkitError, match="forget set is empty"):
+        build_forget_set(saved, files=["/a.wav"], warn=lambda *a: None)
+    with pytest.raises(SerkitError, match="exactly one of"):
+        build_forget_set(saved)
+
+
+class BandEnergy(torch.nn.Module):
+    """A toy classifier whose class c is the loudest of 4 fixed random filter bands: on white noise
+    every target is within reach of a small perturbation, so PGD must hit nearly all of them."""
+
+    def __init__(self):
+        super().__init__()
+        self.filters = torch.nn.Parameter(torch.randn(4, 1, 33, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x, mask):
+        bands = torch.nn.functional.conv1d((x * mask)[:, None], self.filters, padding=16) ** 2
+        energy = (bands * mask[:, None]).sum(-1) / mask.sum(-1, keepdim=True)
+        return 5 * torch.log(energy + 1e-8)
+
+
+def test_pgd_reaches_targets_inside_the_ball():
+    model = BandEnergy().eval()
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (6000, 4000, 5000)]
+    with torch.no_grad():
+        labels = np.array([int(model(torch.from_numpy(w)[None], torch.ones(1, len(w)))[0].argmax()) for w in waves])
+    targets = draw_targets(labels, 4, 3, seed=0)
+    assert (targets != labels[:, None]).all()
+    pgd = TargetedPGD(tau=0.1, steps=40, tau_mode="relative", batch_size=4)
+    adv = pgd.generate(model, waves, targets)
+    assert len(adv) == 9 and adv.success.mean() >= 0.8
+    for wave, src, target, ok in zip(adv.waves, adv.source_index, adv.targets, adv.success):
+        assert wave.shape == waves[src].shape
+        assert np.abs(wave - waves[src]).max() <= 0.1 * waves[src].std() * 1.001
+        with torch.no_grad():
+            predicted = int(model(torch.from_numpy(wave)[None], torch.ones(1, len(wave)))[0].argmax())
+        assert (predicted == target) == ok
+    assert np.median(adv.snr_db) > 15
+    exhaustive = TargetedPGD(tau=0.1, steps=40, early_stop=False, batch_size=4).generate(model, waves, targets)
+    assert adv.steps_taken.sum() < exhaustive.steps_taken.sum() == 9 * 40
+    assert all(p.requires_grad for p in model.parameters())  # restored after the attack
+
+
+def test_fisher_and_ewc_penalty():
+    torch.manual_seed(0)
+    model = build_model("cnn6", {}, 3)
+    waves = [np.random.default_rng(i).standard_normal(8000).astype(np.float32) * 0.1 for i in range(3)]
+    fisher = fisher_diagonal(model, waves, np.array([0, 1, 2]))
+    assert all((f >= 0).all() for f in fisher.values()) and sum(float(f.sum()) for f in fisher.values()) > 0
+    penalty = EWCPenalty(model, fisher)
+    assert float(penalty(model).detach()) == 0.0
+    with torch.no_grad():
+        model.fc2.weight.add_(0.1)
+    assert float(penalty(model).detach()) > 0
+    normalized = fisher_diagonal(model, waves, np.array([0, 1, 2]), normalize=True)
+    assert max(float(f.max()) for f in normalized.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("method", ["adv-ewc", "random-label"])
+def test_forget_writes_a_new_model_and_a_receipt(model_dir, tmp_path, method):
+    before = sha256_file(model_dir / "model.safetensors")
+    params = QUICK if method == "adv-ewc" else {"epochs": 2}
+    result = forget(model_dir, tmp_path / "out", speaker="02", n=6, method=method, params=params, log=lambda *a: None)
+    assert sha256_file(model_dir / "model.safetensors") == before  # the input is untouched
+    receipt = json.loads((tmp_path / "out" / "receipt.json").read_text())
+    assert receipt["model_before"]["weights_sha256"] == before != receipt["model_after"]["weights_sha256"]
+    assert receipt["forget_set"]["n"] == 6 and len(receipt["forget_set"]["utterances_sha256"]) == 6
+    assert '"02"' not in json.dumps(receipt["forget_set"])  # speaker ids only hashed
+    ev = receipt["evaluation"]
+    assert ev["unseen_part"] == "val" and set(ev["after"]) >= {"forget", "val", "membership", "speaker_other_training"}
+    assert ev["after"]["forget"]["accuracy"] <= ev["before"]["forget"]["accuracy"]
+    assert receipt["method"]["reads_remaining_data"] is False
+    if method == "adv-ewc":
+        assert receipt["stats"]["pgd"]["samples"] == 18 and "fisher_sum" in receipt["stats"]["ewc"]
+    new = load_model(result.model_dir)
+    assert new.config["provenance"]["unlearning"]["method"] == method
+    assert "forget set only" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_output_rules_and_interrupted_runs(model_dir, tmp_path, monkeypatch):
+    with pytest.raises(SerkitError, match="overwrite or sit inside the input model"):
+        forget(model_dir, model_dir, speaker="02", n=2, params=QUICK, log=lambda *a: None)
+    with pytest.raises(SerkitError, match="overwrite or sit inside the input model"):
+        forget(model_dir, model_dir / "sub", speaker="02", n=2, params=QUICK, log=lambda *a: None)
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(SerkitError, match="already exists.*--overwrite"):
+        forget(model_dir, tmp_path / "exists", speaker="02", n=2, params=QUICK, log=lambda *a: None)
+    forget(model_dir, tmp_path / "exists", speaker="02", n=2, method="random-label", params={"epochs": 1},
+           overwrite=True, log=lambda *a: None)
+    assert (tmp_path / "exists" / "receipt.json").is_file()
+
+    from serkit.unlearning.methods import random_label
+
+    def boom(self, ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(random_label.RandomLabel, "unlearn", boom)
+    with pytest.raises(KeyboardInterrupt):
+        forget(model_dir, tmp_path / "never", speaker="02", n=2, method="random-label", log=lambda *a: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
+
+
+def test_method_errors_are_clear(model_dir, tmp_path):
+    with pytest.raises(ConfigError, match="unknown unlearning method 'magic'"):
+        get_method("magic")
+    with pytest.raises(ConfigError, match="method 'adv-ewc': pgd_stepz"):
+        get_method("adv-ewc", {"pgd_stepz": 3})
+    with pytest.raises(SerkitError, match="pass --remain"):
+        forget(model_dir, tmp_path / "r", speaker="02", n=2, method="remain", params={"epochs": 1}, log=lambda *a: None)
+    assert not (tmp_path / "r").exists()
+
+
+def test_remain_and_retrain_baselines(model_dir, tiny_manifest, tmp_path):
+    remain = forget(model_dir, tmp_path / "remain", speaker="02", n=3, method="remain", params={"epochs": 1},
+                    remain=tiny_manifest, log=lambda *a: None)
+    assert remain.receipt["method"]["reads_remaining_data"] is True
+    assert remain.receipt["stats"]["remaining_utterances"] == 48 - 3
+    retrain = forget(model_dir, tmp_path / "retrain", speaker="02", n=3, method="retrain", params={"max_epochs": 1},
+                     log=lambda *a: None)
+    assert retrain.receipt["stats"]["epochs_run"] == 1
+    compared = forget(model_dir, tmp_path / "cmp", speaker="02", n=3, method="random-label", params={"epochs": 1},
+                      retrained=retrain.model_dir, log=lambda *a: None)
+    assert 0 <= compared.receipt["evaluation"]["after"]["vs_retrained"]["agreement_unseen"] <= 1
+    assert compared.receipt["timing"]["speedup_over_retraining"] > 0
