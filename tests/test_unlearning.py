@@ -178,3 +178,24 @@ def test_remain_and_retrain_baselines(model_dir, tiny_manifest, tmp_path):
                       retrained=retrain.model_dir, log=lambda *a: None)
     assert 0 <= compared.receipt["evaluation"]["after"]["vs_retrained"]["agreement_unseen"] <= 1
     assert compared.receipt["timing"]["speedup_over_retraining"] > 0
+
+
+def test_experiment_grid_runs_resumes_and_summarises(model_dir, tmp_path):
+    from serkit.unlearning.experiment import load_grid, run_grid
+
+    recipe = tmp_path / "grid.yaml"
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'grid'}\nbackbones:\n  cnn6:\n    train->val: {model_dir}\nspeakers: ['02']\n"
+        "n: [3]\nseeds: [0]\nmethods:\n  random-label: {epochs: 1}\n"
+        "  adv: {epochs: 1, adversarial_per_sample: 2, pgd_steps: 3}\ntaus: [0.02, 0.05]\n")
+    messages = []
+    out = run_grid(load_grid(recipe), log=messages.append)
+    rows = (out / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3 and messages[0] == "0 runs done, 3 to go"
+    assert "random-label" in (out / "table1.md").read_text() and (out / "fig2.png").stat().st_size > 1000
+    assert not any((out / "runs").glob("*/model"))  # unlearned models are dropped unless keep_models
+    messages.clear()
+    run_grid(load_grid(recipe), log=messages.append)
+    assert messages[0] == "3 runs done, 0 to go"
+    with pytest.raises(ConfigError, match="unknown setting 'train->test'"):
+        load_grid(recipe, ["backbones.cnn6={'train->test': x}"])

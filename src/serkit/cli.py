@@ -19,7 +19,9 @@ app = typer.Typer(help="serkit: speech emotion recognition that respects privacy
 data_app = typer.Typer(help="Import corpora, inspect manifests, make speaker-independent splits.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+experiment_app = typer.Typer(help="The papers' experiment grids.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(experiment_app, name="experiment")
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 
@@ -266,6 +268,18 @@ def forget_cmd(
                   f"({ev['unseen_uar_kept']:.0%} kept); membership AUC {ev['before']['membership']['auc']:.2f} -> "
                   f"{ev['after']['membership']['auc']:.2f}; {result.receipt['timing']['unlearn_seconds']:.0f} s")
     console.print(f"wrote {result.out_dir}/ (model/, receipt.json, report.md)")
+
+
+@experiment_app.command("unlearning")
+def experiment_unlearning(
+    recipe: Path = typer.Argument(..., help="grid recipe YAML (see configs/unlearning_*.yaml)"),
+    set_: list[str] = typer.Option([], "--set", help="override a recipe value"),
+):
+    """The unlearning grid (resumable): results.csv, table1.md, fig2.png, table2.md."""
+    from serkit.unlearning.experiment import load_grid, run_grid
+
+    out = run_grid(load_grid(recipe, set_), log=console.print)
+    console.print(f"wrote {out}/ (results.csv, table1.md, table2.md, fig2.png)")
 
 
 @models_app.command("import-ct2")
