@@ -140,3 +140,20 @@ def test_train_plus_val_setting_keeps_the_last_epoch(tiny_split, tmp_path):
     assert config["provenance"]["trained_on"] == ["train", "val"]
     assert config["provenance"]["n_utterances"]["train"] == 60  # 5 actors x 12
     assert "no validation" in (result.output_dir / "report.md").read_text()
+
+
+def test_init_from_another_model_copies_matching_tensors(trained, tiny_split, tmp_path):
+    raw = tiny_recipe(tiny_split, tmp_path / "b", max_epochs=1, lr=1e-12)  # lr ~0: weights stay where they start
+    raw["model"]["init_from"] = str(trained.model_dir)
+    raw["data"]["labels"] = ["anger", "sadness"]  # a different head: 2 classes
+    result = train(load_recipe(raw=raw), log=lambda *a: None)
+    a = load_file(str(trained.model_dir / "model.safetensors"))
+    b = load_file(str(result.model_dir / "model.safetensors"))
+    assert torch.allclose(a["layers.0.conv.weight"], b["layers.0.conv.weight"], atol=1e-6)
+    assert b["fc2.weight"].shape[0] == 2
+    init = json.loads((result.model_dir / "config.json").read_text())["provenance"]["init_from"]
+    assert init["fresh"] == ["fc2.bias", "fc2.weight"]
+    raw["model"]["architecture"] = "resnet9"
+    raw["output_dir"] = str(tmp_path / "c")
+    with pytest.raises(ConfigError, match="is a 'cnn6' model; this recipe trains 'resnet9'"):
+        train(load_recipe(raw=raw), log=lambda *a: None)

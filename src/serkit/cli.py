@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from serkit.commands import register_all
 from serkit.errors import SerkitError
 
 app = typer.Typer(help="serkit: speech emotion recognition that respects privacy and small devices.",
@@ -213,6 +214,9 @@ def models_list(classes: int = typer.Option(8, help="number of classes for the p
             count = f"{build_model(arch.name, {}, classes).total_parameters() / 1e6:.2f} M"
         table.add_row(arch.name, arch.family, count, f"{arch.default_lr:g}", arch.description)
     console.print(table)
+
+
+register_all(app, console)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -35,6 +35,8 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     architecture: str = "cnn6"
     options: dict = Field(default_factory=dict)
+    init_from: Path | None = Field(None, description="start from another serkit model's weights (same architecture; "
+                                   "tensors whose shape differs, e.g. a head for other classes, stay freshly initialised)")
 
 
 class LRDecay(_Strict):

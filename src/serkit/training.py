@@ -211,6 +211,7 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
 
     arch = get_architecture(recipe.model.architecture)
     model = build_model(recipe.model.architecture, recipe.model.options, len(labels))
+    init = initialise_from(model, recipe.model.init_from, log) if recipe.model.init_from else None
     lr = recipe.train.lr or arch.default_lr
     log(f"model {arch.name}: {model.total_parameters() / 1e6:.2f} M parameters "
         f"({model.trainable_parameters() / 1e6:.2f} M trainable), {len(labels)} classes, Adam lr {lr:g}")
@@ -275,6 +276,7 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
             "manifest_sha256": split.manifest.sha256,
             "speakers": split.parts(),
             "trained_on": list(recipe.data.train_parts),
+            "init_from": init,
             "n_utterances": {n: len(w) for n, w in waves.items()},
             "seed": recipe.seed,
             "training": training,
@@ -307,6 +309,23 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
             shutil.rmtree(work, ignore_errors=True)
         raise
     return TrainResult(output_dir, output_dir / "model", metrics, evaluations)
+
+
+def initialise_from(model: SERModel, path: Path, log=print) -> dict:
+    """Copy every tensor of another serkit model whose name and shape match (two-step fine-tuning:
+    model A trained on an intermediate task, then model B on SER). Returns what was copied."""
+    source = load_model(path)
+    if source.config["architecture"] != model.architecture:
+        raise ConfigError(f"model.init_from {path} is a '{source.config['architecture']}' model; "
+                          f"this recipe trains '{model.architecture}' (they must match)")
+    theirs = source.model.state_dict()
+    ours = model.state_dict()
+    copied = {k: v for k, v in theirs.items() if k in ours and v.shape == ours[k].shape}
+    skipped = sorted(k for k in ours if k not in copied)
+    model.load_state_dict({**ours, **copied})
+    log(f"initialised {len(copied)} of {len(ours)} tensors from {path}"
+        + (f"; fresh: {', '.join(skipped[:4])}{' ...' if len(skipped) > 4 else ''}" if skipped else ""))
+    return {"path": str(Path(path).resolve()), "weights_sha256": source.weights_sha256, "copied": len(copied), "fresh": skipped}
 
 
 def _history_csv(history: list[dict]) -> str:
