@@ -1,0 +1,83 @@
+"""`serkit embed` and `serkit graph`: upstream embeddings and the similarity graph (paper 003)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+def register(app: typer.Typer, console) -> None:
+    @app.command("embed")
+    def embed_cmd(
+        model_dir: Path = typer.Argument(..., help="a serkit model directory (any architecture)"),
+        manifest: Path = typer.Argument(..., help="manifest.csv whose utterances to embed"),
+        out: Path = typer.Option(..., "-o", "--out", help="new .npy file (a .json beside it records its provenance)"),
+        layer: str = typer.Option("fc1", help="fc1, fc2 (logits), pooled, or hidden:K for transformer backbones"),
+        split: Path | None = typer.Option(None, help="with --part: embed only the speakers of one part of this split"),
+        part: str | None = typer.Option(None, help="train, val or test (needs --split)"),
+        batch_size: int = typer.Option(16, min=1),
+    ):
+        """Time-averaged embeddings of every utterance of a manifest, from any serkit model."""
+        from serkit.data.manifest import read_manifest
+        from serkit.data.splits import load_split
+        from serkit.embeddings import check_layer, embed, save_embeddings
+        from serkit.errors import SerkitError
+        from serkit.io import refuse_existing
+        from serkit.models import load_model
+
+        if (split is None) != (part is None):
+            raise SerkitError("--split and --part go together: e.g. --split split.json --part train")
+        refuse_existing(out, "embedding file")
+        saved = load_model(model_dir)
+        check_layer(saved, layer)
+        rows = read_manifest(manifest)
+        if split is not None:
+            loaded = load_split(split, manifest)
+            rows = loaded.part(part)
+        with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task("embed", total=len(rows))
+            array = embed(saved, rows, layer, batch_size, progress=lambda k: progress.advance(task, k))
+        meta = {"model": str(Path(model_dir).resolve()), "model_weights_sha256": saved.weights_sha256,
+                "architecture": saved.config.get("architecture"), "layer": layer,
+                "manifest": str(rows.file), "manifest_sha256": rows.sha256,
+                "split": str(Path(split).resolve()) if split else None, "part": part,
+                "paths": list(rows.frame["path"])}
+        save_embeddings(out, array, meta)
+        console.print(f"wrote {out} ({array.shape[0]} utterances x {array.shape[1]}, layer {layer}) and {out.with_suffix('.json')}")
+
+    @app.command("graph")
+    def graph_cmd(
+        embeddings: Path = typer.Argument(..., help=".npy from `serkit embed` (its .json beside it)"),
+        out: Path = typer.Option(..., "-o", "--out", help="new .npz graph file"),
+        threshold: float = typer.Option(0.99, help="link two utterances when their cosine similarity exceeds this"),
+        max_neighbours: int = typer.Option(6, help="keep at most this many neighbours per utterance (paper: 3, 6, 9)"),
+    ):
+        """Similarity graph over embedded utterances: exact thresholded top-k cosine neighbours."""
+        import time
+
+        from serkit.embeddings import load_embeddings
+        from serkit.transfer.graph import build_graph, check_threshold, isolation_warning, save_graph, similarity_quantiles
+
+        check_threshold(threshold)
+        emb = load_embeddings(embeddings)
+        start = time.perf_counter()
+        graph = build_graph(emb.array, threshold, max_neighbours)
+        seconds = time.perf_counter() - start
+        graph.paths = emb.paths
+        graph.manifest_sha256 = emb.meta.get("manifest_sha256", "")
+        graph.meta = {"embeddings": str(embeddings.resolve()), "layer": emb.meta.get("layer", ""),
+                      "model": emb.meta.get("model", ""), "part": emb.meta.get("part") or ""}
+        save_graph(out, graph)
+        s = graph.stats()
+        console.print(f"{s['nodes']} nodes, {s['edges']} edges in {seconds:.1f} s; neighbours per node: mean "
+                      f"{s['degree_mean']:.2f}, median {s['degree_median']:.0f}, max {s['degree_max']}; "
+                      f"isolated {s['isolated']} ({s['isolated_fraction']:.0%})")
+        q = similarity_quantiles(emb.array)
+        console.print(f"nearest-neighbour cosine similarity: 10% {q['q10']:.3f}, median {q['q50']:.3f}, 90% {q['q90']:.3f}")
+        warning = isolation_warning(graph)
+        if warning:
+            console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"wrote {out}")
