@@ -162,3 +162,146 @@ def test_embeddings_files_are_checked(tmp_path):
     save_embeddings(tmp_path / "e.npy", np.ones((1, 2)), {"paths": ["a"]})
     with pytest.raises(SerkitError, match="already exists"):
         save_embeddings(tmp_path / "e.npy", np.ones((1, 2)), {"paths": ["a"]})
+
+
+def _train_graph(cnn_dir, tiny_manifest, tiny_split, path, threshold=0.5, k=3):
+    """A graph over the tiny split's training speakers, from the CNN's fc1 embeddings."""
+    from serkit.data.splits import load_split
+
+    rows = load_split(tiny_split).part("train")
+    graph = build_graph(embed(load_model(cnn_dir), rows, "fc1"), threshold=threshold, max_neighbours=k)
+    graph.paths, graph.manifest_sha256 = list(rows.frame["path"]), rows.sha256
+    return save_graph(path, graph), rows
+
+
+def test_graph_alignment_refuses_foreign_graphs_and_drops_outside_edges(cnn_dir, tiny_manifest, tiny_split, tmp_path):
+    from serkit.transfer.nsl import align_graph
+
+    path, rows = _train_graph(cnn_dir, tiny_manifest, tiny_split, tmp_path / "g.npz")
+    graph = load_graph(path)
+    table, stats = align_graph(graph, rows, log=lambda *a: None)
+    assert table.shape == (48, 3) and stats["edges"] == int((graph.neighbours >= 0).sum())
+    # rows of the training manifest in another order: the same edges, re-indexed by path
+    shuffled = rows.frame.sample(frac=1, random_state=0).reset_index(drop=True)
+    from serkit.data.manifest import Manifest
+
+    table2, _ = align_graph(graph, Manifest(shuffled, rows.file, rows.sha256), log=lambda *a: None)
+    position = {p: i for i, p in enumerate(shuffled["path"])}
+    for i, p in enumerate(rows.frame["path"]):
+        mine = [rows.frame["path"][j] for j in table[i] if j >= 0]
+        theirs = [shuffled["path"][j] for j in table2[position[p]] if j >= 0]
+        assert mine == theirs
+    capped, _ = align_graph(graph, rows, max_neighbours=1, log=lambda *a: None)
+    assert capped.shape == (48, 1)
+    with pytest.raises(SerkitError, match="exceeds the 3 neighbours"):
+        align_graph(graph, rows, max_neighbours=4)
+    graph.manifest_sha256 = "0" * 64
+    with pytest.raises(SerkitError, match="built on another manifest"):
+        align_graph(graph, rows)
+    graph.manifest_sha256 = rows.sha256
+    fewer = Manifest(rows.frame.iloc[:40].reset_index(drop=True), rows.file, rows.sha256)
+    table3, stats3 = align_graph(graph, fewer, log=lambda *a: None)  # edges to the 8 left out are dropped
+    assert table3.max() < 40 and stats3["dropped_edges_outside_training"] > 0
+    more = Manifest(pd.concat([rows.frame, rows.frame.assign(path=rows.frame["path"] + ".x")]).reset_index(drop=True),
+                    rows.file, rows.sha256)
+    with pytest.raises(SerkitError, match="does not cover 48 of the 96 training utterances"):
+        align_graph(graph, more)
+
+
+class ToyModel(torch.nn.Module):
+    """A linear model on the first 64 samples: embeddings that start spread out, unlike a CNN's."""
+
+    num_classes = 3
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = torch.nn.Linear(64, 16)
+        self.fc2 = torch.nn.Linear(16, 3)
+
+    def features(self, wave, mask):
+        fc1 = self.fc1(wave[:, :64] * mask[:, :64])
+        logits = self.fc2(fc1)
+        return {"pooled": wave[:, :64], "fc1": fc1, "fc2": logits, "logits": logits}
+
+    def forward(self, wave, mask):
+        return self.features(wave, mask)["logits"]
+
+
+class ToyData:
+    def __init__(self, n=40):
+        rng = np.random.default_rng(0)
+        self.waves = [torch.from_numpy(rng.standard_normal(100).astype(np.float32)) for _ in range(n)]
+        self.targets = rng.integers(0, 3, n)
+
+    def __len__(self):
+        return len(self.waves)
+
+    def __getitem__(self, i):
+        return self.waves[i], int(self.targets[i]), i
+
+
+def test_neighbour_loss_pulls_graph_neighbours_together():
+    """The training step's neighbour loss makes linked utterances' embeddings closer: with alpha > 0
+    the linked pairs of a random graph end far closer in fc1 than the same training gives without."""
+    from serkit.data.dataset import collate
+    from serkit.training import ClassifierModule
+    from serkit.transfer.nsl import Neighbours
+
+    data = ToyData()
+    rng = np.random.default_rng(1)
+    table = np.stack([rng.choice([j for j in range(40) if j != i], 2, replace=False) for i in range(40)])
+    table[::5, 1] = -1  # some utterances with one neighbour only
+
+    def linked_distance(alpha):
+        model = ToyModel()
+        module = ClassifierModule(model, lr=1e-2, neighbours=Neighbours(table, data, alpha, "fc1"))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        order = np.random.default_rng(2)
+        for _ in range(150):
+            batch = collate([data[int(i)] for i in order.choice(40, 8, replace=False)])
+            loss = module.training_step(batch, 0)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            wave, mask, _, _ = collate([data[i] for i in range(40)])
+            e = torch.nn.functional.normalize(model.features(wave, mask)["fc1"], dim=1)
+        src, slot = np.nonzero(table >= 0)
+        return float((1 - (e[src] * e[table[src, slot]]).sum(1)).mean())
+
+    without, with_graph = linked_distance(0.0), linked_distance(1.0)
+    assert with_graph < 0.5 * without, (without, with_graph)
+
+
+def test_transfer_command_trains_nsl_and_base_and_compares(cnn_dir, tiny_manifest, tiny_split, tmp_path, capsys):
+    import yaml
+
+    path, _ = _train_graph(cnn_dir, tiny_manifest, tiny_split, tmp_path / "g.npz")
+    raw = tiny_recipe(tiny_split, tmp_path / "out", max_epochs=1)
+    raw["graph"] = {"file": str(path), "alpha": 0.1, "max_neighbours": 2}
+    recipe = tmp_path / "nsl.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    assert run(["transfer", str(recipe)]) == 0
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["base", "comparison.json", "comparison.md", "nsl"]
+    comparison = json.loads((out / "comparison.json").read_text())
+    test = comparison["parts"]["test"]
+    assert test["nsl_vs_base"]["uar_gain"] == pytest.approx(test["nsl"]["uar"] - test["base"]["uar"])
+    assert 0 <= test["nsl_vs_base"]["p_one_tailed"] <= 1 and comparison["graph"]["max_neighbours"] == 2
+    assert json.loads((out / "base" / "metrics.json").read_text())["training"]["graph"] is None
+    assert "| test | nsl |" in capsys.readouterr().out
+    # refused: no graph section; a graph of another manifest; an existing output. Nothing half-written.
+    del raw["graph"]
+    recipe.write_text(yaml.safe_dump({**raw, "output_dir": str(tmp_path / "o2")}))
+    assert run(["transfer", str(recipe)]) == 2
+    assert "needs a graph section" in capsys.readouterr().err
+    graph = load_graph(path)
+    graph.manifest_sha256 = "f" * 64
+    save_graph(tmp_path / "foreign.npz", graph)
+    raw["graph"] = {"file": str(tmp_path / "foreign.npz")}
+    recipe.write_text(yaml.safe_dump({**raw, "output_dir": str(tmp_path / "o3")}))
+    assert run(["transfer", str(recipe)]) == 2
+    assert "built on another manifest" in capsys.readouterr().err.replace("\n", " ")
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -62,6 +62,16 @@ class TrainConfig(_Strict):
     progress_bar: bool = True
 
 
+class GraphConfig(_Strict):
+    """Neural structured learning (paper 003): a neighbour loss over an upstream model's graph."""
+
+    file: Path = Field(description="graph from `serkit graph`, built over this split's training utterances")
+    alpha: float = Field(0.1, ge=0, description="multiplier of the neighbour loss (paper 003: 0.01, 0.1, 1)")
+    max_neighbours: int | None = Field(None, ge=1, description="use at most this many of each utterance's neighbours "
+                                       "(paper 003: 3, 6, 9); default: all the graph kept")
+    embedding: str = Field("fc1", description="downstream embedding the neighbour loss keeps close: fc1, fc2 or pooled")
+
+
 class Recipe(_Strict):
     name: str = "serkit-run"
     seed: int = 0
@@ -69,6 +79,7 @@ class Recipe(_Strict):
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    graph: GraphConfig | None = Field(None, description="train with a neighbour loss over this similarity graph")
     task: Literal["classification"] = "classification"
 
     @model_validator(mode="after")

@@ -39,6 +39,7 @@ from serkit.metrics import uar_from_confusion
 from serkit.models.modeldir import load_model, save_model
 from serkit.models.registry import SERModel, build_model, get_architecture
 from serkit.plots import confusion_png, training_curve_png
+from serkit.transfer.nsl import Neighbours, join_batches, neighbour_loss
 
 # Lightning's start-up chatter (tips, "TPU available") says nothing a serkit user can act on.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
@@ -51,9 +52,10 @@ class ClassifierModule(L.LightningModule):
     """Cross-entropy training of any SERModel; logs validation UAR and accuracy per epoch."""
 
     def __init__(self, model: SERModel, lr: float, weight_decay: float = 0.0, lr_decay=None,
-                 ema_decay: float | None = None):
+                 ema_decay: float | None = None, neighbours: Neighbours | None = None):
         super().__init__()
         self.model = model
+        self.neighbours = neighbours  # neural structured learning: a neighbour loss over a graph
         # the averaged copy is what validation sees and what is kept: it smooths the epoch-to-epoch
         # swings that small corpora give
         self.ema = None if ema_decay is None else torch.optim.swa_utils.AveragedModel(
@@ -71,8 +73,19 @@ class ClassifierModule(L.LightningModule):
         return self.epoch_loss_sum / self.epoch_loss_count if self.epoch_loss_count else None
 
     def training_step(self, batch, batch_idx):
-        wave, mask, target, _ = batch
-        loss = self.loss(self.model(wave, mask), target)
+        wave, mask, target, index = batch
+        nb = self.neighbours.batch(index) if self.neighbours is not None else None
+        if nb is None:
+            loss = self.loss(self.model(wave, mask), target)
+        else:
+            # the neighbours run through the same model in the same pass as the batch
+            joined, joined_mask = join_batches((wave, mask), (nb.wave.to(wave.device), nb.mask.to(mask.device)))
+            feats = self.model.features(joined, joined_mask)
+            b = len(target)
+            embedding = feats[self.neighbours.embedding]
+            l_nbr = neighbour_loss(embedding[:b], embedding[b:], nb, b)
+            loss = self.loss(feats["logits"][:b], target) + self.neighbours.alpha * l_nbr
+            self.log("neighbour_loss", l_nbr, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
         self.epoch_loss_sum += float(loss.detach()) * len(target)
         self.epoch_loss_count += len(target)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(target), sync_dist=True)
@@ -220,6 +233,16 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
     loader_args = {"collate_fn": collate, "num_workers": recipe.train.num_workers,
                    "persistent_workers": recipe.train.num_workers > 0}
     train_loader = DataLoader(train_set, recipe.train.batch_size, shuffle=True, drop_last=False, **loader_args)
+    neighbours, graph_stats = None, None
+    if recipe.graph is not None:
+        from serkit.transfer.graph import load_graph
+        from serkit.transfer.nsl import align_graph
+
+        graph = load_graph(recipe.graph.file)
+        table, graph_stats = align_graph(graph, parts["train"], recipe.graph.max_neighbours, f"graph {recipe.graph.file}", log)
+        graph_stats = {"file": str(Path(recipe.graph.file).resolve()), "sha256": sha256_file(recipe.graph.file),
+                       "alpha": recipe.graph.alpha, "embedding": recipe.graph.embedding, **graph_stats, **graph.meta}
+        neighbours = Neighbours(table, train_set, recipe.graph.alpha, recipe.graph.embedding)
     val_loader = None
     if select_on_val:
         val_set = UtteranceDataset(parts["val"], labels, preprocessing, None, False, waves["val"])
@@ -242,7 +265,8 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
             enable_progress_bar=recipe.train.progress_bar, log_every_n_steps=10,
             limit_val_batches=1.0 if select_on_val else 0,
         )
-        module = ClassifierModule(model, lr, recipe.train.weight_decay, recipe.train.lr_decay, recipe.train.ema_decay)
+        module = ClassifierModule(model, lr, recipe.train.weight_decay, recipe.train.lr_decay, recipe.train.ema_decay,
+                                  neighbours)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
@@ -267,6 +291,7 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
             "device": str(trainer.strategy.root_device),
             "learning_rate": lr,
+            "graph": graph_stats,
         }
         provenance = {
             "recipe": recipe_to_dict(recipe),

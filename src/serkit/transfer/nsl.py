@@ -1,0 +1,115 @@
+"""Neural structured learning: the neighbour loss that carries an upstream model's knowledge.
+
+Paper 003, Eq. 2: L = sum_i CE(y_i, f(x_i)) + alpha * sum_i sum_{k in N(i)} (1 - cos(p(x_i), p(x_k))),
+with p an intermediate embedding of the downstream model (FC1 by default). Here both terms are
+averaged over the utterances of a batch (cross-entropy as usual; the neighbour term summed over
+each utterance's neighbours, then averaged over utterances), which keeps the paper's balance
+between them at any batch size. Neighbours are training utterances: their waveforms join the
+batch as extra rows (cropped like any training item), and the gradient flows through both ends of
+every edge, as in TensorFlow's NSL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from serkit.data.dataset import UtteranceDataset, collate
+from serkit.data.manifest import Manifest
+from serkit.errors import SerkitError
+from serkit.transfer.graph import SimilarityGraph
+
+EMBEDDINGS = ("fc1", "fc2", "pooled")
+
+
+def align_graph(graph: SimilarityGraph, train: Manifest, max_neighbours: int | None = None, source: str = "graph",
+                log=print) -> tuple[np.ndarray, dict]:
+    """The graph's neighbours as (training rows, n) indices into `train` (-1: none).
+
+    Refuses a graph built on another manifest (its SHA-256 differs) or one that misses training
+    utterances. Edges to utterances outside the training rows (validation or test speakers) are
+    dropped: their audio must not shape training."""
+    if not graph.paths:
+        raise SerkitError(f"{source} names no utterances; build it from `serkit embed` output (serkit graph EMB.npy)")
+    if graph.manifest_sha256 and train.sha256 and graph.manifest_sha256 != train.sha256:
+        raise SerkitError(f"{source} was built on another manifest than {train.file} (SHA-256 {graph.manifest_sha256[:12]}... "
+                          f"vs {train.sha256[:12]}...); rebuild it: serkit embed UPSTREAM {train.file} --split SPLIT "
+                          "--part train -o emb.npy, then serkit graph emb.npy")
+    node_of = {p: i for i, p in enumerate(graph.paths)}
+    paths = list(train.frame["path"])
+    missing = [p for p in paths if p not in node_of]
+    if missing:
+        raise SerkitError(f"{source} does not cover {len(missing)} of the {len(paths)} training utterances (e.g. {missing[0]}); "
+                          "build it over this split's training part (serkit embed ... --split SPLIT --part train)")
+    if max_neighbours is not None and max_neighbours > graph.max_neighbours:
+        raise SerkitError(f"graph.max_neighbours {max_neighbours} exceeds the {graph.max_neighbours} neighbours {source} kept; "
+                          f"rebuild it with serkit graph --max-neighbours {max_neighbours}")
+    row_of = np.full(len(graph), -1, dtype=np.int64)
+    for row, p in enumerate(paths):
+        row_of[node_of[p]] = row
+    nodes = np.array([node_of[p] for p in paths])
+    raw = graph.neighbours[nodes]
+    mapped = np.where(raw >= 0, row_of[np.clip(raw, 0, None)], -1)
+    dropped = int(((raw >= 0) & (mapped < 0)).sum())
+    # keep the most similar first (the graph's order), valid entries packed to the left
+    order = np.argsort(mapped < 0, axis=1, kind="stable")
+    mapped = np.take_along_axis(mapped, order, axis=1)
+    width = max_neighbours or graph.max_neighbours
+    mapped = mapped[:, :width]
+    degree = (mapped >= 0).sum(1)
+    stats = {"edges": int(degree.sum()), "degree_mean": float(degree.mean()), "isolated_fraction": float((degree == 0).mean()),
+             "dropped_edges_outside_training": dropped, "max_neighbours": int(width), "threshold": graph.threshold}
+    if dropped:
+        log(f"graph: dropped {dropped} edges to utterances outside the training speakers")
+    log(f"graph: {stats['edges']} edges over {len(paths)} training utterances (mean {stats['degree_mean']:.2f} neighbours, "
+        f"{stats['isolated_fraction']:.0%} without any)")
+    return mapped, stats
+
+
+@dataclass
+class NeighbourBatch:
+    wave: torch.Tensor  # (E_unique, T) neighbour waveforms
+    mask: torch.Tensor
+    source: torch.Tensor  # (E,) row in the main batch
+    target: torch.Tensor  # (E,) row in the neighbour batch
+
+
+class Neighbours:
+    """Fetches the neighbours of a batch of training rows from the training dataset."""
+
+    def __init__(self, table: np.ndarray, dataset: UtteranceDataset, alpha: float, embedding: str = "fc1"):
+        if embedding not in EMBEDDINGS:
+            raise SerkitError(f"graph.embedding '{embedding}' is not one of {list(EMBEDDINGS)}")
+        if len(table) != len(dataset):
+            raise ValueError("one row of neighbours per training utterance")
+        self.table, self.dataset, self.alpha, self.embedding = table, dataset, alpha, embedding
+
+    def batch(self, index: torch.Tensor) -> NeighbourBatch | None:
+        rows = self.table[index.cpu().numpy()]
+        source, node = np.nonzero(rows >= 0)
+        if not len(source):
+            return None
+        unique, target = np.unique(rows[source, node], return_inverse=True)
+        wave, mask, _, _ = collate([self.dataset[int(j)] for j in unique])
+        return NeighbourBatch(wave, mask, torch.as_tensor(source), torch.as_tensor(target.reshape(-1)))
+
+
+def join_batches(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack two padded (wave, mask) batches into one, padding the shorter."""
+    length = max(a[0].shape[1], b[0].shape[1])
+
+    def pad(wave, mask):
+        extra = length - wave.shape[1]
+        return nn.functional.pad(wave, (0, extra)), nn.functional.pad(mask, (0, extra))
+
+    (wa, ma), (wb, mb) = pad(*a), pad(*b)
+    return torch.cat([wa, wb]), torch.cat([ma, mb])
+
+
+def neighbour_loss(main: torch.Tensor, neighbours: torch.Tensor, nb: NeighbourBatch, batch_size: int) -> torch.Tensor:
+    """sum over edges of (1 - cos), divided by the number of utterances in the batch."""
+    cos = nn.functional.cosine_similarity(main[nb.source.to(main.device)], neighbours[nb.target.to(main.device)], dim=-1)
+    return (1 - cos).sum() / batch_size
