@@ -305,3 +305,42 @@ def test_transfer_command_trains_nsl_and_base_and_compares(cnn_dir, tiny_manifes
     assert "built on another manifest" in capsys.readouterr().err.replace("\n", " ")
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_onnx_export_matches_pytorch_and_int8_is_reported(cnn_dir, tmp_path, capsys):
+    import onnxruntime as ort
+
+    out = tmp_path / "onnx"
+    assert run(["export", str(cnn_dir), "--onnx", "--int8", "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.int8.onnx", "model.onnx", "serkit_model.json"]
+    report = json.loads((out / "export.json").read_text())
+    assert "held-out utterances" in report["checked_on"]  # real audio from the model's own manifest
+    assert report["fp32"]["max_abs_logit_diff"] <= 1e-3 and report["fp32"]["prediction_agreement"] == 1.0
+    assert report["int8"]["bytes"] < 0.5 * report["fp32"]["bytes"]
+    assert 0 <= report["int8"]["prediction_agreement"] <= 1
+    # the exported graph takes any batch and length, with padding masked as in PyTorch
+    saved = load_model(cnn_dir)
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (20000, 36000, 9000)]
+    from serkit.data.dataset import pad_batch
+
+    x, mask = pad_batch(waves)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"waveform": x.numpy(), "mask": mask.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, saved.model(x, mask).numpy(), atol=1e-3)
+    labels = json.loads((out / "serkit_model.json").read_text())["labels"]
+    assert labels == saved.labels
+    assert run(["export", str(cnn_dir), "-o", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_export_without_onnx_names_the_install_command(cnn_dir, tmp_path, monkeypatch):
+    import sys
+
+    from serkit.export import export_onnx
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(SerkitError, match=r"needs onnxruntime: pip install 'serkit\[export\]'"):
+        export_onnx(load_model(cnn_dir), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
