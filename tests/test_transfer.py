@@ -171,6 +171,7 @@ def _train_graph(cnn_dir, tiny_manifest, tiny_split, path, threshold=0.5, k=3):
     rows = load_split(tiny_split).part("train")
     graph = build_graph(embed(load_model(cnn_dir), rows, "fc1"), threshold=threshold, max_neighbours=k)
     graph.paths, graph.manifest_sha256 = list(rows.frame["path"]), rows.sha256
+    graph.meta = {"model": str(cnn_dir), "layer": "fc1"}  # what `serkit graph` records
     return save_graph(path, graph), rows
 
 
@@ -282,14 +283,20 @@ def test_transfer_command_trains_nsl_and_base_and_compares(cnn_dir, tiny_manifes
     raw["graph"] = {"file": str(path), "alpha": 0.1, "max_neighbours": 2}
     recipe = tmp_path / "nsl.yaml"
     recipe.write_text(yaml.safe_dump(raw))
-    assert run(["transfer", str(recipe)]) == 0
+    assert run(["transfer", str(recipe), "--baseline", "base", "--baseline", "max"]) == 0
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["base", "comparison.json", "comparison.md", "nsl"]
+    assert sorted(p.name for p in out.iterdir()) == ["base", "comparison.json", "comparison.md", "nsl", "tl-max"]
     comparison = json.loads((out / "comparison.json").read_text())
     test = comparison["parts"]["test"]
-    assert test["nsl_vs_base"]["uar_gain"] == pytest.approx(test["nsl"]["uar"] - test["base"]["uar"])
-    assert 0 <= test["nsl_vs_base"]["p_one_tailed"] <= 1 and comparison["graph"]["max_neighbours"] == 2
+    models = test["models"]
+    assert test["nsl_vs"]["base"]["uar_gain"] == pytest.approx(models["nsl"]["uar"] - models["base"]["uar"])
+    assert 0 <= test["nsl_vs"]["tl-max"]["p_one_tailed"] <= 1 and comparison["graph"]["max_neighbours"] == 2
     assert json.loads((out / "base" / "metrics.json").read_text())["training"]["graph"] is None
+    # the transfer-learning model carries the upstream model (the graph's) inside it
+    params = comparison["parameters"]
+    assert params["tl-max"] == params["base"] + load_model(cnn_dir).model.total_parameters()
+    fused = load_model(out / "tl-max" / "model")
+    assert fused.config["options"]["upstream_architecture"] == "cnn6" and fused.config["options"]["mode"] == "max"
     assert "| test | nsl |" in capsys.readouterr().out
     # refused: no graph section; a graph of another manifest; an existing output. Nothing half-written.
     del raw["graph"]
@@ -344,3 +351,39 @@ def test_export_without_onnx_names_the_install_command(cnn_dir, tmp_path, monkey
     with pytest.raises(SerkitError, match=r"needs onnxruntime: pip install 'serkit\[export\]'"):
         export_onnx(load_model(cnn_dir), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_transfer_learning_model_fuses_a_frozen_upstream_and_reloads_without_it(cnn_dir, tmp_path):
+    import shutil
+
+    from serkit.errors import ConfigError
+
+    upstream_dir = tmp_path / "upstream"
+    shutil.copytree(cnn_dir, upstream_dir)
+    options = {"downstream": "cnn6", "upstream": str(upstream_dir), "mode": "avg"}
+    model = build_model("fused", options, 4)
+    upstream = load_model(upstream_dir).model
+    assert model.trainable_parameters() == build_model("cnn6", {}, 4).total_parameters()
+    model.train()
+    assert not model.upstream.training and all(not p.requires_grad for p in model.upstream.parameters())
+    model.eval()
+    wave = torch.from_numpy((0.1 * np.random.default_rng(0).standard_normal((2, 16000))).astype(np.float32))
+    mask = torch.ones_like(wave, dtype=torch.bool)
+    with torch.no_grad():
+        feats = model.features(wave, mask)
+        down_fc1 = model.downstream.features(wave, mask)["fc1"]
+        np.testing.assert_allclose(feats["upstream"].numpy(), upstream.features(wave, mask)["fc1"].numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(feats["fc1"].numpy(), ((down_fc1 + feats["upstream"]) / 2).numpy(), rtol=1e-5, atol=1e-6)
+    # gradients reach the waveform through both models (PGD needs them)
+    x = wave.clone().requires_grad_(True)
+    model(x, mask).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    path = save_model(tmp_path / "fused", model, ["anger", "happiness", "neutral", "sadness"], Preprocessing())
+    shutil.rmtree(upstream_dir)  # the saved model needs no upstream directory
+    again = load_model(path).model
+    with torch.no_grad():
+        assert torch.equal(again(wave, mask), model(wave, mask))
+    with pytest.raises(ConfigError, match="upstream layer 'pooled' has 512 dimensions but the downstream FC1 has 256"):
+        build_model("fused", {**options, "upstream": str(cnn_dir), "upstream_layer": "pooled"}, 4)
+    with pytest.raises(ConfigError, match="give the serkit model directory of the upstream model"):
+        build_model("fused", {"downstream": "cnn6"}, 4)

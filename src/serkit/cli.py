@@ -210,6 +210,8 @@ def models_list(classes: int = typer.Option(8, help="number of classes for the p
     for arch in architectures().values():
         if arch.family == "ssl":
             count = "depends on backbone"
+        elif arch.family == "fused":
+            count = "downstream + frozen upstream"
         else:
             count = f"{build_model(arch.name, {}, classes).total_parameters() / 1e6:.2f} M"
         table.add_row(arch.name, arch.family, count, f"{arch.default_lr:g}", arch.description)

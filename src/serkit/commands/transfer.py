@@ -86,15 +86,17 @@ def register(app: typer.Typer, console) -> None:
     def transfer_cmd(
         recipe: Path = typer.Argument(..., help="a training recipe with a graph section (see configs/emodb_cnn6_nsl.yaml)"),
         set_: list[str] = typer.Option([], "--set", help="override a recipe value, e.g. --set graph.alpha=0.01"),
-        base: bool = typer.Option(True, help="also train the same model without the graph, for comparison"),
+        baseline: list[str] = typer.Option(["base"], help="baselines to train beside NSL: base (no graph), and the "
+                                           "transfer-learning models add, max, avg (repeat the option)"),
+        upstream: Path | None = typer.Option(None, help="upstream model of add/max/avg (default: the one the graph was built from)"),
     ):
         """Train a small model with the neighbour loss over an upstream graph (NSL), beside its base model."""
         from serkit.config import load_recipe
         from serkit.transfer.run import comparison_markdown, transfer
 
-        comparison = transfer(load_recipe(recipe, set_), with_base=base, log=console.print)
+        comparison = transfer(load_recipe(recipe, set_), baselines=baseline, upstream=upstream, log=console.print)
         console.print(comparison_markdown(comparison))
-        console.print(f"wrote {load_recipe(recipe, set_).output_dir}/ (nsl/, base/, comparison.json, comparison.md)")
+        console.print(f"wrote {load_recipe(recipe, set_).output_dir}/ (one run folder per model, comparison.json, comparison.md)")
 
     @app.command("export")
     def export_cmd(

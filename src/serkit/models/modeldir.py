@@ -114,6 +114,8 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> SavedMod
             if not backbone_file.is_file():
                 raise ModelDirError(f"{path} has no backbone_config.json (needed for a {arch.name} model)")
             kwargs["saved_backbone_config"] = json.loads(backbone_file.read_text())
+        elif arch.family == "fused" and (path / "upstream_backbone_config.json").is_file():
+            kwargs["saved_upstream_backbone_config"] = json.loads((path / "upstream_backbone_config.json").read_text())
         model = build_model(config["architecture"], config["options"], len(labels), **kwargs)
     except ConfigError as exc:
         raise ModelDirError(f"{config_file}: {exc}") from None

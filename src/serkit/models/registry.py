@@ -105,4 +105,4 @@ def build_model(name: str, options: dict | BaseModel | None, num_classes: int, *
 
 def _load_builtin() -> None:
     # importing the modules registers their architectures
-    from serkit.models import cnn, ssl, whisper  # noqa: F401
+    from serkit.models import cnn, fused, ssl, whisper  # noqa: F401

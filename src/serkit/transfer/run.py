@@ -1,8 +1,9 @@
 """`serkit transfer`: a downstream model trained with the graph's neighbour loss, beside the same
-model trained without it (the base model), on the same split and seed, with a one-tailed z-test.
+model trained without it (the base model) and, on request, the transfer-learning baselines, all on
+the same split and seed, with one-tailed z-tests of NSL against each.
 
-Writes OUTPUT_DIR/ whole or not at all: `nsl/` and `base/` (two ordinary run folders, each with
-its model), `comparison.json` and `comparison.md`.
+Writes OUTPUT_DIR/ whole or not at all: `nsl/`, `base/`, `tl-add/` ... (ordinary run folders, each
+with its model), `comparison.json` and `comparison.md`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,29 @@ from serkit.io import refuse_existing, write_json, write_text
 from serkit.metrics import significance_marker, z_test_one_tailed
 from serkit.training import train
 
+BASELINES = ("base", "add", "max", "avg")
 
-def transfer(recipe: Recipe, with_base: bool = True, log=print) -> dict:
+
+def transfer(recipe: Recipe, baselines: tuple[str, ...] | list[str] = ("base",), upstream: Path | str | None = None,
+             log=print) -> dict:
+    """Train the NSL model and each baseline: `base` (the same model without the graph) and the
+    transfer-learning models `add` / `max` / `avg` (downstream FC1 combined with the upstream
+    embedding; the upstream model defaults to the one the graph was built from)."""
     if recipe.graph is None:
         raise ConfigError("a transfer recipe needs a graph section, e.g. graph: {file: graph.npz, alpha: 0.1, max_neighbours: 6}")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ConfigError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
+    tl_modes = [b for b in baselines if b != "base"]
+    upstream_layer = "fc1"
+    if tl_modes:
+        from serkit.transfer.graph import load_graph
+
+        meta = load_graph(recipe.graph.file).meta
+        upstream = upstream or meta.get("model")
+        if not upstream:
+            raise ConfigError("transfer-learning baselines need the upstream model: pass --upstream MODEL_DIR")
+        upstream_layer = meta.get("layer") if meta.get("layer") in ("fc1", "fc2", "pooled") else "fc1"
     out = Path(recipe.output_dir)
     refuse_existing(out, "output directory")
     work = out.with_name(f".{out.name}.partial")
@@ -29,8 +49,13 @@ def transfer(recipe: Recipe, with_base: bool = True, log=print) -> dict:
     work.mkdir(parents=True)
     try:
         variants = {"nsl": recipe.model_copy(update={"output_dir": work / "nsl"})}
-        if with_base:
+        if "base" in baselines:
             variants["base"] = recipe.model_copy(update={"output_dir": work / "base", "graph": None})
+        for mode in tl_modes:
+            model = recipe.model.model_copy(update={"architecture": "fused", "options": {
+                "downstream": recipe.model.architecture, "downstream_options": recipe.model.options,
+                "upstream": str(upstream), "upstream_layer": upstream_layer, "mode": mode}})
+            variants[f"tl-{mode}"] = recipe.model_copy(update={"output_dir": work / f"tl-{mode}", "graph": None, "model": model})
         metrics = {}
         for name, variant in variants.items():
             log(f"== {name}: {'neighbour loss, alpha ' + format(recipe.graph.alpha, 'g') if variant.graph else 'no graph'}")
@@ -53,12 +78,14 @@ def compare(metrics: dict, recipe: Recipe) -> dict:
         if part not in metrics["nsl"]:
             continue
         row = {name: {"uar": m[part]["uar"], "accuracy": m[part]["war"], "n": m[part]["n"]} for name, m in metrics.items()}
-        if "base" in row:
-            z, p = z_test_one_tailed(row["nsl"]["uar"], row["base"]["uar"], row["nsl"]["n"], row["base"]["n"])
-            row["nsl_vs_base"] = {"uar_gain": row["nsl"]["uar"] - row["base"]["uar"], "z": z, "p_one_tailed": p}
-        rows[part] = row
-    return {"architecture": recipe.model.architecture, "seed": recipe.seed, "graph": graph,
-            "parameters": metrics["nsl"]["model"]["parameters"], "parts": rows,
+        tests = {}
+        for other in metrics:
+            if other != "nsl":
+                z, p = z_test_one_tailed(row["nsl"]["uar"], row[other]["uar"], row["nsl"]["n"], row[other]["n"])
+                tests[other] = {"uar_gain": row["nsl"]["uar"] - row[other]["uar"], "z": z, "p_one_tailed": p}
+        rows[part] = {"models": row, "nsl_vs": tests}
+    return {"architecture": recipe.model.architecture, "seed": recipe.seed, "graph": graph, "parts": rows,
+            "parameters": {name: m["model"]["parameters"] for name, m in metrics.items()},
             "train_seconds": {name: m["training"]["train_seconds"] for name, m in metrics.items()}}
 
 
@@ -67,15 +94,15 @@ def comparison_markdown(c: dict) -> str:
     lines = [f"# Knowledge transfer through a graph: {c['architecture']}, seed {c['seed']}", "",
              f"Graph `{g['file']}` (layer {g.get('layer') or '?'} of `{g.get('model') or '?'}`, threshold {g['threshold']:g}, "
              f"at most {g['max_neighbours']} neighbours; {g['edges']} edges, {g['isolated_fraction']:.0%} of the training "
-             f"utterances without any); alpha {g['alpha']:g} on `{g['embedding']}`. {c['parameters'] / 1e6:.2f} M parameters.", "",
-             "| part | model | UAR | accuracy | utterances |", "|---|---|---|---|---|"]
+             f"utterances without any); alpha {g['alpha']:g} on `{g['embedding']}`.", "",
+             "| part | model | parameters | UAR | accuracy | utterances | NSL minus this (UAR) | one-tailed p |",
+             "|---|---|---|---|---|---|---|---|"]
     for part, row in c["parts"].items():
-        for name in ("base", "nsl"):
-            if name in row:
-                lines.append(f"| {part} | {name} | {row[name]['uar']:.3f} | {row[name]['accuracy']:.3f} | {row[name]['n']} |")
-    for part, row in c["parts"].items():
-        if "nsl_vs_base" in row:
-            t = row["nsl_vs_base"]
-            lines.append(f"\n{part}: NSL - base = {t['uar_gain']:+.3f} UAR, one-tailed z = {t['z']:.2f}, "
-                         f"p = {t['p_one_tailed']:.3g} {significance_marker(t['p_one_tailed'])}")
+        for name, m in row["models"].items():
+            t = row["nsl_vs"].get(name)
+            test = f"{t['uar_gain']:+.3f} | {t['p_one_tailed']:.3g} {significance_marker(t['p_one_tailed'])}" if t else "| "
+            lines.append(f"| {part} | {name} | {c['parameters'][name] / 1e6:.2f} M | {m['uar']:.3f} | {m['accuracy']:.3f} "
+                         f"| {m['n']} | {test} |")
+    lines.append("\ntl-*: transfer learning, the downstream FC1 combined with the frozen upstream embedding "
+                 "(the upstream model is part of those models, hence their size).")
     return "\n".join(lines) + "\n"
