@@ -171,3 +171,42 @@ def test_compare_and_attention_commands(cnn_pair, tiny_manifest, tiny_split, tmp
     assert run(["attention", str(w), str(w), str(tiny_manifest), "--max-utterances", "3", "-o", str(tmp_path / "att")]) == 0
     assert json.loads((tmp_path / "att" / "attention.json").read_text())["utterances"] == 3
     assert (tmp_path / "att" / "attention.png").stat().st_size > 1000
+
+
+def test_probe_matches_scikit_learn_run_directly(cnn_pair, tiny_manifest, tiny_split, tmp_path, capsys):
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from serkit.data.dataset import load_waves
+    from serkit.data.splits import load_split
+    from serkit.inference import model_outputs
+
+    a_dir = cnn_pair[0]
+    assert run(["probe", str(a_dir), "--split", str(tiny_split), "--layer", "fc1", "--layer", "pooled", "-o", str(tmp_path / "p")]) == 0
+    rows = {r["layer"]: r for r in json.loads((tmp_path / "p" / "probe.json").read_text())["rows"]}
+    assert (tmp_path / "p" / "probe.png").is_file()
+    # the same protocol in plain scikit-learn: standardise, linear SVM, C by 5-fold CV (4 speakers < 5 folds: stratified)
+    split = load_split(tiny_split)
+    saved = load_model(a_dir)
+    feats = {p: model_outputs(saved.model, load_waves(split.part(p).audio_paths(), saved.preprocessing), layers=("fc1",))["fc1"]
+             for p in ("train", "test")}
+    y = {p: np.array(split.part(p).frame["emotion"]) for p in ("train", "test")}
+    search = GridSearchCV(make_pipeline(StandardScaler(), SVC(kernel="linear")), {"svc__C": [1e-3, 1e-2, 1e-1, 1.0, 10.0]},
+                          scoring="balanced_accuracy", cv=StratifiedKFold(5, shuffle=True, random_state=0)).fit(feats["train"], y["train"])
+    predicted = search.predict(feats["test"])
+    assert rows["fc1"]["C"] == search.best_params_["svc__C"]
+    assert rows["fc1"]["test_uar"] == pytest.approx(balanced_accuracy_score(y["test"], predicted))
+    assert rows["fc1"]["test_war"] == pytest.approx(accuracy_score(y["test"], predicted))
+    # from an embedding file of the whole manifest: the same answer
+    emb = tmp_path / "fc1.npy"
+    assert run(["embed", str(a_dir), str(tiny_manifest), "--layer", "fc1", "-o", str(emb)]) == 0
+    assert run(["probe", str(emb), "--split", str(tiny_split), "-o", str(tmp_path / "p2")]) == 0
+    again = json.loads((tmp_path / "p2" / "probe.json").read_text())["rows"][0]
+    assert again["test_uar"] == pytest.approx(rows["fc1"]["test_uar"], abs=1e-6)
+    capsys.readouterr()
+    assert run(["probe", str(a_dir), "--split", str(tiny_split), "--layer", "hidden:2", "-o", str(tmp_path / "p3")]) == 2
+    assert "layer 'hidden:2' does not exist" in capsys.readouterr().err.replace("\n", " ")
+    assert not (tmp_path / "p3").exists()

@@ -1,1 +1,1 @@
-"""Representation analysis: layer-wise probes (and, in later releases, model comparisons)."""
+"""Representation analysis: layer-wise probes, model comparisons, attention distances (paper 002)."""

@@ -68,3 +68,42 @@ def linear_probe(x_train, y_train, x_test, y_test, groups=None, cs=DEFAULT_CS, f
     search.fit(x_train, y_train)
     predicted = search.predict(x_test)
     return ProbeResult(float(search.best_params_["svc__C"]), float(search.best_score_), uar(y_test, predicted), war(y_test, predicted))
+
+
+def model_features(saved, manifest, layers: list[str], batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Embeddings of every requested layer in one pass over the audio per kind of layer."""
+    from serkit.data.dataset import load_waves
+    from serkit.embeddings import check_layer
+    from serkit.inference import model_outputs
+
+    for layer in layers:
+        check_layer(saved, layer)
+    waves = load_waves(manifest.audio_paths(), saved.preprocessing)
+    out: dict[str, np.ndarray] = {}
+    hidden = [layer for layer in layers if layer.startswith("hidden:")]
+    named = [layer for layer in layers if not layer.startswith("hidden:")]
+    if hidden:
+        stacked = layer_means(saved.model, waves, batch_size)
+        for layer in hidden:
+            out[layer] = stacked[int(layer.split(":", 1)[1])]
+    if named:
+        out.update(model_outputs(saved.model, waves, batch_size, layers=tuple(named)))
+    return {layer: out[layer] for layer in layers}
+
+
+def default_probe_layers(saved) -> list[str]:
+    """Every hidden state of a transformer, else the CNN's pooled and FC1 embeddings."""
+    from serkit.embeddings import available_layers
+
+    names = available_layers(saved)
+    hidden = [n for n in names if n.startswith("hidden:")]
+    return hidden or [n for n in ("pooled", "fc1") if n in names]
+
+
+def probe_layers(train: dict[str, np.ndarray], y_train, groups, test: dict[str, np.ndarray], y_test) -> list[dict]:
+    """One linear probe per layer: C by speaker-grouped 5-fold search on the training data."""
+    rows = []
+    for layer, x in train.items():
+        result = linear_probe(x, y_train, test[layer], y_test, groups)
+        rows.append({"layer": layer, **result.as_dict()})
+    return rows
