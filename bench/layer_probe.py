@@ -29,13 +29,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("split")
     parser.add_argument("--checkpoint", default="builtin:whisper-tiny.en")
-    parser.add_argument("--trim-silence-db", type=float, default=40.0)
+    parser.add_argument("--trim-silence-db", type=float, default=40.0, help="0: no trimming")
     parser.add_argument("--png", type=Path)
     args = parser.parse_args()
 
     split = load_split(args.split)
     model = build_model("whisper", {"checkpoint": args.checkpoint}, 2).eval()
-    prep = Preprocessing(trim_silence_db=args.trim_silence_db)
+    prep = Preprocessing(trim_silence_db=args.trim_silence_db or None)
     start = time.perf_counter()
     feats, labels, groups = {}, {}, {}
     for part in ("train", "val", "test"):

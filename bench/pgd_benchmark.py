@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=0.01, help="relative to each utterance's std")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--loop-samples", type=int, default=10, help="pairs the per-sample loop attacks")
+    parser.add_argument("--full-utterances", type=int, default=2, help="utterances (x M targets) of the batched run without early stop")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -70,7 +71,7 @@ def main() -> None:
           f"target success {s['target_success_rate']:.1%}, median SNR {s['snr_db_median']:.1f} dB, peak RSS {peak_rss_mb():.0f} MB")
 
     no_stop = TargetedPGD(tau=args.tau, steps=args.steps, early_stop=False, batch_size=args.batch_size)
-    k = min(args.loop_samples, args.n)
+    k = min(args.full_utterances, args.n)
     t = time.perf_counter()
     adv_full = no_stop.generate(saved.model, waves[:k], targets[:k])
     full_rate = k * args.m * args.steps / (time.perf_counter() - t)
