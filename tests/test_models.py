@@ -112,6 +112,26 @@ def test_ssl_padding_invariance(backbone):
     assert torch.allclose(alone[0], batched[1], atol=1e-4)
 
 
+@pytest.mark.parametrize("options", [{}, {"layer": 1}, {"layer_weights": True}])
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_group_norm_encoders_do_not_depend_on_the_batch(backbone, options):
+    # wav2vec2-base, HuBERT-base and DistilHuBERT normalise over the whole padded input and take no
+    # attention mask: without care an utterance's prediction changes with its batch neighbours
+    config = tiny_config(backbone, feat_extract_norm="group", do_stable_layer_norm=False)
+    model = build_model("ssl", {"backbone": backbone, "hf_config": config, **options}, 3).eval()
+    wave, mask = _batch([8000, 5000, 6400])
+    with torch.no_grad():
+        batched = model(wave, mask)
+        alone = [model(wave[i:i + 1, :n], mask[i:i + 1, :n])[0] for i, n in enumerate([8000, 5000, 6400])]
+        states = model.pooled_hidden_states(wave, mask)
+        states_alone = model.pooled_hidden_states(wave[1:2, :5000], mask[1:2, :5000])
+    assert torch.allclose(torch.stack(alone), batched, atol=1e-5)
+    assert torch.allclose(states_alone[:, 0], states[:, 1], atol=1e-5)
+    x = wave.clone().requires_grad_(True)
+    model(x, mask)[:, 0].sum().backward()
+    assert x.grad[1, :5000].abs().sum() > 0 and x.grad[1, 5000:].abs().sum() == 0
+
+
 def test_ssl_layer_selection_and_layer_weights():
     config = tiny_config("hubert")
     layer0 = build_model("ssl", {"backbone": "hubert", "hf_config": config, "layer": 0}, 3).eval()

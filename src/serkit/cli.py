@@ -251,6 +251,7 @@ def forget_cmd(
     retrained: Path | None = typer.Option(None, help="a model retrained without the forget set, to compare against"),
     strict: bool = typer.Option(False, help="refuse listed files that are not training utterances (default: warn, skip)"),
     overwrite: bool = typer.Option(False, help="replace an existing output folder (never the input model)"),
+    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"),
 ):
     """Make a model forget utterances using those utterances alone; write the new model and a receipt."""
     from serkit.config import parse_value
@@ -266,7 +267,7 @@ def forget_cmd(
     files = read_file_list(forget_list) if forget_list else None
     result = forget(model_dir, out, files=files, speaker=speaker, n=n, seed=seed, method=method, params=params,
                     eval_part=eval_part, remain=remain, strict=strict, overwrite=overwrite, retrained=retrained,
-                    log=console.print)
+                    device=device, log=console.print)
     ev = result.receipt["evaluation"]
     part = ev["unseen_part"]
     console.print(f"forget-set UAR {ev['before']['forget']['uar']:.3f} -> {ev['after']['forget']['uar']:.3f}; "

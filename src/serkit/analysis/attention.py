@@ -89,6 +89,8 @@ def attention_distance(a: SavedModel, b: SavedModel, manifest: Manifest, max_utt
                        batch_size: int = 8, seed: int = 0) -> dict:
     """Mean Bhattacharyya distance per (layer, head) between the two models' attention rows."""
     mods_a, mods_b = _attention_modules(a)[0], _attention_modules(b)[0]
+    if any(getattr(m.model, "group_norm_encoder", False) for m in (a, b)):
+        batch_size = 1  # a group-norm encoder attends to padding: one unpadded utterance at a time
     if len(mods_a) != len(mods_b):
         raise SerkitError(f"{a.path} has {len(mods_a)} attention layers and {b.path} {len(mods_b)}; compare models of one architecture")
     rows = manifest.frame

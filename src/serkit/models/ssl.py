@@ -121,36 +121,56 @@ class SSLClassifier(SERModel):
     def uses_hidden_states(self) -> bool:
         return self.options.layer is not None or self.options.layer_weights
 
+    @property
+    def group_norm_encoder(self) -> bool:
+        return getattr(self.backbone.config, "feat_extract_norm", "layer") == "group"
+
     def _backbone(self, waveform, mask, hidden_states: bool):
         if self.normalize is not None:
             waveform = self.normalize(waveform, mask)
         else:
             waveform = waveform * mask
-        # group-norm feature encoders (wav2vec2-base) were trained on zero padding without an
-        # attention mask; passing one changes their output (transformers' docs)
-        pass_mask = getattr(self.backbone.config, "feat_extract_norm", "layer") == "layer"
+        # group-norm feature encoders (wav2vec2-base, HuBERT-base, DistilHuBERT) were trained on
+        # unpadded audio without an attention mask; passing one changes their output (transformers' docs)
+        pass_mask = not self.group_norm_encoder
         return self.backbone(waveform, attention_mask=mask.long() if pass_mask else None, output_hidden_states=hidden_states)
+
+    def _pooled_states(self, waveform, mask, hidden_states: bool) -> tuple[torch.Tensor, tuple | None]:
+        """Masked time-average of the last hidden state (B, hidden), and of every hidden state when
+        asked ((layers + 1) tensors of (B, hidden)).
+
+        A group-norm feature encoder normalises over the whole padded length and its transformer
+        sees the padding, so in a batch of unequal lengths each utterance goes through the backbone
+        on its own, unpadded: an utterance's output never depends on the batch it is in.
+        """
+        lengths = mask.sum(-1)
+        if self.group_norm_encoder and bool((lengths != mask.shape[-1]).any()):
+            parts = [self._pooled_states(waveform[i:i + 1, :int(n)], mask[i:i + 1, :int(n)], hidden_states)
+                     for i, n in enumerate(lengths.tolist())]
+            last = torch.cat([p[0] for p in parts])
+            states = tuple(torch.cat(layer) for layer in zip(*(p[1] for p in parts))) if hidden_states else None
+            return last, states
+        out = self._backbone(waveform, mask, hidden_states=hidden_states)
+        frame_mask = self.backbone._get_feature_vector_attention_mask(out.last_hidden_state.shape[1], mask.long())
+        weight = frame_mask[..., None].to(out.last_hidden_state.dtype)
+        count = torch.clamp(weight.sum(1), min=1.0)
+        last = (out.last_hidden_state * weight).sum(1) / count
+        states = tuple((h * weight).sum(1) / count for h in out.hidden_states) if hidden_states else None
+        return last, states
 
     def pooled_hidden_states(self, waveform: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Masked time-average of every hidden state: (layers + 1, B, hidden)."""
-        out = self._backbone(waveform, mask, hidden_states=True)
-        frame_mask = self.backbone._get_feature_vector_attention_mask(out.hidden_states[0].shape[1], mask.long())
-        weight = frame_mask[..., None].to(out.hidden_states[0].dtype)
-        count = torch.clamp(weight.sum(1), min=1.0)
-        return torch.stack([(h * weight).sum(1) / count for h in out.hidden_states])
+        return torch.stack(self._pooled_states(waveform, mask, hidden_states=True)[1])
 
     def features(self, waveform, mask):
-        out = self._backbone(waveform, mask, hidden_states=self.uses_hidden_states)
+        last, states = self._pooled_states(waveform, mask, hidden_states=self.uses_hidden_states)
         if self.options.layer is not None:
-            hidden = out.hidden_states[self.options.layer]
-        elif self.layer_logits is not None:
+            pooled = states[self.options.layer]
+        elif self.layer_logits is not None:  # weighted sum of hidden states, then mean = weighted sum of means
             weights = torch.softmax(self.layer_logits, 0)
-            hidden = torch.einsum("l,lbtd->btd", weights, torch.stack(out.hidden_states))
+            pooled = torch.einsum("l,lbd->bd", weights, torch.stack(states))
         else:
-            hidden = out.last_hidden_state
-        frame_mask = self.backbone._get_feature_vector_attention_mask(hidden.shape[1], mask.long())
-        weight = frame_mask[..., None].to(hidden.dtype)
-        pooled = (hidden * weight).sum(1) / torch.clamp(weight.sum(1), min=1.0)
+            pooled = last
         fc1 = torch.relu(self.fc1(self.dropout(pooled)))
         logits = self.fc2(self.dropout(fc1))
         return {"pooled": pooled, "fc1": fc1, "fc2": logits, "logits": logits}

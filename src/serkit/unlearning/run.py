@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import serkit
 from serkit.data.dataset import load_waves
@@ -59,11 +60,14 @@ def check_output(out: Path, model_dir: Path, overwrite: bool) -> None:
 def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = None, speaker: str | None = None,
            n: int | None = None, seed: int = 0, method: str = "adv-ewc", params: dict | None = None,
            eval_part: str | None = None, manifest: Path | str | None = None, remain: Path | str | None = None,
-           strict: bool = False, overwrite: bool = False, retrained: Path | str | None = None, log=print) -> ForgetResult:
+           strict: bool = False, overwrite: bool = False, retrained: Path | str | None = None, device: str = "auto",
+           log=print) -> ForgetResult:
     model_dir, out = Path(model_dir), Path(out)
     check_output(out, model_dir, overwrite)
+    device = resolve_device(device)
     unlearner = get_method(method, params)
     original = load_model(model_dir)
+    original.model.to(device)
     forget_set = build_forget_set(original, files=files, speaker=speaker, n=n, seed=seed, manifest=manifest,
                                   strict=strict, warn=log)
     data = training_data(original, manifest)
@@ -81,11 +85,14 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
     other = _eval_set(original, "speaker_other_training", Manifest(others.reset_index(drop=True), data.manifest.file)) \
         if len(others) else None
     reference = load_model(retrained) if retrained else None
+    if reference is not None:
+        reference.model.to(device)
     log(f"forgetting {len(forget_set)} utterances ({forget_set.mode}) of speaker(s) {', '.join(forget_set.speakers)} "
         f"with '{unlearner.name}'; evaluating on {len(unseen)} {eval_part} utterances")
     before = forget_report(original.model, forget_eval, unseen, other, reference.model if reference else None)
 
     working = load_model(model_dir)  # the copy that changes; `original` stays as loaded
+    working.model.to(device)
     remain_manifest = None
     if unlearner.reads_remaining_data and method == "remain":
         remain_manifest = read_manifest(remain) if remain else None
@@ -95,13 +102,15 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         ctx = UnlearnContext(working, forget_set, forget_eval.waves, forget_eval.labels, seed, log,
-                             reference_accuracy=_reference_accuracy(original), remain=remain_manifest, work_dir=tmp / "work")
+                             reference_accuracy=_reference_accuracy(original), remain=remain_manifest, work_dir=tmp / "work",
+                             device=str(device))
         start = time.perf_counter()
         outcome = unlearner.unlearn(ctx)
         seconds = time.perf_counter() - start
         result_model = outcome.replacement or working
         after = forget_report(result_model.model, forget_eval, unseen, other, reference.model if reference else None)
         receipt = _receipt(original, forget_set, unlearner, outcome.stats, before, after, eval_part, seconds, reference)
+        receipt["timing"]["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         provenance = dict(original.config.get("provenance") or {})
         provenance["unlearning"] = {"from_weights_sha256": original.weights_sha256, "method": unlearner.name,
                                     "params": unlearner.params.model_dump(mode="json"), "forget_set": forget_set.describe(),
@@ -124,6 +133,19 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ForgetResult(out, out / "model", receipt)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' is the first CUDA GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise SerkitError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SerkitError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+    return resolved
 
 
 def _reference_accuracy(saved: SavedModel) -> float | None:
