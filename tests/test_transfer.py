@@ -325,6 +325,16 @@ def test_onnx_export_matches_pytorch_and_int8_is_reported(cnn_dir, tmp_path, cap
     assert report["fp32"]["max_abs_logit_diff"] <= 1e-3 and report["fp32"]["prediction_agreement"] == 1.0
     assert report["int8"]["bytes"] < 0.5 * report["fp32"]["bytes"]
     assert 0 <= report["int8"]["prediction_agreement"] <= 1
+    # the log-Mel front end stays float in the int8 model (its power spectrum does not fit int8)
+    import onnx
+
+    from serkit.export import frontend_nodes
+
+    front = set(frontend_nodes(out / "model.onnx"))
+    assert report["int8"]["float_frontend_nodes"] == len(front) > 0
+    int8_ops = {n.name: n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
+    assert any(int8_ops.get(name) == "MatMul" for name in front)
+    assert "ConvInteger" in int8_ops.values() or "MatMulInteger" in int8_ops.values()
     # the exported graph takes any batch and length, with padding masked as in PyTorch
     saved = load_model(cnn_dir)
     rng = np.random.default_rng(0)

@@ -133,6 +133,8 @@ def train(
     if result is None:  # a non-zero DDP rank
         return
     for e in result.evaluations:
+        if "mean_ccc" in e.summary:
+            continue  # dimensional: printed by the training itself
         console.print(f"{e.name}: UAR {e.summary['uar']:.3f}, accuracy {e.summary['war']:.3f} "
                       f"({e.summary['n']} utterances, {len(e.summary['speakers'])} speakers)")
     console.print(f"run folder: {result.output_dir}  (model: {result.model_dir}, report: {result.output_dir / 'report.md'})")
@@ -166,6 +168,17 @@ def evaluate(
     if len(rows) == 0:
         raise SerkitError(f"the {part} part of {split} has no utterances")
     out = out or model_dir.parent / f"{model_dir.name}-eval-{name}"
+    if saved.task and saved.task.get("type") == "regression":
+        from serkit.dimensional import evaluate_regression, write_regression_eval_dir
+
+        result = evaluate_regression(saved, rows, name, batch_size)
+        write_regression_eval_dir(out, result, saved.path, source)
+        dims = result.summary["dimensions"]
+        console.print(f"{name}: mean CCC {result.summary['mean_ccc']:.3f} ("
+                      + ", ".join(f"{d} CCC {v['ccc']:.3f}, r {v['pearson_r']:.3f}, MAE {v['mae']:.3f}" for d, v in dims.items())
+                      + f") on {result.summary['n']} utterances")
+        console.print(f"wrote {out}/ (metrics.json, predictions.csv, report.md)")
+        return
     result = run_eval(saved, rows, name, batch_size)
     write_evaluation_dir(out, result, saved.path, source)
     s = result.summary
@@ -185,6 +198,9 @@ def predict(
     from serkit.models import load_model
 
     saved = load_model(model_dir)
+    if saved.task and saved.task.get("type") == "regression":
+        _predict_dimensions(saved, files, format, batch_size)
+        return
     results = predict_files(saved, files, batch_size)
     if format == OutputFormat.json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
@@ -195,7 +211,7 @@ def predict(
     for label in saved.labels:
         table.add_column(label[:8], justify="right")
     for r in results:
-        table.add_row(r["file"], f"[bold]{r['label']}[/]", *(f"{r['probabilities'][lab]:.2f}" for lab in saved.labels))
+        table.add_row(Path(r["file"]).name, f"[bold]{r['label']}[/]", *(f"{r['probabilities'][lab]:.2f}" for lab in saved.labels))
     console.print(table)
 
 
@@ -234,6 +250,25 @@ def run(argv: list[str] | None = None) -> int:
         err_console.print("interrupted; nothing was written")
         return 130
     return 0
+
+
+def _predict_dimensions(saved, files, format, batch_size) -> None:
+    from serkit.data.dataset import load_waves
+    from serkit.dimensional import predict_dimensions
+
+    names, (low, high) = saved.task["dimensions"], saved.task["scale"]
+    values = low + predict_dimensions(saved, load_waves([Path(f) for f in files], saved.preprocessing), batch_size) * (high - low)
+    results = [{"file": str(f), **{n: round(float(v), 4) for n, v in zip(names, row)}} for f, row in zip(files, values)]
+    if format == OutputFormat.json:
+        sys.stdout.write(json.dumps({"scale": [low, high], "predictions": results}, indent=2) + "\n")
+        return
+    table = Table(title=f"predicted on the scale [{low:g}, {high:g}]")
+    table.add_column("file")
+    for n in names:
+        table.add_column(n, justify="right")
+    for r in results:
+        table.add_row(Path(r["file"]).name, *(f"{r[n]:.2f}" for n in names))
+    console.print(table)
 
 
 @app.command("forget")

@@ -72,6 +72,23 @@ class GraphConfig(_Strict):
     embedding: str = Field("fc1", description="downstream embedding the neighbour loss keeps close: fc1, fc2 or pooled")
 
 
+class DimensionsConfig(_Strict):
+    """Dimensional SER (paper 004): regression of manifest columns such as arousal, valence, dominance."""
+
+    names: list[str] = Field(["arousal", "valence", "dominance"], min_length=1,
+                             description="manifest columns to predict, each normalised to [0, 1] by `scale`")
+    scale: tuple[float, float] = Field(description="the columns' declared scale [low, high], e.g. [1, 5] or [-1, 1]; "
+                                       "values outside it are refused")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.scale[0] < self.scale[1]:
+            raise ValueError(f"dimensions.scale must be [low, high] with low < high, got {list(self.scale)}")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"dimensions.names has duplicates: {self.names}")
+        return self
+
+
 class Recipe(_Strict):
     name: str = "serkit-run"
     seed: int = 0
@@ -80,13 +97,21 @@ class Recipe(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     graph: GraphConfig | None = Field(None, description="train with a neighbour loss over this similarity graph")
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "regression"] = "classification"
+    dimensions: DimensionsConfig | None = Field(None, description="task: regression: the columns to predict and their scale")
 
     @model_validator(mode="after")
     def _check_model(self):
         from serkit.models.registry import parse_options
 
         parse_options(self.model.architecture, self.model.options)
+        if self.task == "regression" and self.dimensions is None:
+            raise ValueError("task: regression needs a dimensions section, e.g. "
+                             "dimensions: {names: [arousal, valence, dominance], scale: [1, 5]}")
+        if self.task == "classification" and self.dimensions is not None:
+            raise ValueError("a dimensions section needs task: regression")
+        if self.task == "regression" and self.graph is not None:
+            raise ValueError("graph (neural structured learning) is for task: classification only")
         return self
 
 

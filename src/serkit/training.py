@@ -186,15 +186,9 @@ def _rank() -> int:
     return int(os.environ.get("NODE_RANK", 0)) * 1000 + int(os.environ.get("LOCAL_RANK", 0))
 
 
-def train(recipe: Recipe, log=print) -> TrainResult | None:
-    """Train, select on validation UAR, save, evaluate. Returns None on non-zero DDP ranks."""
-    output_dir = Path(recipe.output_dir)
-    rank = _rank()
-    work = output_dir.with_name(f".{output_dir.name}.partial")
-    if rank == 0:
-        refuse_existing(output_dir, "output directory")
-    L.seed_everything(recipe.seed, workers=True, verbose=False)
-
+def load_parts(recipe: Recipe):
+    """The recipe's split and its manifest parts: train (train or train+val speakers), and the
+    held-out val/test parts. Also whether the model is selected on val."""
     split = load_split(recipe.data.split, recipe.data.manifest, recipe.data.fold)
     select_on_val = "val" not in recipe.data.train_parts
     if select_on_val and not split.val:
@@ -204,6 +198,25 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
     for name in ("val", "test"):
         if split.speakers(name) and name not in recipe.data.train_parts:
             parts[name] = split.part(name)
+    return split, parts, select_on_val
+
+
+def train(recipe: Recipe, log=print) -> TrainResult | None:
+    """Train, select on validation UAR, save, evaluate. Returns None on non-zero DDP ranks.
+
+    A recipe with `task: regression` trains dimensional SER instead (serkit.dimensional)."""
+    if recipe.task == "regression":
+        from serkit.dimensional import train_regression
+
+        return train_regression(recipe, log)
+    output_dir = Path(recipe.output_dir)
+    rank = _rank()
+    work = output_dir.with_name(f".{output_dir.name}.partial")
+    if rank == 0:
+        refuse_existing(output_dir, "output directory")
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+
+    split, parts, select_on_val = load_parts(recipe)
     labels = recipe.data.labels or parts["train"].emotions
     if recipe.data.labels:
         for name, part in parts.items():

@@ -65,12 +65,16 @@ class UtteranceDataset(Dataset):
     """
 
     def __init__(self, manifest: Manifest, labels: list[str], preprocessing: Preprocessing,
-                 max_seconds: float | None = None, random_crop: bool = False, waves: list | None = None):
-        manifest.check_labels(labels, "the model")
+                 max_seconds: float | None = None, random_crop: bool = False, waves: list | None = None,
+                 targets: np.ndarray | None = None):
         self.manifest = manifest
         self.labels = list(labels)
-        index = {label: i for i, label in enumerate(self.labels)}
-        self.targets = np.array([index[e] for e in manifest.frame["emotion"]], dtype=np.int64)
+        if targets is None:  # classification: label indices
+            manifest.check_labels(labels, "the model")
+            index = {label: i for i, label in enumerate(self.labels)}
+            self.targets = np.array([index[e] for e in manifest.frame["emotion"]], dtype=np.int64)
+        else:  # regression: one row of values per utterance
+            self.targets = np.asarray(targets)
         self.waves = waves if waves is not None else load_waves(manifest.audio_paths(), preprocessing)
         self.max_samples = None if max_seconds is None else int(max_seconds * preprocessing.sample_rate)
         self.random_crop = random_crop
@@ -86,7 +90,7 @@ class UtteranceDataset(Dataset):
                 # torch's RNG: seeded by Lightning per worker, so crops are reproducible
                 start = int(torch.randint(0, wave.shape[0] - self.max_samples + 1, ()).item())
             wave = wave[start:start + self.max_samples]
-        return torch.from_numpy(np.ascontiguousarray(wave)), int(self.targets[i]), i
+        return torch.from_numpy(np.ascontiguousarray(wave)), self.targets[i], i
 
 
 def collate(batch):
@@ -97,7 +101,7 @@ def collate(batch):
     for row, wave in enumerate(waves):
         padded[row, : wave.shape[0]] = wave
     mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
-    return padded, mask, torch.tensor(targets), torch.tensor(indices)
+    return padded, mask, torch.as_tensor(np.asarray(targets)), torch.tensor(indices)
 
 
 def pad_batch(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

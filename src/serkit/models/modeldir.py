@@ -39,13 +39,21 @@ class SavedModel:
     path: Path | None = None
 
     @property
+    def task(self) -> dict | None:
+        """None for a classifier; {"type": "regression", "dimensions", "scale"} for dimensional SER."""
+        return self.config.get("task")
+
+    @property
     def weights_sha256(self) -> str:
         return sha256_file(self.path / WEIGHTS) if self.path else ""
 
 
 def save_model(path: Path | str, model: SERModel, labels: list[str], preprocessing: Preprocessing,
-               provenance: dict | None = None) -> Path:
-    """Write a new model directory at `path` (refused if it exists; written atomically)."""
+               provenance: dict | None = None, task: dict | None = None) -> Path:
+    """Write a new model directory at `path` (refused if it exists; written atomically).
+
+    `task` describes a regression model ({"type": "regression", "dimensions": [...], "scale": [lo, hi]});
+    its `labels` are then the dimension names. None: a classifier over `labels`."""
     path = Path(path)
     if len(labels) != model.num_classes:
         raise ValueError(f"{len(labels)} labels for a model with {model.num_classes} outputs")
@@ -62,6 +70,8 @@ def save_model(path: Path | str, model: SERModel, labels: list[str], preprocessi
         "parameters": {"total": model.total_parameters(), "trainable": model.trainable_parameters()},
         "provenance": provenance or {},
     }
+    if task is not None:
+        config["task"] = task
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_dir(path) as tmp:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
@@ -98,8 +108,9 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> SavedMod
     if missing:
         raise ModelDirError(f"{config_file} lacks {missing}; restore it from the trained model")
     labels = config["labels"]
-    if not isinstance(labels, list) or len(labels) < 2 or len(set(labels)) != len(labels):
-        raise ModelDirError(f"{config_file}: 'labels' must be a list of at least 2 distinct names")
+    regression = (config.get("task") or {}).get("type") == "regression"
+    if not isinstance(labels, list) or len(labels) < (1 if regression else 2) or len(set(labels)) != len(labels):
+        raise ModelDirError(f"{config_file}: 'labels' must be a list of at least {1 if regression else 2} distinct names")
     weights = path / WEIGHTS
     if not weights.is_file():
         pickles = [p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
