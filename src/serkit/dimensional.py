@@ -9,6 +9,7 @@ the dimensions. Evaluation reports CCC, Pearson r and MAE per dimension.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import platform
 import resource
@@ -34,6 +35,7 @@ from serkit.io import atomic_dir, atomic_file, refuse_existing, sha256_file, wri
 from serkit.metrics import ccc
 from serkit.models.modeldir import SavedModel, load_model, save_model
 from serkit.models.registry import build_model, get_architecture
+from serkit.plots import layer_weights_png
 
 DIMENSIONS = ("arousal", "valence", "dominance")
 
@@ -67,6 +69,71 @@ def dimension_targets(manifest: Manifest, names: list[str], scale: tuple[float, 
                                 f"scale [{low:g}, {high:g}] ({outside.size} such rows); fix the values or dimensions.scale")
         out[:, j] = (values - low) / (high - low)
     return out
+
+
+# ------------------------------------------------------------------------------- proxy targets
+
+# Pleasure (valence), arousal and dominance of emotion terms on [-1, 1] from Russell & Mehrabian
+# (1977), "Evidence for a three-factor theory of emotions", Journal of Research in Personality 11,
+# 273-294, as commonly reused to map categories to PAD (happiness <- "happy"/"joy"). Neutral is the
+# origin by construction. calm (RAVDESS) and boredom (EmoDB) are not listed: we could not check
+# values for them here; supply a CSV mapping, or drop_unmapped.
+RUSSELL_MEHRABIAN_1977 = {
+    "anger": {"valence": -0.51, "arousal": 0.59, "dominance": 0.25},
+    "disgust": {"valence": -0.60, "arousal": 0.35, "dominance": 0.11},
+    "fear": {"valence": -0.62, "arousal": 0.82, "dominance": -0.43},
+    "happiness": {"valence": 0.81, "arousal": 0.51, "dominance": 0.46},
+    "sadness": {"valence": -0.63, "arousal": -0.27, "dominance": -0.33},
+    "surprise": {"valence": 0.40, "arousal": 0.67, "dominance": -0.13},
+    "neutral": {"valence": 0.0, "arousal": 0.0, "dominance": 0.0},
+}
+BUILTIN_PROXIES = {"builtin:russell-mehrabian-1977": (RUSSELL_MEHRABIAN_1977, (-1.0, 1.0),
+                                                      "Russell & Mehrabian (1977) PAD of emotion terms")}
+
+
+def load_proxy(spec: str, names: list[str], scale: tuple[float, float] | None) -> dict:
+    """A category -> dimensions mapping: {"source", "scale", "mapping": {emotion: {dim: value}}}."""
+    if spec in BUILTIN_PROXIES:
+        table, own_scale, source = BUILTIN_PROXIES[spec]
+        missing = [n for n in names if n not in next(iter(table.values()))]
+        if missing:
+            raise ConfigError(f"proxy {spec} has no {missing}; it gives valence, arousal, dominance")
+        return {"source": f"{spec}: {source}", "scale": list(own_scale),
+                "mapping": {e: {n: v[n] for n in names} for e, v in table.items()}}
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"dimensions.proxy {spec!r} is neither {sorted(BUILTIN_PROXIES)} nor a CSV file")
+    if scale is None:
+        raise ConfigError(f"dimensions.proxy {path}: give the mapping's scale as dimensions.scale: [low, high]")
+    frame = pd.read_csv(path)
+    missing = [c for c in ["emotion", *names] if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"proxy mapping {path} lacks column(s) {missing}; it needs emotion and one column per dimension")
+    mapping = {}
+    for _, row in frame.iterrows():
+        values = {n: float(row[n]) for n in names}
+        off = [n for n, v in values.items() if not scale[0] <= v <= scale[1]]
+        if off:
+            raise ConfigError(f"proxy mapping {path}: {row['emotion']} has {off} outside the scale {list(scale)}")
+        mapping[str(row["emotion"])] = values
+    return {"source": f"CSV mapping {path.resolve()}", "scale": list(scale), "mapping": mapping}
+
+
+def apply_proxy(manifest: Manifest, proxy: dict, names: list[str], drop_unmapped: bool) -> tuple[Manifest, int]:
+    """A copy of `manifest` whose dimension columns come from its emotion categories; the number
+    of utterances left out (categories the mapping lacks, when `drop_unmapped`)."""
+    frame = manifest.frame
+    known = frame["emotion"].isin(proxy["mapping"])
+    if not known.all():
+        unknown = sorted(frame.loc[~known, "emotion"].unique())
+        if not drop_unmapped:
+            raise ConfigError(f"proxy mapping ({proxy['source']}) has no values for {unknown} in {manifest.file}; "
+                              "add them to a CSV mapping, or set dimensions.drop_unmapped: true")
+        frame = frame[known].reset_index(drop=True)
+    frame = frame.copy()
+    for n in names:
+        frame[n] = [proxy["mapping"][e][n] for e in frame["emotion"]]
+    return Manifest(frame, manifest.file, manifest.sha256), int((~known).sum())
 
 
 # ----------------------------------------------------------------------------------- loss, metrics
@@ -120,16 +187,16 @@ class RegressionModule(L.LightningModule):
         self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
 
     def training_step(self, batch, batch_idx):
-        wave, mask, target, _ = batch
-        loss = ccc_loss(self.model(wave, mask), target.float())
+        wave, mask, target, _, *text = batch  # text: token ids + attention mask, for audio+text models
+        loss = ccc_loss(self.model(wave, mask, *text), target.float())
         self.epoch_loss_sum += float(loss.detach()) * len(target)
         self.epoch_loss_count += len(target)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(target))
         return loss
 
     def validation_step(self, batch, batch_idx):
-        wave, mask, target, _ = batch
-        self._val_pred.append(self.model(wave, mask).detach().float().cpu())
+        wave, mask, target, _, *text = batch
+        self._val_pred.append(self.model(wave, mask, *text).detach().float().cpu())
         self._val_true.append(target.float().cpu())
 
     def on_validation_epoch_end(self):
@@ -198,24 +265,78 @@ def task_of(saved: SavedModel) -> dict:
     return task
 
 
-def predict_dimensions(saved: SavedModel, waves: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
+def reads_text(model) -> bool:
+    return bool(getattr(model, "uses_text", False))
+
+
+def manifest_texts(manifest: Manifest, column: str, empty: str) -> list[str]:
+    """Transcripts of a manifest, checked: the column exists, and no transcript is empty unless allowed."""
+    frame = manifest.frame
+    if column not in frame.columns:
+        raise ManifestError(f"{manifest.file} has no '{column}' column of transcripts, which this model reads; add "
+                            "them (ASR transcription is not in serkit yet), or use model.options.mode: audio")
+    texts = ["" if pd.isna(t) else str(t).strip() for t in frame[column]]
+    empty_rows = [i for i, t in enumerate(texts) if not t]
+    if empty_rows and empty == "error":
+        raise ManifestError(f"{manifest.file}: the transcript of {frame['path'].iloc[empty_rows[0]]} is empty "
+                            f"({len(empty_rows)} such rows); fill them, or set model.options.empty_text: allow")
+    return texts
+
+
+def collate_with_text(batch, model, texts: list[str]):
+    """collate() plus the token ids and attention mask of each item's transcript."""
+    wave, mask, targets, indices = collate(batch)
+    ids, attention = model.encode_texts([texts[int(i)] for i in indices])
+    return wave, mask, targets, indices, ids, attention
+
+
+def predict_dimensions(saved: SavedModel, waves: list[np.ndarray], batch_size: int = 16,
+                       texts: list[str] | None = None) -> np.ndarray:
     """Predictions normalised to [0, 1] (clipped), one column per dimension."""
-    return np.clip(model_outputs(saved.model, waves, batch_size)["logits"], 0.0, 1.0)
+    model = saved.model
+    if not reads_text(model):
+        return np.clip(model_outputs(model, waves, batch_size)["logits"], 0.0, 1.0)
+    if texts is None or len(texts) != len(waves):
+        raise SerkitError(f"model {saved.path} reads transcripts: give one text per audio file")
+    from serkit.data.dataset import pad_batch
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = np.zeros((len(waves), model.num_classes), dtype=np.float32)
+    order = np.argsort([w.shape[0] for w in waves], kind="stable")
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            wave, mask = pad_batch([waves[i] for i in idx])
+            ids, attention = model.encode_texts([texts[i] for i in idx])
+            out[idx] = model(wave.to(device), mask.to(device), ids.to(device), attention.to(device)).float().cpu().numpy()
+    model.train(was_training)
+    return np.clip(out, 0.0, 1.0)
 
 
 def evaluate_regression(saved: SavedModel, manifest: Manifest, name: str = "test", batch_size: int = 16,
                         waves: list | None = None) -> RegressionEval:
     task = task_of(saved)
     names, scale = task["dimensions"], task["scale"]
+    dropped = 0
+    if task.get("proxy"):
+        manifest, dropped = apply_proxy(manifest, task["proxy"], names, drop_unmapped=True)
+        waves = None if dropped else waves
     truth = dimension_targets(manifest, names, scale)
+    texts = None
+    if reads_text(saved.model):
+        texts = manifest_texts(manifest, saved.model.options.text_column, saved.model.options.empty_text)
     if waves is None:
         waves = load_waves(manifest.audio_paths(), saved.preprocessing)
     start = time.perf_counter()
-    predicted = predict_dimensions(saved, waves, batch_size)
+    predicted = predict_dimensions(saved, waves, batch_size, texts)
     seconds = time.perf_counter() - start
     summary = regression_summary(truth, predicted, names, scale)
     summary["speakers"] = sorted(manifest.frame["speaker"].unique())
     summary["inference_s_per_utterance"] = seconds / max(len(waves), 1)
+    if task.get("proxy"):
+        summary["targets"] = f"PROXY from emotion categories ({task['proxy']['source']}); {dropped} unmapped utterances left out"
     low, high = scale
     frame = manifest.frame[[c for c in ("path", "speaker", "gender", "emotion") if c in manifest.frame.columns]].copy()
     for j, dim in enumerate(names):
@@ -251,12 +372,20 @@ def train_regression(recipe: Recipe, log=print):
     from serkit.training import TrainResult, _git_commit, initialise_from, load_parts
 
     dims = recipe.dimensions
-    names, scale = list(dims.names), (float(dims.scale[0]), float(dims.scale[1]))
+    names = list(dims.names)
     output_dir = Path(recipe.output_dir)
     work = output_dir.with_name(f".{output_dir.name}.partial")
     refuse_existing(output_dir, "output directory")
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     split, parts, select_on_val = load_parts(recipe)
+    proxy, dropped = None, {}
+    if dims.proxy:
+        proxy = load_proxy(dims.proxy, names, dims.scale)
+        for name in list(parts):
+            parts[name], dropped[name] = apply_proxy(parts[name], proxy, names, dims.drop_unmapped)
+        log(f"PROXY targets: {', '.join(names)} from the emotion categories ({proxy['source']}); left out as unmapped: "
+            + ", ".join(f"{n} {d}" for n, d in dropped.items()))
+    scale = tuple(float(v) for v in (proxy["scale"] if proxy else dims.scale))
     targets = {name: dimension_targets(part, names, scale) for name, part in parts.items()}
     preprocessing = Preprocessing(trim_silence_db=recipe.data.trim_silence_db, fixed_seconds=recipe.data.fixed_seconds)
     t0 = time.perf_counter()
@@ -270,15 +399,25 @@ def train_regression(recipe: Recipe, log=print):
     lr = recipe.train.lr or arch.default_lr
     log(f"model {arch.name}: {model.total_parameters() / 1e6:.2f} M parameters ({model.trainable_parameters() / 1e6:.2f} M "
         f"trainable), regression of {', '.join(names)} on [{scale[0]:g}, {scale[1]:g}], loss 1 - CCC, Adam lr {lr:g}")
-    loader_args = {"collate_fn": collate, "num_workers": recipe.train.num_workers,
-                   "persistent_workers": recipe.train.num_workers > 0}
+    if reads_text(model):  # every part's transcripts are checked before any training
+        for part in parts.values():
+            manifest_texts(part, model.options.text_column, model.options.empty_text)
+    loader_args = {"num_workers": recipe.train.num_workers, "persistent_workers": recipe.train.num_workers > 0}
+
+    def collate_for(part: str):
+        if not reads_text(model):
+            return collate
+        texts = manifest_texts(parts[part], model.options.text_column, model.options.empty_text)
+        return functools.partial(collate_with_text, model=model, texts=texts)
+
     train_set = UtteranceDataset(parts["train"], names, preprocessing, recipe.data.max_seconds, True, waves["train"],
                                  targets=targets["train"])
-    train_loader = DataLoader(train_set, recipe.train.batch_size, shuffle=True, **loader_args)
+    train_loader = DataLoader(train_set, recipe.train.batch_size, shuffle=True, collate_fn=collate_for("train"), **loader_args)
     val_loader = None
     if select_on_val:
         val_set = UtteranceDataset(parts["val"], names, preprocessing, None, False, waves["val"], targets=targets["val"])
-        val_loader = DataLoader(val_set, recipe.train.eval_batch_size, shuffle=False, **loader_args)
+        val_loader = DataLoader(val_set, recipe.train.eval_batch_size, shuffle=False, collate_fn=collate_for("val"),
+                                **loader_args)
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -309,6 +448,8 @@ def train_regression(recipe: Recipe, log=print):
             "device": str(trainer.strategy.root_device), "learning_rate": lr,
         }
         task = {"type": "regression", "dimensions": names, "scale": list(scale), "loss": "1 - CCC"}
+        if proxy:
+            task["proxy"] = proxy
         provenance = {
             "recipe": recipe_to_dict(recipe),
             "split_file": str(split.file.resolve()) if split.file else None,
@@ -333,6 +474,12 @@ def train_regression(recipe: Recipe, log=print):
         metrics["training"] = training
         metrics["model"] = {"architecture": arch.name, "parameters": model.total_parameters(),
                             "trainable_parameters": model.trainable_parameters(), "task": task}
+        audio = getattr(model, "audio", model)  # the audio encoder of an audio+text model, or the model
+        weights = audio.layer_weights() if audio is not None and hasattr(audio, "layer_weights") else None
+        if weights is not None:  # learnable softmax layer weights (paper 004, Fig. 2)
+            metrics["layer_weights"] = {"dimensions": names, "weights": [round(float(w), 5) for w in weights]}
+            layer_weights_png(work / "layer_weights.png", {"+".join(names): weights.tolist()},
+                              f"{recipe.name}: layer weights learnt for {', '.join(names)}")
         write_json(work / "metrics.json", metrics)
         write_text(work / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
         write_text(work / "training_log.csv", pd.DataFrame(keep.history).to_csv(index=False))
@@ -340,6 +487,8 @@ def train_regression(recipe: Recipe, log=print):
             f"# {recipe.name}: dimensional SER ({', '.join(names)})",
             f"Model `{arch.name}`, {model.total_parameters() / 1e6:.2f} M parameters; loss 1 - CCC; values on "
             f"[{scale[0]:g}, {scale[1]:g}] normalised to [0, 1]; best epoch {keep.best_epoch} of {epochs}.",
+            *([f"**Targets are a PROXY** mapped from emotion categories ({proxy['source']}), not ratings; "
+               f"unmapped utterances left out: {dropped}."] if proxy else []),
             summary_table(evaluations) if evaluations else "(no held-out parts)",
         ]) + "\n")
         os.rename(work, output_dir)

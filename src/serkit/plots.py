@@ -55,3 +55,23 @@ def training_curve_png(path: Path | str, history: list[dict]) -> None:
     with atomic_file(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=110)
     plt.close(fig)
+
+
+def layer_weights_png(path: Path | str, weights: dict[str, list[float]], title: str = "") -> None:
+    """Normalised layer weights (softmax over hidden states) per series, e.g. per dimension (paper 004, Fig. 2)."""
+    names = list(weights)
+    n_layers = len(next(iter(weights.values())))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * n_layers + 2), 3.4))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        ax.bar(np.arange(n_layers) + k * width - 0.4 + width / 2, weights[name], width, label=name)
+    ax.set_xticks(range(n_layers))
+    ax.set_xlabel("hidden state (0 = input to the first layer)")
+    ax.set_ylabel("normalised weight")
+    ax.set_title(title, fontsize=9)
+    if len(names) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)

@@ -98,11 +98,11 @@ def build_model(name: str, options: dict | BaseModel | None, num_classes: int, *
     arch = get_architecture(name)
     if not isinstance(options, BaseModel):
         options = parse_options(name, options)
-    if num_classes < 2:
-        raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if num_classes < 1:
+        raise ConfigError(f"a model needs at least 1 output (2 classes, or 1 regression dimension), got {num_classes}")
     return arch.cls(options, num_classes, **kwargs)
 
 
 def _load_builtin() -> None:
     # importing the modules registers their architectures
-    from serkit.models import cnn, fused, ssl, whisper  # noqa: F401
+    from serkit.models import audiotext, cnn, fused, ssl, whisper  # noqa: F401
