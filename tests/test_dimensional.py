@@ -257,3 +257,31 @@ def test_proxy_targets_from_categories_are_labelled(tiny_split, tmp_path, capsys
     weights = metrics["layer_weights"]["weights"]
     assert len(weights) == 3 and sum(weights) == pytest.approx(1.0, abs=1e-4)
     assert (tmp_path / "run" / "layer_weights.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------ transcripts
+
+@pytest.mark.slow
+def test_transcribe_real_speech_reports_wer_and_caches(ravdess_frame, tmp_path, capsys):
+    from serkit.transcribe import normalise, word_error_rate
+
+    assert normalise("Kids are talking, by the door!") == "kids are talking by the door"
+    assert word_error_rate(["kids are walking by the door"], ["Kids are talking by the door."]) == pytest.approx(1 / 6)
+    rows = ravdess_frame[ravdess_frame.speaker == "01"].iloc[[0, 1, 30, 31]]
+    rows[["path", "speaker", "emotion", "text"]].to_csv(tmp_path / "m.csv", index=False)
+    cache = tmp_path / "cache"
+
+    from serkit.transcribe import transcribe
+
+    report = transcribe(tmp_path / "m.csv", tmp_path / "asr.csv", cache_dir=cache, log=lambda *_: None)
+    out = pd.read_csv(tmp_path / "asr.csv")
+    assert report["decoded"] == 4 and list(out.columns[-1:]) == ["asr_text"]
+    assert all("door" in t.lower() for t in out["asr_text"])
+    assert report["wer_vs_text"] < 0.3  # Whisper tiny.en on clear read English
+    again = transcribe(tmp_path / "m.csv", tmp_path / "asr2.csv", cache_dir=cache, log=lambda *_: None)
+    assert again["decoded"] == 0 and pd.read_csv(tmp_path / "asr2.csv")["asr_text"].tolist() == out["asr_text"].tolist()
+    # refused: an existing output, an existing column
+    assert run(["transcribe", str(tmp_path / "m.csv"), "-o", str(tmp_path / "asr.csv")]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert run(["transcribe", str(tmp_path / "asr.csv"), "-o", str(tmp_path / "x.csv")]) == 2
+    assert "already has a 'asr_text' column" in capsys.readouterr().err.replace("\n", "")

