@@ -168,5 +168,21 @@ def load_recipe(path: Path | str | None = None, overrides: list[str] | None = No
         raise ConfigError(f"recipe {path or ''}: {where}: {first['msg']}") from None
 
 
+def load_experiment(path: Path | str, model: type[BaseModel], overrides: list[str] | None = None):
+    """An experiment-grid YAML validated by `model`, with --set overrides; errors name the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"experiment recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    try:
+        return model.model_validate(apply_overrides(raw, overrides or []))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
 def recipe_to_dict(recipe: Recipe) -> dict:
     return recipe.model_dump(mode="json")

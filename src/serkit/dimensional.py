@@ -8,10 +8,8 @@ the dimensions. Evaluation reports CCC, Pearson r and MAE per dimension.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import os
-import platform
 import resource
 import shutil
 import time
@@ -25,13 +23,12 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-import serkit
 from serkit.config import Recipe, recipe_to_dict
-from serkit.data.dataset import Preprocessing, UtteranceDataset, collate, load_waves
+from serkit.data.dataset import UtteranceDataset, collate, load_waves
 from serkit.data.manifest import Manifest
 from serkit.errors import ConfigError, ManifestError, SerkitError
 from serkit.inference import model_outputs
-from serkit.io import atomic_dir, atomic_file, refuse_existing, sha256_file, write_json, write_text
+from serkit.io import atomic_dir, atomic_file, refuse_existing, write_json, write_text
 from serkit.metrics import ccc
 from serkit.models.modeldir import SavedModel, load_model, save_model
 from serkit.models.registry import build_model, get_architecture
@@ -206,12 +203,9 @@ class RegressionModule(L.LightningModule):
         self.log("val_ccc", float(np.mean(self.val_ccc)), prog_bar=True)
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        if self.lr_decay is None:
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self.lr_decay.every_epochs, self.lr_decay.factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        from serkit.training import adam
+
+        return adam(self.model, self.lr, self.weight_decay, self.lr_decay)
 
 
 class KeepBestCCC(L.Callback):
@@ -369,7 +363,7 @@ def write_regression_eval_dir(out: Path | str, result: RegressionEval, model_pat
 
 def train_regression(recipe: Recipe, log=print):
     """Train a dimensional model: 1 − CCC, selection on mean validation CCC, save, evaluate."""
-    from serkit.training import TrainResult, _git_commit, initialise_from, load_parts
+    from serkit.training import TrainResult, initialise_from, load_part_waves, load_parts, run_provenance
 
     dims = recipe.dimensions
     names = list(dims.names)
@@ -387,11 +381,7 @@ def train_regression(recipe: Recipe, log=print):
             + ", ".join(f"{n} {d}" for n, d in dropped.items()))
     scale = tuple(float(v) for v in (proxy["scale"] if proxy else dims.scale))
     targets = {name: dimension_targets(part, names, scale) for name, part in parts.items()}
-    preprocessing = Preprocessing(trim_silence_db=recipe.data.trim_silence_db, fixed_seconds=recipe.data.fixed_seconds)
-    t0 = time.perf_counter()
-    waves = {name: load_waves(part.audio_paths(), preprocessing) for name, part in parts.items()}
-    log(f"loaded {sum(len(w) for w in waves.values())} utterances in {time.perf_counter() - t0:.1f} s: "
-        + ", ".join(f"{n} {len(w)} ({parts[n].frame['speaker'].nunique()} speakers)" for n, w in waves.items()))
+    preprocessing, waves = load_part_waves(recipe, parts, log)
 
     arch = get_architecture(recipe.model.architecture)
     model = build_model(recipe.model.architecture, recipe.model.options, len(names))
@@ -450,17 +440,7 @@ def train_regression(recipe: Recipe, log=print):
         task = {"type": "regression", "dimensions": names, "scale": list(scale), "loss": "1 - CCC"}
         if proxy:
             task["proxy"] = proxy
-        provenance = {
-            "recipe": recipe_to_dict(recipe),
-            "split_file": str(split.file.resolve()) if split.file else None,
-            "split_sha256": sha256_file(split.file) if split.file else None,
-            "manifest": str(split.manifest.file), "manifest_sha256": split.manifest.sha256,
-            "speakers": split.parts(), "trained_on": list(recipe.data.train_parts), "init_from": init,
-            "n_utterances": {n: len(w) for n, w in waves.items()}, "seed": recipe.seed, "training": training,
-            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": {"serkit": serkit.__version__, "torch": torch.__version__, "python": platform.python_version()},
-            "git_commit": _git_commit(),
-        }
+        provenance = run_provenance(recipe, split, waves, init, training)
         save_model(work / "model", model, names, preprocessing, provenance, task=task)
         saved = load_model(work / "model")  # evaluate exactly what was written
         evaluations = []

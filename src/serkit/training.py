@@ -111,12 +111,7 @@ class ClassifierModule(L.LightningModule):
         self.log("val_war", float(matrix.trace() / max(matrix.sum(), 1)))
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        if self.lr_decay is None:
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self.lr_decay.every_epochs, self.lr_decay.factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return adam(self.model, self.lr, self.weight_decay, self.lr_decay)
 
 
 class KeepBest(L.Callback):
@@ -201,6 +196,45 @@ def load_parts(recipe: Recipe):
     return split, parts, select_on_val
 
 
+def load_part_waves(recipe: Recipe, parts: dict, log=print) -> tuple[Preprocessing, dict]:
+    """The recipe's preprocessing and every part's decoded, preprocessed audio."""
+    preprocessing = Preprocessing(trim_silence_db=recipe.data.trim_silence_db, fixed_seconds=recipe.data.fixed_seconds)
+    t0 = time.perf_counter()
+    waves = {name: load_waves(part.audio_paths(), preprocessing) for name, part in parts.items()}
+    log(f"loaded {sum(len(w) for w in waves.values())} utterances in {time.perf_counter() - t0:.1f} s: "
+        + ", ".join(f"{n} {len(w)} ({parts[n].frame['speaker'].nunique()} speakers)" for n, w in waves.items()))
+    return preprocessing, waves
+
+
+def adam(model, lr: float, weight_decay: float = 0.0, lr_decay=None):
+    """Adam over the trainable parameters, optionally decayed stepwise per epoch (Lightning's format)."""
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    if lr_decay is None:
+        return optimizer
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, lr_decay.every_epochs, lr_decay.factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def run_provenance(recipe: Recipe, split, waves: dict, init, training: dict) -> dict:
+    """What a saved model records about how it was trained."""
+    return {
+        "recipe": recipe_to_dict(recipe),
+        "split_file": str(split.file.resolve()) if split.file else None,
+        "split_sha256": sha256_file(split.file) if split.file else None,
+        "manifest": str(split.manifest.file),
+        "manifest_sha256": split.manifest.sha256,
+        "speakers": split.parts(),
+        "trained_on": list(recipe.data.train_parts),
+        "init_from": init,
+        "n_utterances": {n: len(w) for n, w in waves.items()},
+        "seed": recipe.seed,
+        "training": training,
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"serkit": serkit.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "git_commit": _git_commit(),
+    }
+
+
 def train(recipe: Recipe, log=print) -> TrainResult | None:
     """Train, select on validation UAR, save, evaluate. Returns None on non-zero DDP ranks.
 
@@ -229,11 +263,7 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
         raise ConfigError(f"data.labels {missing} have no training utterances in split {split.file}")
     for part in parts.values():
         part.check_labels(labels, "the training set")
-    preprocessing = Preprocessing(trim_silence_db=recipe.data.trim_silence_db, fixed_seconds=recipe.data.fixed_seconds)
-    t0 = time.perf_counter()
-    waves = {name: load_waves(part.audio_paths(), preprocessing) for name, part in parts.items()}
-    log(f"loaded {sum(len(w) for w in waves.values())} utterances in {time.perf_counter() - t0:.1f} s: "
-        + ", ".join(f"{n} {len(w)} ({parts[n].frame['speaker'].nunique()} speakers)" for n, w in waves.items()))
+    preprocessing, waves = load_part_waves(recipe, parts, log)
 
     arch = get_architecture(recipe.model.architecture)
     model = build_model(recipe.model.architecture, recipe.model.options, len(labels))
@@ -306,22 +336,7 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
             "learning_rate": lr,
             "graph": graph_stats,
         }
-        provenance = {
-            "recipe": recipe_to_dict(recipe),
-            "split_file": str(split.file.resolve()) if split.file else None,
-            "split_sha256": sha256_file(split.file) if split.file else None,
-            "manifest": str(split.manifest.file),
-            "manifest_sha256": split.manifest.sha256,
-            "speakers": split.parts(),
-            "trained_on": list(recipe.data.train_parts),
-            "init_from": init,
-            "n_utterances": {n: len(w) for n, w in waves.items()},
-            "seed": recipe.seed,
-            "training": training,
-            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": {"serkit": serkit.__version__, "torch": torch.__version__, "python": platform.python_version()},
-            "git_commit": _git_commit(),
-        }
+        provenance = run_provenance(recipe, split, waves, init, training)
         save_model(work / "model", model, labels, preprocessing, provenance)
         saved = load_model(work / "model")  # evaluate exactly what was written
         evaluations = []

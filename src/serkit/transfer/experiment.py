@@ -21,10 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from serkit.errors import ConfigError
 from serkit.metrics import significance_marker, z_test_one_tailed
 
 COLUMNS = ["model", "seed", "variant", "layer", "n", "alpha", "val_uar", "val_accuracy", "test_uar", "test_accuracy",
@@ -49,17 +47,9 @@ class TransferGrid(BaseModel):
 
 
 def load_transfer_grid(path: Path | str, overrides: list[str] | None = None) -> TransferGrid:
-    from serkit.config import apply_overrides
+    from serkit.config import load_experiment
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"experiment recipe not found: {path}")
-    raw = apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or [])
-    try:
-        return TransferGrid.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return load_experiment(path, TransferGrid, overrides)
 
 
 def _graphs(grid: TransferGrid, recipe, out: Path, log) -> dict[str, Path]:

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from serkit.errors import ConfigError
 from serkit.metrics import significance_marker, z_test_one_tailed
@@ -48,17 +47,9 @@ class UnlearningGrid(BaseModel):
 
 
 def load_grid(path: Path | str, overrides: list[str] | None = None) -> UnlearningGrid:
-    from serkit.config import apply_overrides
+    from serkit.config import load_experiment
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"experiment recipe not found: {path}")
-    raw = apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or [])
-    try:
-        grid = UnlearningGrid.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    grid = load_experiment(path, UnlearningGrid, overrides)
     for backbone, settings in grid.backbones.items():
         for setting in settings:
             if setting not in SETTINGS:
