@@ -54,12 +54,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("SERKIT_DATA", REPO.parent / "shared" / "data")))
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench")
     parser.add_argument("--set", action="append", default=[], help="recipe override for every run")
+    parser.add_argument("--resume", type=Path, help="a folder of an earlier run of this benchmark: finished runs are kept")
     args = parser.parse_args()
-    base = args.out / f"{args.corpus}-audiotext-{time.strftime('%Y%m%d-%H%M%S')}"
-    subprocess.run([*SERKIT, "data", "import", args.corpus, str(args.data / args.corpus), "-o", str(base / "data"), "--link"],
-                   check=True, cwd=REPO)
-    subprocess.run([*SERKIT, "data", "split", str(base / "data" / "manifest.csv"), "-o", str(base / "split.json"),
-                    *SPLITS[args.corpus], "--seed", "0"], check=True, cwd=REPO)
+    base = args.resume or args.out / f"{args.corpus}-audiotext-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not (base / "split.json").is_file():
+        subprocess.run([*SERKIT, "data", "import", args.corpus, str(args.data / args.corpus), "-o", str(base / "data"),
+                        "--link"], check=True, cwd=REPO)
+        subprocess.run([*SERKIT, "data", "split", str(base / "data" / "manifest.csv"), "-o", str(base / "split.json"),
+                        *SPLITS[args.corpus], "--seed", "0"], check=True, cwd=REPO)
     text = str(next(iter(__import__("pandas").read_csv(base / "data" / "manifest.csv")["text"])))
     results: dict[str, list[dict]] = {m: [] for m in args.modes}
     for mode in args.modes:
@@ -67,8 +69,9 @@ def main() -> None:
             run = base / f"{mode.replace('+', '_')}-seed{seed}"
             overrides = [f"data.split={base / 'split.json'}", f"output_dir={run}", f"seed={seed}",
                          "train.progress_bar=false", f"model.options.mode={mode}", *args.set]
-            subprocess.run([*SERKIT, "train", f"configs/{args.corpus}_audiotext.yaml",
-                            *sum((["--set", o] for o in overrides), [])], check=True, cwd=REPO)
+            if not (run / "metrics.json").is_file():
+                subprocess.run([*SERKIT, "train", f"configs/{args.corpus}_audiotext.yaml",
+                                *sum((["--set", o] for o in overrides), [])], check=True, cwd=REPO)
             m = json.loads((run / "metrics.json").read_text())
             results[mode].append({"seed": seed, "test": m["test"], "val": m["val"], "training": m["training"],
                                   "parameters": m["model"]["parameters"], "latency_ms": latency(run / "model", text)})

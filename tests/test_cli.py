@@ -78,3 +78,10 @@ def test_installed_command_prints_errors_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "manifest not found" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_models_list_names_every_architecture(capsys):
+    assert run(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("cnn6", "resnet9", "vgg15", "ssl", "whisper", "fused", "audiotext"):
+        assert name in out

@@ -280,6 +280,11 @@ def test_transcribe_real_speech_reports_wer_and_caches(ravdess_frame, tmp_path, 
     assert report["wer_vs_text"] < 0.3  # Whisper tiny.en on clear read English
     again = transcribe(tmp_path / "m.csv", tmp_path / "asr2.csv", cache_dir=cache, log=lambda *_: None)
     assert again["decoded"] == 0 and pd.read_csv(tmp_path / "asr2.csv")["asr_text"].tolist() == out["asr_text"].tolist()
+    more = ravdess_frame[ravdess_frame.speaker == "01"].iloc[[0, 1, 30, 31, 2]]  # one new utterance
+    more[["path", "speaker", "emotion", "text"]].to_csv(tmp_path / "m3.csv", index=False)
+    third = transcribe(tmp_path / "m3.csv", tmp_path / "asr3.csv", cache_dir=cache, log=lambda *_: None)
+    assert third["decoded"] == 1  # the cache grows; the four known ones are not decoded again
+    assert transcribe(tmp_path / "m3.csv", tmp_path / "asr4.csv", cache_dir=cache, log=lambda *_: None)["decoded"] == 0
     # refused: an existing output, an existing column
     assert run(["transcribe", str(tmp_path / "m.csv"), "-o", str(tmp_path / "asr.csv")]) == 2
     assert "exists" in capsys.readouterr().err

@@ -420,3 +420,7 @@ def test_experiment_transfer_grid_is_resumable_and_tabulated(cnn_dir, tiny_split
     assert run(["experiment", "transfer", str(grid)]) == 0  # resumable: nothing left to train
     assert "2 trainings done, 0 to go" in capsys.readouterr().out
     assert len(pd.read_csv(out / "results.csv")) == 2
+    # resuming with other settings would mix two experiments in one table: refused
+    grid.write_text(grid.read_text().replace("threshold: 0.0", "threshold: 0.5"))
+    assert run(["experiment", "transfer", str(grid)]) == 2
+    assert "other settings (threshold)" in capsys.readouterr().err.replace("\n", "")

@@ -229,6 +229,8 @@ def models_list(classes: int = typer.Option(8, help="number of classes for the p
             count = "depends on backbone"
         elif arch.family == "fused":
             count = "downstream + frozen upstream"
+        elif arch.family == "audiotext":
+            count = "audio + text encoders + head"
         else:
             count = f"{build_model(arch.name, {}, classes).total_parameters() / 1e6:.2f} M"
         table.add_row(arch.name, arch.family, count, f"{arch.default_lr:g}", arch.description)

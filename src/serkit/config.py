@@ -81,7 +81,7 @@ class DimensionsConfig(_Strict):
                                               "[-1, 1]; values outside it are refused (with proxy: the mapping's scale)")
     proxy: str | None = Field(None, description="PROXY targets from the emotion category instead of columns: "
                               "builtin:russell-mehrabian-1977 or a CSV with emotion + one column per dimension "
-                              "(and optional scale_low/scale_high); every output says the targets are a proxy")
+                              "(its scale given as dimensions.scale); every output says the targets are a proxy")
     drop_unmapped: bool = Field(False, description="with proxy: leave out utterances whose category has no mapping "
                                 "(default: refuse)")
 
@@ -119,6 +119,13 @@ class Recipe(_Strict):
             raise ValueError("a dimensions section needs task: regression")
         if self.model.architecture == "audiotext" and self.task != "regression":
             raise ValueError("model audiotext (audio + text) is for task: regression (dimensional SER) so far")
+        if self.task == "regression":
+            unsupported = [name for name, value in (("train.patience", self.train.patience),
+                                                    ("train.ema_decay", self.train.ema_decay)) if value is not None]
+            if self.train.strategy != "auto" or self.train.devices not in ("auto", 1, [0]):
+                unsupported.append("train.devices / train.strategy (one device only)")
+            if unsupported:
+                raise ValueError(f"task: regression does not support {', '.join(unsupported)} yet")
         if self.task == "regression" and self.graph is not None:
             raise ValueError("graph (neural structured learning) is for task: classification only")
         return self

@@ -74,7 +74,9 @@ def dimension_targets(manifest: Manifest, names: list[str], scale: tuple[float, 
 # (1977), "Evidence for a three-factor theory of emotions", Journal of Research in Personality 11,
 # 273-294, as commonly reused to map categories to PAD (happiness <- "happy"/"joy"). Neutral is the
 # origin by construction. calm (RAVDESS) and boredom (EmoDB) are not listed: we could not check
-# values for them here; supply a CSV mapping, or drop_unmapped.
+# values for them here; supply a CSV mapping, or drop_unmapped. UNVERIFIED against the paper itself:
+# the values were checked only against a second public copy, and `fear` there may be the table's
+# "terrified" rather than "afraid" (recalled as -0.64, 0.60, -0.43): check before publishing results.
 RUSSELL_MEHRABIAN_1977 = {
     "anger": {"valence": -0.51, "arousal": 0.59, "dominance": 0.25},
     "disgust": {"valence": -0.60, "arousal": 0.35, "dominance": 0.11},
@@ -102,13 +104,20 @@ def load_proxy(spec: str, names: list[str], scale: tuple[float, float] | None) -
         raise ConfigError(f"dimensions.proxy {spec!r} is neither {sorted(BUILTIN_PROXIES)} nor a CSV file")
     if scale is None:
         raise ConfigError(f"dimensions.proxy {path}: give the mapping's scale as dimensions.scale: [low, high]")
-    frame = pd.read_csv(path)
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"proxy mapping {path} is not a readable CSV ({str(exc).splitlines()[0][:120]})") from None
     missing = [c for c in ["emotion", *names] if c not in frame.columns]
     if missing:
         raise ConfigError(f"proxy mapping {path} lacks column(s) {missing}; it needs emotion and one column per dimension")
     mapping = {}
     for _, row in frame.iterrows():
-        values = {n: float(row[n]) for n in names}
+        values = {n: pd.to_numeric(row[n], errors="coerce") for n in names}
+        bad = [n for n, v in values.items() if not np.isfinite(v)]
+        if bad:
+            raise ConfigError(f"proxy mapping {path}: {row['emotion']} has a non-numeric value in {bad}")
+        values = {n: float(v) for n, v in values.items()}
         off = [n for n, v in values.items() if not scale[0] <= v <= scale[1]]
         if off:
             raise ConfigError(f"proxy mapping {path}: {row['emotion']} has {off} outside the scale {list(scale)}")
@@ -277,10 +286,10 @@ def manifest_texts(manifest: Manifest, column: str, empty: str) -> list[str]:
     return texts
 
 
-def collate_with_text(batch, model, texts: list[str]):
+def collate_with_text(batch, encode, texts: list[str]):
     """collate() plus the token ids and attention mask of each item's transcript."""
     wave, mask, targets, indices = collate(batch)
-    ids, attention = model.encode_texts([texts[int(i)] for i in indices])
+    ids, attention = encode([texts[int(i)] for i in indices])
     return wave, mask, targets, indices, ids, attention
 
 
@@ -398,7 +407,7 @@ def train_regression(recipe: Recipe, log=print):
         if not reads_text(model):
             return collate
         texts = manifest_texts(parts[part], model.options.text_column, model.options.empty_text)
-        return functools.partial(collate_with_text, model=model, texts=texts)
+        return functools.partial(collate_with_text, encode=model.text_encoder(), texts=texts)
 
     train_set = UtteranceDataset(parts["train"], names, preprocessing, recipe.data.max_seconds, True, waves["train"],
                                  targets=targets["train"])

@@ -16,6 +16,7 @@ Checks, on real utterances when the model's manifest is at hand (else on noise, 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 import warnings
@@ -99,13 +100,20 @@ def frontend_nodes(path: Path) -> list[str]:
     import onnx
 
     graph = onnx.load(str(path)).graph
+    # the namespace holds the qualified module path: "/frontend: ..." or nested, "/upstream.frontend: ..."
+    pattern = re.compile(r"/(?:[\w]+\.)*frontend:")
     return [n.name for n in graph.node
-            if any(p.key == "namespace" and "/frontend:" in p.value for p in n.metadata_props)]
+            if any(p.key == "namespace" and pattern.search(p.value) for p in n.metadata_props)]
 
 
 def export_onnx(saved: SavedModel, out: Path | str, int8: bool = False, opset: int = 18, log=print) -> dict:
     """Write OUT/ with model.onnx (+ model.int8.onnx), serkit_model.json and export.json."""
     _require()
+    if saved.task:
+        raise SerkitError(f"{saved.path} is a {saved.task.get('type')} model; serkit export handles classifiers so far "
+                          "(its checks compare class predictions)")
+    if getattr(saved.model, "uses_text", False):
+        raise SerkitError(f"{saved.path} reads transcripts; serkit export handles audio-only models")
     out = Path(out)
     model = saved.model.eval()
     waves, source = check_waves(saved)

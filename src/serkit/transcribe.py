@@ -10,6 +10,7 @@ removing punctuation, the usual normalisation for WER).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -60,7 +61,8 @@ def load_asr(model: str):
         asr = WhisperForConditionalGeneration.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise SerkitError(f"cannot load {path} as a Whisper ASR model (it needs the decoder): {str(exc).splitlines()[0][:200]}") from None
-    return asr.eval(), processor, path, sha256_file(weights[0])
+    weights_sha = hashlib.sha256("".join(sha256_file(w) for w in weights).encode()).hexdigest()
+    return asr.eval(), processor, path, weights_sha
 
 
 def transcribe(manifest_path: Path | str, out: Path | str, model: str = "builtin:whisper-tiny.en", column: str = "asr_text",
@@ -69,11 +71,20 @@ def transcribe(manifest_path: Path | str, out: Path | str, model: str = "builtin
     manifest = read_manifest(manifest_path)
     out = Path(out)
     refuse_existing(out, "output manifest")
+    refuse_existing(out.with_suffix(".json"), "output report")
     if column in manifest.frame.columns:
         raise SerkitError(f"{manifest.file} already has a '{column}' column; choose another with --column")
     asr, processor, path, weights_sha = load_asr(model)
+    kwargs = {"max_new_tokens": 128}
+    multilingual = bool(getattr(asr.generation_config, "is_multilingual", False))
+    if language and not multilingual and language != "en":
+        raise SerkitError(f"{path} is an English-only model; it cannot transcribe language '{language}'")
+    if language and multilingual:
+        kwargs.update(language=language, task="transcribe")
+    # one cache per model weights and decoding settings
+    setting = hashlib.sha256(json.dumps([weights_sha, sorted(kwargs.items())]).encode()).hexdigest()[:16]
     cache_dir = Path(cache_dir or Path(os.environ.get("SERKIT_CACHE", Path.home() / ".cache" / "serkit")) / "asr")
-    cache_file = cache_dir / f"{weights_sha[:16]}.json"
+    cache_file = cache_dir / f"{setting}.json"
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     paths = manifest.audio_paths()
     keys = [sha256_file(p) for p in paths]
@@ -87,11 +98,6 @@ def transcribe(manifest_path: Path | str, out: Path | str, model: str = "builtin
             raise SerkitError(f"{long[0]} is longer than {MAX_SECONDS:g} s (Whisper's window; {len(long)} such files); "
                               "cut long recordings into utterances first")
         order = np.argsort([w.shape[0] for w in waves])
-        kwargs = {"max_new_tokens": 128}
-        if language and not getattr(asr.generation_config, "is_multilingual", False) and language != "en":
-            raise SerkitError(f"{path} is an English-only model; it cannot transcribe language '{language}'")
-        if language and getattr(asr.generation_config, "is_multilingual", False):
-            kwargs.update(language=language, task="transcribe")
         with torch.no_grad():
             for s in range(0, len(order), batch_size):
                 idx = order[s:s + batch_size]
@@ -100,7 +106,7 @@ def transcribe(manifest_path: Path | str, out: Path | str, model: str = "builtin
                 for j, text in zip(idx, processor.batch_decode(ids, skip_special_tokens=True)):
                     cache[keys[todo[j]]] = text.strip()
         cache_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_file(cache_file, "w") as handle:
+        with atomic_file(cache_file, "w", overwrite=True) as handle:
             json.dump(cache, handle)
     seconds = time.perf_counter() - start
     frame = manifest.frame.copy()

@@ -77,12 +77,28 @@ def load_tokenizer(path: Path):
     return tok.backend_tokenizer, tok.pad_token or "[PAD]"
 
 
+class TextEncoder:
+    def __init__(self, tokenizer, max_tokens: int, pad_token: str):
+        self.tokenizer, self.max_tokens, self.pad_token = tokenizer, max_tokens, pad_token
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.tokenizer
+        tok.enable_truncation(self.max_tokens)
+        pad_id = tok.token_to_id(self.pad_token)
+        tok.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token=self.pad_token)
+        encoded = tok.encode_batch([str(t) for t in texts])
+        ids = torch.tensor([e.ids for e in encoded], dtype=torch.long)
+        mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.long)
+        return ids, mask
+
+
 @register("audiotext", "audiotext", AudioTextOptions, "audio and/or text encoders fused by concatenation + tanh head (paper 004)", 3e-5)
 class AudioTextModel(SERModel):
     def __init__(self, options: AudioTextOptions, num_classes: int, saved_files: dict | None = None):
         from tokenizers import Tokenizer
         from transformers import AutoConfig, AutoModel
 
+        reloading = saved_files is not None  # load_model passes the directory's JSON files (maybe none)
         saved_files = saved_files or {}
         uses_text, uses_audio = options.mode != "audio", options.mode != "text"
         tokenizer, text_state = None, None
@@ -113,6 +129,7 @@ class AudioTextModel(SERModel):
             for name, p in self.audio.named_parameters():
                 if name.startswith(("fc1.", "fc2.")):
                     p.requires_grad = False
+            self.audio.eval()  # the shape probe must not move batch-norm statistics
             with torch.no_grad():
                 audio_dim = self.audio.features(torch.zeros(1, 16000), torch.ones(1, 16000, dtype=torch.bool))["pooled"].shape[-1]
         else:
@@ -127,7 +144,7 @@ class AudioTextModel(SERModel):
         self.dropout = nn.Dropout(options.dropout)
         self.fc1 = nn.Linear(audio_dim + text_dim, options.head_dim)
         self.fc2 = nn.Linear(options.head_dim, num_classes)
-        if not saved_files:  # first build: FT=>FRZ starts the encoders from fine-tuned models
+        if not reloading:  # first build: FT=>FRZ starts the encoders from fine-tuned models
             self._start_from(options)
         self.train()  # from_pretrained leaves the text encoder in eval mode
 
@@ -168,17 +185,13 @@ class AudioTextModel(SERModel):
     def uses_text(self) -> bool:
         return self.text is not None
 
+    def text_encoder(self) -> "TextEncoder":
+        """The tokenisation alone (small, picklable): what a DataLoader's collate function needs."""
+        return TextEncoder(self.tokenizer, self.options.max_tokens, self.options.pad_token or "[PAD]")
+
     def encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask (B, T) for a batch of transcripts."""
-        tok = self.tokenizer
-        tok.enable_truncation(self.options.max_tokens)
-        pad = self.options.pad_token or "[PAD]"
-        pad_id = tok.token_to_id(pad)
-        tok.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token=pad)
-        encoded = tok.encode_batch([str(t) for t in texts])
-        ids = torch.tensor([e.ids for e in encoded], dtype=torch.long)
-        mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.long)
-        return ids, mask
+        return self.text_encoder()(texts)
 
     def features(self, waveform, mask, input_ids=None, attention_mask=None):
         parts = []

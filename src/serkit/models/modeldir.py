@@ -126,7 +126,7 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> SavedMod
                 raise ModelDirError(f"{path} has no backbone_config.json (needed for a {arch.name} model)")
             kwargs["saved_backbone_config"] = json.loads(backbone_file.read_text())
         elif arch.family == "audiotext":  # text encoder config + tokenizer, audio backbone config
-            kwargs["saved_files"] = {f.name: json.loads(f.read_text()) for f in path.glob("*.json") if f.name != CONFIG}
+            kwargs["saved_files"] = {f.name: json.loads(f.read_text()) for f in path.glob("*.json") if f.name != CONFIG}  # may be {}
         elif arch.family == "fused" and (path / "upstream_backbone_config.json").is_file():
             kwargs["saved_upstream_backbone_config"] = json.loads((path / "upstream_backbone_config.json").read_text())
         model = build_model(config["architecture"], config["options"], len(labels), **kwargs)

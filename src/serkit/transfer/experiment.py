@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from serkit.errors import ConfigError
 from serkit.metrics import significance_marker, z_test_one_tailed
 
 COLUMNS = ["model", "seed", "variant", "layer", "n", "alpha", "val_uar", "val_accuracy", "test_uar", "test_accuracy",
@@ -104,8 +105,12 @@ def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
     from serkit.training import train
 
     out = Path(grid.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     base_recipe = load_recipe(grid.recipe, grid.set)
+    if base_recipe.task != "classification" or "val" in base_recipe.data.train_parts:
+        raise ConfigError(f"{grid.recipe}: the transfer grid needs a classification recipe that selects on validation "
+                          "(data.train_parts: [train])")
+    out.mkdir(parents=True, exist_ok=True)
+    _check_fingerprint(grid, base_recipe, out)
     graphs = _graphs(grid, base_recipe, out, log)
     results = out / "results.csv"
     done = set()
@@ -144,6 +149,33 @@ def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
             shutil.rmtree(run_dir / "model", ignore_errors=True)
     summarise(out)
     return out
+
+
+def _check_fingerprint(grid: TransferGrid, recipe, out: Path) -> None:
+    """A resumed grid must be the same experiment: same training recipe, upstream, graph settings."""
+    import json
+
+    from serkit.config import recipe_to_dict
+    from serkit.io import sha256_file
+
+    raw = recipe_to_dict(recipe)
+    for key in ("output_dir", "seed", "model", "graph", "name"):
+        raw.pop(key, None)
+    weights = Path(grid.upstream) / "model.safetensors"
+    now = {"recipe": raw, "upstream_weights_sha256": sha256_file(weights) if weights.is_file() else str(grid.upstream),
+           "threshold": grid.threshold, "max_neighbours": max(grid.neighbours), "layers": sorted(grid.layers)}
+    file = out / "grid.json"
+    if file.is_file():
+        before = json.loads(file.read_text())
+        differs = [k for k in ("recipe", "upstream_weights_sha256", "threshold") if before.get(k) != now[k]]
+        if before.get("max_neighbours", 0) < now["max_neighbours"]:
+            differs.append("neighbours (more than the saved graphs keep)")
+        if differs:
+            raise ConfigError(f"{out} holds a grid run with other settings ({', '.join(differs)}); resuming would mix "
+                              "results: choose another output_dir")
+        now["layers"] = sorted(set(now["layers"]) | set(before.get("layers", [])))
+        now["max_neighbours"] = before["max_neighbours"]
+    file.write_text(json.dumps(now, indent=1) + "\n")
 
 
 def _apply(raw: dict, overrides: list[str]) -> dict:

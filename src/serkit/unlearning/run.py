@@ -145,6 +145,10 @@ def resolve_device(device: str) -> torch.device:
         raise SerkitError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise SerkitError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise SerkitError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible (cuda:0..)")
+    if resolved.type not in ("cpu", "cuda"):
+        raise SerkitError(f"--device {device}: serkit forget runs on cpu or cuda")
     return resolved
 
 

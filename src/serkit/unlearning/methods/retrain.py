@@ -44,7 +44,8 @@ def retrain_without(ctx: UnlearnContext, out_dir: Path, seed: int | None = None,
     raw["data"] = {**raw["data"], "split": str(out_dir / "split.json"), "manifest": None, "fold": None}
     raw["output_dir"] = str(out_dir / "run")
     raw["seed"] = prov.get("seed", 0) if seed is None else seed
-    raw["train"] = {**raw["train"], "progress_bar": False, "accelerator": "auto", "devices": 1, "strategy": "auto"}
+    accelerator = "gpu" if str(ctx.device).startswith("cuda") else "cpu"  # where `forget --device` put the work
+    raw["train"] = {**raw["train"], "progress_bar": False, "accelerator": accelerator, "devices": 1, "strategy": "auto"}
     if max_epochs:
         raw["train"]["max_epochs"] = max_epochs
     return train(load_recipe(raw=raw), log=ctx.log)
