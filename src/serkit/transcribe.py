@@ -98,16 +98,22 @@ def transcribe(manifest_path: Path | str, out: Path | str, model: str = "builtin
             raise SerkitError(f"{long[0]} is longer than {MAX_SECONDS:g} s (Whisper's window; {len(long)} such files); "
                               "cut long recordings into utterances first")
         order = np.argsort([w.shape[0] for w in waves])
+        cache_dir.mkdir(parents=True, exist_ok=True)
+
+        def flush():
+            with atomic_file(cache_file, "w", overwrite=True) as handle:
+                json.dump(cache, handle)
+
         with torch.no_grad():
-            for s in range(0, len(order), batch_size):
+            for b, s in enumerate(range(0, len(order), batch_size), 1):
                 idx = order[s:s + batch_size]
                 features = processor.feature_extractor([waves[j] for j in idx], sampling_rate=16000, return_tensors="pt")
                 ids = asr.generate(features.input_features, **kwargs)
                 for j, text in zip(idx, processor.batch_decode(ids, skip_special_tokens=True)):
                     cache[keys[todo[j]]] = text.strip()
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_file(cache_file, "w", overwrite=True) as handle:
-            json.dump(cache, handle)
+                if b % 10 == 0:  # an interrupted run keeps what it decoded
+                    flush()
+        flush()
     seconds = time.perf_counter() - start
     frame = manifest.frame.copy()
     frame["path"] = [str(Path(p).resolve()) for p in paths]  # the new manifest may live elsewhere
