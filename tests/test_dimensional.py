@@ -290,6 +290,9 @@ def test_transcribe_real_speech_reports_wer_and_caches(ravdess_frame, tmp_path, 
     assert "exists" in capsys.readouterr().err
     assert run(["transcribe", str(tmp_path / "asr.csv"), "-o", str(tmp_path / "x.csv")]) == 2
     assert "already has a 'asr_text' column" in capsys.readouterr().err.replace("\n", "")
+    (tmp_path / "gone.csv").write_text("path,speaker,emotion\n/nonexistent/a.wav,s1,anger\n")
+    assert run(["transcribe", str(tmp_path / "gone.csv"), "-o", str(tmp_path / "g.csv")]) == 2
+    assert "audio file not found" in capsys.readouterr().err and not (tmp_path / "g.csv").exists()
 
 
 def test_ft_then_frozen_starts_the_encoders_from_fine_tuned_models(tmp_path):

@@ -74,6 +74,11 @@ def transcribe(manifest_path: Path | str, out: Path | str, model: str = "builtin
     refuse_existing(out.with_suffix(".json"), "output report")
     if column in manifest.frame.columns:
         raise SerkitError(f"{manifest.file} already has a '{column}' column; choose another with --column")
+    paths = manifest.audio_paths()
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise SerkitError(f"audio file not found: {missing[0]} ({len(missing)} of {len(paths)} rows of {manifest.file}); "
+                          "check the manifest's path column")
     asr, processor, path, weights_sha = load_asr(model)
     kwargs = {"max_new_tokens": 128}
     multilingual = bool(getattr(asr.generation_config, "is_multilingual", False))
@@ -86,7 +91,6 @@ def transcribe(manifest_path: Path | str, out: Path | str, model: str = "builtin
     cache_dir = Path(cache_dir or Path(os.environ.get("SERKIT_CACHE", Path.home() / ".cache" / "serkit")) / "asr")
     cache_file = cache_dir / f"{setting}.json"
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-    paths = manifest.audio_paths()
     keys = [sha256_file(p) for p in paths]
     todo = [i for i, k in enumerate(keys) if k not in cache]
     log(f"transcribing {len(todo)} of {len(paths)} utterances with {path} ({len(paths) - len(todo)} cached)")
