@@ -155,40 +155,39 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_recipe(path: Path | str | None = None, overrides: list[str] | None = None, raw: dict | None = None) -> Recipe:
-    if raw is None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe not found: {path}; see configs/ for examples")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"recipe {path} must be a mapping of sections (data, model, train, ...)")
-    raw = apply_overrides(raw, overrides or [])
+def _read_yaml(path: Path, what: str, hint: str = "") -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}{hint}")
     try:
-        return Recipe.model_validate(raw)
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} {path} must be a mapping of sections (data, model, train, ...)")
+    return raw
+
+
+def _validate(model: type[BaseModel], raw: dict, label: str):
+    """`model` over `raw`; the first validation error becomes one line naming the field."""
+    try:
+        return model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ConfigError(f"recipe {path or ''}: {where}: {first['msg']}") from None
+        raise ConfigError(f"{label}: {where}: {first['msg']}") from None
+
+
+def load_recipe(path: Path | str | None = None, overrides: list[str] | None = None, raw: dict | None = None) -> Recipe:
+    if raw is None:
+        path = Path(path)
+        raw = _read_yaml(path, "recipe", "; see configs/ for examples")
+    return _validate(Recipe, apply_overrides(raw, overrides or []), f"recipe {path or ''}")
 
 
 def load_experiment(path: Path | str, model: type[BaseModel], overrides: list[str] | None = None):
     """An experiment-grid YAML validated by `model`, with --set overrides; errors name the field."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"experiment recipe not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"experiment recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    try:
-        return model.model_validate(apply_overrides(raw, overrides or []))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return _validate(model, apply_overrides(_read_yaml(path, "experiment recipe"), overrides or []), str(path))
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
