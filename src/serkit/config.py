@@ -46,6 +46,8 @@ class LRDecay(_Strict):
 
 class TrainConfig(_Strict):
     lr: float | None = Field(None, gt=0, description="Adam learning rate; default 1e-3 for CNNs, 3e-5 for SSL backbones")
+    head_lr: float | None = Field(None, gt=0, description="learning rate of the head (fc1, fc2, layer weights); default: lr. "
+                                  "A pretrained backbone fine-tunes at a small lr while its new head learns at e.g. 1e-3")
     weight_decay: float = Field(0.0, ge=0)
     lr_decay: LRDecay | None = None
     ema_decay: float | None = Field(None, gt=0, lt=1, description="evaluate and keep an exponential moving average of the weights (e.g. 0.99)")

@@ -180,10 +180,10 @@ def regression_summary(truth: np.ndarray, predicted: np.ndarray, names: list[str
 class RegressionModule(L.LightningModule):
     """1 − CCC training of any SERModel whose outputs are the dimensions; validation CCC per epoch."""
 
-    def __init__(self, model, lr: float, weight_decay: float = 0.0, lr_decay=None):
+    def __init__(self, model, lr: float, weight_decay: float = 0.0, lr_decay=None, head_lr: float | None = None):
         super().__init__()
         self.model = model
-        self.lr, self.weight_decay, self.lr_decay = lr, weight_decay, lr_decay
+        self.lr, self.weight_decay, self.lr_decay, self.head_lr = lr, weight_decay, lr_decay, head_lr
         self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
         self._val_pred: list[torch.Tensor] = []
         self._val_true: list[torch.Tensor] = []
@@ -214,7 +214,7 @@ class RegressionModule(L.LightningModule):
     def configure_optimizers(self):
         from serkit.training import adam
 
-        return adam(self.model, self.lr, self.weight_decay, self.lr_decay)
+        return adam(self.model, self.lr, self.weight_decay, self.lr_decay, self.head_lr)
 
 
 class KeepBestCCC(L.Callback):
@@ -429,7 +429,7 @@ def train_regression(recipe: Recipe, log=print):
             num_sanity_val_steps=0, enable_model_summary=False, enable_progress_bar=recipe.train.progress_bar,
             limit_val_batches=1.0 if select_on_val else 0,
         )
-        module = RegressionModule(model, lr, recipe.train.weight_decay, recipe.train.lr_decay)
+        module = RegressionModule(model, lr, recipe.train.weight_decay, recipe.train.lr_decay, recipe.train.head_lr)
         t0 = time.perf_counter()
         trainer.fit(module, train_loader, val_loader)
         train_seconds = time.perf_counter() - t0

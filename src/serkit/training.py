@@ -52,8 +52,9 @@ class ClassifierModule(L.LightningModule):
     """Cross-entropy training of any SERModel; logs validation UAR and accuracy per epoch."""
 
     def __init__(self, model: SERModel, lr: float, weight_decay: float = 0.0, lr_decay=None,
-                 ema_decay: float | None = None, neighbours: Neighbours | None = None):
+                 ema_decay: float | None = None, neighbours: Neighbours | None = None, head_lr: float | None = None):
         super().__init__()
+        self.head_lr = head_lr
         self.model = model
         self.neighbours = neighbours  # neural structured learning: a neighbour loss over a graph
         # the averaged copy is what validation sees and what is kept: it smooths the epoch-to-epoch
@@ -111,7 +112,7 @@ class ClassifierModule(L.LightningModule):
         self.log("val_war", float(matrix.trace() / max(matrix.sum(), 1)))
 
     def configure_optimizers(self):
-        return adam(self.model, self.lr, self.weight_decay, self.lr_decay)
+        return adam(self.model, self.lr, self.weight_decay, self.lr_decay, self.head_lr)
 
 
 class KeepBest(L.Callback):
@@ -206,9 +207,17 @@ def load_part_waves(recipe: Recipe, parts: dict, log=print) -> tuple[Preprocessi
     return preprocessing, waves
 
 
-def adam(model, lr: float, weight_decay: float = 0.0, lr_decay=None):
-    """Adam over the trainable parameters, optionally decayed stepwise per epoch (Lightning's format)."""
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+def adam(model, lr: float, weight_decay: float = 0.0, lr_decay=None, head_lr: float | None = None):
+    """Adam over the trainable parameters, optionally decayed stepwise per epoch (Lightning's format).
+    With `head_lr`, the head (fc1, fc2, layer weights) learns at that rate and the backbone at `lr`."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if head_lr is None:
+        groups = [{"params": [p for _, p in named], "lr": lr}]
+    else:
+        head = [p for n, p in named if model.is_head_parameter(n)]
+        body = [p for n, p in named if not model.is_head_parameter(n)]
+        groups = [g for g in ({"params": body, "lr": lr}, {"params": head, "lr": head_lr}) if g["params"]]
+    optimizer = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
     if lr_decay is None:
         return optimizer
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, lr_decay.every_epochs, lr_decay.factor)
@@ -309,7 +318,7 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
             limit_val_batches=1.0 if select_on_val else 0,
         )
         module = ClassifierModule(model, lr, recipe.train.weight_decay, recipe.train.lr_decay, recipe.train.ema_decay,
-                                  neighbours)
+                                  neighbours, recipe.train.head_lr)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()

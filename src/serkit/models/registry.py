@@ -39,6 +39,12 @@ class SERModel(nn.Module, abc.ABC):
         """Names `features` returns, for analysis commands (e.g. 'fc1', 'fc2')."""
         return ["fc1", "logits"]
 
+    # parameter names of the classification head (and the layer weights), which `train.head_lr` applies to
+    head_prefixes: tuple[str, ...] = ("fc1.", "fc2.", "layer_logits")
+
+    def is_head_parameter(self, name: str) -> bool:
+        return name.startswith(self.head_prefixes)
+
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 

@@ -36,10 +36,13 @@ class WhisperOptions(BaseModel):
 
     checkpoint: str | None = Field(None, description="local transformers Whisper directory, or builtin:whisper-tiny.en")
     hf_config: dict | None = Field(None, description="WhisperConfig dict: build with random weights")
+    pretrained: bool = Field(True, description="false: the checkpoint's architecture with random weights (a model "
+                             "trained from scratch, e.g. the task-specific reference of paper 002)")
     freeze_feature_encoder: bool = Field(True, description="freeze the two convolutions in front of the transformer")
     freeze_backbone: bool = Field(False, description="train the head only (a probe)")
     layer: int | None = Field(None, description="hidden state to pool (0 = before the first layer); None: the last")
     layer_weights: bool = Field(False, description="learnable softmax weights over all hidden states")
+    freeze_layers: int = Field(0, ge=0, description="also freeze the positional embeddings and the first K transformer layers")
     head_dim: int = 256
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
@@ -124,6 +127,8 @@ def load_encoder(options: WhisperOptions, saved_config: dict | None = None) -> W
     if not weights:
         raise ModelDirError(f"Whisper checkpoint {path} has no .safetensors weights; serkit never unpickles (.bin/.pt can run code)")
     encoder = WhisperEncoder(WhisperConfig.from_pretrained(str(path), local_files_only=True))
+    if not options.pretrained:
+        return encoder
     state = {}
     for file in weights:
         for key, tensor in load_file(str(file)).items():
@@ -153,8 +158,13 @@ class WhisperClassifier(SERModel):
             for module in (self.encoder.conv1, self.encoder.conv2):
                 for p in module.parameters():
                     p.requires_grad = False
+        if options.freeze_layers > config.encoder_layers:
+            raise ConfigError(f"model.options.freeze_layers {options.freeze_layers} > the encoder's {config.encoder_layers} layers")
+        frozen = [self.encoder.embed_positions, *self.encoder.layers[:options.freeze_layers]] if options.freeze_layers else []
         if options.freeze_backbone:
-            for p in self.encoder.parameters():
+            frozen = [self.encoder]
+        for module in frozen:
+            for p in module.parameters():
                 p.requires_grad = False
         self.dropout = nn.Dropout(options.dropout)
         self.fc1 = nn.Linear(config.d_model, options.head_dim)
@@ -165,9 +175,11 @@ class WhisperClassifier(SERModel):
         config = self.encoder.config
         return config.max_source_positions * 2 * self.frontend.hop / 16000
 
-    def hidden_states(self, waveform: torch.Tensor, mask: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def hidden_states(self, waveform: torch.Tensor, mask: torch.Tensor,
+                      upto: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """All hidden states (embeddings, then each layer; the last with the final layer norm)
-        and the encoder-frame mask."""
+        and the encoder-frame mask. With `upto`, stop after hidden state `upto` (the layers above
+        it are not run)."""
         features, frame_mask = self.frontend(waveform, mask)
         enc = self.encoder
         x = nn.functional.gelu(enc.conv1(features))
@@ -184,12 +196,14 @@ class WhisperClassifier(SERModel):
         additive = torch.zeros(enc_mask.shape, dtype=x.dtype, device=x.device).masked_fill(~enc_mask, torch.finfo(x.dtype).min)
         attention_mask = additive[:, None, None, :].expand(-1, 1, steps, steps)
         states = [x]
-        for layer in enc.layers:
+        n_layers = len(enc.layers) if upto is None else min(upto, len(enc.layers))
+        for layer in enc.layers[:n_layers]:
             x = layer(x, attention_mask)
             if isinstance(x, tuple):
                 x = x[0]
             states.append(x)
-        states[-1] = enc.layer_norm(x)
+        if n_layers == len(enc.layers):
+            states[-1] = enc.layer_norm(x)
         return states, enc_mask
 
     def pooled_hidden_states(self, waveform: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -200,7 +214,7 @@ class WhisperClassifier(SERModel):
         return torch.stack([(h * weight).sum(1) / count for h in states])
 
     def features(self, waveform, mask):
-        states, enc_mask = self.hidden_states(waveform, mask)
+        states, enc_mask = self.hidden_states(waveform, mask, upto=self.options.layer)
         if self.options.layer is not None:
             hidden = states[self.options.layer]
         elif self.layer_logits is not None:
