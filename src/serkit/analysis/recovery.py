@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -225,47 +226,48 @@ def _attention(a: str, b: str, rows, n: int, png: Path, title: str) -> dict:
 
 
 def run_recovery(exp: RecoveryExperiment, log=print) -> Path:
-    from serkit.data.splits import load_split
-
     out = Path(exp.output_dir)
     recipes = _recipes(exp)
     out.mkdir(parents=True, exist_ok=True)
     _check_fingerprint(exp, recipes, out)
     steps = _Steps(out / "results.json")
     for corpus, recipe in recipes.items():
-        split = load_split(recipe.data.split, recipe.data.manifest, recipe.data.fold)
-        train_rows, test_rows = split.part("train"), split.part(exp.part)
-        both = split.manifest.subset(list(split.speakers("train")) + list(split.speakers(exp.part)))
-        base = out / corpus
-        base.mkdir(exist_ok=True)
-        systems = {}
-        for seed in exp.seeds:
-            systems[_seed_system(seed)] = steps.run(f"{corpus}/train/{_seed_system(seed)}",
-                                                    lambda s=seed: _train(recipe, base / _seed_system(s), s, True), log)
-        systems[SER] = steps.run(f"{corpus}/train/{SER}", lambda: _train(recipe, base / SER, exp.seeds[0], False), log)
-        first = systems[_seed_system(exp.seeds[0])]["model_dir"]
-        if not Path(first).is_dir():
-            raise ConfigError(f"{first} is gone: the study's results.json refers to a model that was deleted; "
-                              "delete the study's output_dir and run again")
-        from serkit.models import load_model
-
-        labels = load_model(first).labels
-        systems[ASR] = steps.run(f"{corpus}/build/{ASR}", lambda: _frozen_asr(recipe, labels, base / ASR / "model"), log)
-        for system, info in systems.items():
-            layers = None if system == ASR else ["pooled"]  # the frozen encoder: every layer, and pooled below
-            steps.run(f"{corpus}/probe/{system}", lambda d=info["model_dir"], la=layers: _probe_model(d, la, train_rows, test_rows), log)
-        for kind in exp.handcrafted:
-            steps.run(f"{corpus}/probe/{kind}", lambda k=kind: _probe_handcrafted(k, both, train_rows, test_rows, exp.boaw_words), log)
-        for a, b in _pairs(exp.seeds, decisions=True):
-            steps.run(f"{corpus}/compare/{a}|{b}", lambda a=a, b=b: _compare(systems[a]["model_dir"], systems[b]["model_dir"],
-                                                                              test_rows, base / f"distances_{a}_{b}.npy"), log)
-        for a, b in _pairs(exp.seeds, decisions=False):
-            steps.run(f"{corpus}/attention/{a}|{b}",
-                      lambda a=a, b=b: _attention(systems[a]["model_dir"], systems[b]["model_dir"], test_rows,
-                                                  exp.attention_utterances, base / f"attention_{a}_{b}.png",
-                                                  f"{corpus}: {_name(a)} vs {_name(b)}"), log)
+        _run_corpus(exp, corpus, recipe, steps, out / corpus, log)
     summarise(exp, steps.done, out)
     return out
+
+
+def _run_corpus(exp: RecoveryExperiment, corpus: str, recipe, steps: _Steps, base: Path, log) -> None:
+    from serkit.data.splits import load_split
+    from serkit.models import load_model
+
+    split = load_split(recipe.data.split, recipe.data.manifest, recipe.data.fold)
+    train_rows, test_rows = split.part("train"), split.part(exp.part)
+    both = split.manifest.subset(list(split.speakers("train")) + list(split.speakers(exp.part)))
+    base.mkdir(exist_ok=True)
+    systems = {}
+    for seed in exp.seeds:
+        system = _seed_system(seed)
+        systems[system] = steps.run(f"{corpus}/train/{system}", partial(_train, recipe, base / system, seed, True), log)
+    systems[SER] = steps.run(f"{corpus}/train/{SER}", partial(_train, recipe, base / SER, exp.seeds[0], False), log)
+    first = systems[_seed_system(exp.seeds[0])]["model_dir"]
+    if not Path(first).is_dir():
+        raise ConfigError(f"{first} is gone: the study's results.json refers to a model that was deleted; "
+                          "delete the study's output_dir and run again")
+    labels = load_model(first).labels
+    systems[ASR] = steps.run(f"{corpus}/build/{ASR}", partial(_frozen_asr, recipe, labels, base / ASR / "model"), log)
+    for system, info in systems.items():
+        layers = None if system == ASR else ["pooled"]  # the frozen encoder: every layer, and pooled
+        steps.run(f"{corpus}/probe/{system}", partial(_probe_model, info["model_dir"], layers, train_rows, test_rows), log)
+    for kind in exp.handcrafted:
+        steps.run(f"{corpus}/probe/{kind}", partial(_probe_handcrafted, kind, both, train_rows, test_rows, exp.boaw_words), log)
+    for a, b in _pairs(exp.seeds, decisions=True):
+        steps.run(f"{corpus}/compare/{a}|{b}", partial(_compare, systems[a]["model_dir"], systems[b]["model_dir"], test_rows,
+                                                        base / f"distances_{a}_{b}.npy"), log)
+    for a, b in _pairs(exp.seeds, decisions=False):
+        steps.run(f"{corpus}/attention/{a}|{b}",
+                  partial(_attention, systems[a]["model_dir"], systems[b]["model_dir"], test_rows, exp.attention_utterances,
+                          base / f"attention_{a}_{b}.png", f"{corpus}: {_name(a)} vs {_name(b)}"), log)
 
 
 def _pairs(seeds: list[int], decisions: bool) -> list[tuple[str, str]]:
