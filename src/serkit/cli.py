@@ -361,6 +361,18 @@ def experiment_transfer(
     console.print(f"wrote {out}/ (results.csv, table3.md, fig2.png, confusion_best.png)")
 
 
+@experiment_app.command("audiotext")
+def experiment_audiotext(
+    recipe: Path = typer.Argument(..., help="grid recipe YAML (see configs/audiotext_emodb.yaml)"),
+    set_: list[str] = typer.Option([], "--set", help="override a grid value, e.g. --set seeds=[0]"),
+):
+    """Paper 004's Tables 1-2 (resumable): results.csv, table1.md (modalities x encoders), table2.md (transcripts)."""
+    from serkit.dimensional_experiment import load_audiotext_grid, run_audiotext_grid
+
+    out = run_audiotext_grid(load_audiotext_grid(recipe, set_), log=console.print)
+    console.print(f"wrote {out}/ (results.csv, table1.md, table2.md)")
+
+
 @experiment_app.command("recovery")
 def experiment_recovery(
     recipe: Path = typer.Argument(..., help="study recipe YAML (see configs/recovery.yaml)"),

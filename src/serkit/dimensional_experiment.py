@@ -1,0 +1,237 @@
+"""`serkit experiment audiotext`: paper 004's Tables 1 and 2, resumable, one CSV row per training.
+
+Grid: modality (audio, text, audio+text) x audio encoder x text encoder x transcript source x seed,
+over one `task: regression` recipe with the `audiotext` architecture (its data, dimensions, train).
+Cells that cannot differ are trained once: an audio-only model ignores the text encoder and the
+transcripts, a text-only model the audio encoder. Outputs beside results.csv:
+
+- table1.md: per modality and encoders (human transcripts, the first source), CCC per dimension
+  (mean ± std over seeds), mean CCC, parameters and CPU latency for one 3 s utterance with its
+  transcript; the paper's Table 1.
+- table2.md: per text-using configuration, CCC with each transcript source (e.g. the manifest's
+  human `text` against `asr_text` from `serkit transcribe`) and that source's WER against `text`;
+  the paper's Table 2.
+
+Proxy targets (categories mapped to A/V/D) are named as such in both tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serkit.errors import ConfigError
+
+MODES = ("audio", "text", "audio+text")
+COLUMNS = ["mode", "audio", "text", "transcript", "seed", "dimension", "test_ccc", "test_pearson", "test_mae",
+           "val_mean_ccc", "parameters", "train_seconds", "latency_ms", "targets", "run_dir"]
+
+
+class AudioTextGrid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "audiotext"
+    output_dir: Path
+    recipe: Path = Field(description="a task: regression recipe with the audiotext architecture (data, dimensions, train)")
+    modes: list[str] = list(MODES)
+    audio_encoders: dict[str, dict] = Field(
+        default_factory=lambda: {"whisper-tiny.en": {"audio": "whisper", "audio_options": {
+            "checkpoint": "builtin:whisper-tiny.en", "freeze_feature_encoder": True}}},
+        description="name -> audiotext options for the audio side (audio, audio_options)")
+    text_encoders: dict[str, str] = Field(default_factory=lambda: {"all-MiniLM-L6-v2": "builtin:all-minilm-l6-v2"},
+                                          description="name -> a local BERT-like checkpoint (or builtin:all-minilm-l6-v2)")
+    transcripts: list[str] = Field(["text"], min_length=1, description="manifest columns with transcripts; the first is "
+                                   "Table 1's, e.g. [text, asr_text] (asr_text from `serkit transcribe`) for Table 2")
+    seeds: list[int] = [0, 1, 2]
+    keep_models: bool = False
+    set: list[str] = Field(default_factory=list, description="recipe overrides for every training, e.g. train.max_epochs=5")
+
+    @field_validator("modes")
+    @classmethod
+    def _modes(cls, value):
+        bad = [m for m in value if m not in MODES]
+        if bad or not value:
+            raise ValueError(f"modes must be among {list(MODES)}, got {value}")
+        return value
+
+
+def load_audiotext_grid(path: Path | str, overrides: list[str] | None = None) -> AudioTextGrid:
+    from serkit.config import load_experiment
+
+    return load_experiment(path, AudioTextGrid, overrides)
+
+
+def _cells(grid: AudioTextGrid):
+    """(mode, audio, text, transcript, seed), each distinct model once."""
+    seen = set()
+    for mode in grid.modes:
+        for audio in grid.audio_encoders if mode != "text" else [""]:
+            for text in grid.text_encoders if mode != "audio" else [""]:
+                for transcript in grid.transcripts if mode != "audio" else [""]:
+                    for seed in grid.seeds:
+                        cell = (mode, audio, text, transcript, seed)
+                        if cell not in seen:
+                            seen.add(cell)
+                            yield cell
+
+
+def _key(mode, audio, text, transcript, seed) -> str:
+    return f"{mode}|{audio}|{text}|{transcript}|{seed}"
+
+
+def _latency_ms(model_dir: Path, text: str, repeats: int = 10) -> float:
+    import torch
+
+    from serkit.models import load_model
+
+    model = load_model(model_dir).model.eval()
+    wave = torch.from_numpy((0.1 * np.random.default_rng(0).standard_normal(48000)).astype(np.float32))[None]
+    mask = torch.ones_like(wave, dtype=torch.bool)
+    ids, attention = model.encode_texts([text]) if model.uses_text else (None, None)
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 2):
+            start = time.perf_counter()
+            model(wave, mask, ids, attention)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def run_audiotext_grid(grid: AudioTextGrid, log=print) -> Path:
+    from serkit.config import apply_overrides, load_recipe, recipe_to_dict
+    from serkit.data.splits import load_split
+    from serkit.training import train
+
+    out = Path(grid.output_dir)
+    base = load_recipe(grid.recipe, grid.set)
+    if base.task != "regression" or base.model.architecture != "audiotext":
+        raise ConfigError(f"{grid.recipe}: the audiotext grid needs a task: regression recipe with the audiotext "
+                          f"architecture, not {base.task} with {base.model.architecture}")
+    split = load_split(base.data.split, base.data.manifest, base.data.fold)
+    columns = set(split.manifest.frame.columns)
+    missing = [c for c in grid.transcripts if c not in columns]
+    if any(m != "audio" for m in grid.modes) and missing:
+        raise ConfigError(f"{split.manifest.file} has no transcript column {missing}; add it (e.g. serkit transcribe "
+                          f"{split.manifest.file} -o NEW.csv, then point the recipe's split at NEW.csv with data.manifest)")
+    out.mkdir(parents=True, exist_ok=True)
+    _check_fingerprint(grid, recipe_to_dict(base), out)
+    results = out / "results.csv"
+    done = set()
+    if results.is_file():
+        for row in pd.read_csv(results, dtype=str, keep_default_na=False).to_dict("records"):
+            done.add(_key(row["mode"], row["audio"], row["text"], row["transcript"], row["seed"]))
+    cells = list(_cells(grid))
+    todo = [c for c in cells if _key(*c) not in done]
+    log(f"{len(cells) - len(todo)} trainings done, {len(todo)} to go")
+    sample_text = str(split.manifest.frame[grid.transcripts[0]].iloc[0]) if grid.transcripts[0] in columns else ""
+    for i, (mode, audio, text, transcript, seed) in enumerate(todo, 1):
+        tag = "-".join(x.replace("+", "_").replace("/", "_") for x in (mode, audio, text, transcript) if x) + f"-s{seed}"
+        run_dir = out / "runs" / tag
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # an interrupted training of this cell
+        raw = recipe_to_dict(base)
+        options = dict(raw["model"]["options"])
+        options["mode"] = mode
+        if audio:
+            options.update(grid.audio_encoders[audio])
+        if text:
+            options["text_encoder"] = grid.text_encoders[text]
+            options["text_column"] = transcript
+        raw["model"]["options"] = options
+        recipe = load_recipe(raw=apply_overrides(raw, [f"seed={seed}", f"output_dir={run_dir}", "train.progress_bar=false"]))
+        log(f"[{i}/{len(todo)}] {tag}")
+        result = train(recipe, log=lambda *a: None)
+        m = result.metrics
+        latency = _latency_ms(result.model_dir, sample_text)
+        rows = [{"mode": mode, "audio": audio, "text": text, "transcript": transcript, "seed": seed, "dimension": d,
+                 "test_ccc": v["ccc"], "test_pearson": v["pearson_r"], "test_mae": v["mae"],
+                 "val_mean_ccc": m["val"]["mean_ccc"], "parameters": m["model"]["parameters"],
+                 "train_seconds": m["training"]["train_seconds"], "latency_ms": round(latency, 2),
+                 "targets": m["test"].get("targets", "manifest columns"), "run_dir": str(run_dir)}
+                for d, v in m["test"]["dimensions"].items()]
+        new = not results.is_file()
+        with results.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+        if not grid.keep_models:
+            shutil.rmtree(run_dir / "model", ignore_errors=True)
+    summarise(grid, split.manifest, out)
+    return out
+
+
+def _check_fingerprint(grid: AudioTextGrid, raw: dict, out: Path) -> None:
+    import json
+
+    for key in ("output_dir", "seed", "name"):
+        raw.pop(key, None)
+    raw["model"]["options"] = {k: v for k, v in raw["model"]["options"].items()
+                               if k not in ("mode", "audio", "audio_options", "text_encoder", "text_column")}
+    now = {"recipe": raw, "audio_encoders": grid.audio_encoders, "text_encoders": grid.text_encoders}
+    file = out / "grid.json"
+    if file.is_file():
+        before = json.loads(file.read_text())
+        differs = [k for k in ("recipe",) if before.get(k) != now[k]]
+        differs += [f"{k} {name}" for k in ("audio_encoders", "text_encoders") for name, v in now[k].items()
+                    if name in before.get(k, {}) and before[k][name] != v]
+        if differs:
+            raise ConfigError(f"{out} holds a grid run with other settings ({', '.join(differs)}); resuming would mix "
+                              "results: choose another output_dir")
+        for k in ("audio_encoders", "text_encoders"):
+            now[k] = {**before.get(k, {}), **now[k]}
+    file.write_text(json.dumps(now, indent=1) + "\n")
+
+
+def _ms(values) -> str:
+    values = [float(v) for v in values]
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.3f} ± {sd:.3f}"
+
+
+def summarise(grid: AudioTextGrid, manifest, out: Path) -> None:
+    from serkit.transcribe import word_error_rate
+
+    frame = pd.read_csv(out / "results.csv", dtype={"audio": str, "text": str, "transcript": str}, keep_default_na=False)
+    dims = list(dict.fromkeys(frame.dimension))
+    targets = "; ".join(dict.fromkeys(frame.targets))
+    note = f"Targets: {targets}. Test CCC, mean ± std over seeds (seeds per row in the table)."
+    head = "| " + " | ".join(f"CCC {d}" for d in dims) + " | mean CCC |"
+
+    def cells(group) -> str:
+        per_seed = group.groupby("seed").test_ccc.mean()
+        return " | ".join(_ms(group[group.dimension == d].test_ccc) for d in dims) + f" | {_ms(per_seed)} |"
+
+    first = grid.transcripts[0]
+    lines = [f"# Dimensional SER from audio and text (paper 004, Table 1): {out.name}", "", note,
+             f"Text-using rows read the `{first}` column.", "",
+             "| modality | audio encoder | text encoder | seeds " + head + " parameters | latency 3 s (ms) |",
+             "|---|---|---|---|" + "---|" * (len(dims) + 3)]
+    table1 = frame[(frame.transcript == first) | (frame["mode"] == "audio")]
+    for (mode, audio, text), group in table1.groupby(["mode", "audio", "text"], sort=False):
+        lines.append(f"| {mode} | {audio or '–'} | {text or '–'} | {group.seed.nunique()} | " + cells(group)
+                     + f" {int(group.parameters.iloc[0]) / 1e6:.2f} M | {group.latency_ms.mean():.1f} |")
+    (out / "table1.md").write_text("\n".join(lines) + "\n")
+
+    columns = set(manifest.frame.columns)
+    wer = {}
+    for t in grid.transcripts:
+        if t != "text" and t in columns and "text" in columns:
+            wer[t] = word_error_rate(list(manifest.frame[t].astype(str)), list(manifest.frame["text"].astype(str)))
+    lines = [f"# Human vs ASR transcripts (paper 004, Table 2): {out.name}", "", note,
+             "WER of each transcript column against the manifest's `text` (lower case, punctuation removed), over the "
+             "whole manifest.", "", "| modality | audio encoder | text encoder | transcripts | WER | seeds " + head,
+             "|---|---|---|---|---|---|" + "---|" * (len(dims) + 1)]
+    texty = frame[frame["mode"] != "audio"]
+    for (mode, audio, text, transcript), group in texty.groupby(["mode", "audio", "text", "transcript"], sort=False):
+        w = "0 (reference)" if transcript == "text" else (f"{wer[transcript]:.3f}" if transcript in wer else "–")
+        lines.append(f"| {mode} | {audio or '–'} | {text} | `{transcript}` | {w} | {group.seed.nunique()} | " + cells(group))
+    (out / "table2.md").write_text("\n".join(lines) + "\n")
