@@ -348,10 +348,15 @@ def test_experiment_audiotext_tables_and_transcript_sources(text_corpus, tmp_pat
     assert ccc["text"] > 0.6 and abs(ccc["asr_text"]) < 0.3
     table1, table2 = (out / "table1.md").read_text(), (out / "table2.md").read_text()
     assert "| audio | cnn6 | – | 1 |" in table1 and "| text | – | minilm | 1 |" in table1 and "asr_text" not in table1.split("\n", 4)[4]
-    assert "| `text` | 0 (reference) |" in table2 and "| `asr_text` | 0.200 |" in table2  # 1 word in 5 replaced
+    assert "| `text` | 0 (reference) | 1 |" in table2 and "| `asr_text` | 0.200 | 1 |" in table2  # 1 word in 5 replaced
     capsys.readouterr()
     assert run(["experiment", "audiotext", str(grid)]) == 0
     assert "3 trainings done, 0 to go" in capsys.readouterr().out
+    # re-transcribed (the ASR column changed): resuming would mix old and new transcripts, refused
+    frame["asr_text"] = "the speaker sounds angry today"
+    frame.to_csv(tmp_path / "with_asr.csv", index=False)
+    assert run(["experiment", "audiotext", str(grid)]) == 2
+    assert "other settings (manifest column asr_text)" in capsys.readouterr().err.replace("\n", "")
     # a transcript column the manifest lacks: one clear error before any training
     grid.write_text(grid.read_text().replace("asr_text", "whisper_text").replace(str(tmp_path / "grid"), str(tmp_path / "g2")))
     assert run(["experiment", "audiotext", str(grid)]) == 2

@@ -42,14 +42,14 @@ class AudioTextGrid(BaseModel):
     recipe: Path = Field(description="a task: regression recipe with the audiotext architecture (data, dimensions, train)")
     modes: list[str] = list(MODES)
     audio_encoders: dict[str, dict] = Field(
-        default_factory=lambda: {"whisper-tiny.en": {"audio": "whisper", "audio_options": {
+        min_length=1, default_factory=lambda: {"whisper-tiny.en": {"audio": "whisper", "audio_options": {
             "checkpoint": "builtin:whisper-tiny.en", "freeze_feature_encoder": True}}},
         description="name -> audiotext options for the audio side (audio, audio_options)")
-    text_encoders: dict[str, str] = Field(default_factory=lambda: {"all-MiniLM-L6-v2": "builtin:all-minilm-l6-v2"},
+    text_encoders: dict[str, str] = Field(min_length=1, default_factory=lambda: {"all-MiniLM-L6-v2": "builtin:all-minilm-l6-v2"},
                                           description="name -> a local BERT-like checkpoint (or builtin:all-minilm-l6-v2)")
     transcripts: list[str] = Field(["text"], min_length=1, description="manifest columns with transcripts; the first is "
                                    "Table 1's, e.g. [text, asr_text] (asr_text from `serkit transcribe`) for Table 2")
-    seeds: list[int] = [0, 1, 2]
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
     keep_models: bool = False
     set: list[str] = Field(default_factory=list, description="recipe overrides for every training, e.g. train.max_epochs=5")
 
@@ -59,6 +59,16 @@ class AudioTextGrid(BaseModel):
         bad = [m for m in value if m not in MODES]
         if bad or not value:
             raise ValueError(f"modes must be among {list(MODES)}, got {value}")
+        return value
+
+    @field_validator("audio_encoders")
+    @classmethod
+    def _audio(cls, value):
+        for name, options in value.items():
+            extra = set(options) - {"audio", "audio_options"}
+            if "audio" not in options or extra:
+                raise ValueError(f"audio_encoders.{name}: give 'audio' (an architecture) and optionally 'audio_options'"
+                                 + (f", not {sorted(extra)}" if extra else ""))
         return value
 
 
@@ -106,7 +116,7 @@ def _latency_ms(model_dir: Path, text: str, repeats: int = 10) -> float:
 
 
 def run_audiotext_grid(grid: AudioTextGrid, log=print) -> Path:
-    from serkit.config import apply_overrides, load_recipe, recipe_to_dict
+    from serkit.config import load_recipe, recipe_to_dict
     from serkit.data.splits import load_split
     from serkit.training import train
 
@@ -116,13 +126,16 @@ def run_audiotext_grid(grid: AudioTextGrid, log=print) -> Path:
         raise ConfigError(f"{grid.recipe}: the audiotext grid needs a task: regression recipe with the audiotext "
                           f"architecture, not {base.task} with {base.model.architecture}")
     split = load_split(base.data.split, base.data.manifest, base.data.fold)
+    if not split.speakers("test") or "test" in base.data.train_parts:
+        raise ConfigError(f"{grid.recipe}: the grid scores every cell on held-out test speakers; its split "
+                          f"({base.data.split}) needs a test part that the recipe does not train on")
     columns = set(split.manifest.frame.columns)
     missing = [c for c in grid.transcripts if c not in columns]
     if any(m != "audio" for m in grid.modes) and missing:
         raise ConfigError(f"{split.manifest.file} has no transcript column {missing}; add it (e.g. serkit transcribe "
                           f"{split.manifest.file} -o NEW.csv, then point the recipe's split at NEW.csv with data.manifest)")
     out.mkdir(parents=True, exist_ok=True)
-    _check_fingerprint(grid, recipe_to_dict(base), out)
+    _check_fingerprint(grid, recipe_to_dict(base), out, split.manifest.frame)
     results = out / "results.csv"
     done = set()
     if results.is_file():
@@ -130,69 +143,125 @@ def run_audiotext_grid(grid: AudioTextGrid, log=print) -> Path:
             done.add(_key(row["mode"], row["audio"], row["text"], row["transcript"], row["seed"]))
     cells = list(_cells(grid))
     todo = [c for c in cells if _key(*c) not in done]
+    # every cell's recipe is validated before the first training, not halfway through the grid
+    recipes = {c: _cell_recipe(grid, base, c, out) for c in todo}
     log(f"{len(cells) - len(todo)} trainings done, {len(todo)} to go")
     sample_text = str(split.manifest.frame[grid.transcripts[0]].iloc[0]) if grid.transcripts[0] in columns else ""
     for i, (mode, audio, text, transcript, seed) in enumerate(todo, 1):
-        tag = "-".join(x.replace("+", "_").replace("/", "_") for x in (mode, audio, text, transcript) if x) + f"-s{seed}"
-        run_dir = out / "runs" / tag
+        tag, run_dir = _tag(out, (mode, audio, text, transcript, seed))
         if run_dir.exists():
             shutil.rmtree(run_dir)  # an interrupted training of this cell
-        raw = recipe_to_dict(base)
-        options = dict(raw["model"]["options"])
-        options["mode"] = mode
-        if audio:
-            options.update(grid.audio_encoders[audio])
-        if text:
-            options["text_encoder"] = grid.text_encoders[text]
-            options["text_column"] = transcript
-        raw["model"]["options"] = options
-        recipe = load_recipe(raw=apply_overrides(raw, [f"seed={seed}", f"output_dir={run_dir}", "train.progress_bar=false"]))
+        recipe = recipes[(mode, audio, text, transcript, seed)]
         log(f"[{i}/{len(todo)}] {tag}")
         result = train(recipe, log=lambda *a: None)
         m = result.metrics
         latency = _latency_ms(result.model_dir, sample_text)
         rows = [{"mode": mode, "audio": audio, "text": text, "transcript": transcript, "seed": seed, "dimension": d,
                  "test_ccc": v["ccc"], "test_pearson": v["pearson_r"], "test_mae": v["mae"],
-                 "val_mean_ccc": m["val"]["mean_ccc"], "parameters": m["model"]["parameters"],
+                 "val_mean_ccc": (m.get("val") or {}).get("mean_ccc", float("nan")), "parameters": m["model"]["parameters"],
                  "train_seconds": m["training"]["train_seconds"], "latency_ms": round(latency, 2),
                  "targets": m["test"].get("targets", "manifest columns"), "run_dir": str(run_dir)}
                 for d, v in m["test"]["dimensions"].items()]
-        new = not results.is_file()
-        with results.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        _append_rows(results, rows)
         if not grid.keep_models:
             shutil.rmtree(run_dir / "model", ignore_errors=True)
     summarise(grid, split.manifest, out)
     return out
 
 
-def _check_fingerprint(grid: AudioTextGrid, raw: dict, out: Path) -> None:
+def _append_rows(path: Path, rows: list[dict]) -> None:
+    """Add rows to the results CSV through a temporary file: an interrupted write never leaves half a row."""
+    import io
+
+    text = path.read_text() if path.is_file() else ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    if not text:
+        writer.writeheader()
+    writer.writerows(rows)
+    _write(path, text + buffer.getvalue())
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _tag(out: Path, cell) -> tuple[str, Path]:
+    mode, audio, text, transcript, seed = cell
+    tag = "-".join(x.replace("+", "_").replace("/", "_") for x in (mode, audio, text, transcript) if x) + f"-s{seed}"
+    return tag, out / "runs" / tag
+
+
+def _cell_recipe(grid: AudioTextGrid, base, cell, out: Path):
+    """The base recipe with this cell's modality, encoders and transcript column (the base's own audio
+    side is dropped, so an encoder entry never inherits another architecture's options)."""
+    from serkit.config import apply_overrides, load_recipe, recipe_to_dict
+
+    mode, audio, text, transcript, seed = cell
+    raw = recipe_to_dict(base)
+    options = {k: v for k, v in raw["model"]["options"].items() if k not in ("audio", "audio_options")}
+    options["mode"] = mode
+    if audio:
+        options.update({"audio_options": {}, **grid.audio_encoders[audio]})
+    if text:
+        options["text_encoder"] = grid.text_encoders[text]
+        options["text_column"] = transcript
+    raw["model"]["options"] = options
+    _, run_dir = _tag(out, cell)
+    recipe = load_recipe(raw=apply_overrides(raw, [f"seed={seed}", f"output_dir={run_dir}", "train.progress_bar=false"]))
+    from serkit.models.registry import parse_options
+
+    # a bad encoder entry fails here, before any training
+    parsed = parse_options(recipe.model.architecture, recipe.model.options)
+    if audio:
+        parse_options(parsed.audio, parsed.audio_options)
+    return recipe
+
+
+def _column_hashes(frame: pd.DataFrame, transcripts: list[str]) -> dict[str, str]:
+    import hashlib
+
+    def digest(columns):
+        return hashlib.sha256(frame[columns].astype(str).to_csv(index=False).encode()).hexdigest()
+
+    core = [c for c in ("path", "speaker", "emotion", "arousal", "valence", "dominance") if c in frame.columns]
+    return {"utterances": digest(core), **{t: digest([t]) for t in transcripts if t in frame.columns}}
+
+
+def _check_fingerprint(grid: AudioTextGrid, raw: dict, out: Path, frame: pd.DataFrame) -> None:
+    """A resumed grid must be the same experiment: same recipe, encoders, utterances and transcripts.
+    The manifest may move or gain columns (e.g. `asr_text` for Table 2); a transcript column whose
+    content changed (re-transcribed) would mix old and new cells, and is refused."""
     import json
 
     for key in ("output_dir", "seed", "name"):
         raw.pop(key, None)
     raw["model"]["options"] = {k: v for k, v in raw["model"]["options"].items()
                                if k not in ("mode", "audio", "audio_options", "text_encoder", "text_column")}
-    now = {"recipe": raw, "audio_encoders": grid.audio_encoders, "text_encoders": grid.text_encoders}
+    raw["data"].pop("manifest", None)  # the path may move; its content is what counts
+    now = {"recipe": raw, "columns": _column_hashes(frame, grid.transcripts), "audio_encoders": grid.audio_encoders,
+           "text_encoders": grid.text_encoders}
     file = out / "grid.json"
     if file.is_file():
         before = json.loads(file.read_text())
         differs = [k for k in ("recipe",) if before.get(k) != now[k]]
+        differs += [f"manifest column {c}" for c, h in now["columns"].items() if before.get("columns", {}).get(c, h) != h]
         differs += [f"{k} {name}" for k in ("audio_encoders", "text_encoders") for name, v in now[k].items()
                     if name in before.get(k, {}) and before[k][name] != v]
         if differs:
             raise ConfigError(f"{out} holds a grid run with other settings ({', '.join(differs)}); resuming would mix "
                               "results: choose another output_dir")
-        for k in ("audio_encoders", "text_encoders"):
+        for k in ("audio_encoders", "text_encoders", "columns"):
             now[k] = {**before.get(k, {}), **now[k]}
-    file.write_text(json.dumps(now, indent=1) + "\n")
+    _write(file, json.dumps(now, indent=1) + "\n")
 
 
 def _ms(values) -> str:
     values = [float(v) for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
     sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     return f"{np.mean(values):.3f} ± {sd:.3f}"
 
@@ -219,7 +288,7 @@ def summarise(grid: AudioTextGrid, manifest, out: Path) -> None:
     for (mode, audio, text), group in table1.groupby(["mode", "audio", "text"], sort=False):
         lines.append(f"| {mode} | {audio or '–'} | {text or '–'} | {group.seed.nunique()} | " + cells(group)
                      + f" {int(group.parameters.iloc[0]) / 1e6:.2f} M | {group.latency_ms.mean():.1f} |")
-    (out / "table1.md").write_text("\n".join(lines) + "\n")
+    _write(out / "table1.md", "\n".join(lines) + "\n")
 
     columns = set(manifest.frame.columns)
     wer = {}
@@ -234,4 +303,4 @@ def summarise(grid: AudioTextGrid, manifest, out: Path) -> None:
     for (mode, audio, text, transcript), group in texty.groupby(["mode", "audio", "text", "transcript"], sort=False):
         w = "0 (reference)" if transcript == "text" else (f"{wer[transcript]:.3f}" if transcript in wer else "–")
         lines.append(f"| {mode} | {audio or '–'} | {text} | `{transcript}` | {w} | {group.seed.nunique()} | " + cells(group))
-    (out / "table2.md").write_text("\n".join(lines) + "\n")
+    _write(out / "table2.md", "\n".join(lines) + "\n")

@@ -216,6 +216,9 @@ def adam(model, lr: float, weight_decay: float = 0.0, lr_decay=None, head_lr: fl
     else:
         head = [p for n, p in named if model.is_head_parameter(n)]
         body = [p for n, p in named if not model.is_head_parameter(n)]
+        if not head:
+            raise ConfigError(f"train.head_lr: this {type(model).__name__} has no trainable head parameters "
+                              f"({', '.join(model.head_prefixes)}); remove head_lr")
         groups = [g for g in ({"params": body, "lr": lr}, {"params": head, "lr": head_lr}) if g["params"]]
     optimizer = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
     if lr_decay is None:

@@ -53,8 +53,9 @@ class RecoveryExperiment(BaseModel):
 
     name: str = "recovery"
     output_dir: Path
-    corpora: dict[str, Path] = Field(description="corpus name -> a whisper training recipe (its split, data, train)")
-    seeds: list[int] = Field([0, 1], min_length=1, description="ASR → SER seeds; two or more give the seed-to-seed floor")
+    corpora: dict[str, Path] = Field(min_length=1, description="corpus name -> a whisper training recipe (its split, data, train)")
+    seeds: list[int] = Field([0, 1], min_length=1, description="ASR → SER seeds (the first also trains SER from scratch); "
+                             "two or more give the seed-to-seed floor")
     handcrafted: list[str] = Field(["eGeMAPSv02"], description="openSMILE functional sets (eGeMAPSv02, ComParE_2016) "
                                    "and/or 'boaw' (bag of audio words over ComParE LLDs); [] for none")
     boaw_words: int = Field(500, ge=2)
@@ -67,6 +68,13 @@ class RecoveryExperiment(BaseModel):
     def _part(cls, value):
         if value not in ("test", "val"):
             raise ValueError("part must be 'test' or 'val'")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value):
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds {value} repeat a seed: a model compared with itself is no floor")
         return value
 
     @field_validator("handcrafted")
@@ -125,8 +133,8 @@ def _check_fingerprint(exp: RecoveryExperiment, recipes: dict, out: Path) -> Non
     """A resumed study must be the same study: same recipes and settings."""
     from serkit.config import recipe_to_dict
 
-    now = {"recipes": {}, "handcrafted": sorted(exp.handcrafted), "boaw_words": exp.boaw_words, "part": exp.part,
-           "attention_utterances": exp.attention_utterances}
+    now = {"recipes": {}, "boaw_words": exp.boaw_words if "boaw" in exp.handcrafted else None, "part": exp.part,
+           "attention_utterances": exp.attention_utterances, "scratch_seed": exp.seeds[0]}
     for corpus, recipe in recipes.items():
         raw = recipe_to_dict(recipe)
         for key in ("output_dir", "seed", "name"):
@@ -135,13 +143,20 @@ def _check_fingerprint(exp: RecoveryExperiment, recipes: dict, out: Path) -> Non
     file = out / "experiment.json"
     if file.is_file():
         before = json.loads(file.read_text())
-        differs = [k for k in now if k != "recipes" and before.get(k) != now[k]]
+        differs = [k for k in now if k != "recipes" and before.get(k) != now[k] and not (k == "boaw_words" and None in (before.get(k), now[k]))]
         differs += [f"recipe of {c}" for c in now["recipes"] if c in before.get("recipes", {}) and before["recipes"][c] != now["recipes"][c]]
         if differs:
             raise ConfigError(f"{out} holds a recovery study with other settings ({', '.join(differs)}); resuming would "
                               "mix results: choose another output_dir")
         now["recipes"] = {**before.get("recipes", {}), **now["recipes"]}
-    file.write_text(json.dumps(now, indent=1) + "\n")
+        now["boaw_words"] = now["boaw_words"] or before.get("boaw_words")
+    _write(file, json.dumps(now, indent=1) + "\n")
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _train(recipe, run_dir: Path, seed: int, pretrained: bool) -> dict:
@@ -153,11 +168,14 @@ def _train(recipe, run_dir: Path, seed: int, pretrained: bool) -> dict:
     raw = recipe_to_dict(recipe)
     raw.update(seed=seed, output_dir=str(run_dir))
     raw["train"]["progress_bar"] = False
-    raw["model"]["options"] = {**raw["model"]["options"], "pretrained": pretrained}
+    options = {**raw["model"]["options"], "pretrained": pretrained}
+    if not pretrained:  # random weights: nothing may stay frozen at its initial values
+        options.update(freeze_feature_encoder=False, freeze_layers=0, freeze_backbone=False)
+    raw["model"]["options"] = options
     result = train(load_recipe(raw=raw), log=lambda *a: None)
     m = result.metrics
-    return {"model_dir": str(result.model_dir), "val_uar": m["val"]["uar"],
-            **{f"{part}_{k}": m[part][k] for part in ("test",) if part in m for k in ("uar", "war")},
+    return {"model_dir": str(result.model_dir), "val_uar": (m.get("val") or {}).get("uar", float("nan")),
+            **{f"{part}_{k}": m[part][k] for part in ("test", "val") if part in m for k in ("uar", "war")},
             "train_seconds": m["training"]["train_seconds"], "parameters": m["model"]["parameters"]}
 
 
@@ -303,7 +321,8 @@ def summarise(exp: RecoveryExperiment, done: dict, out: Path) -> None:
     part = exp.part
     lines = [f"# Information recovery (paper 002): {exp.name}", "",
              "Whisper tiny.en's encoder is the ASR network (trained for English ASR). Linear-SVM probes on each "
-             f"system's time-averaged last-layer output, C by speaker-grouped 5-fold search on the training speakers, "
+             f"system's time-averaged encoder output (`pooled`: the recipe's pooled hidden state, the last unless "
+             f"model.options.layer says otherwise), C by speaker-grouped 5-fold search on the training speakers, "
              f"scored on the held-out {part} speakers. ASR → SER: mean ± std over seeds {exp.seeds}.", "",
              "## Table I: probe UAR / WAR", "",
              "| group | representation | dim | " + " | ".join(f"{c} UAR | {c} WAR" for c in corpora) + " |",
@@ -379,9 +398,7 @@ def summarise(exp: RecoveryExperiment, done: dict, out: Path) -> None:
         lines.append(f"| {kind} | " + " | ".join(f"{done[f'{c}/{kind}']['seconds']:.0f}" if f"{c}/{kind}" in done else "–"
                                                  for c in corpora) + " |")
     lines += ["", "![cosine distances](fig3.png)", ""]
-    tmp = out / "tables.md.tmp"
-    tmp.write_text("\n".join(lines))
-    tmp.replace(out / "tables.md")
+    _write(out / "tables.md", "\n".join(lines))
 
 
 def _max_layers(done: dict) -> int:
@@ -407,5 +424,6 @@ def _fig3(exp: RecoveryExperiment, out: Path) -> None:
         ax.set_title(corpus, fontsize=9)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / "fig3.png", dpi=110)
+    fig.savefig(out / ".fig3.tmp.png", dpi=110)
+    (out / ".fig3.tmp.png").replace(out / "fig3.png")
     plt.close(fig)

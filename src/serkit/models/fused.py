@@ -34,6 +34,7 @@ class FusedOptions(BaseModel):
 
 @register("fused", "fused", FusedOptions, "transfer-learning baseline: downstream FC1 (+|max|avg) a frozen upstream embedding", 1e-3)
 class FusedClassifier(SERModel):
+    head_prefixes = ("downstream.fc1.", "downstream.fc2.")
     def __init__(self, options: FusedOptions, num_classes: int, saved_upstream_backbone_config: dict | None = None):
         if options.downstream == "fused":
             raise ConfigError("model.options.downstream cannot itself be 'fused'")

@@ -161,6 +161,9 @@ class WhisperClassifier(SERModel):
         if options.freeze_layers > config.encoder_layers:
             raise ConfigError(f"model.options.freeze_layers {options.freeze_layers} > the encoder's {config.encoder_layers} layers")
         frozen = [self.encoder.embed_positions, *self.encoder.layers[:options.freeze_layers]] if options.freeze_layers else []
+        if options.layer is not None and options.layer < config.encoder_layers:
+            # the layers above the pooled hidden state are never run: nothing trains them
+            frozen += [*self.encoder.layers[options.layer:], self.encoder.layer_norm]
         if options.freeze_backbone:
             frozen = [self.encoder]
         for module in frozen:
