@@ -20,9 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 SERKIT = [sys.executable, "-m", "serkit"]
 SPLITS = {"ravdess": ["--val", "8", "--test", "6"], "emodb": ["--val", "2", "--test", "2"]}
@@ -30,20 +27,9 @@ MODES = ["audio", "text", "audio+text"]
 
 
 def latency(model_dir: Path, text: str, repeats: int = 20) -> float:
-    from serkit.models import load_model
+    from serkit.dimensional_experiment import latency_ms
 
-    model = load_model(model_dir).model.eval()
-    wave = torch.from_numpy((0.1 * np.random.default_rng(0).standard_normal(48000)).astype(np.float32))[None]
-    mask = torch.ones_like(wave, dtype=torch.bool)
-    ids, attention = model.encode_texts([text]) if model.uses_text else (None, None)
-    times = []
-    with torch.no_grad():
-        for i in range(repeats + 3):
-            start = time.perf_counter()
-            model(wave, mask, ids, attention)
-            if i >= 3:
-                times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return latency_ms(model_dir, text, repeats)
 
 
 def main() -> None:

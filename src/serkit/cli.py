@@ -337,52 +337,40 @@ def forget_cmd(
     console.print(f"wrote {result.out_dir}/ (model/, receipt.json, report.md)")
 
 
-@experiment_app.command("unlearning")
-def experiment_unlearning(
-    recipe: Path = typer.Argument(..., help="grid recipe YAML (see configs/unlearning_*.yaml)"),
-    set_: list[str] = typer.Option([], "--set", help="override a recipe value"),
-):
-    """The unlearning grid (resumable): results.csv, table1.md, fig2.png, table2.md."""
-    from serkit.unlearning.experiment import load_grid, run_grid
-
-    out = run_grid(load_grid(recipe, set_), log=console.print)
-    console.print(f"wrote {out}/ (results.csv, table1.md, table2.md, fig2.png)")
-
-
-@experiment_app.command("transfer")
-def experiment_transfer(
-    recipe: Path = typer.Argument(..., help="grid recipe YAML (see configs/transfer_emodb.yaml)"),
-    set_: list[str] = typer.Option([], "--set", help="override a grid value, e.g. --set seeds=[0]"),
-):
-    """Paper 003's Table 3 grid (resumable): results.csv, table3.md, fig2.png, confusion_best.png."""
-    from serkit.transfer.experiment import load_transfer_grid, run_transfer_grid
-
-    out = run_transfer_grid(load_transfer_grid(recipe, set_), log=console.print)
-    console.print(f"wrote {out}/ (results.csv, table3.md, fig2.png, confusion_best.png)")
+# The papers' experiments: each a resumable grid from one YAML (module, loader, runner, what it writes).
+EXPERIMENTS = {
+    "unlearning": ("serkit.unlearning.experiment", "load_grid", "run_grid", "configs/unlearning_ravdess_whisper.yaml",
+                   "results.csv, table1.md, table2.md, fig2.png",
+                   "The unlearning grid of papers 000/001 (resumable): results.csv, table1.md, fig2.png, table2.md."),
+    "transfer": ("serkit.transfer.experiment", "load_transfer_grid", "run_transfer_grid", "configs/transfer_emodb.yaml",
+                 "results.csv, table3.md, fig2.png, confusion_best.png",
+                 "Paper 003's Table 3 grid (resumable): results.csv, table3.md, fig2.png, confusion_best.png."),
+    "audiotext": ("serkit.dimensional_experiment", "load_audiotext_grid", "run_audiotext_grid", "configs/audiotext_emodb.yaml",
+                  "results.csv, table1.md, table2.md",
+                  "Paper 004's Tables 1-2 (resumable): results.csv, table1.md (modalities x encoders), table2.md (transcripts)."),
+    "recovery": ("serkit.analysis.recovery", "load_recovery", "run_recovery", "configs/recovery.yaml",
+                 "tables.md, results.json, fig3.png, <corpus>/attention_*.png",
+                 "Paper 002's information-recovery study (resumable): tables.md (Tables I-III, attention, run times), PNGs."),
+}
 
 
-@experiment_app.command("audiotext")
-def experiment_audiotext(
-    recipe: Path = typer.Argument(..., help="grid recipe YAML (see configs/audiotext_emodb.yaml)"),
-    set_: list[str] = typer.Option([], "--set", help="override a grid value, e.g. --set seeds=[0]"),
-):
-    """Paper 004's Tables 1-2 (resumable): results.csv, table1.md (modalities x encoders), table2.md (transcripts)."""
-    from serkit.dimensional_experiment import load_audiotext_grid, run_audiotext_grid
+def _register_experiment(name: str, module: str, loader: str, runner: str, example: str, outputs: str, doc: str) -> None:
+    def command(
+        recipe: Path = typer.Argument(..., help=f"experiment YAML (see {example})"),
+        set_: list[str] = typer.Option([], "--set", help="override an experiment value, e.g. --set seeds=[0]"),
+    ):
+        import importlib
 
-    out = run_audiotext_grid(load_audiotext_grid(recipe, set_), log=console.print)
-    console.print(f"wrote {out}/ (results.csv, table1.md, table2.md)")
+        mod = importlib.import_module(module)
+        out = getattr(mod, runner)(getattr(mod, loader)(recipe, set_), log=console.print)
+        console.print(f"wrote {out}/ ({outputs})")
+
+    command.__doc__ = doc
+    experiment_app.command(name)(command)
 
 
-@experiment_app.command("recovery")
-def experiment_recovery(
-    recipe: Path = typer.Argument(..., help="study recipe YAML (see configs/recovery.yaml)"),
-    set_: list[str] = typer.Option([], "--set", help="override a study value, e.g. --set seeds=[0]"),
-):
-    """Paper 002's information-recovery study (resumable): tables.md (Tables I-III, attention, run times), PNGs."""
-    from serkit.analysis.recovery import load_recovery, run_recovery
-
-    out = run_recovery(load_recovery(recipe, set_), log=console.print)
-    console.print(f"wrote {out}/ (tables.md, results.json, fig3.png, <corpus>/attention_*.png)")
+for _name, _spec in EXPERIMENTS.items():
+    _register_experiment(_name, *_spec)
 
 
 @models_app.command("import-ct2")

@@ -96,7 +96,8 @@ def _key(mode, audio, text, transcript, seed) -> str:
     return f"{mode}|{audio}|{text}|{transcript}|{seed}"
 
 
-def _latency_ms(model_dir: Path, text: str, repeats: int = 10) -> float:
+def latency_ms(model_dir: Path, text: str, repeats: int = 10) -> float:
+    """Median CPU time of one 3 s utterance (noise) with `text`, through a saved audio/text model."""
     import torch
 
     from serkit.models import load_model
@@ -155,7 +156,7 @@ def run_audiotext_grid(grid: AudioTextGrid, log=print) -> Path:
         log(f"[{i}/{len(todo)}] {tag}")
         result = train(recipe, log=lambda *a: None)
         m = result.metrics
-        latency = _latency_ms(result.model_dir, sample_text)
+        latency = latency_ms(result.model_dir, sample_text)
         rows = [{"mode": mode, "audio": audio, "text": text, "transcript": transcript, "seed": seed, "dimension": d,
                  "test_ccc": v["ccc"], "test_pearson": v["pearson_r"], "test_mae": v["mae"],
                  "val_mean_ccc": (m.get("val") or {}).get("mean_ccc", float("nan")), "parameters": m["model"]["parameters"],

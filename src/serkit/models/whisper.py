@@ -42,6 +42,8 @@ class WhisperOptions(BaseModel):
     freeze_backbone: bool = Field(False, description="train the head only (a probe)")
     layer: int | None = Field(None, description="hidden state to pool (0 = before the first layer); None: the last")
     layer_weights: bool = Field(False, description="learnable softmax weights over all hidden states")
+    pool_norm: bool = Field(False, description="layer-normalise the pooled vector (no learnt scale) before the head, as a "
+                            "probe standardises its features; intermediate hidden states have no final layer norm")
     freeze_layers: int = Field(0, ge=0, description="also freeze the positional embeddings and the first K transformer layers")
     head_dim: int = 256
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
@@ -226,6 +228,8 @@ class WhisperClassifier(SERModel):
             hidden = states[-1]
         weight = enc_mask[..., None].to(hidden.dtype)
         pooled = (hidden * weight).sum(1) / torch.clamp(weight.sum(1), min=1.0)
+        if self.options.pool_norm:
+            pooled = nn.functional.layer_norm(pooled, pooled.shape[-1:])
         fc1 = torch.relu(self.fc1(self.dropout(pooled)))
         logits = self.fc2(self.dropout(fc1))
         return {"pooled": pooled, "fc1": fc1, "fc2": logits, "logits": logits}
