@@ -22,6 +22,7 @@ from serkit.data.splits import save_split
 from serkit.dimensional import ccc_loss, ccc_per_dimension, dimension_targets, regression_summary
 from serkit.errors import ConfigError, ManifestError
 from serkit.metrics import ccc
+from tests.test_whisper import TINY
 
 
 def _manifest(tmp_path, rows: dict) -> "Manifest":  # noqa: F821
@@ -337,21 +338,30 @@ def test_experiment_audiotext_tables_and_transcript_sources(text_corpus, tmp_pat
     (tmp_path / "r.yaml").write_text(json.dumps(recipe))
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "grid"), "recipe": str(tmp_path / "r.yaml"),
-                                    "modes": ["audio", "text"], "audio_encoders": {"cnn6": {"audio": "cnn6"}},
+                                    "modes": ["audio", "text"], "audio_encoders": {
+                                        "cnn6": {"audio": "cnn6"},
+                                        "tinyw": {"audio": "whisper", "audio_options": {"hf_config": TINY}}},
                                     "text_encoders": {"minilm": "builtin:all-minilm-l6-v2"},
-                                    "transcripts": ["text", "asr_text"], "seeds": [0]}))
+                                    "transcripts": ["text", "asr_text"], "seeds": [0], "layer_weights": ["tinyw"]}))
     assert run(["experiment", "audiotext", str(grid)]) == 0
     out = tmp_path / "grid"
     rows = pd.read_csv(out / "results.csv", keep_default_na=False)
-    assert len(rows) == 3  # audio once (it reads no transcript), text once per transcript source
+    # audio once per encoder (it reads no transcript), text once per transcript source, and one
+    # frozen-encoder layer-weight run per dimension (here: arousal) for the tiny Whisper
+    assert len(rows) == 5 and list(rows["mode"]).count("weights:arousal") == 1
     ccc = {t: float(rows[(rows["mode"] == "text") & (rows.transcript == t)].test_ccc.iloc[0]) for t in ("text", "asr_text")}
     assert ccc["text"] > 0.6 and abs(ccc["asr_text"]) < 0.3
     table1, table2 = (out / "table1.md").read_text(), (out / "table2.md").read_text()
     assert "| audio | cnn6 | – | 1 |" in table1 and "| text | – | minilm | 1 |" in table1 and "asr_text" not in table1.split("\n", 4)[4]
     assert "| `text` | 0 (reference) | 1 |" in table2 and "| `asr_text` | 0.200 | 1 |" in table2  # 1 word in 5 replaced
+    assert "weights:" not in table1 + table2
+    weights = [float(w) for w in rows[rows["mode"] == "weights:arousal"].layer_weights.iloc[0].split()]
+    assert len(weights) == 3 and abs(sum(weights) - 1) < 1e-3  # TINY: 2 layers + the input; a softmax
+    layers = (out / "layer_weights.md").read_text()
+    assert "| arousal | " in layers and (out / "fig2_layer_weights_tinyw.png").stat().st_size > 1000
     capsys.readouterr()
     assert run(["experiment", "audiotext", str(grid)]) == 0
-    assert "3 trainings done, 0 to go" in capsys.readouterr().out
+    assert "5 trainings done, 0 to go" in capsys.readouterr().out
     # re-transcribed (the ASR column changed): resuming would mix old and new transcripts, refused
     frame["asr_text"] = "the speaker sounds angry today"
     frame.to_csv(tmp_path / "with_asr.csv", index=False)

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serkit.errors import ConfigError
 
 MODES = ("audio", "text", "audio+text")
 COLUMNS = ["mode", "audio", "text", "transcript", "seed", "dimension", "test_ccc", "test_pearson", "test_mae",
-           "val_mean_ccc", "parameters", "train_seconds", "latency_ms", "targets", "run_dir"]
+           "val_mean_ccc", "parameters", "train_seconds", "latency_ms", "targets", "run_dir", "layer_weights"]
 
 
 class AudioTextGrid(BaseModel):
@@ -50,6 +50,9 @@ class AudioTextGrid(BaseModel):
     transcripts: list[str] = Field(["text"], min_length=1, description="manifest columns with transcripts; the first is "
                                    "Table 1's, e.g. [text, asr_text] (asr_text from `serkit transcribe`) for Table 2")
     seeds: list[int] = Field([0, 1, 2], min_length=1)
+    layer_weights: list[str] = Field(default_factory=list, description="audio encoders (names above) whose layer "
+                                     "importance is learnt per dimension: encoder frozen, softmax weights over its hidden "
+                                     "states, one audio-only model per dimension and seed (paper 004, Fig. 2)")
     keep_models: bool = False
     set: list[str] = Field(default_factory=list, description="recipe overrides for every training, e.g. train.max_epochs=5")
 
@@ -71,6 +74,13 @@ class AudioTextGrid(BaseModel):
                                  + (f", not {sorted(extra)}" if extra else ""))
         return value
 
+    @model_validator(mode="after")
+    def _layer_weight_encoders(self):
+        unknown = [a for a in self.layer_weights if a not in self.audio_encoders]
+        if unknown:
+            raise ValueError(f"layer_weights {unknown}: not among audio_encoders {list(self.audio_encoders)}")
+        return self
+
 
 def load_audiotext_grid(path: Path | str, overrides: list[str] | None = None) -> AudioTextGrid:
     from serkit.config import load_experiment
@@ -90,6 +100,14 @@ def _cells(grid: AudioTextGrid):
                         if cell not in seen:
                             seen.add(cell)
                             yield cell
+
+
+def _layer_cells(grid: AudioTextGrid, dimensions: list[str]):
+    """(mode 'weights:<dimension>', audio, '', '', seed) for the per-dimension layer-weight runs."""
+    for audio in grid.layer_weights:
+        for dimension in dimensions:
+            for seed in grid.seeds:
+                yield f"weights:{dimension}", audio, "", "", seed
 
 
 def _key(mode, audio, text, transcript, seed) -> str:
@@ -142,7 +160,7 @@ def run_audiotext_grid(grid: AudioTextGrid, log=print) -> Path:
     if results.is_file():
         for row in pd.read_csv(results, dtype=str, keep_default_na=False).to_dict("records"):
             done.add(_key(row["mode"], row["audio"], row["text"], row["transcript"], row["seed"]))
-    cells = list(_cells(grid))
+    cells = list(_cells(grid)) + list(_layer_cells(grid, list(base.dimensions.names)))
     todo = [c for c in cells if _key(*c) not in done]
     # every cell's recipe is validated before the first training, not halfway through the grid
     recipes = {c: _cell_recipe(grid, base, c, out) for c in todo}
@@ -157,11 +175,13 @@ def run_audiotext_grid(grid: AudioTextGrid, log=print) -> Path:
         result = train(recipe, log=lambda *a: None)
         m = result.metrics
         latency = latency_ms(result.model_dir, sample_text)
+        weights = (m.get("layer_weights") or {}).get("weights")
         rows = [{"mode": mode, "audio": audio, "text": text, "transcript": transcript, "seed": seed, "dimension": d,
                  "test_ccc": v["ccc"], "test_pearson": v["pearson_r"], "test_mae": v["mae"],
                  "val_mean_ccc": (m.get("val") or {}).get("mean_ccc", float("nan")), "parameters": m["model"]["parameters"],
                  "train_seconds": m["training"]["train_seconds"], "latency_ms": round(latency, 2),
-                 "targets": m["test"].get("targets", "manifest columns"), "run_dir": str(run_dir)}
+                 "targets": m["test"].get("targets", "manifest columns"), "run_dir": str(run_dir),
+                 "layer_weights": " ".join(f"{w:.5f}" for w in weights) if weights else ""}
                 for d, v in m["test"]["dimensions"].items()]
         _append_rows(results, rows)
         if not grid.keep_models:
@@ -206,6 +226,10 @@ def _cell_recipe(grid: AudioTextGrid, base, cell, out: Path):
     options["mode"] = mode
     if audio:
         options.update({"audio_options": {}, **grid.audio_encoders[audio]})
+    if mode.startswith("weights:"):  # the encoder frozen, its layers weighted; one dimension
+        options["mode"] = "audio"
+        options["audio_options"] = {**options["audio_options"], "freeze_backbone": True, "layer_weights": True, "layer": None}
+        raw["dimensions"] = {**raw["dimensions"], "names": [mode.split(":", 1)[1]]}
     if text:
         options["text_encoder"] = grid.text_encoders[text]
         options["text_column"] = transcript
@@ -270,7 +294,10 @@ def _ms(values) -> str:
 def summarise(grid: AudioTextGrid, manifest, out: Path) -> None:
     from serkit.transcribe import word_error_rate
 
-    frame = pd.read_csv(out / "results.csv", dtype={"audio": str, "text": str, "transcript": str}, keep_default_na=False)
+    frame = pd.read_csv(out / "results.csv", dtype={"audio": str, "text": str, "transcript": str, "layer_weights": str},
+                        keep_default_na=False)
+    weighted = frame[frame["mode"].str.startswith("weights:")]
+    frame = frame[~frame["mode"].str.startswith("weights:")]
     dims = list(dict.fromkeys(frame.dimension))
     targets = "; ".join(dict.fromkeys(frame.targets))
     note = f"Targets: {targets}. Test CCC, mean ± std over seeds (seeds per row in the table)."
@@ -305,3 +332,38 @@ def summarise(grid: AudioTextGrid, manifest, out: Path) -> None:
         w = "0 (reference)" if transcript == "text" else (f"{wer[transcript]:.3f}" if transcript in wer else "–")
         lines.append(f"| {mode} | {audio or '–'} | {text} | `{transcript}` | {w} | {group.seed.nunique()} | " + cells(group))
     _write(out / "table2.md", "\n".join(lines) + "\n")
+    if len(weighted):
+        _layer_weights(weighted, targets, out)
+
+
+def _layer_weights(frame: pd.DataFrame, targets: str, out: Path) -> None:
+    """Paper 004's Fig. 2: per audio encoder, the softmax layer weights learnt for each dimension
+    alone (encoder frozen), averaged over seeds; a table and one PNG per encoder."""
+    from serkit.plots import layer_weights_png
+
+    lines = ["# Layer importance per dimension (paper 004, Fig. 2)", "",
+             f"Targets: {targets}. Each dimension trained alone, audio only, the encoder frozen, learnable softmax "
+             "weights over its hidden states (0 = input to the first layer); mean over seeds. Test CCC of these "
+             "frozen-encoder models beside.", ""]
+    for audio, group in frame.groupby("audio", sort=False):
+        series = {}
+        for mode, cell in group.groupby("mode", sort=False):
+            dimension = mode.split(":", 1)[1]
+            stacked = np.array([[float(w) for w in row.split()] for row in cell.layer_weights if row])
+            if len(stacked):
+                series[dimension] = (stacked.mean(0), cell.test_ccc.tolist())
+        if not series:
+            continue
+        n = len(next(iter(series.values()))[0])
+        lines += [f"## {audio}", "", "| dimension | " + " | ".join(f"h{i}" for i in range(n)) + " | test CCC |",
+                  "|---|" + "---|" * (n + 1)]
+        for dimension, (weights, ccc) in series.items():
+            lines.append(f"| {dimension} | " + " | ".join(f"{w:.3f}" for w in weights) + f" | {_ms(ccc)} |")
+        png = f"fig2_layer_weights_{audio.replace('/', '_')}.png"
+        target = out / png
+        if target.exists():
+            target.unlink()  # redrawn from every finished run
+        layer_weights_png(target, {d: w.tolist() for d, (w, _) in series.items()},
+                          f"{audio}: layer weights per dimension (encoder frozen)")
+        lines += ["", f"![layer weights]({png})", ""]
+    _write(out / "layer_weights.md", "\n".join(lines) + "\n")
