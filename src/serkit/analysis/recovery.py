@@ -62,6 +62,8 @@ class RecoveryExperiment(BaseModel):
     part: str = Field("test", description="the held-out part every analysis is scored on: test or val")
     attention_utterances: int = Field(50, ge=1, description="a seeded sample of the held-out part for attention maps")
     set: list[str] = Field(default_factory=list, description="recipe overrides for every training, e.g. train.max_epochs=5")
+    scratch_set: list[str] = Field(["train.lr=1e-4"], description="further overrides for the from-scratch training only: "
+                                   "random weights need a larger learning rate than fine-tuning's 3e-5")
 
     @field_validator("part")
     @classmethod
@@ -134,7 +136,7 @@ def _check_fingerprint(exp: RecoveryExperiment, recipes: dict, out: Path) -> Non
     from serkit.config import recipe_to_dict
 
     now = {"recipes": {}, "boaw_words": exp.boaw_words if "boaw" in exp.handcrafted else None, "part": exp.part,
-           "attention_utterances": exp.attention_utterances, "scratch_seed": exp.seeds[0]}
+           "attention_utterances": exp.attention_utterances, "scratch_seed": exp.seeds[0], "scratch_set": exp.scratch_set}
     for corpus, recipe in recipes.items():
         raw = recipe_to_dict(recipe)
         for key in ("output_dir", "seed", "name"):
@@ -159,8 +161,8 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _train(recipe, run_dir: Path, seed: int, pretrained: bool) -> dict:
-    from serkit.config import load_recipe, recipe_to_dict
+def _train(recipe, run_dir: Path, seed: int, pretrained: bool, overrides: list[str] | None = None) -> dict:
+    from serkit.config import apply_overrides, load_recipe, recipe_to_dict
     from serkit.training import train
 
     if run_dir.exists():
@@ -172,7 +174,7 @@ def _train(recipe, run_dir: Path, seed: int, pretrained: bool) -> dict:
     if not pretrained:  # random weights: nothing may stay frozen at its initial values
         options.update(freeze_feature_encoder=False, freeze_layers=0, freeze_backbone=False)
     raw["model"]["options"] = options
-    result = train(load_recipe(raw=raw), log=lambda *a: None)
+    result = train(load_recipe(raw=apply_overrides(raw, overrides or [])), log=lambda *a: None)
     m = result.metrics
     return {"model_dir": str(result.model_dir), "val_uar": (m.get("val") or {}).get("uar", float("nan")),
             **{f"{part}_{k}": m[part][k] for part in ("test", "val") if part in m for k in ("uar", "war")},
@@ -267,7 +269,7 @@ def _run_corpus(exp: RecoveryExperiment, corpus: str, recipe, steps: _Steps, bas
     for seed in exp.seeds:
         system = _seed_system(seed)
         systems[system] = steps.run(f"{corpus}/train/{system}", partial(_train, recipe, base / system, seed, True), log)
-    systems[SER] = steps.run(f"{corpus}/train/{SER}", partial(_train, recipe, base / SER, exp.seeds[0], False), log)
+    systems[SER] = steps.run(f"{corpus}/train/{SER}", partial(_train, recipe, base / SER, exp.seeds[0], False, exp.scratch_set), log)
     first = systems[_seed_system(exp.seeds[0])]["model_dir"]
     if not Path(first).is_dir():
         raise ConfigError(f"{first} is gone: the study's results.json refers to a model that was deleted; "
