@@ -199,3 +199,7 @@ def test_experiment_grid_runs_resumes_and_summarises(model_dir, tmp_path):
     assert messages[0] == "3 runs done, 0 to go"
     with pytest.raises(ConfigError, match="unknown setting 'train->test'"):
         load_grid(recipe, ["backbones.cnn6={'train->test': x}"])
+    # speaker 02 has 12 utterances in the tiny manifest: n = 20 is refused before any run starts
+    with pytest.raises(ConfigError, match=r"up to 20 utterances per forget speaker, but speaker 02 has 12"):
+        run_grid(load_grid(recipe, ["n=[3, 20]", f"output_dir={tmp_path / 'g2'}"]), log=messages.append)
+    assert not (tmp_path / "g2" / "results.csv").exists()

@@ -73,6 +73,24 @@ def _key(backbone, setting, speaker, n, seed, method, tau) -> str:
     return f"{backbone}|{setting}|{speaker}|{n}|{seed}|{method}|{'' if tau is None else f'{tau:g}'}"
 
 
+def _check_sizes(grid: UnlearningGrid, pairs: set) -> None:
+    """Every forget speaker must have max(n) training utterances in every model: found before the
+    first run, not hours into the grid."""
+    from serkit.models import load_model
+    from serkit.unlearning.forget_set import training_data
+
+    short = []
+    for model_dir in sorted({m for m, _ in pairs}):
+        frame = training_data(load_model(model_dir)).manifest.frame
+        for speaker in sorted({s for m, s in pairs if m == model_dir}):
+            count = int((frame["speaker"] == speaker).sum())
+            if count < max(grid.n):
+                short.append(f"speaker {speaker} has {count} in {model_dir}")
+    if short:
+        raise ConfigError(f"n: {grid.n} asks for up to {max(grid.n)} utterances per forget speaker, but "
+                          f"{'; '.join(short)}: drop the larger n (RAVDESS actors have 60 utterances) or choose other speakers")
+
+
 def run_grid(grid: UnlearningGrid, log=print) -> Path:
     out = Path(grid.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,6 +101,7 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
             done.add(_key(row.backbone, row.setting, row.speaker, row.n, row.seed, row.method,
                           float(row.tau) if row.tau else None))
     todo = [r for r in _runs(grid) if _key(r[0], r[1], r[3], r[4], r[5], r[6], r[8]) not in done]
+    _check_sizes(grid, {(r[2], r[3]) for r in todo})
     log(f"{len(done)} runs done, {len(todo)} to go")
     for i, (backbone, setting, model_dir, speaker, n, seed, method, params, tau) in enumerate(todo, 1):
         key = _key(backbone, setting, speaker, n, seed, method, tau)
