@@ -54,6 +54,9 @@ def test_recovery_study_tables_resume_and_refusal(tiny_checkpoint, tiny_split, t
     tuned = layer0("asr-to-ser-s0")
     assert not torch.equal(tuned, reference) and (tuned - reference).abs().max() < 0.05  # moved a little from it
     assert (layer0("ser-scratch") - reference).abs().mean() > 0.01  # never saw the checkpoint's weights
+    scratch = json.loads((out / "tiny" / "ser-scratch" / "model" / "config.json").read_text())
+    assert scratch["options"]["pretrained"] is False and scratch["options"]["freeze_feature_encoder"] is False
+    assert scratch["provenance"]["recipe"]["train"]["lr"] == 1e-4  # scratch_set: random weights need a larger lr
 
     # the frozen encoder is probed layer by layer; the test part has one speaker (12 utterances)
     asr = {r["layer"]: r for r in done["tiny/probe/asr"]["rows"]}
