@@ -72,15 +72,18 @@ def dimension_targets(manifest: Manifest, names: list[str], scale: tuple[float, 
 
 # Pleasure (valence), arousal and dominance of emotion terms on [-1, 1] from Russell & Mehrabian
 # (1977), "Evidence for a three-factor theory of emotions", Journal of Research in Personality 11,
-# 273-294, as commonly reused to map categories to PAD (happiness <- "happy"/"joy"). Neutral is the
-# origin by construction. calm (RAVDESS) and boredom (EmoDB) are not listed: we could not check
-# values for them here; supply a CSV mapping, or drop_unmapped. UNVERIFIED against the paper itself:
-# the values were checked only against a second public copy, and `fear` there may be the table's
-# "terrified" rather than "afraid" (recalled as -0.64, 0.60, -0.43): check before publishing results.
+# 273-294, as commonly reused to map categories to PAD. Terms: anger <- "angry", disgust <-
+# "disgusted", fear <- "afraid/fearful" (-0.64, 0.60, -0.43; some reuses take "terrified", -0.62,
+# 0.82, -0.43, which serkit used before 2026-11-27 evening), happiness <- "happy", sadness <- "sad",
+# surprise <- "surprised", boredom <- "bored". Neutral is the origin by construction. calm (RAVDESS)
+# is not listed: no value could be checked here; supply a CSV mapping, or drop_unmapped. The values
+# agree across several independent public reuses of the table (PAD models of affect such as ALMA,
+# Gebhard 2005, and emotion-mapping code); they were not checked against the 1977 paper itself.
 RUSSELL_MEHRABIAN_1977 = {
     "anger": {"valence": -0.51, "arousal": 0.59, "dominance": 0.25},
+    "boredom": {"valence": -0.65, "arousal": -0.62, "dominance": -0.33},
     "disgust": {"valence": -0.60, "arousal": 0.35, "dominance": 0.11},
-    "fear": {"valence": -0.62, "arousal": 0.82, "dominance": -0.43},
+    "fear": {"valence": -0.64, "arousal": 0.60, "dominance": -0.43},
     "happiness": {"valence": 0.81, "arousal": 0.51, "dominance": 0.46},
     "sadness": {"valence": -0.63, "arousal": -0.27, "dominance": -0.33},
     "surprise": {"valence": 0.40, "arousal": 0.67, "dominance": -0.13},
