@@ -302,11 +302,11 @@ def _pairs(seeds: list[int], decisions: bool) -> list[tuple[str, str]]:
     return pairs
 
 
-def _ms(values) -> str:
+def _ms(values, digits: int = 3) -> str:
     values = [float(v) for v in values]
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
 def summarise(exp: RecoveryExperiment, done: dict, out: Path) -> None:
@@ -348,7 +348,7 @@ def summarise(exp: RecoveryExperiment, done: dict, out: Path) -> None:
             runs = [get(corpus, f"train/{s}") for s in systems if get(corpus, f"train/{s}")]
             key = f"{part}_uar" if part == "test" else "val_uar"
             cells.append(" | ".join([_ms([r.get(key, float("nan")) for r in runs]), _ms([r["val_uar"] for r in runs]),
-                                     _ms([r["train_seconds"] for r in runs])]) if runs else "– | – | –")
+                                     _ms([r["train_seconds"] for r in runs], 0)]) if runs else "– | – | –")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "### The frozen ASR encoder, layer by layer (hidden:0 = input to the first layer)", "",
               "| layer | " + " | ".join(f"{c} C | {c} {part} UAR | {c} {part} WAR" for c in corpora) + " |",
