@@ -98,10 +98,13 @@ def test_partial_freeze_pooled_layer_and_head_learning_rate():
     separate head learning rate: the recipe knobs of a partly fine-tuned encoder."""
     from serkit.training import adam
 
-    model = _tiny(freeze_layers=1, layer=1)
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    partial = _tiny(freeze_layers=1)
+    frozen = {n for n, p in partial.named_parameters() if not p.requires_grad}
     assert any(n.startswith("encoder.layers.0.") for n in frozen) and "encoder.embed_positions.weight" in frozen
     assert not any(n.startswith("encoder.layers.1.") for n in frozen)
+    model = _tiny(layer=1)  # pools hidden state 1: layer index 1 (the second) is never run, and frozen
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("encoder.layers.1.") for n in frozen) and not any(n.startswith("encoder.layers.0.") for n in frozen)
     wave, mask = _batch([8000, 6000])
     states, _ = model.hidden_states(wave, mask, upto=1)
     assert len(states) == 2  # the embeddings and layer 0's output: layer 1 was not run
@@ -109,7 +112,8 @@ def test_partial_freeze_pooled_layer_and_head_learning_rate():
         full, _ = model.hidden_states(wave, mask)
     assert torch.allclose(states[1], full[1]) and len(full) == 3
     model(wave, mask).sum().backward()
-    assert all(p.grad is None for p in model.encoder.layers[1].parameters())  # above the pooled layer
+    assert all(p.grad is None for p in model.encoder.layers[1].parameters())
+    assert all(p.grad is not None for p in model.encoder.layers[0].parameters())
 
     optimizer = adam(_tiny(), 3e-5, head_lr=1e-3)
     body, head = optimizer.param_groups
