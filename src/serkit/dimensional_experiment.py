@@ -28,6 +28,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serkit.errors import ConfigError
+from serkit.io import write_text
 
 MODES = ("audio", "text", "audio+text")
 COLUMNS = ["mode", "audio", "text", "transcript", "seed", "dimension", "test_ccc", "test_pearson", "test_mae",
@@ -200,13 +201,8 @@ def _append_rows(path: Path, rows: list[dict]) -> None:
     if not text:
         writer.writeheader()
     writer.writerows(rows)
-    _write(path, text + buffer.getvalue())
+    write_text(path, text + buffer.getvalue(), overwrite=True)
 
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _tag(out: Path, cell) -> tuple[str, Path]:
@@ -280,7 +276,7 @@ def _check_fingerprint(grid: AudioTextGrid, raw: dict, out: Path, frame: pd.Data
                               "results: choose another output_dir")
         for k in ("audio_encoders", "text_encoders", "columns"):
             now[k] = {**before.get(k, {}), **now[k]}
-    _write(file, json.dumps(now, indent=1) + "\n")
+    write_text(file, json.dumps(now, indent=1) + "\n", overwrite=True)
 
 
 def _ms(values) -> str:
@@ -316,7 +312,7 @@ def summarise(grid: AudioTextGrid, manifest, out: Path) -> None:
     for (mode, audio, text), group in table1.groupby(["mode", "audio", "text"], sort=False):
         lines.append(f"| {mode} | {audio or '–'} | {text or '–'} | {group.seed.nunique()} | " + cells(group)
                      + f" {int(group.parameters.iloc[0]) / 1e6:.2f} M | {group.latency_ms.mean():.1f} |")
-    _write(out / "table1.md", "\n".join(lines) + "\n")
+    write_text(out / "table1.md", "\n".join(lines) + "\n", overwrite=True)
 
     columns = set(manifest.frame.columns)
     wer = {}
@@ -331,7 +327,7 @@ def summarise(grid: AudioTextGrid, manifest, out: Path) -> None:
     for (mode, audio, text, transcript), group in texty.groupby(["mode", "audio", "text", "transcript"], sort=False):
         w = "0 (reference)" if transcript == "text" else (f"{wer[transcript]:.3f}" if transcript in wer else "–")
         lines.append(f"| {mode} | {audio or '–'} | {text} | `{transcript}` | {w} | {group.seed.nunique()} | " + cells(group))
-    _write(out / "table2.md", "\n".join(lines) + "\n")
+    write_text(out / "table2.md", "\n".join(lines) + "\n", overwrite=True)
     if len(weighted):
         _layer_weights(weighted, targets, out)
 
@@ -366,4 +362,4 @@ def _layer_weights(frame: pd.DataFrame, targets: str, out: Path) -> None:
         layer_weights_png(target, {d: w.tolist() for d, (w, _) in series.items()},
                           f"{audio}: layer weights per dimension (encoder frozen)")
         lines += ["", f"![layer weights]({png})", ""]
-    _write(out / "layer_weights.md", "\n".join(lines) + "\n")
+    write_text(out / "layer_weights.md", "\n".join(lines) + "\n", overwrite=True)

@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serkit.errors import ConfigError
+from serkit.io import write_text
 
 ASR, SER = "asr", "ser-scratch"
 NAMES = {ASR: "ASR (Whisper, frozen)", SER: "SER (same architecture, from scratch)"}
@@ -109,15 +110,14 @@ class _Steps:
         value = fn()
         value["seconds"] = round(time.perf_counter() - t0, 2)
         self.done[key] = value
-        tmp = self.file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.done, indent=1) + "\n")
-        tmp.replace(self.file)
+        write_text(self.file, json.dumps(self.done, indent=1) + "\n", overwrite=True)
         log(f"{key}: done in {value['seconds']:.0f} s")
         return value
 
 
 def _recipes(exp: RecoveryExperiment) -> dict:
     from serkit.config import load_recipe
+    from serkit.data.splits import load_split
 
     recipes = {}
     for corpus, path in exp.corpora.items():
@@ -127,6 +127,7 @@ def _recipes(exp: RecoveryExperiment) -> dict:
                               f"encoder), not {recipe.task} with {recipe.model.architecture}")
         if "val" in recipe.data.train_parts and exp.part == "val":
             raise ConfigError(f"{path} trains on val: score the study on part: test")
+        load_split(recipe.data.split, recipe.data.manifest, recipe.data.fold)  # a missing split fails before any output
         recipes[corpus] = recipe
     return recipes
 
@@ -152,13 +153,8 @@ def _check_fingerprint(exp: RecoveryExperiment, recipes: dict, out: Path) -> Non
                               "mix results: choose another output_dir")
         now["recipes"] = {**before.get("recipes", {}), **now["recipes"]}
         now["boaw_words"] = now["boaw_words"] or before.get("boaw_words")
-    _write(file, json.dumps(now, indent=1) + "\n")
+    write_text(file, json.dumps(now, indent=1) + "\n", overwrite=True)
 
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _train(recipe, run_dir: Path, seed: int, pretrained: bool, overrides: list[str] | None = None) -> dict:
@@ -400,7 +396,7 @@ def summarise(exp: RecoveryExperiment, done: dict, out: Path) -> None:
         lines.append(f"| {kind} | " + " | ".join(f"{done[f'{c}/{kind}']['seconds']:.0f}" if f"{c}/{kind}" in done else "–"
                                                  for c in corpora) + " |")
     lines += ["", "![cosine distances](fig3.png)", ""]
-    _write(out / "tables.md", "\n".join(lines))
+    write_text(out / "tables.md", "\n".join(lines), overwrite=True)
 
 
 def _max_layers(done: dict) -> int:
