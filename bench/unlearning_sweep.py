@@ -9,6 +9,12 @@ setting, the mean over actors of val UAR kept, forget-set UAR, membership AUC, t
 utterances' accuracy, PGD seconds and total seconds.
 
     .venv/bin/python bench/unlearning_sweep.py runs/bench/ravdess-whisper-<stamp>/seed0/model
+
+Other settings on the command line (NAME=key=value,key=value; `method=` picks the method), e.g. the
+CNN-6 EmoDB sweep of bench/RESULTS.md:
+
+    .venv/bin/python bench/unlearning_sweep.py runs/bench/emodb-cnn6-<stamp>/seed1/model --actors 14 \
+      --setting "lr1e-4 succ=pgd_steps=20,adversarial_per_sample=10,target=retrain-like,lr=1e-4,adversarial_keep=successful"
 """
 
 from __future__ import annotations
@@ -36,29 +42,44 @@ def main() -> None:
     parser.add_argument("--actors", nargs="+", default=["05", "12", "19"])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--method", default="adv-ewc")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=k=v,k=v",
+                        help="a setting of your own (replaces --settings); method=NAME inside it picks the method")
+    parser.add_argument("--n", type=int, default=10, help="utterances forgotten per actor")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "experiments" / "unl-sweep")
     args = parser.parse_args()
+    settings = {name: (SETTINGS[name], args.method) for name in args.settings}
+    if args.setting:
+        settings = {}
+        for spec in args.setting:
+            name, _, values = spec.partition("=")
+            pairs = [v for v in values.split(",") if v]
+            method = next((v.split("=", 1)[1] for v in pairs if v.startswith("method=")), args.method)
+            settings[name] = ([v for v in pairs if not v.startswith("method=")], method)
     rows = {}
-    for name in args.settings:
+    for name, (sets, method) in settings.items():
         for actor in args.actors:
-            out = args.out / f"{name.split()[0]}{'-rl' if 'retrain-like' in name else ''}-{args.method}-{actor}"
+            slug = "".join(c if c.isalnum() or c in ".-" else "_" for c in name)
+            out = args.out / (f"{slug}-{method}-{actor}" + (f"-n{args.n}" if args.n != 10 else ""))
+            if not args.setting and args.n == 10:  # the built-in settings keep their folder names
+                out = args.out / f"{name.split()[0]}{'-rl' if 'retrain-like' in name else ''}-{method}-{actor}"
             if not (out / "receipt.json").is_file():
-                sets = sum((["--set", s] for s in SETTINGS[name]), [])
-                subprocess.run([sys.executable, "-m", "serkit", "forget", str(args.model), "--speaker", actor, "--n", "10",
-                                "--seed", "0", "--method", args.method, *sets, "-o", str(out)], check=True, cwd=REPO)
+                subprocess.run([sys.executable, "-m", "serkit", "forget", str(args.model), "--speaker", actor, "--n",
+                                str(args.n), "--seed", "0", "--method", method, *sum((["--set", v] for v in sets), []),
+                                "-o", str(out)], check=True, cwd=REPO)
             r = json.loads((out / "receipt.json").read_text())
             ev = r["evaluation"]
             rows.setdefault(name, []).append({
                 "kept": ev["unseen_uar_kept"], "forget": ev["after"]["forget"]["uar"], "mia": ev["after"]["membership"]["auc"],
                 "mia_before": ev["before"]["membership"]["auc"], "other": ev["after"]["speaker_other_training"]["accuracy"],
-                "pgd_s": r["stats"]["pgd"]["seconds"], "pgd_success": r["stats"]["pgd"]["target_success_rate"],
+                "pgd_s": r["stats"].get("pgd", {}).get("seconds", 0.0),
+                "pgd_success": r["stats"].get("pgd", {}).get("target_success_rate", float("nan")),
                 "total_s": r["timing"]["unlearn_seconds"], "epochs": r["stats"]["epochs_run"]})
 
     def ms(values, fmt="{:.3f}"):
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{fmt.format(statistics.mean(values))} ± {fmt.format(sd)}"
 
-    print(f"\n{args.method}, N = 10, actors {' '.join(args.actors)}; model {args.model}")
+    print(f"\n{args.method if not args.setting else 'per setting'}, N = {args.n}, actors {' '.join(args.actors)}; model {args.model}")
     print("| setting | val UAR kept | forget-set UAR | membership AUC (before) | actor's other utts acc. | PGD success | PGD s | total s | epochs |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, rs in rows.items():

@@ -203,3 +203,23 @@ def test_experiment_grid_runs_resumes_and_summarises(model_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"up to 20 utterances per forget speaker, but speaker 02 has 12"):
         run_grid(load_grid(recipe, ["n=[3, 20]", f"output_dir={tmp_path / 'g2'}"]), log=messages.append)
     assert not (tmp_path / "g2" / "results.csv").exists()
+
+
+def test_experiment_grid_speakers_per_backbone(model_dir, tmp_path):
+    """Backbones trained on different corpora have different speakers: each backbone may list its own."""
+    import pandas as pd
+
+    from serkit.unlearning.experiment import load_grid, run_grid
+
+    recipe = tmp_path / "grid.yaml"
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'grid'}\nbackbones:\n  a:\n    train->val: {model_dir}\n"
+        f"  b:\n    train->val: {model_dir}\n    speakers: ['01']\nspeakers: ['02']\n"
+        "n: [2]\nseeds: [0]\nmethods:\n  random-label: {epochs: 1}\n")
+    out = run_grid(load_grid(recipe), log=lambda *a: None)
+    rows = pd.read_csv(out / "results.csv", dtype=str)
+    assert sorted(zip(rows.backbone, rows.speaker)) == [("a", "02"), ("b", "01")]
+    with pytest.raises(ConfigError, match="no forget speakers for backbone a"):
+        load_grid(recipe, ["speakers=[]"])
+    with pytest.raises(ConfigError, match=r"backbones.b.speakers must be a non-empty list"):
+        load_grid(recipe, ["backbones.b.speakers=[]"])

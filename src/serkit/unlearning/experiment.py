@@ -37,8 +37,10 @@ class UnlearningGrid(BaseModel):
 
     name: str = "unlearning"
     output_dir: Path
-    backbones: dict[str, dict[str, Path]] = Field(description="backbone -> {setting: model dir}")
-    speakers: list[str]
+    backbones: dict[str, dict[str, Path | list[str]]] = Field(
+        description="backbone -> {setting: model dir, speakers: [..] (optional: this backbone's forget speakers, "
+        "e.g. when backbones are trained on different corpora)}")
+    speakers: list[str] = Field(default_factory=list, description="forget speakers of every backbone without its own list")
     n: list[int] = [10, 30, 50, 100]
     seeds: list[int] = [0]
     methods: dict[str, dict] = Field(default_factory=lambda: {"random-label": {}, "adv": {}, "adv-ewc": {}})
@@ -51,17 +53,33 @@ def load_grid(path: Path | str, overrides: list[str] | None = None) -> Unlearnin
 
     grid = load_experiment(path, UnlearningGrid, overrides)
     for backbone, settings in grid.backbones.items():
-        for setting in settings:
+        for setting, value in settings.items():
+            if setting == "speakers":
+                if not isinstance(value, list) or not value:
+                    raise ConfigError(f"{path}: backbones.{backbone}.speakers must be a non-empty list of speaker ids")
+                continue
             if setting not in SETTINGS:
-                raise ConfigError(f"{path}: backbones.{backbone}: unknown setting '{setting}'; use {sorted(SETTINGS)}")
+                raise ConfigError(f"{path}: backbones.{backbone}: unknown setting '{setting}'; use {sorted(SETTINGS)} "
+                                  "(or speakers: [..])")
+            if isinstance(value, list):
+                raise ConfigError(f"{path}: backbones.{backbone}.{setting} must be a model directory, not a list")
+        if not _speakers(grid, backbone):
+            raise ConfigError(f"{path}: no forget speakers for backbone {backbone}: give speakers: [..] at the top level "
+                              f"or under backbones.{backbone}")
     return grid
+
+
+def _speakers(grid: UnlearningGrid, backbone: str) -> list[str]:
+    return [str(s) for s in grid.backbones[backbone].get("speakers") or grid.speakers]
 
 
 def _runs(grid: UnlearningGrid):
     for backbone, settings in grid.backbones.items():
         for setting, model_dir in settings.items():
+            if setting == "speakers":
+                continue
             for n in grid.n:
-                for speaker in grid.speakers:
+                for speaker in _speakers(grid, backbone):
                     for seed in grid.seeds:
                         for method, params in grid.methods.items():
                             taus = grid.taus if method in PROPOSED else [None]

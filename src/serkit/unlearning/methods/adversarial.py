@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 from torch import nn
 
+from serkit.errors import ConfigError
 from serkit.unlearning.ewc import EWCPenalty, fisher_diagonal
 from serkit.unlearning.methods.base import (
     FinetuneParams,
@@ -38,6 +40,10 @@ class AdvParams(FinetuneParams):
     sigma: float | None = Field(None, gt=0, description="PGD step; default 2.5 * tau / P")
     pgd_early_stop: bool = Field(True, description="stop attacking a sample once it reaches its target")
     pgd_batch_size: int = Field(32, ge=1)
+    adversarial_keep: Literal["all", "successful"] = Field(
+        "all", description="all: every sample with its target label (the papers); successful: only the samples the "
+        "original model assigns to their target. A failed attack's sample is still, for the original model, its source "
+        "utterance's class: labelling it with the target teaches wrong labels near the forget set")
 
 
 class AdvEWCParams(AdvParams):
@@ -60,7 +66,18 @@ class Adversarial(UnlearningMethod):
         summary = adversarial.summary()
         ctx.log(f"PGD: {summary['samples']} adversarial samples in {summary['seconds']:.0f} s, "
                 f"target success {summary['target_success_rate']:.0%}, median SNR {summary['snr_db_median']:.1f} dB")
-        return adversarial, {"pgd": {**pgd.params(), **summary}}
+        stats = {"pgd": {**pgd.params(), **summary}, "adversarial_keep": p.adversarial_keep}
+        waves, targets = adversarial.waves, adversarial.targets
+        if p.adversarial_keep == "successful":
+            keep = np.flatnonzero(adversarial.success)
+            if not len(keep):
+                raise ConfigError(f"adversarial_keep=successful: none of the {len(adversarial)} PGD samples reached its "
+                                  f"target (tau {p.tau:g}, {p.pgd_steps} steps); raise tau or pgd_steps, or use "
+                                  "adversarial_keep=all")
+            waves, targets = [waves[i] for i in keep], targets[keep]
+            ctx.log(f"training on the {len(keep)} successful adversarial samples of {len(adversarial)}")
+        stats["adversarial_used"] = len(waves)
+        return (waves, targets), stats
 
     def _penalty(self, ctx: UnlearnContext, wrong):
         return None, {}
@@ -84,7 +101,7 @@ class Adversarial(UnlearningMethod):
                 parts["L_ewc"] = l_ewc.detach()
             return loss, parts
 
-        run = finetune(ctx, p, wrong, (adversarial.waves, adversarial.targets), loss_fn, p.lr or default_lr(ctx.saved))
+        run = finetune(ctx, p, wrong, adversarial, loss_fn, p.lr or default_lr(ctx.saved))
         return UnlearnOutcome({"method": self.name, **stats, **penalty_stats, **run})
 
 
