@@ -342,7 +342,8 @@ def test_experiment_audiotext_tables_and_transcript_sources(text_corpus, tmp_pat
                                         "cnn6": {"audio": "cnn6"},
                                         "tinyw": {"audio": "whisper", "audio_options": {"hf_config": TINY}}},
                                     "text_encoders": {"minilm": "builtin:all-minilm-l6-v2"},
-                                    "transcripts": ["text", "asr_text"], "seeds": [0], "layer_weights": ["tinyw"]}))
+                                    "transcripts": ["text", "asr_text"], "seeds": [0], "layer_weights": ["tinyw"],
+                                    "layer_weights_lr": 0.05}))
     assert run(["experiment", "audiotext", str(grid)]) == 0
     out = tmp_path / "grid"
     rows = pd.read_csv(out / "results.csv", keep_default_na=False)
@@ -357,6 +358,10 @@ def test_experiment_audiotext_tables_and_transcript_sources(text_corpus, tmp_pat
     assert "weights:" not in table1 + table2
     weights = [float(w) for w in rows[rows["mode"] == "weights:arousal"].layer_weights.iloc[0].split()]
     assert len(weights) == 3 and abs(sum(weights) - 1) < 1e-3  # TINY: 2 layers + the input; a softmax
+    # the layer-weight runs train at their own rate (at a fine-tuning rate the weights would stay at 1/L)
+    trained = yaml.safe_load((out / "runs" / "weights:arousal-tinyw-s0" / "recipe.yaml").read_text())["train"]
+    text_run = yaml.safe_load((out / "runs" / "text-minilm-text-s0" / "recipe.yaml").read_text())["train"]
+    assert trained["lr"] == 0.05 and text_run["lr"] == 3e-3
     layers = (out / "layer_weights.md").read_text()
     assert "| arousal | " in layers and (out / "fig2_layer_weights_tinyw.png").stat().st_size > 1000
     capsys.readouterr()

@@ -112,10 +112,12 @@ def test_fisher_and_ewc_penalty():
     assert max(float(f.max()) for f in normalized.values()) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("method", ["adv-ewc", "random-label"])
+@pytest.mark.parametrize("method", ["adv-ewc", "adv-ewc/successful-sgd", "random-label"])
 def test_forget_writes_a_new_model_and_a_receipt(model_dir, tmp_path, method):
     before = sha256_file(model_dir / "model.safetensors")
-    params = QUICK if method == "adv-ewc" else {"epochs": 2}
+    params = {"adv-ewc": QUICK, "random-label": {"epochs": 2},
+              "adv-ewc/successful-sgd": {**QUICK, "adversarial_keep": "successful", "optimizer": "sgd", "lr": 1e-2}}[method]
+    variant, method = method, method.split("/")[0]
     result = forget(model_dir, tmp_path / "out", speaker="02", n=6, method=method, params=params, log=lambda *a: None)
     assert sha256_file(model_dir / "model.safetensors") == before  # the input is untouched
     receipt = json.loads((tmp_path / "out" / "receipt.json").read_text())
@@ -127,7 +129,12 @@ def test_forget_writes_a_new_model_and_a_receipt(model_dir, tmp_path, method):
     assert ev["after"]["forget"]["accuracy"] <= ev["before"]["forget"]["accuracy"]
     assert receipt["method"]["reads_remaining_data"] is False
     if method == "adv-ewc":
-        assert receipt["stats"]["pgd"]["samples"] == 18 and "fisher_sum" in receipt["stats"]["ewc"]
+        stats = receipt["stats"]
+        assert stats["pgd"]["samples"] == 18 and "fisher_sum" in stats["ewc"]
+        if variant.endswith("successful-sgd"):  # only the samples that reached their target are trained on
+            assert stats["adversarial_used"] == round(18 * stats["pgd"]["target_success_rate"]) and stats["optimizer"] == "sgd"
+        else:
+            assert stats["adversarial_used"] == 18 and stats["optimizer"] == "adam"
     new = load_model(result.model_dir)
     assert new.config["provenance"]["unlearning"]["method"] == method
     assert "forget set only" in (tmp_path / "out" / "report.md").read_text()
@@ -154,6 +161,23 @@ def test_output_rules_and_interrupted_runs(model_dir, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         forget(model_dir, tmp_path / "never", speaker="02", n=2, method="random-label", log=lambda *a: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
+
+
+def test_no_successful_adversarial_sample_is_a_clear_error(model_dir, tmp_path, monkeypatch):
+    from serkit.unlearning import pgd
+
+    real = pgd.TargetedPGD.generate
+
+    def all_failed(self, model, waves, targets):
+        made = real(self, model, waves, targets)
+        made.success[:] = False
+        return made
+
+    monkeypatch.setattr(pgd.TargetedPGD, "generate", all_failed)
+    with pytest.raises(ConfigError, match="none of the 6 PGD samples reached its target.*raise tau or pgd_steps"):
+        forget(model_dir, tmp_path / "out", speaker="02", n=2, params={**QUICK, "adversarial_keep": "successful"},
+               log=lambda *a: None)
+    assert not (tmp_path / "out").exists()
 
 
 def test_method_errors_are_clear(model_dir, tmp_path):

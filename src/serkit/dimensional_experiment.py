@@ -54,6 +54,9 @@ class AudioTextGrid(BaseModel):
     layer_weights: list[str] = Field(default_factory=list, description="audio encoders (names above) whose layer "
                                      "importance is learnt per dimension: encoder frozen, softmax weights over its hidden "
                                      "states, one audio-only model per dimension and seed (paper 004, Fig. 2)")
+    layer_weights_lr: float = Field(1e-3, gt=0, description="learning rate of the layer-weight runs (only the softmax "
+                                    "weights and the head train there): at a fine-tuning rate such as 3e-5 the weights "
+                                    "stay at 1/L and the figure shows nothing")
     keep_models: bool = False
     set: list[str] = Field(default_factory=list, description="recipe overrides for every training, e.g. train.max_epochs=5")
 
@@ -226,6 +229,7 @@ def _cell_recipe(grid: AudioTextGrid, base, cell, out: Path):
         options["mode"] = "audio"
         options["audio_options"] = {**options["audio_options"], "freeze_backbone": True, "layer_weights": True, "layer": None}
         raw["dimensions"] = {**raw["dimensions"], "names": [mode.split(":", 1)[1]]}
+        raw["train"] = {**raw["train"], "lr": grid.layer_weights_lr, "head_lr": None}
     if text:
         options["text_encoder"] = grid.text_encoders[text]
         options["text_column"] = transcript
@@ -263,11 +267,12 @@ def _check_fingerprint(grid: AudioTextGrid, raw: dict, out: Path, frame: pd.Data
                                if k not in ("mode", "audio", "audio_options", "text_encoder", "text_column")}
     raw["data"].pop("manifest", None)  # the path may move; its content is what counts
     now = {"recipe": raw, "columns": _column_hashes(frame, grid.transcripts), "audio_encoders": grid.audio_encoders,
-           "text_encoders": grid.text_encoders}
+           "text_encoders": grid.text_encoders, "layer_weights_lr": grid.layer_weights_lr}
     file = out / "grid.json"
     if file.is_file():
         before = json.loads(file.read_text())
         differs = [k for k in ("recipe",) if before.get(k) != now[k]]
+        differs += [k for k in ("layer_weights_lr",) if k in before and before[k] != now[k]]
         differs += [f"manifest column {c}" for c, h in now["columns"].items() if before.get("columns", {}).get(c, h) != h]
         differs += [f"{k} {name}" for k in ("audio_encoders", "text_encoders") for name, v in now[k].items()
                     if name in before.get(k, {}) and before[k][name] != v]

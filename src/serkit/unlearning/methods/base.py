@@ -36,7 +36,10 @@ class FinetuneParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(15, ge=1, description="upper bound on epochs (the papers: 15)")
-    lr: float | None = Field(None, gt=0, description="Adam learning rate; default: the one the model was trained with")
+    lr: float | None = Field(None, gt=0, description="learning rate; default: the one the model was trained with")
+    optimizer: Literal["adam", "sgd"] = Field(
+        "adam", description="adam (the papers); sgd (plain gradient steps: Adam moves every weight by about lr per step, "
+        "even those the forget set barely touches, which a small from-scratch CNN does not survive)")
     batch_size: int = Field(16, ge=1, description="adversarial / remaining samples per step")
     target: Literal["misclassify", "retrain-like"] = "misclassify"
     stop_early: bool = Field(True, description="stop as soon as the target is reached (checked every `check_every` steps)")
@@ -138,7 +141,8 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
     else:
         steps_per_epoch = max(1, math.ceil(n_forget / params.batch_size))
     forget_batch = max(1, math.ceil(n_forget / steps_per_epoch))
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=lr) if params.optimizer == "adam" else torch.optim.SGD(trainable, lr=lr)
     if params.target == "retrain-like":
         goal = params.target_accuracy if params.target_accuracy is not None else ctx.reference_accuracy
         if goal is None:
@@ -193,7 +197,7 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
             break
     model.eval()
     return {"epochs_run": len(history), "steps": step, "stop_reason": stop_reason, "target": params.target,
-            "target_accuracy": goal, "lr": lr, "history": history, "finetune_seconds": round(time.perf_counter() - start, 2)}
+            "target_accuracy": goal, "lr": lr, "optimizer": params.optimizer, "history": history, "finetune_seconds": round(time.perf_counter() - start, 2)}
 
 
 def default_lr(saved: SavedModel) -> float:
