@@ -95,6 +95,7 @@ class TextEncoder:
 @register("audiotext", "audiotext", AudioTextOptions, "audio and/or text encoders fused by concatenation + tanh head (paper 004)", 3e-5)
 class AudioTextModel(SERModel):
     head_prefixes = ("fc1.", "fc2.", "audio.layer_logits")  # train.head_lr reaches the audio side's layer weights too
+
     def __init__(self, options: AudioTextOptions, num_classes: int, saved_files: dict | None = None):
         from tokenizers import Tokenizer
         from transformers import AutoConfig, AutoModel

@@ -38,8 +38,8 @@ class FinetuneParams(BaseModel):
     epochs: int = Field(15, ge=1, description="upper bound on epochs (the papers: 15)")
     lr: float | None = Field(None, gt=0, description="learning rate; default: the one the model was trained with")
     optimizer: Literal["adam", "sgd"] = Field(
-        "adam", description="adam (the papers); sgd (plain gradient steps: Adam moves every weight by about lr per step, "
-        "even those the forget set barely touches, which a small from-scratch CNN does not survive)")
+        "adam", description="adam (the papers) or sgd (plain gradient steps; Adam moves every weight by about lr per "
+        "step). On CNN-6 / EmoDB neither kept the model: bench/RESULTS.md section 14")
     batch_size: int = Field(16, ge=1, description="adversarial / remaining samples per step")
     target: Literal["misclassify", "retrain-like"] = "misclassify"
     stop_early: bool = Field(True, description="stop as soon as the target is reached (checked every `check_every` steps)")
@@ -197,7 +197,8 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
             break
     model.eval()
     return {"epochs_run": len(history), "steps": step, "stop_reason": stop_reason, "target": params.target,
-            "target_accuracy": goal, "lr": lr, "optimizer": params.optimizer, "history": history, "finetune_seconds": round(time.perf_counter() - start, 2)}
+            "target_accuracy": goal, "lr": lr, "optimizer": params.optimizer, "history": history,
+            "finetune_seconds": round(time.perf_counter() - start, 2)}
 
 
 def default_lr(saved: SavedModel) -> float:
