@@ -163,21 +163,28 @@ def test_output_rules_and_interrupted_runs(model_dir, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
 
 
-def test_no_successful_adversarial_sample_is_a_clear_error(model_dir, tmp_path, monkeypatch):
+def test_adversarial_keep_successful_drops_failed_samples(model_dir, tmp_path, monkeypatch):
     from serkit.unlearning import pgd
 
     real = pgd.TargetedPGD.generate
+    failed = {"every": slice(None)}
 
-    def all_failed(self, model, waves, targets):
+    def some_failed(self, model, waves, targets):
         made = real(self, model, waves, targets)
-        made.success[:] = False
+        made.success[failed["every"]] = False
         return made
 
-    monkeypatch.setattr(pgd.TargetedPGD, "generate", all_failed)
+    monkeypatch.setattr(pgd.TargetedPGD, "generate", some_failed)
+    params = {**QUICK, "adversarial_keep": "successful"}
     with pytest.raises(ConfigError, match="none of the 6 PGD samples reached its target.*raise tau or pgd_steps"):
-        forget(model_dir, tmp_path / "out", speaker="02", n=2, params={**QUICK, "adversarial_keep": "successful"},
-               log=lambda *a: None)
+        forget(model_dir, tmp_path / "out", speaker="02", n=2, params=params, log=lambda *a: None)
     assert not (tmp_path / "out").exists()
+    failed["every"] = slice(None, None, 2)  # samples 0, 2, 4 failed: at most 3 of 6 are trained on
+    result = forget(model_dir, tmp_path / "half", speaker="02", n=2, params=params, log=lambda *a: None)
+    stats = result.receipt["stats"]
+    assert stats["adversarial_used"] == round(6 * stats["pgd"]["target_success_rate"]) <= 3
+    with pytest.raises(ConfigError, match="optimizer sgd needs its own lr"):
+        forget(model_dir, tmp_path / "sgd", speaker="02", n=2, params={**QUICK, "optimizer": "sgd"}, log=lambda *a: None)
 
 
 def test_method_errors_are_clear(model_dir, tmp_path):
@@ -247,3 +254,5 @@ def test_experiment_grid_speakers_per_backbone(model_dir, tmp_path):
         load_grid(recipe, ["speakers=[]"])
     with pytest.raises(ConfigError, match=r"backbones.b.speakers must be a non-empty list"):
         load_grid(recipe, ["backbones.b.speakers=[]"])
+    with pytest.raises(ConfigError, match=r"quote the speaker ids"):
+        load_grid(recipe, ["backbones.b.speakers=[13]"])

@@ -272,7 +272,11 @@ def _check_fingerprint(grid: AudioTextGrid, raw: dict, out: Path, frame: pd.Data
     if file.is_file():
         before = json.loads(file.read_text())
         differs = [k for k in ("recipe",) if before.get(k) != now[k]]
-        differs += [k for k in ("layer_weights_lr",) if k in before and before[k] != now[k]]
+        if grid.layer_weights and before.get("layer_weights_lr", now["layer_weights_lr"]) != now["layer_weights_lr"]:
+            differs.append("layer_weights_lr")
+        results = out / "results.csv"
+        if "layer_weights_lr" not in before and results.is_file() and "weights:" in results.read_text():
+            differs.append("layer_weights_lr (its layer-weight runs trained at the recipe's lr)")
         differs += [f"manifest column {c}" for c, h in now["columns"].items() if before.get("columns", {}).get(c, h) != h]
         differs += [f"{k} {name}" for k in ("audio_encoders", "text_encoders") for name, v in now[k].items()
                     if name in before.get(k, {}) and before[k][name] != v]

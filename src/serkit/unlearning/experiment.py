@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serkit.errors import ConfigError
 from serkit.metrics import significance_marker, z_test_one_tailed
@@ -40,12 +40,23 @@ class UnlearningGrid(BaseModel):
     backbones: dict[str, dict[str, Path | list[str]]] = Field(
         description="backbone -> {setting: model dir, speakers: [..] (optional: this backbone's forget speakers, "
         "e.g. when backbones are trained on different corpora)}")
-    speakers: list[str] = Field(default_factory=list, description="forget speakers of every backbone without its own list")
+    speakers: list[str] = Field(default_factory=list, description="forget speakers of every backbone without its own "
+                                "list (a backbone's own `speakers:` wins over this one)")
     n: list[int] = [10, 30, 50, 100]
     seeds: list[int] = [0]
     methods: dict[str, dict] = Field(default_factory=lambda: {"random-label": {}, "adv": {}, "adv-ewc": {}})
     taus: list[float] = [0.01]
     keep_models: bool = False
+
+
+    @field_validator("backbones", mode="before")
+    @classmethod
+    def _speaker_ids(cls, value):
+        for backbone, settings in (value or {}).items():
+            speakers = settings.get("speakers") if isinstance(settings, dict) else None
+            if isinstance(speakers, list) and not all(isinstance(s, str) for s in speakers):
+                raise ValueError(f"{backbone}.speakers: quote the speaker ids, e.g. ['13', '05'] (unquoted, 05 reads as 5)")
+        return value
 
 
 def load_grid(path: Path | str, overrides: list[str] | None = None) -> UnlearningGrid:

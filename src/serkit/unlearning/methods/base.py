@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from serkit.data.dataset import pad_batch
@@ -46,6 +46,12 @@ class FinetuneParams(BaseModel):
     check_every: int = Field(5, ge=1)
     target_accuracy: float | None = Field(None, ge=0, le=1, description="retrain-like: forget-set accuracy to stop at "
                                           "(default: the original model's validation accuracy)")
+
+    @model_validator(mode="after")
+    def _sgd_lr(self):
+        if self.optimizer == "sgd" and self.lr is None:
+            raise ValueError("optimizer sgd needs its own lr (the model's training lr is an Adam rate): set lr")
+        return self
 
 
 @dataclass
