@@ -113,8 +113,15 @@ def transcribe(manifest_path: Path | str, out: Path | str, model: str = "builtin
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # generate()'s notes on attention_mask / max_length do not apply to Whisper
         try:
-            _decode(asr, processor, waves, order, batch_size, kwargs, lambda j, text: cache.__setitem__(keys[todo[j]], text),
-                    flush)
+            with torch.no_grad():
+                for b, s in enumerate(range(0, len(order), batch_size), 1):
+                    idx = order[s:s + batch_size]
+                    features = processor.feature_extractor([waves[j] for j in idx], sampling_rate=16000, return_tensors="pt")
+                    ids = asr.generate(features.input_features, **kwargs)
+                    for j, text in zip(idx, processor.batch_decode(ids, skip_special_tokens=True)):
+                        cache[keys[todo[j]]] = text.strip()
+                    if b % 10 == 0:  # an interrupted run keeps what it decoded
+                        flush()
         finally:
             hf_logging.set_verbosity(verbosity)
         flush()
@@ -133,15 +140,3 @@ def transcribe(manifest_path: Path | str, out: Path | str, model: str = "builtin
         frame.to_csv(handle, index=False)
     write_json(out.with_suffix(".json"), report)
     return report
-
-
-def _decode(asr, processor, waves, order, batch_size, kwargs, store, flush) -> None:
-    with torch.no_grad():
-        for b, s in enumerate(range(0, len(order), batch_size), 1):
-            idx = order[s:s + batch_size]
-            features = processor.feature_extractor([waves[j] for j in idx], sampling_rate=16000, return_tensors="pt")
-            ids = asr.generate(features.input_features, **kwargs)
-            for j, text in zip(idx, processor.batch_decode(ids, skip_special_tokens=True)):
-                store(j, text.strip())
-            if b % 10 == 0:  # an interrupted run keeps what it decoded
-                flush()

@@ -81,7 +81,7 @@ def load_grid(path: Path | str, overrides: list[str] | None = None) -> Unlearnin
 
 
 def _speakers(grid: UnlearningGrid, backbone: str) -> list[str]:
-    return [str(s) for s in grid.backbones[backbone].get("speakers") or grid.speakers]
+    return list(grid.backbones[backbone].get("speakers") or grid.speakers)
 
 
 def _runs(grid: UnlearningGrid):
