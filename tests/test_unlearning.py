@@ -256,3 +256,44 @@ def test_experiment_grid_speakers_per_backbone(model_dir, tmp_path):
         load_grid(recipe, ["backbones.b.speakers=[]"])
     with pytest.raises(ConfigError, match=r"quote the speaker ids"):
         load_grid(recipe, ["backbones.b.speakers=[13]"])
+
+
+def test_experiment_grid_method_labels_and_backbone_overrides(model_dir, tmp_path):
+    """Variants of one method share a grid under their own labels; a backbone may override methods and taus;
+    an older results.csv (no base_method column) is upgraded in place, not misaligned."""
+    import pandas as pd
+
+    from serkit.unlearning.experiment import load_grid, run_grid
+
+    recipe = tmp_path / "grid.yaml"
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'grid'}\nbackbones:\n  a:\n    train->val: {model_dir}\n"
+        f"  b:\n    train->val: {model_dir}\n    taus: [0.03]\n    methods:\n      adv-quick: {{epochs: 2}}\n"
+        "speakers: ['02']\nn: [2]\nseeds: [0]\ntaus: [0.05]\nmethods:\n  random-label: {epochs: 1}\n"
+        "  random-label-rl: {method: random-label, epochs: 1, target: retrain-like}\n"
+        "  adv-quick: {method: adv, epochs: 1, adversarial_per_sample: 2, pgd_steps: 3}\n")
+    out = tmp_path / "grid"
+    out.mkdir()
+    # an older grid's file: same columns less base_method, one finished run of backbone a
+    old = pd.DataFrame([{"backbone": "a", "setting": "train->val", "speaker": "02", "n": 2, "seed": 0,
+                         "method": "random-label", "tau": "", "forget_uar": 0.0, "forget_accuracy": 0.0,
+                         "unseen_uar_before": 0.5, "unseen_uar": 0.4, "kept": 0.8, "other_accuracy": 0.5,
+                         "mia_auc_before": 0.7, "mia_auc": 0.5, "n_unseen": 12, "seconds": 1.0, "pgd_success": "",
+                         "snr_db": "", "epochs_run": 1, "stop_reason": "x"}])
+    old.to_csv(out / "results.csv", index=False)
+    messages = []
+    run_grid(load_grid(recipe), log=messages.append)
+    assert messages[0] == "1 runs done, 5 to go"
+    rows = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False)
+    assert rows.base_method.tolist().count("random-label") == 4  # the old row was labelled by its method
+    quick = rows[rows.method == "adv-quick"].set_index("backbone")
+    assert quick.base_method.tolist() == ["adv", "adv"]
+    assert float(quick.loc["a", "tau"]) == 0.05 and float(quick.loc["b", "tau"]) == 0.03
+    assert int(quick.loc["b", "epochs_run"]) <= 2 and int(quick.loc["a", "epochs_run"]) <= 1
+    table1 = (out / "table1.md").read_text()
+    assert "| random-label-rl |" in table1 and "| adv-quick |" in table1 and "membership AUC" in table1
+    assert "adv-quick vs random-label" in table1  # the z-test takes the best random-labelling row
+    with pytest.raises(ConfigError, match=r"methods.adv-quick \(backbone a\).*pgd_stepz"):
+        load_grid(recipe, ["methods.adv-quick.pgd_stepz=3"])
+    with pytest.raises(ConfigError, match=r"methods.oops .*unknown unlearning method 'nope'"):
+        load_grid(recipe, ["methods.oops={method: nope}"])

@@ -5,6 +5,11 @@ methods (x tau for the adversarial methods). Each run is one `forget` call; its 
 (the unlearned model is deleted unless `keep_models`). Rows already in results.csv are skipped, so
 an interrupted grid resumes where it stopped.
 
+`methods` maps a row label to its parameters; `method: NAME` picks the registered method when the
+label is not itself a method name, so one grid can hold variants (`adv-ewc-quick: {method: adv-ewc,
+pgd_steps: 20}`, `random-label-rl: {method: random-label, target: retrain-like}`). A backbone may
+override `methods` (merged per label) and `taus`, so backbones tuned differently share one Table 2.
+
 Outputs beside results.csv: table1.md (methods x N per backbone and setting, mean +- std, tau
 chosen on validation, one-tailed z-test best proposed vs random labelling), fig2.png (validation
 UAR vs tau per N) and table2.md (across backbones).
@@ -23,13 +28,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serkit.errors import ConfigError
 from serkit.metrics import significance_marker, z_test_one_tailed
+from serkit.unlearning.methods import get_method
 from serkit.unlearning.run import forget
 
 SETTINGS = {"train->val": "val", "train+val->test": "test"}
 COLUMNS = ["backbone", "setting", "speaker", "n", "seed", "method", "tau", "forget_uar", "forget_accuracy",
            "unseen_uar_before", "unseen_uar", "kept", "other_accuracy", "mia_auc_before", "mia_auc", "n_unseen",
-           "seconds", "pgd_success", "snr_db", "epochs_run", "stop_reason"]
+           "seconds", "pgd_success", "snr_db", "epochs_run", "stop_reason", "base_method"]
 PROPOSED = ("adv", "adv-ewc")
+BACKBONE_KEYS = ("speakers", "methods", "taus")
 
 
 class UnlearningGrid(BaseModel):
@@ -37,14 +44,17 @@ class UnlearningGrid(BaseModel):
 
     name: str = "unlearning"
     output_dir: Path
-    backbones: dict[str, dict[str, Path | list[str]]] = Field(
-        description="backbone -> {setting: model dir, speakers: [..] (optional: this backbone's forget speakers, "
-        "e.g. when backbones are trained on different corpora)}")
+    backbones: dict[str, dict[str, Path | list[str] | list[float] | dict[str, dict]]] = Field(
+        description="backbone -> {setting: model dir, and optionally speakers: [..] (this backbone's forget speakers, "
+        "e.g. when backbones are trained on different corpora), methods: {label: {param: value}} (merged over the "
+        "top-level methods, per label), taus: [..]}")
     speakers: list[str] = Field(default_factory=list, description="forget speakers of every backbone without its own "
                                 "list (a backbone's own `speakers:` wins over this one)")
     n: list[int] = [10, 30, 50, 100]
     seeds: list[int] = [0]
-    methods: dict[str, dict] = Field(default_factory=lambda: {"random-label": {}, "adv": {}, "adv-ewc": {}})
+    methods: dict[str, dict] = Field(default_factory=lambda: {"random-label": {}, "adv": {}, "adv-ewc": {}},
+                                     description="row label -> method parameters; `method: NAME` when the label is "
+                                     "not a method name")
     taus: list[float] = [0.01]
     keep_models: bool = False
 
@@ -69,14 +79,27 @@ def load_grid(path: Path | str, overrides: list[str] | None = None) -> Unlearnin
                 if not isinstance(value, list) or not value:
                     raise ConfigError(f"{path}: backbones.{backbone}.speakers must be a non-empty list of speaker ids")
                 continue
+            if setting == "taus":
+                if not isinstance(value, list) or not value or not all(isinstance(t, (int, float)) for t in value):
+                    raise ConfigError(f"{path}: backbones.{backbone}.taus must be a non-empty list of numbers")
+                continue
+            if setting == "methods":
+                if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                    raise ConfigError(f"{path}: backbones.{backbone}.methods must map a method label to its parameters")
+                continue
             if setting not in SETTINGS:
                 raise ConfigError(f"{path}: backbones.{backbone}: unknown setting '{setting}'; use {sorted(SETTINGS)} "
-                                  "(or speakers: [..])")
-            if isinstance(value, list):
-                raise ConfigError(f"{path}: backbones.{backbone}.{setting} must be a model directory, not a list")
+                                  f"(or {', '.join(BACKBONE_KEYS)})")
+            if not isinstance(value, (str, Path)):
+                raise ConfigError(f"{path}: backbones.{backbone}.{setting} must be a model directory")
         if not _speakers(grid, backbone):
             raise ConfigError(f"{path}: no forget speakers for backbone {backbone}: give speakers: [..] at the top level "
                               f"or under backbones.{backbone}")
+        for label, (method, params) in _methods(grid, backbone).items():  # a typo fails now, not hours into the grid
+            try:
+                get_method(method, {**params, "tau": 0.01} if method in PROPOSED else params)
+            except ConfigError as err:
+                raise ConfigError(f"{path}: methods.{label} (backbone {backbone}): {err}") from None
     return grid
 
 
@@ -84,18 +107,26 @@ def _speakers(grid: UnlearningGrid, backbone: str) -> list[str]:
     return list(grid.backbones[backbone].get("speakers") or grid.speakers)
 
 
+def _methods(grid: UnlearningGrid, backbone: str) -> dict[str, tuple[str, dict]]:
+    """label -> (registered method, parameters), with the backbone's own parameters merged in."""
+    own = grid.backbones[backbone].get("methods") or {}
+    merged = {label: {**grid.methods.get(label, {}), **own.get(label, {})} for label in {**grid.methods, **own}}
+    return {label: (str(params.pop("method", label)), params) for label, params in merged.items()}
+
+
 def _runs(grid: UnlearningGrid):
     for backbone, settings in grid.backbones.items():
+        methods = _methods(grid, backbone)
         for setting, model_dir in settings.items():
-            if setting == "speakers":
+            if setting in BACKBONE_KEYS:
                 continue
             for n in grid.n:
                 for speaker in _speakers(grid, backbone):
                     for seed in grid.seeds:
-                        for method, params in grid.methods.items():
-                            taus = grid.taus if method in PROPOSED else [None]
+                        for label, (method, params) in methods.items():
+                            taus = (settings.get("taus") or grid.taus) if method in PROPOSED else [None]
                             for tau in taus:
-                                yield backbone, setting, Path(model_dir), speaker, n, seed, method, params, tau
+                                yield backbone, setting, Path(model_dir), speaker, n, seed, label, method, params, tau
 
 
 def _key(backbone, setting, speaker, n, seed, method, tau) -> str:
@@ -126,14 +157,15 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
     results = out / "results.csv"
     done = set()
     if results.is_file():
+        _upgrade_columns(results)
         for row in pd.read_csv(results, dtype=str, keep_default_na=False).itertuples():
             done.add(_key(row.backbone, row.setting, row.speaker, row.n, row.seed, row.method,
                           float(row.tau) if row.tau else None))
-    todo = [r for r in _runs(grid) if _key(r[0], r[1], r[3], r[4], r[5], r[6], r[8]) not in done]
+    todo = [r for r in _runs(grid) if _key(r[0], r[1], r[3], r[4], r[5], r[6], r[9]) not in done]
     _check_sizes(grid, {(r[2], r[3]) for r in todo})
     log(f"{len(done)} runs done, {len(todo)} to go")
-    for i, (backbone, setting, model_dir, speaker, n, seed, method, params, tau) in enumerate(todo, 1):
-        key = _key(backbone, setting, speaker, n, seed, method, tau)
+    for i, (backbone, setting, model_dir, speaker, n, seed, label, method, params, tau) in enumerate(todo, 1):
+        key = _key(backbone, setting, speaker, n, seed, label, tau)
         slug = key.replace("|", "_").replace(">", "").replace("+", "p")
         run_dir = out / "runs" / slug
         params = dict(params)
@@ -144,7 +176,7 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
                         eval_part=SETTINGS[setting], overwrite=True, log=lambda *a: None)
         if not grid.keep_models:
             shutil.rmtree(result.model_dir, ignore_errors=True)
-        row = _row(result.receipt, backbone, setting, speaker, n, seed, method, tau)
+        row = _row(result.receipt, backbone, setting, speaker, n, seed, label, tau) | {"base_method": method}
         new = not results.is_file()
         with open(results, "a", newline="") as handle:  # one row per finished run: an interruption loses one run
             writer = csv.DictWriter(handle, COLUMNS)
@@ -153,6 +185,20 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
             writer.writerow(row)
     summarise(out)
     return out
+
+
+def _upgrade_columns(results: Path) -> None:
+    """A results.csv from an older serkit lacks the newer columns: rewrite it (atomically) with them, so
+    appended rows line up. Rows from before method labels existed were labelled by their method."""
+    frame = pd.read_csv(results, dtype=str, keep_default_na=False)
+    if list(frame.columns) == COLUMNS:
+        return
+    unknown = sorted(set(frame.columns) - set(COLUMNS))
+    if unknown:
+        raise ConfigError(f"{results}: columns {unknown} are not a serkit unlearning grid's; use another output_dir")
+    if "base_method" not in frame:
+        frame["base_method"] = frame["method"]
+    _write(results, frame.reindex(columns=COLUMNS, fill_value="").to_csv(index=False))
 
 
 def _row(receipt, backbone, setting, speaker, n, seed, method, tau) -> dict:
@@ -180,10 +226,10 @@ def _mean_std(values) -> str:
 
 
 def best_taus(frame: pd.DataFrame) -> dict:
-    """tau per (backbone, n, method), chosen on the train->val setting: the best mean validation UAR
+    """tau per (backbone, n, method label), chosen on the train->val setting: the best mean validation UAR
     among taus whose mean forget UAR is <= 0.1 (or the best validation UAR if none forgets that well)."""
     chosen = {}
-    val = frame[(frame.setting == "train->val") & frame.method.isin(PROPOSED)]
+    val = frame[(frame.setting == "train->val") & frame.base_method.isin(PROPOSED)]
     for (backbone, n, method), group in val.groupby(["backbone", "n", "method"]):
         stats = group.groupby("tau").agg(forget=("forget_uar", "mean"), unseen=("unseen_uar", "mean"))
         good = stats[stats.forget <= 0.1]
@@ -191,53 +237,102 @@ def best_taus(frame: pd.DataFrame) -> dict:
     return chosen
 
 
+def _write(path: Path, text: str) -> None:
+    from serkit.io import atomic_file
+
+    with atomic_file(path, "w", overwrite=True) as handle:
+        handle.write(text)
+
+
 def summarise(out: Path) -> None:
-    frame = pd.read_csv(out / "results.csv")
+    frame = pd.read_csv(out / "results.csv", dtype={"speaker": str})
     frame["tau"] = pd.to_numeric(frame["tau"], errors="coerce")
+    if "base_method" not in frame:
+        frame["base_method"] = frame["method"]
+    frame["base_method"] = frame["base_method"].fillna(frame["method"])
     taus = best_taus(frame)
 
     def selected(group, backbone, n, method):
-        if method in PROPOSED and (backbone, n, method) in taus:
+        if (backbone, n, method) in taus:
             return group[np.isclose(group.tau, taus[(backbone, n, method)])]
         return group
 
     lines = ["# Table 1: forget-set UAR (lower is better) and unseen-speaker UAR (higher is better)", "",
              "mean ± std over speakers x seeds; tau of the adversarial methods chosen on validation (train->val); "
-             "`*` etc.: one-tailed z-test of the best proposed method's unseen UAR against random labelling "
-             "(+ p<.1, * p<.05, ** p<.01, *** p<.001)."]
+             "`*` etc.: one-tailed z-test of the best proposed method's unseen UAR against the best random-labelling "
+             "row (+ p<.1, * p<.05, ** p<.01, *** p<.001)."]
+    privacy = ["# Forget-set accuracy and membership AUC (retrain-like target: both within the retrained models' "
+               "spread)", "", "mean ± std over speakers x seeds (same tau as Table 1). A membership AUC near 0.5 "
+               "means an attacker cannot tell the forget set from unseen speakers; far below 0.5, the forget set "
+               "stands out by being forgotten too well."]
     table2 = ["# Table 2: across backbones (unseen-speaker UAR kept, best proposed vs random labelling)", "",
               "| backbone | setting | N | random labelling | best proposed | method | p |", "|---|---|---|---|---|---|---|"]
     for (backbone, setting), block in frame.groupby(["backbone", "setting"]):
         part = SETTINGS[setting]
         ns = sorted(block.n.unique())
+        methods = sorted(block.method.unique())
+        base = block.groupby("method").base_method.first()
         lines += ["", f"## {backbone}, {setting} (unseen = {part})", "",
                   "| method | " + " | ".join(f"N={n}: forget UAR | N={n}: {part} UAR" for n in ns) + " |",
                   "|---|" + "---|---|" * len(ns)]
-        best = {}
-        for method in sorted(block.method.unique()):
-            cells = []
+        privacy += ["", f"## {backbone}, {setting}", "",
+                    "| method | " + " | ".join(f"N={n}: forget acc. | N={n}: membership AUC" for n in ns) + " |",
+                    "|---|" + "---|---|" * len(ns)]
+        best, baseline = {}, {}
+        for method in methods:
+            cells, cells_p = [], []
             for n in ns:
                 group = selected(block[(block.method == method) & (block.n == n)], backbone, n, method)
                 if not len(group):
                     cells += ["-", "-"]
+                    cells_p += ["-", "-"]
                     continue
                 cells += [_mean_std(group.forget_uar), _mean_std(group.unseen_uar)]
-                if method in PROPOSED and group.unseen_uar.mean() > best.get(n, (None, -1))[1]:
-                    best[n] = (method, group.unseen_uar.mean(), int(group.n_unseen.iloc[0]))
+                cells_p += [_mean_std(group.forget_accuracy), _mean_std(group.mia_auc)]
+                mean = group.unseen_uar.mean()
+                pick = best if base[method] in PROPOSED else baseline if base[method] == "random-label" else None
+                if pick is not None and mean > pick.get(n, (None, -1))[1]:
+                    pick[n] = (method, mean, int(group.n_unseen.iloc[0]), group.kept.mean())
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            privacy.append(f"| {method} | " + " | ".join(cells_p) + " |")
         for n in ns:
-            baseline = block[(block.method == "random-label") & (block.n == n)]
-            if n in best and len(baseline):
-                method, mean, n_unseen = best[n]
-                z, p = z_test_one_tailed(mean, baseline.unseen_uar.mean(), n_unseen, int(baseline.n_unseen.iloc[0]))
-                lines.append(f"\nN={n}: {method} vs random labelling: z = {z:.2f}, p = {p:.3g} {significance_marker(p)}")
-                table2.append(f"| {backbone} | {setting} | {n} | {baseline.kept.mean():.1%} | "
-                              f"{selected(block[(block.method == method) & (block.n == n)], backbone, n, method).kept.mean():.1%} "
+            if n in best and n in baseline:
+                method, mean, n_unseen, kept = best[n]
+                b_method, b_mean, b_unseen, b_kept = baseline[n]
+                z, p = z_test_one_tailed(mean, b_mean, n_unseen, b_unseen)
+                lines.append(f"\nN={n}: {method} vs {b_method}: z = {z:.2f}, p = {p:.3g} {significance_marker(p)}")
+                table2.append(f"| {backbone} | {setting} | {n} | {b_kept:.1%} ({b_method}) | {kept:.1%} "
                               f"| {method} | {p:.3g}{significance_marker(p)} |")
-    (out / "table1.md").write_text("\n".join(lines) + "\n")
-    (out / "table2.md").write_text("\n".join(table2) + "\n")
-    (out / "chosen_taus.json").write_text(json.dumps({"|".join(map(str, k)): v for k, v in taus.items()}, indent=2) + "\n")
+        privacy += _retrain_spread(block, ns, methods, base, lambda g, n, m: selected(g, backbone, n, m))
+    _write(out / "table1.md", "\n".join(lines + [""] + privacy) + "\n")
+    _write(out / "table2.md", "\n".join(table2) + "\n")
+    _write(out / "chosen_taus.json", json.dumps({"|".join(map(str, k)): v for k, v in taus.items()}, indent=2) + "\n")
     _fig2(frame, out / "fig2.png")
+
+
+def _retrain_spread(block, ns, methods, base, selected) -> list[str]:
+    """Where retrained models are in the grid: is each method's mean forget-set accuracy and membership AUC
+    inside the retrained models' range (min..max over their runs) at the same N?"""
+    lines = []
+    for n in ns:
+        ref = block[(block.base_method == "retrain") & (block.n == n)]
+        if len(ref) < 2:
+            continue
+        acc = (ref.forget_accuracy.min(), ref.forget_accuracy.max())
+        auc = (ref.mia_auc.min(), ref.mia_auc.max())
+        lines += ["", f"N={n}: retrained models ({len(ref)} runs): forget acc. {acc[0]:.2f}..{acc[1]:.2f}, "
+                  f"membership AUC {auc[0]:.2f}..{auc[1]:.2f}"]
+        for method in methods:
+            if base[method] == "retrain":
+                continue
+            group = selected(block[(block.method == method) & (block.n == n)], n, method)
+            if not len(group):
+                continue
+            a, m = group.forget_accuracy.mean(), group.mia_auc.mean()
+            inside = acc[0] <= a <= acc[1] and auc[0] <= m <= auc[1]
+            lines.append(f"- {method}: forget acc. {a:.2f}, membership AUC {m:.2f}: "
+                         f"{'within' if inside else 'outside'} the retrained spread")
+    return lines
 
 
 def _fig2(frame: pd.DataFrame, path: Path) -> None:
@@ -253,18 +348,19 @@ def _fig2(frame: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, len(ns), figsize=(3.2 * len(ns), 3), squeeze=False, sharey=True)
     for ax, n in zip(axes[0], ns):
         block = val[val.n == n]
-        for method in PROPOSED:
+        for method in sorted(block[block.base_method.isin(PROPOSED)].method.unique()):
             curve = block[block.method == method].groupby("tau").unseen_uar.mean()
-            if len(curve):
-                ax.plot(curve.index, curve.values, "o-", label=method)
-        baseline = block[block.method == "random-label"].unseen_uar
-        if len(baseline):
-            ax.axhline(baseline.mean(), color="gray", ls="--", label="random-label")
+            ax.plot(curve.index, curve.values, "o-", label=method)
+        for method in sorted(block[block.base_method == "random-label"].method.unique()):
+            ax.axhline(block[block.method == method].unseen_uar.mean(), color="gray", ls="--", label=method)
         ax.set_title(f"N = {n}", fontsize=9)
         ax.set_xlabel("tau")
         ax.set_xscale("log")
     axes[0][0].set_ylabel("validation UAR after unlearning")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from serkit.io import atomic_file
+
+    with atomic_file(path, "wb", overwrite=True) as handle:
+        fig.savefig(handle, format="png", dpi=120)
     plt.close(fig)
