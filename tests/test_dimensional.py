@@ -359,7 +359,7 @@ def test_experiment_audiotext_tables_and_transcript_sources(text_corpus, tmp_pat
     weights = [float(w) for w in rows[rows["mode"] == "weights:arousal"].layer_weights.iloc[0].split()]
     assert len(weights) == 3 and abs(sum(weights) - 1) < 1e-3  # TINY: 2 layers + the input; a softmax
     # the layer-weight runs train at their own rate (at a fine-tuning rate the weights would stay at 1/L)
-    trained = yaml.safe_load((out / "runs" / "weights:arousal-tinyw-s0" / "recipe.yaml").read_text())["train"]
+    trained = yaml.safe_load((out / "runs" / "weights_arousal-tinyw-s0" / "recipe.yaml").read_text())["train"]
     text_run = yaml.safe_load((out / "runs" / "text-minilm-text-s0" / "recipe.yaml").read_text())["train"]
     assert trained["lr"] == 0.05 and text_run["lr"] == 3e-3
     layers = (out / "layer_weights.md").read_text()

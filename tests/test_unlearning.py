@@ -297,3 +297,33 @@ def test_experiment_grid_method_labels_and_backbone_overrides(model_dir, tmp_pat
         load_grid(recipe, ["methods.adv-quick.pgd_stepz=3"])
     with pytest.raises(ConfigError, match=r"methods.oops .*unknown unlearning method 'nope'"):
         load_grid(recipe, ["methods.oops={method: nope}"])
+
+
+def test_experiment_grid_goes_on_past_a_failed_run(model_dir, tmp_path, monkeypatch):
+    """A run that fails (here: no PGD sample reached its target) is listed, the others still run, the
+    command ends with an error naming the list, and a rerun retries only the failed run."""
+    from serkit.unlearning import pgd
+    from serkit.unlearning.experiment import load_grid, run_grid
+
+    real = pgd.TargetedPGD.generate
+
+    def all_failed(self, model, waves, targets):
+        made = real(self, model, waves, targets)
+        made.success[:] = False
+        return made
+
+    monkeypatch.setattr(pgd.TargetedPGD, "generate", all_failed)
+    recipe = tmp_path / "grid.yaml"
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'grid'}\nbackbones:\n  a:\n    train->val: {model_dir}\nspeakers: ['02']\n"
+        "n: [2]\nseeds: [0]\ntaus: [0.05]\nmethods:\n  adv: {epochs: 1, adversarial_per_sample: 2, pgd_steps: 2, "
+        "adversarial_keep: successful}\n  random-label: {epochs: 1}\n")
+    out = tmp_path / "grid"
+    with pytest.raises(SerkitError, match=r"1 of 2 runs failed .*failed.csv"):
+        run_grid(load_grid(recipe), log=lambda *a: None)
+    assert "none of the 4 PGD samples" in (out / "failed.csv").read_text()
+    assert (out / "results.csv").read_text().count("\n") == 2 and (out / "table1.md").is_file()
+    monkeypatch.undo()
+    messages = []
+    run_grid(load_grid(recipe), log=messages.append)
+    assert messages[0] == "1 runs done, 1 to go" and not (out / "failed.csv").exists()

@@ -210,7 +210,7 @@ def _append_rows(path: Path, rows: list[dict]) -> None:
 
 def _tag(out: Path, cell) -> tuple[str, Path]:
     mode, audio, text, transcript, seed = cell
-    tag = "-".join(x.replace("+", "_").replace("/", "_") for x in (mode, audio, text, transcript) if x) + f"-s{seed}"
+    tag = "-".join(x.replace("+", "_").replace("/", "_").replace(":", "_") for x in (mode, audio, text, transcript) if x) + f"-s{seed}"
     return tag, out / "runs" / tag
 
 

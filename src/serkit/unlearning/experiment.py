@@ -10,6 +10,10 @@ label is not itself a method name, so one grid can hold variants (`adv-ewc-quick
 pgd_steps: 20}`, `random-label-rl: {method: random-label, target: retrain-like}`). A backbone may
 override `methods` (merged per label) and `taus`, so backbones tuned differently share one Table 2.
 
+A run that fails with a serkit error (say, no PGD sample reached its target under
+`adversarial_keep: successful`) is listed in failed.csv and the grid goes on; the command then
+exits with an error naming the file, and a rerun retries only those runs.
+
 Outputs beside results.csv: table1.md (methods x N per backbone and setting, mean +- std, tau
 chosen on validation, one-tailed z-test best proposed vs random labelling), fig2.png (validation
 UAR vs tau per N) and table2.md (across backbones).
@@ -26,7 +30,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from serkit.errors import ConfigError
+from serkit.errors import ConfigError, SerkitError
 from serkit.metrics import significance_marker, z_test_one_tailed
 from serkit.unlearning.methods import get_method
 from serkit.unlearning.run import forget
@@ -164,6 +168,8 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
     todo = [r for r in _runs(grid) if _key(r[0], r[1], r[3], r[4], r[5], r[6], r[9]) not in done]
     _check_sizes(grid, {(r[2], r[3]) for r in todo})
     log(f"{len(done)} runs done, {len(todo)} to go")
+    failed = []
+    (out / "failed.csv").unlink(missing_ok=True)  # this attempt's failures only: a rerun retries them
     for i, (backbone, setting, model_dir, speaker, n, seed, label, method, params, tau) in enumerate(todo, 1):
         key = _key(backbone, setting, speaker, n, seed, label, tau)
         slug = key.replace("|", "_").replace(">", "").replace("+", "p")
@@ -172,8 +178,14 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
         if tau is not None:
             params["tau"] = tau
         log(f"[{i}/{len(todo)}] {key}")
-        result = forget(model_dir, run_dir, speaker=speaker, n=n, seed=seed, method=method, params=params,
-                        eval_part=SETTINGS[setting], overwrite=True, log=lambda *a: None)
+        try:
+            result = forget(model_dir, run_dir, speaker=speaker, n=n, seed=seed, method=method, params=params,
+                            eval_part=SETTINGS[setting], overwrite=True, log=lambda *a: None)
+        except SerkitError as err:  # e.g. no PGD sample reached its target: one run, not the whole grid
+            log(f"  failed: {err}")
+            failed.append({"key": key, "error": str(err)})
+            _write(out / "failed.csv", pd.DataFrame(failed).to_csv(index=False))
+            continue
         if not grid.keep_models:
             shutil.rmtree(result.model_dir, ignore_errors=True)
         row = _row(result.receipt, backbone, setting, speaker, n, seed, label, tau) | {"base_method": method}
@@ -183,7 +195,11 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
             if new:
                 writer.writeheader()
             writer.writerow(row)
-    summarise(out)
+    if results.is_file():
+        summarise(out)
+    if failed:
+        raise SerkitError(f"{len(failed)} of {len(todo)} runs failed (each run and its error: {out / 'failed.csv'}); "
+                          f"the others are in {results}. Fix their parameters and rerun: finished runs are skipped")
     return out
 
 
