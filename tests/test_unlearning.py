@@ -289,10 +289,28 @@ def test_experiment_grid_method_labels_and_backbone_overrides(model_dir, tmp_pat
     quick = rows[rows.method == "adv-quick"].set_index("backbone")
     assert quick.base_method.tolist() == ["adv", "adv"]
     assert float(quick.loc["a", "tau"]) == 0.05 and float(quick.loc["b", "tau"]) == 0.03
-    assert int(quick.loc["b", "epochs_run"]) <= 2 and int(quick.loc["a", "epochs_run"]) <= 1
+    receipts = {b: json.loads((out / "runs" / f"{b}_train-val_02_2_0_adv-quick_{t}" / "receipt.json").read_text())
+                for b, t in (("a", "0.05"), ("b", "0.03"))}
+    assert receipts["a"]["method"]["params"]["epochs"] == 1 and receipts["b"]["method"]["params"]["epochs"] == 2
+    rl = json.loads((out / "runs" / "b_train-val_02_2_0_random-label-rl_" / "receipt.json").read_text())
+    assert rl["method"]["name"] == "random-label" and rl["method"]["params"]["target"] == "retrain-like"
     table1 = (out / "table1.md").read_text()
     assert "| random-label-rl |" in table1 and "| adv-quick |" in table1 and "membership AUC" in table1
-    assert "adv-quick vs random-label" in table1  # the z-test takes the best random-labelling row
+    assert " (1 of 2 runs)" not in table1  # every cell has its runs
+    with pytest.raises(ConfigError, match="label 'adv-quick' ran as method 'adv' there, but the grid now makes it 'adv-ewc'"):
+        run_grid(load_grid(recipe, ["methods.adv-quick.method=adv-ewc"]), log=messages.append)
+    with pytest.raises(ConfigError, match=r"methods.adv-quick: tau is a grid dimension"):
+        load_grid(recipe, ["methods.adv-quick.tau=0.1"])
+    with pytest.raises(ConfigError, match=r"cannot run 'remain'"):
+        load_grid(recipe, ["methods.r={method: remain}"])
+    # a label left out for one backbone; without top-level methods the defaults do not sneak in
+    only = load_grid(recipe, ["backbones.b.methods.random-label=null"])
+    from serkit.unlearning.experiment import _methods
+    assert "random-label" not in _methods(only, "b") and "random-label" in _methods(only, "a")
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(f"output_dir: {out}\nbackbones:\n  a:\n    train->val: {model_dir}\n    methods:\n"
+                    "      random-label: {epochs: 1}\nspeakers: ['02']\n")
+    assert list(_methods(load_grid(bare), "a")) == ["random-label"]
     with pytest.raises(ConfigError, match=r"methods.adv-quick \(backbone a\).*pgd_stepz"):
         load_grid(recipe, ["methods.adv-quick.pgd_stepz=3"])
     with pytest.raises(ConfigError, match=r"methods.oops .*unknown unlearning method 'nope'"):
@@ -327,3 +345,38 @@ def test_experiment_grid_goes_on_past_a_failed_run(model_dir, tmp_path, monkeypa
     messages = []
     run_grid(load_grid(recipe), log=messages.append)
     assert messages[0] == "1 runs done, 1 to go" and not (out / "failed.csv").exists()
+
+
+def test_grid_summary_tables_from_known_rows(tmp_path):
+    """Table 1 on hand-made rows: tau chosen among taus with all their runs, the z-test against the best
+    random-labelling row, cells with missing runs marked, and each method placed against the retrained spread."""
+    import pandas as pd
+
+    from serkit.unlearning.experiment import COLUMNS, summarise
+
+    rows = []
+
+    def add(method, base, speaker, unseen, forget_acc, mia, tau=""):
+        rows.append({c: "" for c in COLUMNS} | dict(
+            backbone="x", setting="train->val", speaker=speaker, n=10, seed=0, method=method, base_method=base, tau=tau,
+            forget_uar=0.05, forget_accuracy=forget_acc, unseen_uar_before=0.7, unseen_uar=unseen, kept=unseen / 0.7,
+            mia_auc_before=0.8, mia_auc=mia, n_unseen=480))
+
+    for speaker in ("05", "12"):
+        add("random-label", "random-label", speaker, 0.30, 0.0, 0.2)
+        add("random-label-rl", "random-label", speaker, 0.50, 0.7, 0.5)
+        add("adv-q", "adv-ewc", speaker, 0.65, 0.7, 0.5, 0.01)
+        add("adv-q", "adv-ewc", speaker, 0.68, 0.7, 0.5, 0.02)
+        add("retrain", "retrain", speaker, 0.70, 0.8 if speaker == "05" else 0.6, 0.45 if speaker == "05" else 0.55)
+    add("adv-q", "adv-ewc", "19", 0.69, 0.7, 0.5, 0.03)  # the best mean, but one run of three: not chosen
+    add("random-label-rl", "random-label", "19", 0.50, 0.7, 0.5)
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    summarise(tmp_path)
+    table1 = (tmp_path / "table1.md").read_text()
+    assert json.loads((tmp_path / "chosen_taus.json").read_text()) == {"x|10|adv-q": 0.02}
+    assert "N=10: adv-q vs random-label-rl: z = " in table1
+    assert "| adv-q | 0.050 ± 0.000 | 0.680 ± 0.000 (2 of 3 runs) |" in table1
+    assert "retrained models (2 runs): forget acc. 0.60..0.80, membership AUC 0.45..0.55" in table1
+    assert "- adv-q: forget acc. 0.70, membership AUC 0.50: within" in table1
+    assert "- random-label: forget acc. 0.00, membership AUC 0.20: outside" in table1
+    assert "| x | train->val | 10 | 71.4% (random-label-rl) | 97.1% | adv-q |" in (tmp_path / "table2.md").read_text()

@@ -341,7 +341,8 @@ def forget_cmd(
 EXPERIMENTS = {
     "unlearning": ("serkit.unlearning.experiment", "load_grid", "run_grid", "configs/unlearning_ravdess_whisper.yaml",
                    "results.csv, table1.md, table2.md, fig2.png",
-                   "The unlearning grid of papers 000/001 (resumable): results.csv, table1.md, fig2.png, table2.md."),
+                   "The unlearning grid of papers 000/001 (resumable): results.csv, table1.md (with forget accuracy and "
+                   "membership AUC), fig2.png, table2.md, chosen_taus.json; failed.csv lists runs that failed."),
     "transfer": ("serkit.transfer.experiment", "load_transfer_grid", "run_transfer_grid", "configs/transfer_emodb.yaml",
                  "results.csv, table3.md, fig2.png, confusion_best.png",
                  "Paper 003's Table 3 grid (resumable): results.csv, table3.md, fig2.png, confusion_best.png."),

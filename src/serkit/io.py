@@ -31,6 +31,9 @@ def atomic_file(path: Path | str, mode: str = "w", overwrite: bool = False) -> I
         refuse_existing(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

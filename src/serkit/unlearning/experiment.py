@@ -10,19 +10,22 @@ label is not itself a method name, so one grid can hold variants (`adv-ewc-quick
 pgd_steps: 20}`, `random-label-rl: {method: random-label, target: retrain-like}`). A backbone may
 override `methods` (merged per label) and `taus`, so backbones tuned differently share one Table 2.
 
-A run that fails with a serkit error (say, no PGD sample reached its target under
+A run that fails (say, no PGD sample reached its target under
 `adversarial_keep: successful`) is listed in failed.csv and the grid goes on; the command then
 exits with an error naming the file, and a rerun retries only those runs.
 
 Outputs beside results.csv: table1.md (methods x N per backbone and setting, mean +- std, tau
-chosen on validation, one-tailed z-test best proposed vs random labelling), fig2.png (validation
-UAR vs tau per N) and table2.md (across backbones).
+chosen on validation, one-tailed z-test best proposed vs the best random-labelling row; then the
+forget-set accuracy and membership AUC of each method, and the retrained models' spread where the
+grid has `retrain` rows), fig2.png (validation UAR vs tau per N), table2.md (across backbones),
+chosen_taus.json, and failed.csv while runs fail.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -41,6 +44,7 @@ COLUMNS = ["backbone", "setting", "speaker", "n", "seed", "method", "tau", "forg
            "seconds", "pgd_success", "snr_db", "epochs_run", "stop_reason", "base_method"]
 PROPOSED = ("adv", "adv-ewc")
 BACKBONE_KEYS = ("speakers", "methods", "taus")
+LABEL = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class UnlearningGrid(BaseModel):
@@ -48,7 +52,7 @@ class UnlearningGrid(BaseModel):
 
     name: str = "unlearning"
     output_dir: Path
-    backbones: dict[str, dict[str, Path | list[str] | list[float] | dict[str, dict]]] = Field(
+    backbones: dict[str, dict[str, Path | list[str] | list[float] | dict[str, dict | None]]] = Field(
         description="backbone -> {setting: model dir, and optionally speakers: [..] (this backbone's forget speakers, "
         "e.g. when backbones are trained on different corpora), methods: {label: {param: value}} (merged over the "
         "top-level methods, per label), taus: [..]}")
@@ -84,12 +88,17 @@ def load_grid(path: Path | str, overrides: list[str] | None = None) -> Unlearnin
                     raise ConfigError(f"{path}: backbones.{backbone}.speakers must be a non-empty list of speaker ids")
                 continue
             if setting == "taus":
-                if not isinstance(value, list) or not value or not all(isinstance(t, (int, float)) for t in value):
+                try:
+                    settings["taus"] = [float(t) for t in value]
+                except (TypeError, ValueError):
+                    settings["taus"] = []
+                if not settings["taus"]:
                     raise ConfigError(f"{path}: backbones.{backbone}.taus must be a non-empty list of numbers")
                 continue
             if setting == "methods":
-                if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-                    raise ConfigError(f"{path}: backbones.{backbone}.methods must map a method label to its parameters")
+                if not isinstance(value, dict) or not all(v is None or isinstance(v, dict) for v in value.values()):
+                    raise ConfigError(f"{path}: backbones.{backbone}.methods must map a method label to its parameters "
+                                      "(or to null, to leave that label out for this backbone)")
                 continue
             if setting not in SETTINGS:
                 raise ConfigError(f"{path}: backbones.{backbone}: unknown setting '{setting}'; use {sorted(SETTINGS)} "
@@ -100,10 +109,20 @@ def load_grid(path: Path | str, overrides: list[str] | None = None) -> Unlearnin
             raise ConfigError(f"{path}: no forget speakers for backbone {backbone}: give speakers: [..] at the top level "
                               f"or under backbones.{backbone}")
         for label, (method, params) in _methods(grid, backbone).items():  # a typo fails now, not hours into the grid
+            where = (f"backbones.{backbone}.methods.{label}" if label in (settings.get("methods") or {})
+                     else f"methods.{label}")
+            if not LABEL.fullmatch(label):
+                raise ConfigError(f"{path}: {where}: a method label names run folders: use letters, digits, '.', '_', '-'")
+            if method == "remain":
+                raise ConfigError(f"{path}: {where}: the grid cannot run 'remain' (it needs the remaining training data, "
+                                  "--remain); run it with serkit forget")
+            if "tau" in params and method in PROPOSED:
+                raise ConfigError(f"{path}: {where}: tau is a grid dimension here: set taus: [..] at the top level or "
+                                  f"under backbones.{backbone}, not in the method's parameters")
             try:
                 get_method(method, {**params, "tau": 0.01} if method in PROPOSED else params)
             except ConfigError as err:
-                raise ConfigError(f"{path}: methods.{label} (backbone {backbone}): {err}") from None
+                raise ConfigError(f"{path}: {where} (backbone {backbone}): {err}") from None
     return grid
 
 
@@ -112,9 +131,13 @@ def _speakers(grid: UnlearningGrid, backbone: str) -> list[str]:
 
 
 def _methods(grid: UnlearningGrid, backbone: str) -> dict[str, tuple[str, dict]]:
-    """label -> (registered method, parameters), with the backbone's own parameters merged in."""
+    """label -> (registered method, parameters), with the backbone's own parameters merged in per label. A
+    label set to null under the backbone is left out for it. When no top-level `methods:` is given and the
+    backbone lists its own, only those run (the defaults do not sneak in)."""
     own = grid.backbones[backbone].get("methods") or {}
-    merged = {label: {**grid.methods.get(label, {}), **own.get(label, {})} for label in {**grid.methods, **own}}
+    shared = grid.methods if ("methods" in grid.model_fields_set or not own) else {}
+    merged = {label: {**shared.get(label, {}), **(own.get(label) or {})} for label in {**shared, **own}
+              if not (label in own and own[label] is None)}
     return {label: (str(params.pop("method", label)), params) for label, params in merged.items()}
 
 
@@ -162,7 +185,12 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
     done = set()
     if results.is_file():
         _upgrade_columns(results)
+        methods = {b: _methods(grid, b) for b in grid.backbones}
         for row in pd.read_csv(results, dtype=str, keep_default_na=False).itertuples():
+            now = methods.get(row.backbone, {}).get(row.method)
+            if now and now[0] != row.base_method:
+                raise ConfigError(f"{results}: label '{row.method}' ran as method '{row.base_method}' there, but the grid "
+                                  f"now makes it '{now[0]}': use a new label or another output_dir")
             done.add(_key(row.backbone, row.setting, row.speaker, row.n, row.seed, row.method,
                           float(row.tau) if row.tau else None))
     todo = [r for r in _runs(grid) if _key(r[0], r[1], r[3], r[4], r[5], r[6], r[9]) not in done]
@@ -181,9 +209,9 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
         try:
             result = forget(model_dir, run_dir, speaker=speaker, n=n, seed=seed, method=method, params=params,
                             eval_part=SETTINGS[setting], overwrite=True, log=lambda *a: None)
-        except SerkitError as err:  # e.g. no PGD sample reached its target: one run, not the whole grid
-            log(f"  failed: {err}")
-            failed.append({"key": key, "error": str(err)})
+        except Exception as err:  # e.g. no PGD sample reached its target: one run, not the whole grid
+            log(f"  failed: {type(err).__name__}: {err}")
+            failed.append({"key": key, "error": f"{type(err).__name__}: {err}"})
             _write(out / "failed.csv", pd.DataFrame(failed).to_csv(index=False))
             continue
         if not grid.keep_models:
@@ -247,21 +275,22 @@ def best_taus(frame: pd.DataFrame) -> dict:
     chosen = {}
     val = frame[(frame.setting == "train->val") & frame.base_method.isin(PROPOSED)]
     for (backbone, n, method), group in val.groupby(["backbone", "n", "method"]):
-        stats = group.groupby("tau").agg(forget=("forget_uar", "mean"), unseen=("unseen_uar", "mean"))
+        stats = group.groupby("tau").agg(forget=("forget_uar", "mean"), unseen=("unseen_uar", "mean"),
+                                         runs=("unseen_uar", "size"))
+        stats = stats[stats.runs == stats.runs.max()]  # a tau with failed or missing runs is not compared on fewer
         good = stats[stats.forget <= 0.1]
         chosen[(backbone, n, method)] = float((good if len(good) else stats).unseen.idxmax())
     return chosen
 
 
 def _write(path: Path, text: str) -> None:
-    from serkit.io import atomic_file
+    from serkit.io import write_text
 
-    with atomic_file(path, "w", overwrite=True) as handle:
-        handle.write(text)
+    write_text(path, text, overwrite=True)
 
 
 def summarise(out: Path) -> None:
-    frame = pd.read_csv(out / "results.csv", dtype={"speaker": str})
+    frame = pd.read_csv(out / "results.csv", dtype={"speaker": str, "method": str, "base_method": str})
     frame["tau"] = pd.to_numeric(frame["tau"], errors="coerce")
     if "base_method" not in frame:
         frame["base_method"] = frame["method"]
@@ -295,6 +324,8 @@ def summarise(out: Path) -> None:
                     "| method | " + " | ".join(f"N={n}: forget acc. | N={n}: membership AUC" for n in ns) + " |",
                     "|---|" + "---|---|" * len(ns)]
         best, baseline = {}, {}
+        runs = {n: max(len(selected(block[(block.method == m) & (block.n == n)], backbone, n, m)) for m in methods)
+                for n in ns}
         for method in methods:
             cells, cells_p = [], []
             for n in ns:
@@ -303,8 +334,9 @@ def summarise(out: Path) -> None:
                     cells += ["-", "-"]
                     cells_p += ["-", "-"]
                     continue
-                cells += [_mean_std(group.forget_uar), _mean_std(group.unseen_uar)]
-                cells_p += [_mean_std(group.forget_accuracy), _mean_std(group.mia_auc)]
+                short = f" ({len(group)} of {runs[n]} runs)" if len(group) < runs[n] else ""  # failed or still to run
+                cells += [_mean_std(group.forget_uar), _mean_std(group.unseen_uar) + short]
+                cells_p += [_mean_std(group.forget_accuracy), _mean_std(group.mia_auc) + short]
                 mean = group.unseen_uar.mean()
                 pick = best if base[method] in PROPOSED else baseline if base[method] == "random-label" else None
                 if pick is not None and mean > pick.get(n, (None, -1))[1]:
