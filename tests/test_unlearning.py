@@ -380,3 +380,34 @@ def test_grid_summary_tables_from_known_rows(tmp_path):
     assert "- adv-q: forget acc. 0.70, membership AUC 0.50: within" in table1
     assert "- random-label: forget acc. 0.00, membership AUC 0.20: outside" in table1
     assert "| x | train->val | 10 | 71.4% (random-label-rl) | 97.1% | adv-q |" in (tmp_path / "table2.md").read_text()
+
+
+def test_presets_fill_what_is_left_unset():
+    """The measured preset is the default (retrain-like, P 20, M 10); the papers' values stay one switch
+    away; a value set explicitly wins over either preset."""
+    measured = get_method("adv-ewc").params
+    assert (measured.target, measured.pgd_steps, measured.adversarial_per_sample) == ("retrain-like", 20, 10)
+    paper = get_method("adv-ewc", {"preset": "paper"}).params
+    assert (paper.target, paper.pgd_steps, paper.adversarial_per_sample) == ("misclassify", 50, 20)
+    mixed = get_method("adv", {"preset": "paper", "pgd_steps": 7, "target": "retrain-like"}).params
+    assert (mixed.target, mixed.pgd_steps, mixed.adversarial_per_sample) == ("retrain-like", 7, 20)
+    assert get_method("random-label").params.target == "retrain-like"
+    assert get_method("random-label", {"preset": "paper"}).params.target == "misclassify"
+    with pytest.raises(ConfigError, match="preset"):
+        get_method("adv-ewc", {"preset": "fast"})
+
+
+def test_preset_retrain_like_without_a_reference_falls_back_and_says_so(model_dir, tmp_path, monkeypatch):
+    """A model that records no validation accuracy has nothing to stop at: the preset's retrain-like target
+    falls back to misclassify with a note, while an explicit retrain-like target is refused."""
+    from serkit.unlearning import run as run_module
+
+    monkeypatch.setattr(run_module, "_reference_accuracy", lambda saved: None)
+    notes = []
+    result = forget(model_dir, tmp_path / "fallback", speaker="02", n=2, method="random-label",
+                    params={"epochs": 2}, log=notes.append)
+    assert any("stops once the forget set is misclassified" in str(n) for n in notes)
+    assert result.receipt["method"]["params"]["target"] == "retrain-like"
+    with pytest.raises(ConfigError, match="needs a reference accuracy"):
+        forget(model_dir, tmp_path / "explicit", speaker="02", n=2, method="random-label",
+               params={"epochs": 2, "target": "retrain-like"}, log=lambda *a: None)

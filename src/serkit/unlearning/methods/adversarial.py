@@ -9,7 +9,7 @@ by what the original model knew, without reading any remaining data.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -33,8 +33,9 @@ from serkit.unlearning.pgd import TargetedPGD, draw_targets
 class AdvParams(FinetuneParams):
     lambda_mis: float = Field(0.1, ge=0, description="l1 (papers: 0.1)")
     lambda_adv: float = Field(1.0, ge=0, description="l2 (papers: 1)")
-    adversarial_per_sample: int = Field(20, ge=1, description="M (papers: 20)")
-    pgd_steps: int = Field(50, ge=1, description="P (papers: 50)")
+    adversarial_per_sample: int | None = Field(None, ge=1, description="M; default from the preset: 10 measured, "
+                                               "20 paper")
+    pgd_steps: int | None = Field(None, ge=1, description="P; default from the preset: 20 measured, 50 paper")
     tau: float = Field(0.01, gt=0, description="PGD bound; x the utterance's std when tau_mode is relative")
     tau_mode: Literal["relative", "absolute"] = "relative"
     sigma: float | None = Field(None, gt=0, description="PGD step; default 2.5 * tau / P")
@@ -44,6 +45,10 @@ class AdvParams(FinetuneParams):
         "all", description="all: every sample with its target label (the papers); successful: only the samples the "
         "original model assigns to their target. A failed attack's sample is still, for the original model, its source "
         "utterance's class: labelling it with the target teaches wrong labels near the forget set")
+
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "measured": {**FinetuneParams.PRESETS["measured"], "adversarial_per_sample": 10, "pgd_steps": 20},
+        "paper": {**FinetuneParams.PRESETS["paper"], "adversarial_per_sample": 20, "pgd_steps": 50}}
 
 
 class AdvEWCParams(AdvParams):
