@@ -169,12 +169,13 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
     forget_batch = max(1, math.ceil(n_forget / steps_per_epoch))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=lr) if params.optimizer == "adam" else torch.optim.SGD(trainable, lr=lr)
-    if params.target == "retrain-like":
+    target = params.target
+    if target == "retrain-like":
         goal = params.target_accuracy if params.target_accuracy is not None else ctx.reference_accuracy
         if goal is None and params._preset_target:  # the preset's choice, not the user's: fall back, say so
             ctx.log("note: the model records no validation accuracy to stop at (retrain-like), so this run stops "
                     "once the forget set is misclassified; set target_accuracy for a retrain-like stop")
-            goal = 0.0
+            goal, target = 0.0, "misclassify (no reference accuracy for retrain-like)"
         elif goal is None:
             raise ConfigError("target retrain-like needs a reference accuracy: the model records no validation "
                               "accuracy, so pass target_accuracy")
@@ -226,7 +227,7 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
                 stop_reason = f"forget-set accuracy {acc:.2f} <= {goal:.2f} after epoch {epoch + 1}"
             break
     model.eval()
-    return {"epochs_run": len(history), "steps": step, "stop_reason": stop_reason, "target": params.target,
+    return {"epochs_run": len(history), "steps": step, "stop_reason": stop_reason, "target": target,
             "target_accuracy": goal, "lr": lr, "optimizer": params.optimizer, "history": history,
             "finetune_seconds": round(time.perf_counter() - start, 2)}
 
