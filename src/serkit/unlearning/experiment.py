@@ -34,6 +34,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serkit.errors import ConfigError, SerkitError
+from serkit.io import atomic_file, write_text
 from serkit.metrics import significance_marker, z_test_one_tailed
 from serkit.unlearning.methods import get_method
 from serkit.unlearning.run import forget
@@ -212,7 +213,7 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
         except Exception as err:  # e.g. no PGD sample reached its target: one run, not the whole grid
             log(f"  failed: {type(err).__name__}: {err}")
             failed.append({"key": key, "error": f"{type(err).__name__}: {err}"})
-            _write(out / "failed.csv", pd.DataFrame(failed).to_csv(index=False))
+            write_text(out / "failed.csv", pd.DataFrame(failed).to_csv(index=False), overwrite=True)
             continue
         if not grid.keep_models:
             shutil.rmtree(result.model_dir, ignore_errors=True)
@@ -242,7 +243,7 @@ def _upgrade_columns(results: Path) -> None:
         raise ConfigError(f"{results}: columns {unknown} are not a serkit unlearning grid's; use another output_dir")
     if "base_method" not in frame:
         frame["base_method"] = frame["method"]
-    _write(results, frame.reindex(columns=COLUMNS, fill_value="").to_csv(index=False))
+    write_text(results, frame.reindex(columns=COLUMNS, fill_value="").to_csv(index=False), overwrite=True)
 
 
 def _row(receipt, backbone, setting, speaker, n, seed, method, tau) -> dict:
@@ -283,18 +284,10 @@ def best_taus(frame: pd.DataFrame) -> dict:
     return chosen
 
 
-def _write(path: Path, text: str) -> None:
-    from serkit.io import write_text
-
-    write_text(path, text, overwrite=True)
-
-
 def summarise(out: Path) -> None:
     frame = pd.read_csv(out / "results.csv", dtype={"speaker": str, "method": str, "base_method": str})
     frame["tau"] = pd.to_numeric(frame["tau"], errors="coerce")
-    if "base_method" not in frame:
-        frame["base_method"] = frame["method"]
-    frame["base_method"] = frame["base_method"].fillna(frame["method"])
+    frame["base_method"] = frame.get("base_method", frame["method"]).fillna(frame["method"])
     taus = best_taus(frame)
 
     def selected(group, backbone, n, method):
@@ -351,10 +344,11 @@ def summarise(out: Path) -> None:
                 lines.append(f"\nN={n}: {method} vs {b_method}: z = {z:.2f}, p = {p:.3g} {significance_marker(p)}")
                 table2.append(f"| {backbone} | {setting} | {n} | {b_kept:.1%} ({b_method}) | {kept:.1%} "
                               f"| {method} | {p:.3g}{significance_marker(p)} |")
-        privacy += _retrain_spread(block, ns, methods, base, lambda g, n, m: selected(g, backbone, n, m))
-    _write(out / "table1.md", "\n".join(lines + [""] + privacy) + "\n")
-    _write(out / "table2.md", "\n".join(table2) + "\n")
-    _write(out / "chosen_taus.json", json.dumps({"|".join(map(str, k)): v for k, v in taus.items()}, indent=2) + "\n")
+        privacy += _retrain_spread(block, ns, methods, base, lambda g, n, m, b=backbone: selected(g, b, n, m))
+    write_text(out / "table1.md", "\n".join(lines + [""] + privacy) + "\n", overwrite=True)
+    write_text(out / "table2.md", "\n".join(table2) + "\n", overwrite=True)
+    write_text(out / "chosen_taus.json", json.dumps({"|".join(map(str, k)): v for k, v in taus.items()}, indent=2) + "\n",
+               overwrite=True)
     _fig2(frame, out / "fig2.png")
 
 
@@ -407,8 +401,6 @@ def _fig2(frame: pd.DataFrame, path: Path) -> None:
     axes[0][0].set_ylabel("validation UAR after unlearning")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    from serkit.io import atomic_file
-
     with atomic_file(path, "wb", overwrite=True) as handle:
         fig.savefig(handle, format="png", dpi=120)
     plt.close(fig)
