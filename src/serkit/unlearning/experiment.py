@@ -181,7 +181,6 @@ def _check_sizes(grid: UnlearningGrid, pairs: set) -> None:
 
 def run_grid(grid: UnlearningGrid, log=print) -> Path:
     out = Path(grid.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     results = out / "results.csv"
     done = set()
     if results.is_file():
@@ -196,6 +195,7 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
                           float(row.tau) if row.tau else None))
     todo = [r for r in _runs(grid) if _key(r[0], r[1], r[3], r[4], r[5], r[6], r[9]) not in done]
     _check_sizes(grid, {(r[2], r[3]) for r in todo})
+    out.mkdir(parents=True, exist_ok=True)  # only once the grid can run: a bad model path leaves no empty folder
     log(f"{len(done)} runs done, {len(todo)} to go")
     failed = []
     (out / "failed.csv").unlink(missing_ok=True)  # this attempt's failures only: a rerun retries them
