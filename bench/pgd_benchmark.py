@@ -11,6 +11,7 @@ the two rates compare directly. The full N x M x P time is extrapolated from the
 and printed as such.
 
     .venv/bin/python bench/pgd_benchmark.py MODEL_DIR --n 10 --m 20 --steps 50
+    .venv/bin/python bench/pgd_benchmark.py MODEL_DIR --n 100 --speaker 05,12 --m 20 --steps 50
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def peak_rss_mb() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", type=Path, help="a trained serkit model (its training split gives the utterances)")
-    parser.add_argument("--speaker", help="training speaker to draw from (default: the first)")
+    parser.add_argument("--speaker", help="training speaker(s) to draw from, comma-separated; N is split evenly "
+                        "among them (a RAVDESS actor has 60 utterances, so N = 100 needs two; default: the first)")
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--m", type=int, default=20)
     parser.add_argument("--steps", type=int, default=50)
@@ -51,12 +53,14 @@ def main() -> None:
     saved = load_model(args.model_dir)
     speakers = (saved.config.get("provenance") or {}).get("speakers", {}).get("train") or []
     speaker = args.speaker or speakers[0]
-    forget = build_forget_set(saved, speaker=speaker, n=args.n, seed=0)
+    chosen = speaker.split(",")
+    shares = [args.n // len(chosen) + (i < args.n % len(chosen)) for i in range(len(chosen))]
+    forgets = [build_forget_set(saved, speaker=s, n=k, seed=0) for s, k in zip(chosen, shares)]
     from serkit.data.dataset import load_waves
 
-    waves = load_waves(forget.audio_paths(), saved.preprocessing)
+    waves = [w for f in forgets for w in load_waves(f.audio_paths(), saved.preprocessing)]
     index = {label: i for i, label in enumerate(saved.labels)}
-    labels = np.array([index[e] for e in forget.rows["emotion"]])
+    labels = np.array([index[e] for f in forgets for e in f.rows["emotion"]])
     targets = draw_targets(labels, len(saved.labels), args.m, seed=1)
     seconds = np.array([w.shape[0] / 16000 for w in waves])
     print(f"model {saved.config['architecture']} ({args.model_dir}), speaker {speaker}: N={args.n} utterances "

@@ -341,10 +341,50 @@ def test_experiment_grid_goes_on_past_a_failed_run(model_dir, tmp_path, monkeypa
         run_grid(load_grid(recipe), log=lambda *a: None)
     assert "none of the 4 PGD samples" in (out / "failed.csv").read_text()
     assert (out / "results.csv").read_text().count("\n") == 2 and (out / "table1.md").is_file()
+    # a partial rerun that does not attempt the failed run keeps it listed
+    messages = []
+    run_grid(load_grid(recipe, ["methods={random-label: {epochs: 1}}"]), log=messages.append)
+    assert messages[0] == "1 runs done, 0 to go" and "not retried this time" in messages[-1]
+    assert "none of the 4 PGD samples" in (out / "failed.csv").read_text()
     monkeypatch.undo()
     messages = []
     run_grid(load_grid(recipe), log=messages.append)
     assert messages[0] == "1 runs done, 1 to go" and not (out / "failed.csv").exists()
+
+
+def test_experiment_grid_test_setting_uses_the_tau_chosen_on_validation(model_dir, tmp_path):
+    """train+val->test runs only the tau that won on train->val (the papers' protocol), after the train->val
+    runs; a resume with a label's parameters changed is refused (grid.json)."""
+    import pandas as pd
+
+    from serkit.unlearning.experiment import best_taus, load_grid, run_grid
+
+    recipe = tmp_path / "grid.yaml"
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'grid'}\nbackbones:\n  a:\n    train+val->test: {model_dir}\n"
+        f"    train->val: {model_dir}\nspeakers: ['02']\nn: [2]\nseeds: [0]\ntaus: [0.001, 0.05]\n"
+        "methods:\n  adv: {epochs: 1, adversarial_per_sample: 2, pgd_steps: 3}\n  random-label: {epochs: 1}\n")
+    messages = []
+    out = run_grid(load_grid(recipe), log=messages.append)
+    assert messages[0] == "0 runs done, 5 to go"
+    assert "|train->val|" in messages[1] and "|train+val->test|" in messages[-1]  # validation first
+    frame = pd.read_csv(out / "results.csv", dtype={"speaker": str})
+    test = frame[frame.setting == "train+val->test"]
+    chosen = best_taus(frame)[("a", 2, "adv")]
+    assert sorted(frame[frame.setting == "train->val"].tau.dropna()) == [0.001, 0.05]
+    assert test.tau.dropna().tolist() == [chosen] and len(test) == 2
+    assert (test.n_unseen == 12).all()  # the test speaker's 12 utterances, not the val speaker's
+    messages.clear()
+    run_grid(load_grid(recipe), log=messages.append)
+    assert messages[0] == "5 runs done, 0 to go"
+    everything = load_grid(recipe, ["test_taus=all", f"output_dir={tmp_path / 'all'}"])
+    from serkit.unlearning.experiment import _runs
+    assert sorted(str(r[9]) for r in _runs(everything) if r[1] == "train+val->test") == ["0.001", "0.05", "None"]
+    with pytest.raises(ConfigError, match="label 'adv' of backbone a ran with epochs=1 there, but the grid now gives "
+                                          "epochs=2: use a new label"):
+        run_grid(load_grid(recipe, ["methods.adv.epochs=2"]), log=messages.append)
+    with pytest.raises(ConfigError, match="train\\+val->test but no train->val model.*test_taus: all"):
+        load_grid(recipe, [f"backbones.a={{'train+val->test': {model_dir}}}"])
 
 
 def test_grid_summary_tables_from_known_rows(tmp_path):

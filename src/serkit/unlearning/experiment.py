@@ -10,9 +10,17 @@ label is not itself a method name, so one grid can hold variants (`adv-ewc-quick
 pgd_steps: 20}`, `random-label-rl: {method: random-label, target: retrain-like}`). A backbone may
 override `methods` (merged per label) and `taus`, so backbones tuned differently share one Table 2.
 
+As in the papers, tau is chosen on validation: when a backbone has both settings, its train+val->test
+runs of the adversarial methods use only the tau that won on train->val (its runs go first), one run per
+cell instead of one per tau. `test_taus: all` runs every tau on test as well.
+
 A run that fails (say, no PGD sample reached its target under
 `adversarial_keep: successful`) is listed in failed.csv and the grid goes on; the command then
-exits with an error naming the file, and a rerun retries only those runs.
+exits with an error naming the file, and a rerun retries only those runs (failures of runs a
+partial rerun did not attempt stay listed).
+
+grid.json beside results.csv records each label's method and parameters: resuming with a label whose
+parameters changed is refused (its old and new rows would mix in one cell).
 
 Outputs beside results.csv: table1.md (methods x N per backbone and setting, mean +- std, tau
 chosen on validation, one-tailed z-test best proposed vs the best random-labelling row; then the
@@ -28,6 +36,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -65,6 +74,9 @@ class UnlearningGrid(BaseModel):
                                      description="row label -> method parameters; `method: NAME` when the label is "
                                      "not a method name")
     taus: list[float] = [0.01]
+    test_taus: Literal["chosen", "all"] = Field(
+        "chosen", description="train+val->test runs of the adversarial methods: only the tau chosen on train->val "
+        "(the papers' protocol; needs the backbone's train->val model in the grid), or every tau")
     keep_models: bool = False
 
 
@@ -106,6 +118,9 @@ def load_grid(path: Path | str, overrides: list[str] | None = None) -> Unlearnin
                                   f"(or {', '.join(BACKBONE_KEYS)})")
             if not isinstance(value, (str, Path)):
                 raise ConfigError(f"{path}: backbones.{backbone}.{setting} must be a model directory")
+        if grid.test_taus == "chosen" and "train+val->test" in settings and "train->val" not in settings:
+            raise ConfigError(f"{path}: backbones.{backbone} has train+val->test but no train->val model: its tau cannot "
+                              "be chosen on validation. Add the train->val model, or set test_taus: all")
         if not _speakers(grid, backbone):
             raise ConfigError(f"{path}: no forget speakers for backbone {backbone}: give speakers: [..] at the top level "
                               f"or under backbones.{backbone}")
@@ -142,23 +157,70 @@ def _methods(grid: UnlearningGrid, backbone: str) -> dict[str, tuple[str, dict]]
     return {label: (str(params.pop("method", label)), params) for label, params in merged.items()}
 
 
+CHOSEN = "chosen"  # the tau of a train+val->test run that waits for the train->val runs to choose it
+
+
 def _runs(grid: UnlearningGrid):
+    """Every run of the grid, train->val settings first; a train+val->test run of an adversarial method has
+    tau CHOSEN when it is to use the tau that won on validation."""
     for backbone, settings in grid.backbones.items():
         methods = _methods(grid, backbone)
-        for setting, model_dir in settings.items():
-            if setting in BACKBONE_KEYS:
-                continue
+        for setting in sorted((s for s in settings if s in SETTINGS), key=list(SETTINGS).index):
+            model_dir = settings[setting]
             for n in grid.n:
                 for speaker in _speakers(grid, backbone):
                     for seed in grid.seeds:
                         for label, (method, params) in methods.items():
-                            taus = (settings.get("taus") or grid.taus) if method in PROPOSED else [None]
+                            if method not in PROPOSED:
+                                taus = [None]
+                            elif setting == "train+val->test" and grid.test_taus == "chosen":
+                                taus = [CHOSEN]
+                            else:
+                                taus = settings.get("taus") or grid.taus
                             for tau in taus:
                                 yield backbone, setting, Path(model_dir), speaker, n, seed, label, method, params, tau
 
 
 def _key(backbone, setting, speaker, n, seed, method, tau) -> str:
     return f"{backbone}|{setting}|{speaker}|{n}|{seed}|{method}|{'' if tau is None else f'{tau:g}'}"
+
+
+def _resolve(run, chosen: dict):
+    """A run with its tau filled in from the taus chosen on validation (None: none chosen yet)."""
+    if run[9] != CHOSEN:
+        return run
+    tau = chosen.get((run[0], run[4], run[6]))
+    return None if tau is None else (*run[:9], tau)
+
+
+def _chosen_taus(results: Path) -> dict:
+    if not results.is_file():
+        return {}
+    frame = pd.read_csv(results, dtype={"speaker": str, "method": str, "base_method": str})
+    frame["tau"] = pd.to_numeric(frame["tau"], errors="coerce")
+    frame["base_method"] = frame["base_method"].fillna(frame["method"])
+    return best_taus(frame)
+
+
+def _fingerprint(grid: UnlearningGrid) -> dict:
+    return {b: {label: {"method": m, **p} for label, (m, p) in _methods(grid, b).items()} for b in grid.backbones}
+
+
+def _check_fingerprint(grid: UnlearningGrid, out: Path) -> dict:
+    """The labels' parameters recorded by earlier runs of this output_dir, merged with this grid's; a label whose
+    parameters changed is refused, since its old rows would be mixed with new ones."""
+    recorded = json.loads((out / "grid.json").read_text()).get("methods", {}) if (out / "grid.json").is_file() else {}
+    now = json.loads(json.dumps(_fingerprint(grid)))  # the same types as read back (tuples -> lists and so on)
+    for backbone, labels in now.items():
+        for label, params in labels.items():
+            old = recorded.get(backbone, {}).get(label)
+            if old is not None and old != params:
+                changed = sorted(k for k in {*old, *params} if old.get(k) != params.get(k))
+                raise ConfigError(f"{out / 'grid.json'}: label '{label}' of backbone {backbone} ran with "
+                                  + ", ".join(f"{k}={old.get(k)!r}" for k in changed) + " there, but the grid now gives "
+                                  + ", ".join(f"{k}={params.get(k)!r}" for k in changed)
+                                  + ": use a new label for the new parameters, or another output_dir")
+    return {b: {**recorded.get(b, {}), **now.get(b, {})} for b in {*recorded, *now}}
 
 
 def _check_sizes(grid: UnlearningGrid, pairs: set) -> None:
@@ -193,41 +255,74 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
                                   f"now makes it '{now[0]}': use a new label or another output_dir")
             done.add(_key(row.backbone, row.setting, row.speaker, row.n, row.seed, row.method,
                           float(row.tau) if row.tau else None))
-    todo = [r for r in _runs(grid) if _key(r[0], r[1], r[3], r[4], r[5], r[6], r[9]) not in done]
-    _check_sizes(grid, {(r[2], r[3]) for r in todo})
+    fingerprint = _check_fingerprint(grid, out)
+    runs = list(_runs(grid))
+    known = _chosen_taus(results)
+    pending = [r for r in runs if (_resolve(r, known) is None or _key(*_resolve(r, known)[:2], *_resolve(r, known)[3:7],
+                                                                      _resolve(r, known)[9]) not in done)]
+    _check_sizes(grid, {(r[2], r[3]) for r in pending})
     out.mkdir(parents=True, exist_ok=True)  # only once the grid can run: a bad model path leaves no empty folder
-    log(f"{len(done)} runs done, {len(todo)} to go")
-    failed = []
-    (out / "failed.csv").unlink(missing_ok=True)  # this attempt's failures only: a rerun retries them
-    for i, (backbone, setting, model_dir, speaker, n, seed, label, method, params, tau) in enumerate(todo, 1):
-        key = _key(backbone, setting, speaker, n, seed, label, tau)
-        slug = key.replace("|", "_").replace(">", "").replace("+", "p")
-        run_dir = out / "runs" / slug
-        params = dict(params)
-        if tau is not None:
-            params["tau"] = tau
-        log(f"[{i}/{len(todo)}] {key}")
-        try:
-            result = forget(model_dir, run_dir, speaker=speaker, n=n, seed=seed, method=method, params=params,
-                            eval_part=SETTINGS[setting], overwrite=True, log=lambda *a: None)
-        except Exception as err:  # e.g. no PGD sample reached its target: one run, not the whole grid
-            log(f"  failed: {type(err).__name__}: {err}")
-            failed.append({"key": key, "error": f"{type(err).__name__}: {err}"})
-            write_text(out / "failed.csv", pd.DataFrame(failed).to_csv(index=False), overwrite=True)
-            continue
-        if not grid.keep_models:
-            shutil.rmtree(result.model_dir, ignore_errors=True)
-        row = _row(result.receipt, backbone, setting, speaker, n, seed, label, tau) | {"base_method": method}
-        new = not results.is_file()
-        with open(results, "a", newline="") as handle:  # one row per finished run: an interruption loses one run
-            writer = csv.DictWriter(handle, COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+    write_text(out / "grid.json", json.dumps({"methods": fingerprint}, indent=2) + "\n", overwrite=True)
+    log(f"{len(done)} runs done, {len(pending)} to go")
+    earlier = (pd.read_csv(out / "failed.csv", dtype=str, keep_default_na=False).to_dict("records")
+               if (out / "failed.csv").is_file() else [])
+    failed, attempted, i = [], set(), 0
+
+    def record_failure(key, error):
+        failed.append({"key": key, "error": error})
+        kept = [f for f in earlier if f["key"] not in attempted and f["key"] not in done]  # not retried this time
+        write_text(out / "failed.csv", pd.DataFrame(kept + failed).to_csv(index=False), overwrite=True)
+
+    (out / "failed.csv").unlink(missing_ok=True)
+    first = [r for r in pending if r[9] != CHOSEN]
+    for phase in (first, [r for r in pending if r[9] == CHOSEN]):
+        if phase and phase[0][9] == CHOSEN:  # the train->val runs have finished: choose tau on them
+            chosen = _chosen_taus(results)
+            phase = [_resolve(r, chosen) or r for r in phase]
+        for backbone, setting, model_dir, speaker, n, seed, label, method, params, tau in phase:
+            i += 1
+            key = _key(backbone, setting, speaker, n, seed, label, None if tau == CHOSEN else tau)
+            if tau == CHOSEN:
+                attempted.add(key)
+                log(f"[{i}/{len(pending)}] {key}: no tau chosen (its train->val runs at n={n} are missing or failed)")
+                record_failure(key, f"no tau chosen on validation for {backbone}, n={n}, {label}: its train->val runs "
+                                    "are missing or failed")
+                continue
+            if key in done:
+                continue
+            attempted.add(key)
+            slug = key.replace("|", "_").replace(">", "").replace("+", "p")
+            run_dir = out / "runs" / slug
+            params = dict(params)
+            if tau is not None:
+                params["tau"] = tau
+            log(f"[{i}/{len(pending)}] {key}")
+            try:
+                result = forget(model_dir, run_dir, speaker=speaker, n=n, seed=seed, method=method, params=params,
+                                eval_part=SETTINGS[setting], overwrite=True, log=lambda *a: None)
+            except Exception as err:  # e.g. no PGD sample reached its target: one run, not the whole grid
+                log(f"  failed: {type(err).__name__}: {err}")
+                record_failure(key, f"{type(err).__name__}: {err}")
+                continue
+            if not grid.keep_models:
+                shutil.rmtree(result.model_dir, ignore_errors=True)
+            row = _row(result.receipt, backbone, setting, speaker, n, seed, label, tau) | {"base_method": method}
+            new = not results.is_file()
+            with open(results, "a", newline="") as handle:  # one row per finished run: an interruption loses one run
+                writer = csv.DictWriter(handle, COLUMNS)
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+            done.add(key)
+    left = [f for f in earlier if f["key"] not in attempted and f["key"] not in done]
+    if left and not failed:
+        write_text(out / "failed.csv", pd.DataFrame(left).to_csv(index=False), overwrite=True)
+        log(f"{len(left)} earlier failed runs were not retried this time (outside this grid's n/seeds/...): "
+            f"still listed in {out / 'failed.csv'}")
     if results.is_file():
         summarise(out)
     if failed:
-        raise SerkitError(f"{len(failed)} of {len(todo)} runs failed (each run and its error: {out / 'failed.csv'}); "
+        raise SerkitError(f"{len(failed)} of {len(pending)} runs failed (each run and its error: {out / 'failed.csv'}); "
                           f"the others are in {results}. Fix their parameters and rerun: finished runs are skipped")
     return out
 
