@@ -367,13 +367,19 @@ def test_experiment_grid_test_setting_uses_the_tau_chosen_on_validation(model_di
     messages = []
     out = run_grid(load_grid(recipe), log=messages.append)
     assert messages[0] == "0 runs done, 5 to go"
-    assert "|train->val|" in messages[1] and "|train+val->test|" in messages[-1]  # validation first
+    runs = [m for m in messages if m.startswith("[")]
+    assert "|train->val|" in runs[0] and "|train+val->test|" in runs[-1]  # validation first
     frame = pd.read_csv(out / "results.csv", dtype={"speaker": str})
     test = frame[frame.setting == "train+val->test"]
     chosen = best_taus(frame)[("a", 2, "adv")]
     assert sorted(frame[frame.setting == "train->val"].tau.dropna()) == [0.001, 0.05]
     assert test.tau.dropna().tolist() == [chosen] and len(test) == 2
     assert (test.n_unseen == 12).all()  # the test speaker's 12 utterances, not the val speaker's
+    # a train+val model has no val accuracy: the retrain-like stop takes the train->val model's
+    from serkit.unlearning.run import _reference_accuracy
+    receipt = json.loads(next((out / "runs").glob("a_trainpval-test_02_2_0_adv_*/receipt.json")).read_text())
+    assert receipt["method"]["params"]["target_accuracy"] == round(_reference_accuracy(load_model(model_dir)), 4)
+    assert any("stop retrain-like at" in m for m in messages)
     messages.clear()
     run_grid(load_grid(recipe), log=messages.append)
     assert messages[0] == "5 runs done, 0 to go"

@@ -19,6 +19,10 @@ A run that fails (say, no PGD sample reached its target under
 exits with an error naming the file, and a rerun retries only those runs (failures of runs a
 partial rerun did not attempt stay listed).
 
+A model trained on train+val has no validation accuracy for the retrain-like stop to aim at; its
+runs take the backbone's train->val model's validation accuracy (the same recipe's estimate of how
+unseen speakers are recognised) as `target_accuracy`, unless the label sets one.
+
 grid.json beside results.csv records each label's method and parameters: resuming with a label whose
 parameters changed is refused (its old and new rows would mix in one cell).
 
@@ -274,6 +278,7 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
         write_text(out / "failed.csv", pd.DataFrame(kept + failed).to_csv(index=False), overwrite=True)
 
     (out / "failed.csv").unlink(missing_ok=True)
+    references = _test_references(grid, pending, log)
     first = [r for r in pending if r[9] != CHOSEN]
     for phase in (first, [r for r in pending if r[9] == CHOSEN]):
         if phase and phase[0][9] == CHOSEN:  # the train->val runs have finished: choose tau on them
@@ -296,6 +301,9 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
             params = dict(params)
             if tau is not None:
                 params["tau"] = tau
+            if setting == "train+val->test" and backbone in references and "target_accuracy" not in params \
+                    and "target_accuracy" in get_method(method, params).Params.model_fields:
+                params["target_accuracy"] = references[backbone]
             log(f"[{i}/{len(pending)}] {key}")
             try:
                 result = forget(model_dir, run_dir, speaker=speaker, n=n, seed=seed, method=method, params=params,
@@ -325,6 +333,24 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
         raise SerkitError(f"{len(failed)} of {len(pending)} runs failed (each run and its error: {out / 'failed.csv'}); "
                           f"the others are in {results}. Fix their parameters and rerun: finished runs are skipped")
     return out
+
+
+def _test_references(grid: UnlearningGrid, pending, log) -> dict:
+    """backbone -> the validation accuracy of its train->val model, for the retrain-like stop of its
+    train+val->test runs (a model trained on train+val records none of its own)."""
+    from serkit.models import load_model
+    from serkit.unlearning.run import _reference_accuracy
+
+    references = {}
+    for backbone in sorted({r[0] for r in pending if r[1] == "train+val->test"}):
+        settings = grid.backbones[backbone]
+        if "train->val" in settings:
+            value = _reference_accuracy(load_model(settings["train->val"]))
+            if value is not None:
+                references[backbone] = round(value, 4)
+                log(f"{backbone}: train+val->test runs stop retrain-like at {value:.3f}, the validation accuracy of "
+                    f"its train->val model (unless a label sets target_accuracy)")
+    return references
 
 
 def _upgrade_columns(results: Path) -> None:
