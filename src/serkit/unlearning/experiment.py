@@ -189,6 +189,11 @@ def _key(backbone, setting, speaker, n, seed, method, tau) -> str:
     return f"{backbone}|{setting}|{speaker}|{n}|{seed}|{method}|{'' if tau is None else f'{tau:g}'}"
 
 
+def _run_key(run) -> str:
+    backbone, setting, _, speaker, n, seed, label, _, _, tau = run
+    return _key(backbone, setting, speaker, n, seed, label, tau)
+
+
 def _resolve(run, chosen: dict):
     """A run with its tau filled in from the taus chosen on validation (None: none chosen yet)."""
     if run[9] != CHOSEN:
@@ -262,8 +267,7 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
     fingerprint = _check_fingerprint(grid, out)
     runs = list(_runs(grid))
     known = _chosen_taus(results)
-    pending = [r for r in runs if (_resolve(r, known) is None or _key(*_resolve(r, known)[:2], *_resolve(r, known)[3:7],
-                                                                      _resolve(r, known)[9]) not in done)]
+    pending = [r for r in runs if _resolve(r, known) is None or _run_key(_resolve(r, known)) not in done]
     _check_sizes(grid, {(r[2], r[3]) for r in pending})
     out.mkdir(parents=True, exist_ok=True)  # only once the grid can run: a bad model path leaves no empty folder
     write_text(out / "grid.json", json.dumps({"methods": fingerprint}, indent=2) + "\n", overwrite=True)
