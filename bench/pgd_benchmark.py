@@ -53,7 +53,9 @@ def main() -> None:
     saved = load_model(args.model_dir)
     speakers = (saved.config.get("provenance") or {}).get("speakers", {}).get("train") or []
     speaker = args.speaker or speakers[0]
-    chosen = speaker.split(",")
+    chosen = list(dict.fromkeys(s.strip() for s in speaker.split(",") if s.strip()))
+    if args.n < len(chosen):
+        parser.error(f"--n {args.n} is fewer than the {len(chosen)} speakers given: each needs at least one utterance")
     shares = [args.n // len(chosen) + (i < args.n % len(chosen)) for i in range(len(chosen))]
     forgets = [build_forget_set(saved, speaker=s, n=k, seed=0) for s, k in zip(chosen, shares)]
     from serkit.data.dataset import load_waves

@@ -348,8 +348,43 @@ def test_experiment_grid_goes_on_past_a_failed_run(model_dir, tmp_path, monkeypa
     assert "none of the 4 PGD samples" in (out / "failed.csv").read_text()
     monkeypatch.undo()
     messages = []
-    run_grid(load_grid(recipe), log=messages.append)
+    # the failed label has no finished runs, so its parameters may change on the rerun
+    run_grid(load_grid(recipe, ["methods.adv.pgd_steps=3"]), log=messages.append)
     assert messages[0] == "1 runs done, 1 to go" and not (out / "failed.csv").exists()
+    assert json.loads((out / "grid.json").read_text())["methods"]["a"]["adv"]["pgd_steps"] == 3
+
+
+def test_experiment_grid_test_runs_wait_for_validation(model_dir, tmp_path, monkeypatch):
+    """While the train->val runs of a cell fail, its test runs wait (listed, not run at a provisional tau);
+    once they succeed, a rerun runs the test at the chosen tau and clears failed.csv."""
+    import pandas as pd
+
+    from serkit.unlearning import pgd
+    from serkit.unlearning.experiment import load_grid, run_grid
+
+    real = pgd.TargetedPGD.generate
+
+    def all_failed(self, model, waves, targets):
+        made = real(self, model, waves, targets)
+        made.success[:] = False
+        return made
+
+    monkeypatch.setattr(pgd.TargetedPGD, "generate", all_failed)
+    recipe = tmp_path / "grid.yaml"
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'grid'}\nbackbones:\n  a:\n    train->val: {model_dir}\n"
+        f"    train+val->test: {model_dir}\nspeakers: ['02']\nn: [2]\nseeds: [0]\ntaus: [0.05]\n"
+        "methods:\n  adv: {epochs: 1, adversarial_per_sample: 2, pgd_steps: 2, adversarial_keep: successful}\n")
+    out = tmp_path / "grid"
+    with pytest.raises(SerkitError, match="2 of 2 runs failed"):
+        run_grid(load_grid(recipe), log=lambda *a: None)
+    failed = pd.read_csv(out / "failed.csv")
+    assert failed.key.tolist()[-1] == "a|train+val->test|02|2|0|adv|chosen" and "1 of its train->val runs" in failed.error.iloc[-1]
+    assert not (out / "results.csv").exists()
+    monkeypatch.undo()
+    run_grid(load_grid(recipe), log=lambda *a: None)
+    rows = pd.read_csv(out / "results.csv")
+    assert rows.setting.tolist() == ["train->val", "train+val->test"] and not (out / "failed.csv").exists()
 
 
 def test_experiment_grid_test_setting_uses_the_tau_chosen_on_validation(model_dir, tmp_path):
@@ -379,16 +414,17 @@ def test_experiment_grid_test_setting_uses_the_tau_chosen_on_validation(model_di
     from serkit.unlearning.run import _reference_accuracy
     receipt = json.loads(next((out / "runs").glob("a_trainpval-test_02_2_0_adv_*/receipt.json")).read_text())
     assert receipt["method"]["params"]["target_accuracy"] == round(_reference_accuracy(load_model(model_dir)), 4)
-    assert any("stop retrain-like at" in m for m in messages)
+    assert any("with the retrain-like target stop at" in m for m in messages)
     messages.clear()
     run_grid(load_grid(recipe), log=messages.append)
     assert messages[0] == "5 runs done, 0 to go"
     everything = load_grid(recipe, ["test_taus=all", f"output_dir={tmp_path / 'all'}"])
     from serkit.unlearning.experiment import _runs
     assert sorted(str(r[9]) for r in _runs(everything) if r[1] == "train+val->test") == ["0.001", "0.05", "None"]
-    with pytest.raises(ConfigError, match="label 'adv' of backbone a ran with epochs=1 there, but the grid now gives "
-                                          "epochs=2: use a new label"):
+    with pytest.raises(ConfigError, match="label 'adv' of backbone a has finished runs with epochs=1, but the grid "
+                                          "now gives epochs=2: give the new parameters a new label"):
         run_grid(load_grid(recipe, ["methods.adv.epochs=2"]), log=messages.append)
+    run_grid(load_grid(recipe, ["methods.adv.preset=measured"]), log=lambda *a: None)  # the default, now explicit: same run
     with pytest.raises(ConfigError, match="train\\+val->test but no train->val model.*test_taus: all"):
         load_grid(recipe, [f"backbones.a={{'train+val->test': {model_dir}}}"])
 

@@ -122,7 +122,8 @@ def load_grid(path: Path | str, overrides: list[str] | None = None) -> Unlearnin
                                   f"(or {', '.join(BACKBONE_KEYS)})")
             if not isinstance(value, (str, Path)):
                 raise ConfigError(f"{path}: backbones.{backbone}.{setting} must be a model directory")
-        if grid.test_taus == "chosen" and "train+val->test" in settings and "train->val" not in settings:
+        if (grid.test_taus == "chosen" and "train+val->test" in settings and "train->val" not in settings
+                and any(m in PROPOSED for m, _ in _methods(grid, backbone).values())):
             raise ConfigError(f"{path}: backbones.{backbone} has train+val->test but no train->val model: its tau cannot "
                               "be chosen on validation. Add the train->val model, or set test_taus: all")
         if not _speakers(grid, backbone):
@@ -186,7 +187,8 @@ def _runs(grid: UnlearningGrid):
 
 
 def _key(backbone, setting, speaker, n, seed, method, tau) -> str:
-    return f"{backbone}|{setting}|{speaker}|{n}|{seed}|{method}|{'' if tau is None else f'{tau:g}'}"
+    tau = "" if tau is None else tau if tau == CHOSEN else f"{tau:g}"
+    return f"{backbone}|{setting}|{speaker}|{n}|{seed}|{method}|{tau}"
 
 
 def _run_key(run) -> str:
@@ -205,31 +207,42 @@ def _resolve(run, chosen: dict):
 def _chosen_taus(results: Path) -> dict:
     if not results.is_file():
         return {}
-    frame = pd.read_csv(results, dtype={"speaker": str, "method": str, "base_method": str})
+    frame = pd.read_csv(results, dtype={"backbone": str, "setting": str, "speaker": str, "method": str,
+                                        "base_method": str})
     frame["tau"] = pd.to_numeric(frame["tau"], errors="coerce")
     frame["base_method"] = frame["base_method"].fillna(frame["method"])
     return best_taus(frame)
 
 
-def _fingerprint(grid: UnlearningGrid) -> dict:
-    return {b: {label: {"method": m, **p} for label, (m, p) in _methods(grid, b).items()} for b in grid.backbones}
+def _fingerprint(method: str, params: dict) -> dict:
+    """A label's method and its validated parameters (presets filled in; tau, a grid dimension, and the
+    injected target_accuracy left out), as JSON types: `lr: 1e-4` and `lr: 0.0001` are the same run."""
+    probe = {**params, "tau": 0.01} if method in PROPOSED else params
+    values = get_method(method, probe).params.model_dump(mode="json")
+    values.pop("tau", None)
+    if "target_accuracy" not in params:
+        values.pop("target_accuracy", None)
+    return {"method": method, **values}
 
 
-def _check_fingerprint(grid: UnlearningGrid, out: Path) -> dict:
-    """The labels' parameters recorded by earlier runs of this output_dir, merged with this grid's; a label whose
-    parameters changed is refused, since its old rows would be mixed with new ones."""
-    recorded = json.loads((out / "grid.json").read_text()).get("methods", {}) if (out / "grid.json").is_file() else {}
-    now = json.loads(json.dumps(_fingerprint(grid)))  # the same types as read back (tuples -> lists and so on)
-    for backbone, labels in now.items():
-        for label, params in labels.items():
+def _check_fingerprint(grid: UnlearningGrid, out: Path, finished: set) -> dict:
+    """grid.json holds the method and parameters of every label with finished rows. A resume that changes
+    them is refused, since old and new rows would mix in one cell; a label without rows is free to change."""
+    path = out / "grid.json"
+    recorded = json.loads(path.read_text()).get("methods", {}) if path.is_file() else {}
+    for backbone in grid.backbones:
+        for label, (method, params) in _methods(grid, backbone).items():
             old = recorded.get(backbone, {}).get(label)
-            if old is not None and old != params:
-                changed = sorted(k for k in {*old, *params} if old.get(k) != params.get(k))
-                raise ConfigError(f"{out / 'grid.json'}: label '{label}' of backbone {backbone} ran with "
-                                  + ", ".join(f"{k}={old.get(k)!r}" for k in changed) + " there, but the grid now gives "
-                                  + ", ".join(f"{k}={params.get(k)!r}" for k in changed)
-                                  + ": use a new label for the new parameters, or another output_dir")
-    return {b: {**recorded.get(b, {}), **now.get(b, {})} for b in {*recorded, *now}}
+            if old is None or (backbone, label) not in finished:
+                continue
+            new = _fingerprint(method, params)
+            if old != new:
+                changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+                show = lambda d: ", ".join(f"{k}={d[k]!r}" if k in d else f"{k} unset" for k in changed)  # noqa: E731
+                raise ConfigError(f"{path}: label '{label}' of backbone {backbone} has finished runs with {show(old)}, "
+                                  f"but the grid now gives {show(new)}: give the new parameters a new label, or use "
+                                  "another output_dir (or delete that label's rows from results.csv and grid.json)")
+    return recorded
 
 
 def _check_sizes(grid: UnlearningGrid, pairs: set) -> None:
@@ -253,7 +266,7 @@ def _check_sizes(grid: UnlearningGrid, pairs: set) -> None:
 def run_grid(grid: UnlearningGrid, log=print) -> Path:
     out = Path(grid.output_dir)
     results = out / "results.csv"
-    done = set()
+    done, finished = set(), set()
     if results.is_file():
         _upgrade_columns(results)
         methods = {b: _methods(grid, b) for b in grid.backbones}
@@ -264,97 +277,128 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
                                   f"now makes it '{now[0]}': use a new label or another output_dir")
             done.add(_key(row.backbone, row.setting, row.speaker, row.n, row.seed, row.method,
                           float(row.tau) if row.tau else None))
-    fingerprint = _check_fingerprint(grid, out)
+            finished.add((row.backbone, row.method))
+    recorded = _check_fingerprint(grid, out, finished)
     runs = list(_runs(grid))
     known = _chosen_taus(results)
-    pending = [r for r in runs if _resolve(r, known) is None or _run_key(_resolve(r, known)) not in done]
-    _check_sizes(grid, {(r[2], r[3]) for r in pending})
+    first = [r for r in runs if r[9] != CHOSEN and _run_key(r) not in done]
+    later = [r for r in runs if r[9] == CHOSEN]
+    waiting = [r for r in later if _resolve(r, known) is None or _run_key(_resolve(r, known)) not in done]
+    _check_sizes(grid, {(r[2], r[3]) for r in first + waiting})
     out.mkdir(parents=True, exist_ok=True)  # only once the grid can run: a bad model path leaves no empty folder
-    write_text(out / "grid.json", json.dumps({"methods": fingerprint}, indent=2) + "\n", overwrite=True)
-    log(f"{len(done)} runs done, {len(pending)} to go")
+    log(f"{len(done)} runs done, {len(first) + len(waiting)} to go")
     earlier = (pd.read_csv(out / "failed.csv", dtype=str, keep_default_na=False).to_dict("records")
                if (out / "failed.csv").is_file() else [])
-    failed, attempted, i = [], set(), 0
+    failed, attempted, count = [], set(), len(first) + len(waiting)
 
-    def record_failure(key, error):
-        failed.append({"key": key, "error": error})
-        kept = [f for f in earlier if f["key"] not in attempted and f["key"] not in done]  # not retried this time
-        write_text(out / "failed.csv", pd.DataFrame(kept + failed).to_csv(index=False), overwrite=True)
+    def write_failures():
+        rows = [f for f in earlier if f["key"] not in attempted and f["key"] not in done] + failed
+        if rows:
+            write_text(out / "failed.csv", pd.DataFrame(rows).to_csv(index=False), overwrite=True)
+        else:
+            (out / "failed.csv").unlink(missing_ok=True)
+        return rows
 
-    (out / "failed.csv").unlink(missing_ok=True)
-    references = _test_references(grid, pending, log)
-    first = [r for r in pending if r[9] != CHOSEN]
-    for phase in (first, [r for r in pending if r[9] == CHOSEN]):
-        if phase and phase[0][9] == CHOSEN:  # the train->val runs have finished: choose tau on them
-            chosen = _chosen_taus(results)
-            phase = [_resolve(r, chosen) or r for r in phase]
-        for backbone, setting, model_dir, speaker, n, seed, label, method, params, tau in phase:
-            i += 1
-            key = _key(backbone, setting, speaker, n, seed, label, None if tau == CHOSEN else tau)
-            if tau == CHOSEN:
-                attempted.add(key)
-                log(f"[{i}/{len(pending)}] {key}: no tau chosen (its train->val runs at n={n} are missing or failed)")
-                record_failure(key, f"no tau chosen on validation for {backbone}, n={n}, {label}: its train->val runs "
-                                    "are missing or failed")
-                continue
-            if key in done:
-                continue
-            attempted.add(key)
-            slug = key.replace("|", "_").replace(">", "").replace("+", "p")
-            run_dir = out / "runs" / slug
-            params = dict(params)
-            if tau is not None:
-                params["tau"] = tau
-            if setting == "train+val->test" and backbone in references and "target_accuracy" not in params \
-                    and "target_accuracy" in get_method(method, params).Params.model_fields:
-                params["target_accuracy"] = references[backbone]
-            log(f"[{i}/{len(pending)}] {key}")
+    def attempt(i, run):
+        backbone, setting, model_dir, speaker, n, seed, label, method, params, tau = run
+        key = _run_key(run)
+        attempted.add(key)
+        slug = key.replace("|", "_").replace(">", "").replace("+", "p")
+        params = dict(params)
+        if tau is not None:
+            params["tau"] = tau
+        if (setting == "train+val->test" and "target_accuracy" not in params
+                and "target_accuracy" in get_method(method, params).Params.model_fields
+                and get_method(method, params).params.target == "retrain-like"):
+            reference = references(backbone)
+            if reference is not None:
+                params["target_accuracy"] = reference
+        log(f"[{i}/{count}] {key}")
+        try:
+            result = forget(model_dir, out / "runs" / slug, speaker=speaker, n=n, seed=seed, method=method,
+                            params=params, eval_part=SETTINGS[setting], overwrite=True, log=lambda *a: None)
+        except Exception as err:  # e.g. no PGD sample reached its target: one run, not the whole grid
+            log(f"  failed: {type(err).__name__}: {err}")
+            failed.append({"key": key, "error": f"{type(err).__name__}: {err}"})
+            write_failures()
+            return
+        if not grid.keep_models:
+            shutil.rmtree(result.model_dir, ignore_errors=True)
+        row = _row(result.receipt, backbone, setting, speaker, n, seed, label, tau) | {"base_method": method}
+        new = not results.is_file()
+        with open(results, "a", newline="") as handle:  # one row per finished run: an interruption loses one run
+            writer = csv.DictWriter(handle, COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        done.add(key)
+        if label not in recorded.setdefault(backbone, {}):  # the label's parameters, fixed by its first finished run
+            recorded[backbone][label] = _fingerprint(method, run[8])
+            write_text(out / "grid.json", json.dumps({"methods": recorded}, indent=2) + "\n", overwrite=True)
+
+    cache = {}
+
+    def references(backbone):
+        """The validation accuracy of the backbone's train->val model: the retrain-like stop of its
+        train+val->test runs (a model trained on train+val records none of its own)."""
+        if backbone not in cache:
+            from serkit.models import load_model
+            from serkit.unlearning.run import _reference_accuracy
+
+            settings, cache[backbone] = grid.backbones[backbone], None
             try:
-                result = forget(model_dir, run_dir, speaker=speaker, n=n, seed=seed, method=method, params=params,
-                                eval_part=SETTINGS[setting], overwrite=True, log=lambda *a: None)
-            except Exception as err:  # e.g. no PGD sample reached its target: one run, not the whole grid
-                log(f"  failed: {type(err).__name__}: {err}")
-                record_failure(key, f"{type(err).__name__}: {err}")
+                cache[backbone] = _reference_accuracy(load_model(settings["train->val"])) if "train->val" in settings else None
+            except SerkitError as err:
+                log(f"{backbone}: no validation accuracy from its train->val model ({err})")
+            if cache[backbone] is not None:
+                cache[backbone] = round(cache[backbone], 4)
+                log(f"{backbone}: train+val->test runs with the retrain-like target stop at {cache[backbone]:.3f}, the "
+                    "validation accuracy of its train->val model (unless a label sets target_accuracy)")
+        return cache[backbone]
+
+    try:
+        i = 0
+        for run in first:
+            i += 1
+            attempt(i, run)
+        # the train->val runs have finished: choose tau on them, then run each test cell at that tau
+        chosen = _chosen_taus(results)
+        expected = {}
+        for r in runs:
+            if r[1] == "train->val" and r[7] in PROPOSED:
+                expected.setdefault((r[0], r[4], r[6]), []).append(_run_key(r))
+        for run in later:
+            group = (run[0], run[4], run[6])
+            resolved = _resolve(run, chosen)
+            missing = [k for k in expected.get(group, []) if k not in done]
+            if resolved is not None and _run_key(resolved) in done:
+                attempted.add(_run_key(run))  # an earlier "no tau chosen" entry is settled
                 continue
-            if not grid.keep_models:
-                shutil.rmtree(result.model_dir, ignore_errors=True)
-            row = _row(result.receipt, backbone, setting, speaker, n, seed, label, tau) | {"base_method": method}
-            new = not results.is_file()
-            with open(results, "a", newline="") as handle:  # one row per finished run: an interruption loses one run
-                writer = csv.DictWriter(handle, COLUMNS)
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
-            done.add(key)
-    left = [f for f in earlier if f["key"] not in attempted and f["key"] not in done]
-    if left and not failed:
-        write_text(out / "failed.csv", pd.DataFrame(left).to_csv(index=False), overwrite=True)
-        log(f"{len(left)} earlier failed runs were not retried this time (outside this grid's n/seeds/...): "
-            f"still listed in {out / 'failed.csv'}")
+            i += 1
+            if resolved is None or missing:
+                key = _run_key(run)
+                attempted.add(key)
+                why = (f"{len(missing)} of its train->val runs failed or are missing" if missing
+                       else "no train->val rows to choose from")
+                log(f"[{i}/{count}] {key}: waiting for train->val ({why})")
+                failed.append({"key": key, "error": f"no tau chosen on validation for {run[0]}, n={run[4]}, {run[6]}: "
+                                                    f"{why}; rerun once they succeed"})
+                write_failures()
+                continue
+            attempted.add(_run_key(run))
+            attempt(i, resolved)
+    finally:
+        left = write_failures()
+    if len(left) > len(failed):
+        log(f"{len(left) - len(failed)} earlier failed runs were not retried this time (outside this grid's "
+            f"n/seeds/...): still listed in {out / 'failed.csv'}")
     if results.is_file():
         summarise(out)
     if failed:
-        raise SerkitError(f"{len(failed)} of {len(pending)} runs failed (each run and its error: {out / 'failed.csv'}); "
-                          f"the others are in {results}. Fix their parameters and rerun: finished runs are skipped")
+        raise SerkitError(f"{len(failed)} of {count} runs failed (each run and its error: {out / 'failed.csv'}); "
+                          f"the others are in {results}. Fix the cause and rerun: finished runs are skipped (changed "
+                          "parameters of a label with finished runs need a new label)")
     return out
-
-
-def _test_references(grid: UnlearningGrid, pending, log) -> dict:
-    """backbone -> the validation accuracy of its train->val model, for the retrain-like stop of its
-    train+val->test runs (a model trained on train+val records none of its own)."""
-    from serkit.models import load_model
-    from serkit.unlearning.run import _reference_accuracy
-
-    references = {}
-    for backbone in sorted({r[0] for r in pending if r[1] == "train+val->test"}):
-        settings = grid.backbones[backbone]
-        if "train->val" in settings:
-            value = _reference_accuracy(load_model(settings["train->val"]))
-            if value is not None:
-                references[backbone] = round(value, 4)
-                log(f"{backbone}: train+val->test runs stop retrain-like at {value:.3f}, the validation accuracy of "
-                    f"its train->val model (unless a label sets target_accuracy)")
-    return references
 
 
 def _upgrade_columns(results: Path) -> None:
@@ -410,7 +454,8 @@ def best_taus(frame: pd.DataFrame) -> dict:
 
 
 def summarise(out: Path) -> None:
-    frame = pd.read_csv(out / "results.csv", dtype={"speaker": str, "method": str, "base_method": str})
+    frame = pd.read_csv(out / "results.csv", dtype={"backbone": str, "setting": str, "speaker": str, "method": str,
+                                                    "base_method": str})
     frame["tau"] = pd.to_numeric(frame["tau"], errors="coerce")
     frame["base_method"] = frame.get("base_method", frame["method"]).fillna(frame["method"])
     taus = best_taus(frame)
