@@ -236,6 +236,10 @@ def _check_fingerprint(grid: UnlearningGrid, out: Path, finished: set) -> dict:
             if old is None or (backbone, label) not in finished:
                 continue
             new = _fingerprint(method, params)
+            try:  # the recorded parameters, validated by this serkit: a default left unset is not a change
+                old = _fingerprint(old["method"], {k: v for k, v in old.items() if k != "method"})
+            except (ConfigError, KeyError):
+                pass
             if old != new:
                 changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
                 show = lambda d: ", ".join(f"{k}={d[k]!r}" if k in d else f"{k} unset" for k in changed)  # noqa: E731
