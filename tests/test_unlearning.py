@@ -317,11 +317,9 @@ def test_experiment_grid_method_labels_and_backbone_overrides(model_dir, tmp_pat
         load_grid(recipe, ["methods.oops={method: nope}"])
 
 
-def test_experiment_grid_goes_on_past_a_failed_run(model_dir, tmp_path, monkeypatch):
-    """A run that fails (here: no PGD sample reached its target) is listed, the others still run, the
-    command ends with an error naming the list, and a rerun retries only the failed run."""
+def _pgd_never_reaches_its_target(monkeypatch):
+    """Every PGD sample is marked as short of its target (so `adversarial_keep: successful` runs fail)."""
     from serkit.unlearning import pgd
-    from serkit.unlearning.experiment import load_grid, run_grid
 
     real = pgd.TargetedPGD.generate
 
@@ -331,6 +329,14 @@ def test_experiment_grid_goes_on_past_a_failed_run(model_dir, tmp_path, monkeypa
         return made
 
     monkeypatch.setattr(pgd.TargetedPGD, "generate", all_failed)
+
+
+def test_experiment_grid_goes_on_past_a_failed_run(model_dir, tmp_path, monkeypatch):
+    """A run that fails (here: no PGD sample reached its target) is listed, the others still run, the
+    command ends with an error naming the list, and a rerun retries only the failed run."""
+    from serkit.unlearning.experiment import load_grid, run_grid
+
+    _pgd_never_reaches_its_target(monkeypatch)
     recipe = tmp_path / "grid.yaml"
     recipe.write_text(
         f"output_dir: {tmp_path / 'grid'}\nbackbones:\n  a:\n    train->val: {model_dir}\nspeakers: ['02']\n"
@@ -359,17 +365,9 @@ def test_experiment_grid_test_runs_wait_for_validation(model_dir, tmp_path, monk
     once they succeed, a rerun runs the test at the chosen tau and clears failed.csv."""
     import pandas as pd
 
-    from serkit.unlearning import pgd
     from serkit.unlearning.experiment import load_grid, run_grid
 
-    real = pgd.TargetedPGD.generate
-
-    def all_failed(self, model, waves, targets):
-        made = real(self, model, waves, targets)
-        made.success[:] = False
-        return made
-
-    monkeypatch.setattr(pgd.TargetedPGD, "generate", all_failed)
+    _pgd_never_reaches_its_target(monkeypatch)
     recipe = tmp_path / "grid.yaml"
     recipe.write_text(
         f"output_dir: {tmp_path / 'grid'}\nbackbones:\n  a:\n    train->val: {model_dir}\n"
