@@ -204,14 +204,16 @@ def _resolve(run, chosen: dict):
     return None if tau is None else (*run[:9], tau)
 
 
-def _chosen_taus(results: Path) -> dict:
-    if not results.is_file():
-        return {}
+def _read_results(results: Path) -> pd.DataFrame:
     frame = pd.read_csv(results, dtype={"backbone": str, "setting": str, "speaker": str, "method": str,
                                         "base_method": str})
     frame["tau"] = pd.to_numeric(frame["tau"], errors="coerce")
-    frame["base_method"] = frame["base_method"].fillna(frame["method"])
-    return best_taus(frame)
+    frame["base_method"] = frame.get("base_method", frame["method"]).fillna(frame["method"])
+    return frame
+
+
+def _chosen_taus(results: Path) -> dict:
+    return best_taus(_read_results(results)) if results.is_file() else {}
 
 
 def _fingerprint(method: str, params: dict) -> dict:
@@ -311,12 +313,12 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
         params = dict(params)
         if tau is not None:
             params["tau"] = tau
-        if (setting == "train+val->test" and "target_accuracy" not in params
-                and "target_accuracy" in get_method(method, params).Params.model_fields
-                and get_method(method, params).params.target == "retrain-like"):
-            reference = references(backbone)
-            if reference is not None:
-                params["target_accuracy"] = reference
+        if setting == "train+val->test" and "target_accuracy" not in params:
+            unlearner = get_method(method, params)
+            if "target_accuracy" in unlearner.Params.model_fields and unlearner.params.target == "retrain-like":
+                reference = references(backbone)
+                if reference is not None:
+                    params["target_accuracy"] = reference
         log(f"[{i}/{count}] {key}")
         try:
             result = forget(model_dir, out / "runs" / slug, speaker=speaker, n=n, seed=seed, method=method,
@@ -345,20 +347,22 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
     def references(backbone):
         """The validation accuracy of the backbone's train->val model: the retrain-like stop of its
         train+val->test runs (a model trained on train+val records none of its own)."""
-        if backbone not in cache:
-            from serkit.models import load_model
-            from serkit.unlearning.run import _reference_accuracy
+        if backbone in cache:
+            return cache[backbone]
+        from serkit.models import load_model
+        from serkit.unlearning.run import _reference_accuracy
 
-            settings, cache[backbone] = grid.backbones[backbone], None
-            try:
-                cache[backbone] = _reference_accuracy(load_model(settings["train->val"])) if "train->val" in settings else None
-            except SerkitError as err:
-                log(f"{backbone}: no validation accuracy from its train->val model ({err})")
-            if cache[backbone] is not None:
-                cache[backbone] = round(cache[backbone], 4)
-                log(f"{backbone}: train+val->test runs with the retrain-like target stop at {cache[backbone]:.3f}, the "
-                    "validation accuracy of its train->val model (unless a label sets target_accuracy)")
-        return cache[backbone]
+        value = None
+        try:
+            value = _reference_accuracy(load_model(grid.backbones[backbone]["train->val"]))
+        except (KeyError, SerkitError) as err:
+            log(f"{backbone}: no validation accuracy from a train->val model ({err})")
+        if value is not None:
+            value = round(value, 4)
+            log(f"{backbone}: train+val->test runs with the retrain-like target stop at {value:.3f}, the "
+                "validation accuracy of its train->val model (unless a label sets target_accuracy)")
+        cache[backbone] = value
+        return value
 
     try:
         i = 0
@@ -458,10 +462,7 @@ def best_taus(frame: pd.DataFrame) -> dict:
 
 
 def summarise(out: Path) -> None:
-    frame = pd.read_csv(out / "results.csv", dtype={"backbone": str, "setting": str, "speaker": str, "method": str,
-                                                    "base_method": str})
-    frame["tau"] = pd.to_numeric(frame["tau"], errors="coerce")
-    frame["base_method"] = frame.get("base_method", frame["method"]).fillna(frame["method"])
+    frame = _read_results(out / "results.csv")
     taus = best_taus(frame)
 
     def selected(group, backbone, n, method):
