@@ -61,3 +61,37 @@ def test_bad_inputs_are_refused(bad):
     with pytest.raises(ValueError):
         metrics.z_test_one_tailed(1.2, 0.5, 10, 10)
     assert math.isfinite(metrics.z_test_one_tailed(0.5, 0.5, 10, 10)[0])
+
+
+def test_paired_uar_test_gain_is_the_mean_uar_gain_over_groups():
+    y = np.array(["a", "a", "b", "b", "a", "b", "b", "b"])
+    a = np.array(["a", "a", "b", "a", "a", "b", "b", "a"])
+    b = np.array(["a", "b", "a", "a", "b", "b", "b", "b"])
+    g = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    want = np.mean([metrics.uar(y[g == k], a[g == k]) - metrics.uar(y[g == k], b[g == k]) for k in (0, 1)])
+    gain, p = metrics.paired_uar_test(y, a, b, g, n_permutations=500)
+    assert gain == pytest.approx(want)
+    assert 0 < p <= 1
+
+
+def test_paired_uar_test_p_matches_the_exact_permutation_distribution():
+    # three utterances, a right and b wrong on each: of the 8 equally likely swaps only "no swap" reaches the gain
+    gain, p = metrics.paired_uar_test(["x", "x", "x"], ["x", "x", "x"], ["y", "y", "y"], n_permutations=40000)
+    assert gain == pytest.approx(1.0)
+    assert p == pytest.approx(1 / 8, abs=0.01)
+    same = metrics.paired_uar_test(["x", "y"], ["x", "x"], ["x", "x"], n_permutations=100)
+    assert same == (0.0, 1.0)
+
+
+def test_paired_uar_test_sees_a_consistent_gain_the_z_test_misses():
+    # 200 utterances, 2 balanced classes; b gets 120 right, a the same 120 and 10 more
+    y = np.array(["a", "b"] * 100)
+    b = np.where(np.arange(200) < 120, y, np.where(y == "a", "b", "a"))
+    a = np.where(np.arange(200) < 130, y, b)
+    gain, p = metrics.paired_uar_test(y, a, b)
+    assert gain == pytest.approx(metrics.uar(y, a) - metrics.uar(y, b))
+    assert p < 0.01
+    _, p_z = metrics.z_test_one_tailed(metrics.uar(y, a), metrics.uar(y, b), 200, 200)
+    assert p_z > 0.1
+    with pytest.raises(ValueError, match="groups"):
+        metrics.paired_uar_test(y, a, b, groups=[0, 1])

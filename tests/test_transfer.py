@@ -292,6 +292,8 @@ def test_transfer_command_trains_nsl_and_base_and_compares(cnn_dir, tiny_manifes
     models = test["models"]
     assert test["nsl_vs"]["base"]["uar_gain"] == pytest.approx(models["nsl"]["uar"] - models["base"]["uar"])
     assert 0 <= test["nsl_vs"]["tl-max"]["p_one_tailed"] <= 1 and comparison["graph"]["max_neighbours"] == 2
+    # the paired test reads both runs' predictions on the same utterances
+    assert 0 < test["nsl_vs"]["base"]["p_paired"] <= 1 and "| p (paired) |" in (out / "comparison.md").read_text()
     assert json.loads((out / "base" / "metrics.json").read_text())["training"]["graph"] is None
     # the transfer-learning model carries the upstream model (the graph's) inside it
     params = comparison["parameters"]
@@ -414,6 +416,14 @@ def test_experiment_transfer_grid_is_resumable_and_tabulated(cnn_dir, tiny_split
     assert (rows.test_uar.between(0, 1)).all() and (rows.n_test == 12).all()
     table = (out / "table3.md").read_text()
     assert "| base |" in table and "| nsl | fc1 | 2 | 0.1 | 1 |" in table
+    # p (paired): the NSL run against the base run of its seed, on the same test utterances
+    from serkit.metrics import paired_uar_test
+
+    a, b = (pd.read_csv(out / "runs" / name / "predictions_test.csv", dtype=str)
+            for name in ("cnn6-s0-nsl-fc1-n2-a0.1", "cnn6-s0-base"))
+    assert list(a.path) == list(b.path)
+    p_paired = paired_uar_test(a.emotion, a.predicted, b.predicted, [0] * len(a))[1]
+    assert table.split("| nsl | fc1 |")[1].split("\n")[0].rstrip(" |").split("|")[-1].strip().split()[0] == f"{p_paired:.3g}"
     assert (out / "fig2.png").stat().st_size > 1000 and (out / "confusion_best.png").is_file()
     assert (out / "graphs" / "fc1.npz").is_file() and not (out / "runs" / "cnn6-s0-base" / "model").exists()
     capsys.readouterr()

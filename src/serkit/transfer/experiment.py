@@ -8,7 +8,8 @@ model, graph and seed. The upstream model embeds the split's training utterances
 each layer's graph keeps max(n) neighbours and every cell uses its first n.
 
 Outputs beside results.csv: table3.md (per downstream model: base, then every NSL cell, mean ± std
-over seeds of val/test UAR and accuracy, one-tailed z-test of NSL > base on test UAR), fig2.png
+over seeds of val/test UAR and accuracy; one-tailed tests of NSL > base on test UAR: the papers'
+z-test, and a paired permutation test over the same test utterances, seeds paired), fig2.png
 (test UAR vs alpha per n and layer, base as a line) and confusion_best.png (the test confusion
 matrix of the best cell on validation).
 """
@@ -24,7 +25,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from serkit.errors import ConfigError
-from serkit.metrics import significance_marker, z_test_one_tailed
+from serkit.io import write_text
+from serkit.metrics import paired_uar_test, significance_marker, z_test_one_tailed
 
 COLUMNS = ["model", "seed", "variant", "layer", "n", "alpha", "val_uar", "val_accuracy", "test_uar", "test_accuracy",
            "n_val", "n_test", "train_seconds", "parameters", "run_dir"]
@@ -190,38 +192,68 @@ def _ms(values) -> str:
     return f"{np.mean(values):.3f} ± {sd:.3f}"
 
 
+def _predictions(out: Path, row) -> pd.DataFrame | None:
+    """A run's test predictions (the run folder under out/runs/, wherever the grid was run from)."""
+    file = out / "runs" / Path(str(row.run_dir)).name / "predictions_test.csv"
+    return pd.read_csv(file, usecols=["path", "emotion", "predicted"], dtype=str) if file.is_file() else None
+
+
+def paired_p(out: Path, cell: pd.DataFrame, base: pd.DataFrame) -> float | None:
+    """One-tailed paired permutation test of NSL > base on test UAR, each seed's NSL run paired with
+    the base run of that seed on the same utterances; None when a prediction file is missing."""
+    truth, nsl, ref, groups = [], [], [], []
+    for row in cell.itertuples():
+        match = base[base.seed == row.seed]
+        if not len(match):
+            return None
+        a, b = _predictions(out, row), _predictions(out, next(match.itertuples()))
+        if a is None or b is None:
+            return None
+        joined = a.merge(b, on=["path", "emotion"], suffixes=("_nsl", "_base"))
+        if len(joined) != len(a) or len(joined) != len(b):
+            return None  # not the same test utterances
+        truth += list(joined.emotion)
+        nsl += list(joined.predicted_nsl)
+        ref += list(joined.predicted_base)
+        groups += [row.seed] * len(joined)
+    return paired_uar_test(truth, nsl, ref, groups)[1]
+
+
 def summarise(out: Path) -> None:
     frame = pd.read_csv(out / "results.csv")
     lines = [f"# Knowledge transfer through a graph (paper 003, Table 3): {out.name}", "",
-             "Mean ± std over seeds. p: one-tailed z-test of NSL > base on test UAR (mean UARs, "
-             "utterances pooled over seeds); + p < 0.1, * p < 0.05.", ""]
+             "Mean ± std over seeds. One-tailed tests of NSL > base on test UAR: p (z), the papers' two-proportion "
+             "z-test (mean UARs, utterances pooled over seeds); p (paired), a paired permutation test (10,000 "
+             "permutations) on the same test utterances, each seed's NSL run paired with that seed's base run. "
+             "+ p < 0.1, * p < 0.05, ** p < 0.01.", ""]
     best = None
     for model, group in frame.groupby("model", sort=False):
         base = group[group.variant == "base"]
         lines += [f"## {model} ({int(group.parameters.iloc[0]) / 1e6:.2f} M parameters)", "",
-                  "| variant | layer | n | alpha | seeds | val UAR | test UAR | test accuracy | NSL − base (test) | p |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| variant | layer | n | alpha | seeds | val UAR | test UAR | test accuracy | NSL − base (test) | p (z) | p (paired) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         if len(base):
-            lines.append(f"| base | | | | {len(base)} | {_ms(base.val_uar)} | {_ms(base.test_uar)} | {_ms(base.test_accuracy)} | | |")
+            lines.append(f"| base | | | | {len(base)} | {_ms(base.val_uar)} | {_ms(base.test_uar)} | {_ms(base.test_accuracy)} | | | |")
         nsl = group[group.variant == "nsl"]
         for (layer, n, alpha), cell in nsl.groupby(["layer", "n", "alpha"], sort=True):
-            test = ""
             if len(base):
                 gain = cell.test_uar.mean() - base.test_uar.mean()
                 _, p = z_test_one_tailed(cell.test_uar.mean(), base.test_uar.mean(), int(cell.n_test.sum()), int(base.n_test.sum()))
-                test = f"{gain:+.3f} | {p:.3g} {significance_marker(p)}"
+                paired = paired_p(out, cell, base)
+                paired = "n/a" if paired is None else f"{paired:.3g} {significance_marker(paired)}"
+                test = f"{gain:+.3f} | {p:.3g} {significance_marker(p)} | {paired}"
             else:
-                test = " | "
+                test = " | | "
             lines.append(f"| nsl | {layer} | {n} | {alpha:g} | {len(cell)} | {_ms(cell.val_uar)} | {_ms(cell.test_uar)} | "
                          f"{_ms(cell.test_accuracy)} | {test} |")
             score = cell.val_uar.mean()
             if best is None or score > best[0]:
-                best = (score, cell.run_dir.iloc[0], f"{model} {layer} n={n} alpha={alpha:g}")
+                best = (score, out / "runs" / Path(str(cell.run_dir.iloc[0])).name, f"{model} {layer} n={n} alpha={alpha:g}")
         lines.append("")
-    (out / "table3.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "table3.md", "\n".join(lines) + "\n", overwrite=True)
     _fig2(frame, out / "fig2.png")
-    if best is not None and (Path(best[1]) / "confusion_test.png").is_file():
-        shutil.copyfile(Path(best[1]) / "confusion_test.png", out / "confusion_best.png")
+    if best is not None and (best[1] / "confusion_test.png").is_file():
+        shutil.copyfile(best[1] / "confusion_test.png", out / "confusion_best.png")
 
 
 def _fig2(frame: pd.DataFrame, path: Path) -> None:

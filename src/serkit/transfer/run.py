@@ -1,6 +1,7 @@
 """`serkit transfer`: a downstream model trained with the graph's neighbour loss, beside the same
 model trained without it (the base model) and, on request, the transfer-learning baselines, all on
-the same split and seed, with one-tailed z-tests of NSL against each.
+the same split and seed, with one-tailed tests of NSL against each: the papers' z-test and a paired
+permutation test on the same utterances.
 
 Writes OUTPUT_DIR/ whole or not at all: `nsl/`, `base/`, `tl-add/` ... (ordinary run folders, each
 with its model), `comparison.json` and `comparison.md`.
@@ -15,7 +16,7 @@ from pathlib import Path
 from serkit.config import Recipe
 from serkit.errors import ConfigError
 from serkit.io import refuse_existing, write_json, write_text
-from serkit.metrics import significance_marker, z_test_one_tailed
+from serkit.metrics import paired_uar_test, significance_marker, z_test_one_tailed
 from serkit.training import train
 
 BASELINES = ("base", "add", "max", "avg")
@@ -61,7 +62,7 @@ def transfer(recipe: Recipe, baselines: tuple[str, ...] | list[str] = ("base",),
             log(f"== {name}: {'neighbour loss, alpha ' + format(recipe.graph.alpha, 'g') if variant.graph else 'no graph'}")
             result = train(variant, log=log)
             metrics[name] = result.metrics
-        comparison = compare(metrics, recipe)
+        comparison = compare(metrics, recipe, {name: work / name for name in variants})
         write_json(work / "comparison.json", comparison)
         write_text(work / "comparison.md", comparison_markdown(comparison))
         os.rename(work, out)
@@ -71,7 +72,23 @@ def transfer(recipe: Recipe, baselines: tuple[str, ...] | list[str] = ("base",),
     return comparison
 
 
-def compare(metrics: dict, recipe: Recipe) -> dict:
+def _paired(run_dirs: dict | None, part: str, name: str, other: str) -> float | None:
+    """Paired permutation p of NSL > other on `part`, from the two runs' predictions (None if missing)."""
+    import pandas as pd
+
+    if not run_dirs:
+        return None
+    files = [Path(run_dirs[k]) / f"predictions_{part}.csv" for k in (name, other)]
+    if not all(f.is_file() for f in files):
+        return None
+    a, b = (pd.read_csv(f, usecols=["path", "emotion", "predicted"], dtype=str) for f in files)
+    joined = a.merge(b, on=["path", "emotion"], suffixes=("_a", "_b"))
+    if len(joined) != len(a) or len(joined) != len(b):
+        return None
+    return paired_uar_test(joined.emotion, joined.predicted_a, joined.predicted_b)[1]
+
+
+def compare(metrics: dict, recipe: Recipe, run_dirs: dict | None = None) -> dict:
     graph = metrics["nsl"]["training"]["graph"]
     rows = {}
     for part in ("val", "test"):
@@ -82,7 +99,8 @@ def compare(metrics: dict, recipe: Recipe) -> dict:
         for other in metrics:
             if other != "nsl":
                 z, p = z_test_one_tailed(row["nsl"]["uar"], row[other]["uar"], row["nsl"]["n"], row[other]["n"])
-                tests[other] = {"uar_gain": row["nsl"]["uar"] - row[other]["uar"], "z": z, "p_one_tailed": p}
+                tests[other] = {"uar_gain": row["nsl"]["uar"] - row[other]["uar"], "z": z, "p_one_tailed": p,
+                                "p_paired": _paired(run_dirs, part, "nsl", other)}
         rows[part] = {"models": row, "nsl_vs": tests}
     return {"architecture": recipe.model.architecture, "seed": recipe.seed, "graph": graph, "parts": rows,
             "parameters": {name: m["model"]["parameters"] for name, m in metrics.items()},
@@ -95,12 +113,18 @@ def comparison_markdown(c: dict) -> str:
              f"Graph `{g['file']}` (layer {g.get('layer') or '?'} of `{g.get('model') or '?'}`, threshold {g['threshold']:g}, "
              f"at most {g['max_neighbours']} neighbours; {g['edges']} edges, {g['isolated_fraction']:.0%} of the training "
              f"utterances without any); alpha {g['alpha']:g} on `{g['embedding']}`.", "",
-             "| part | model | parameters | UAR | accuracy | utterances | NSL minus this (UAR) | one-tailed p |",
-             "|---|---|---|---|---|---|---|---|"]
+             "One-tailed p of NSL > this model: z, the papers' two-proportion z-test; paired, a paired permutation "
+             "test on the same utterances (10,000 permutations).", "",
+             "| part | model | parameters | UAR | accuracy | utterances | NSL minus this (UAR) | p (z) | p (paired) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for part, row in c["parts"].items():
         for name, m in row["models"].items():
             t = row["nsl_vs"].get(name)
-            test = f"{t['uar_gain']:+.3f} | {t['p_one_tailed']:.3g} {significance_marker(t['p_one_tailed'])}" if t else "| "
+            if t:
+                paired = "n/a" if t.get("p_paired") is None else f"{t['p_paired']:.3g} {significance_marker(t['p_paired'])}"
+                test = f"{t['uar_gain']:+.3f} | {t['p_one_tailed']:.3g} {significance_marker(t['p_one_tailed'])} | {paired}"
+            else:
+                test = "| | "
             lines.append(f"| {part} | {name} | {c['parameters'][name] / 1e6:.2f} M | {m['uar']:.3f} | {m['accuracy']:.3f} "
                          f"| {m['n']} | {test} |")
     lines.append("\ntl-*: transfer learning, the downstream FC1 combined with the frozen upstream embedding "
