@@ -39,7 +39,7 @@ from serkit.metrics import uar_from_confusion
 from serkit.models.modeldir import load_model, save_model
 from serkit.models.registry import SERModel, build_model, get_architecture
 from serkit.plots import confusion_png, training_curve_png
-from serkit.transfer.nsl import Neighbours, join_batches, neighbour_loss
+from serkit.transfer.nsl import Neighbours, batchnorm_frozen, neighbour_loss
 
 # Lightning's start-up chatter (tips, "TPU available") says nothing a serkit user can act on.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
@@ -79,13 +79,15 @@ class ClassifierModule(L.LightningModule):
         if nb is None:
             loss = self.loss(self.model(wave, mask), target)
         else:
-            # the neighbours run through the same model in the same pass as the batch
-            joined, joined_mask = join_batches((wave, mask), (nb.wave.to(wave.device), nb.mask.to(mask.device)))
-            feats = self.model.features(joined, joined_mask)
+            # the batch alone, as without the graph; then its neighbours in a pass of their own, with
+            # batch normalisation on its running statistics (serkit.transfer.nsl explains why)
+            feats = self.model.features(wave, mask)
+            with batchnorm_frozen(self.model):
+                near = self.model.features(nb.wave.to(wave.device), nb.mask.to(mask.device))
             b = len(target)
-            embedding = feats[self.neighbours.embedding]
-            l_nbr = neighbour_loss(embedding[:b], embedding[b:], nb, b)
-            loss = self.loss(feats["logits"][:b], target) + self.neighbours.alpha * l_nbr
+            name = self.neighbours.embedding
+            l_nbr = neighbour_loss(feats[name], near[name], nb, b)
+            loss = self.loss(feats["logits"], target) + self.neighbours.alpha * l_nbr
             self.log("neighbour_loss", l_nbr, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
         self.epoch_loss_sum += float(loss.detach()) * len(target)
         self.epoch_loss_count += len(target)
