@@ -482,3 +482,18 @@ def test_experiment_transfer_grid_is_resumable_and_tabulated(cnn_dir, tiny_split
     grid.write_text(grid.read_text().replace("threshold: 0.0", "threshold: 0.5"))
     assert run(["experiment", "transfer", str(grid)]) == 2
     assert "other settings (threshold)" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_grid_table_compares_a_cell_with_the_base_runs_of_its_own_seeds(tmp_path):
+    """An unfinished cell (seed 0 only) is set against seed 0's base run, not the mean of every base run."""
+    from serkit.transfer.experiment import COLUMNS, summarise
+
+    rows = [{"model": "cnn6", "seed": s, "variant": v, "layer": layer, "n": n, "alpha": a, "val_uar": 0.5, "val_accuracy": 0.5,
+             "test_uar": uar, "test_accuracy": uar, "n_val": 100, "n_test": 100, "train_seconds": 1.0, "parameters": 1000,
+             "run_dir": str(tmp_path / "runs" / f"r{s}{v}")}
+            for s, v, layer, n, a, uar in [(0, "base", "", 0, 0.0, 0.50), (1, "base", "", 0, 0.0, 0.90),
+                                           (0, "nsl", "fc1", 3, 0.01, 0.60)]]
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path / "results.csv", index=False)
+    summarise(tmp_path)
+    line = next(x for x in (tmp_path / "table3.md").read_text().splitlines() if x.startswith("| nsl"))
+    assert "| +0.100 |" in line and line.endswith("| n/a |")  # no prediction files: no paired test

@@ -225,7 +225,7 @@ def summarise(out: Path) -> None:
              "Mean ± std over seeds. One-tailed tests of NSL > base on test UAR: p (z), the papers' two-proportion "
              "z-test (mean UARs, utterances pooled over seeds); p (paired), a paired permutation test (10,000 "
              "permutations) on the same test utterances, each seed's NSL run paired with that seed's base run. "
-             "+ p < 0.1, * p < 0.05, ** p < 0.01.", ""]
+             "Each cell is compared with the base runs of its own seeds. + p < 0.1, * p < 0.05, ** p < 0.01.", ""]
     best = None
     for model, group in frame.groupby("model", sort=False):
         base = group[group.variant == "base"]
@@ -236,10 +236,11 @@ def summarise(out: Path) -> None:
             lines.append(f"| base | | | | {len(base)} | {_ms(base.val_uar)} | {_ms(base.test_uar)} | {_ms(base.test_accuracy)} | | | |")
         nsl = group[group.variant == "nsl"]
         for (layer, n, alpha), cell in nsl.groupby(["layer", "n", "alpha"], sort=True):
-            if len(base):
-                gain = cell.test_uar.mean() - base.test_uar.mean()
-                _, p = z_test_one_tailed(cell.test_uar.mean(), base.test_uar.mean(), int(cell.n_test.sum()), int(base.n_test.sum()))
-                paired = paired_p(out, cell, base)
+            same = base[base.seed.isin(cell.seed)]  # compare like with like: the base runs of the cell's seeds
+            if len(same):
+                gain = cell.test_uar.mean() - same.test_uar.mean()
+                _, p = z_test_one_tailed(cell.test_uar.mean(), same.test_uar.mean(), int(cell.n_test.sum()), int(same.n_test.sum()))
+                paired = paired_p(out, cell, same)
                 paired = "n/a" if paired is None else f"{paired:.3g} {significance_marker(paired)}"
                 test = f"{gain:+.3f} | {p:.3g} {significance_marker(p)} | {paired}"
             else:
