@@ -292,7 +292,7 @@ class ToyBNModel(ToyModel):
 def test_neighbours_leave_the_batch_normalisation_of_the_batch_alone():
     """With alpha = 0, NSL training is the base model's training, step for step: the neighbours must
     not join the batch's batch-norm statistics nor its running statistics (the first version ran
-    them as extra rows of the batch, which cost ResNet-9 4-7 points of test UAR at any alpha)."""
+    them as extra rows of the batch, unlike TensorFlow's NSL)."""
     from serkit.data.dataset import collate
     from serkit.training import ClassifierModule
     from serkit.transfer.nsl import Neighbours

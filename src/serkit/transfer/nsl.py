@@ -10,7 +10,7 @@ item), and the gradient flows through both ends of every edge, as in TensorFlow'
 The neighbours go through the model in a pass of their own, as in TensorFlow's NSL (and the
 paper's code), never as extra rows of the batch: batch normalisation would otherwise normalise the
 batch with statistics that include its neighbours, which changes training whatever alpha is (the
-first version did this; on ResNet-9 it cost 4-7 points of test UAR even at alpha = 0.01). In the
+first version did this; bench/RESULTS.md section 18a). In the
 neighbour pass batch normalisation uses, and does not update, its running statistics: a few
 neighbours are too few to normalise by, and the running statistics stay those of the batches
 alone. So with alpha = 0 NSL training is exactly the base model's training.
