@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from serkit.data.manifest import read_manifest
-from serkit.data.splits import holdout_split, load_split, loso_folds, save_split
+from serkit.data.splits import fold_count, holdout_split, load_split, loso_folds, save_split, speaker_folds
 from serkit.errors import ManifestError, SplitError
 
 
@@ -101,6 +101,32 @@ def test_leave_one_speaker_out(tmp_path):
         load_split(out)
     with pytest.raises(SplitError, match="out of range"):
         load_split(out, fold=8)
+
+
+def test_speaker_folds_test_every_speaker_once_gender_balanced(tmp_path, capsys):
+    from serkit.cli import run
+
+    m = read_manifest(_manifest(tmp_path))  # 8 speakers, 4 female and 4 male
+    folds = speaker_folds(m, 4, seed=1)
+    assert sorted(s for f in folds for s in f["test"]) == list("abcdefgh")
+    genders = m.frame.groupby("speaker")["gender"].first()
+    for i, f in enumerate(folds):
+        assert sorted(genders[f["test"]]) == ["female", "male"]  # one of each in every test group
+        assert f["val"] == folds[(i + 1) % 4]["test"]  # validated on the next fold's test speakers
+        assert sorted(f["train"] + f["val"] + f["test"]) == list("abcdefgh")
+    with pytest.raises(SplitError, match="at least 3 folds"):
+        speaker_folds(m, 2)
+    with pytest.raises(SplitError, match="only 8 speakers"):
+        speaker_folds(m, 9)
+    out = tmp_path / "folds.json"
+    assert run(["data", "split", str(m.file), "-o", str(out), "--folds", "4", "--seed", "1"]) == 0
+    assert "wrote 4 speaker folds" in capsys.readouterr().out
+    assert fold_count(out) == 4 and json.loads(out.read_text())["kind"] == "folds"
+    assert load_split(out, fold=3).test == folds[3]["test"]
+    with pytest.raises(SplitError, match="has 4 speaker folds; choose one"):
+        load_split(out)
+    assert run(["data", "split", str(m.file), "-o", str(tmp_path / "x.json"), "--folds", "4", "--loso"]) == 2
+    assert "not both" in capsys.readouterr().err
 
 
 def test_too_many_held_out_speakers(tmp_path):

@@ -497,3 +497,83 @@ def test_grid_table_compares_a_cell_with_the_base_runs_of_its_own_seeds(tmp_path
     summarise(tmp_path)
     line = next(x for x in (tmp_path / "table3.md").read_text().splitlines() if x.startswith("| nsl"))
     assert "| +0.100 |" in line and line.endswith("| n/a |")  # no prediction files: no paired test
+
+
+def test_experiment_transfer_runs_every_fold_of_a_folded_split(cnn_dir, tiny_manifest, tmp_path, capsys):
+    """With speaker folds every training runs once per fold, each fold's graph covers its own training
+    speakers only, and the paired test pairs each NSL run with the base run of its seed and fold."""
+    from serkit.data.splits import load_split, save_split, speaker_folds
+    from serkit.metrics import paired_uar_test
+
+    manifest = read_manifest(tiny_manifest)
+    split = tmp_path / "folds.json"
+    save_split(split, manifest, 0, folds=speaker_folds(manifest, 3, seed=0), kind="folds")
+    recipe = tmp_path / "down.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(split, tmp_path / "unused", max_epochs=1)))
+    grid = tmp_path / "grid.yaml"
+    settings = {"output_dir": str(tmp_path / "grid"), "recipe": str(recipe), "upstream": str(cnn_dir), "models": ["cnn6"],
+                "layers": ["fc1"], "neighbours": [2], "alphas": [0.1], "threshold": 0.0, "seeds": [0]}
+    grid.write_text(yaml.safe_dump(settings))
+    assert run(["experiment", "transfer", str(grid)]) == 0
+    out = tmp_path / "grid"
+    rows = pd.read_csv(out / "results.csv")
+    assert list(zip(rows.fold, rows.variant)) == [(0, "base"), (0, "nsl"), (1, "base"), (1, "nsl"), (2, "base"), (2, "nsl")]
+    truth, nsl, base, groups = [], [], [], []
+    for fold in range(3):
+        parts = load_split(split, fold=fold)
+        graph = load_graph(out / "graphs" / f"fold{fold}" / "fc1.npz")
+        assert graph.paths == list(parts.part("train").frame["path"])  # no validation or test speaker in the graph
+        a, b = (pd.read_csv(out / "runs" / f"cnn6-s0-f{fold}-{v}" / "predictions_test.csv", dtype=str)
+                for v in ("nsl-fc1-n2-a0.1", "base"))
+        assert set(a.path) == set(parts.part("test").frame["path"]) and list(a.path) == list(b.path)
+        truth += list(a.emotion)
+        nsl += list(a.predicted)
+        base += list(b.predicted)
+        groups += [fold] * len(a)
+    assert sorted(truth) == sorted(manifest.frame.emotion)  # every utterance tested once
+    table = (out / "table3.md").read_text()
+    assert "Speaker folds 0, 1, 2" in table
+    line = table.split("| nsl | fc1 |")[1].split("\n")[0]
+    mean = rows[rows.variant == "nsl"].test_uar.mean()
+    assert f"| {mean:.3f} ± 0.000 |" in line  # a seed's UAR: the mean over its folds
+    assert line.rstrip(" |").split("|")[-1].strip().split()[0] == f"{paired_uar_test(truth, nsl, base, groups)[1]:.3g}"
+    assert (out / "confusion_best.png").stat().st_size > 1000  # the folds' predictions pooled
+    # folds the split does not have, and folds of a hold-out split, are refused before anything runs
+    capsys.readouterr()
+    grid.write_text(yaml.safe_dump({**settings, "folds": [3]}))
+    assert run(["experiment", "transfer", str(grid)]) == 2
+    assert "has folds 0..2" in capsys.readouterr().err
+    holdout = tmp_path / "holdout.yaml"
+    holdout.write_text(yaml.safe_dump({**settings, "output_dir": str(tmp_path / "h"), "folds": [0],
+                                       "set": [f"data.split={tmp_path / 'none.json'}"]}))
+    assert run(["experiment", "transfer", str(holdout)]) == 2
+    assert "split file not found" in capsys.readouterr().err and not (tmp_path / "h").exists()
+
+
+def test_a_missing_upstream_leaves_no_output_folder(tiny_split, tmp_path, capsys):
+    recipe = tmp_path / "down.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_split, tmp_path / "unused", max_epochs=1)))
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "grid"), "recipe": str(recipe),
+                                    "upstream": str(tmp_path / "no-model"), "folds": [0]}))
+    assert run(["experiment", "transfer", str(grid)]) == 2
+    err = capsys.readouterr().err
+    assert "single hold-out split" in err and not (tmp_path / "grid").exists()
+    grid.write_text(grid.read_text().replace("folds:\n- 0\n", ""))
+    assert run(["experiment", "transfer", str(grid)]) == 2
+    assert "model directory not found" in capsys.readouterr().err and not (tmp_path / "grid").exists()
+
+
+def test_results_from_before_folds_gain_an_empty_fold_column(tmp_path):
+    from serkit.transfer.experiment import COLUMNS, _add_fold_column, summarise
+
+    old = [c for c in COLUMNS if c != "fold"]
+    rows = [{"model": "cnn6", "seed": 0, "variant": v, "layer": layer, "n": n, "alpha": a, "val_uar": 0.5,
+             "val_accuracy": 0.5, "test_uar": uar, "test_accuracy": uar, "n_val": 10, "n_test": 10, "train_seconds": 1.0,
+             "parameters": 1000, "run_dir": f"r{v}"} for v, layer, n, a, uar in [("base", "", 0, 0.0, 0.5), ("nsl", "fc1", 3, 0.1, 0.7)]]
+    pd.DataFrame(rows, columns=old).to_csv(tmp_path / "results.csv", index=False)
+    _add_fold_column(tmp_path / "results.csv")
+    frame = pd.read_csv(tmp_path / "results.csv", keep_default_na=False)
+    assert list(frame.columns) == COLUMNS and list(frame.fold) == ["", ""] and list(frame.test_uar) == [0.5, 0.7]
+    summarise(tmp_path)
+    assert "| +0.200 |" in (tmp_path / "table3.md").read_text()

@@ -95,12 +95,26 @@ def data_split(
     seed: int = typer.Option(0, help="seed for choosing speakers"),
     loso: bool = typer.Option(False, "--loso", help="leave-one-speaker-out folds instead of one hold-out split"),
     loso_val: int = typer.Option(1, help="with --loso: validation speakers per fold"),
+    folds: int | None = typer.Option(None, "--folds", help="K speaker folds: each fold tests one group of speakers "
+                                     "and validates on the next fold's group"),
 ):
     """Speaker-independent split (gender-balanced where the corpus allows), audited for leakage."""
     from serkit.data.manifest import read_manifest
-    from serkit.data.splits import holdout_split, loso_folds, save_split
+    from serkit.data.splits import holdout_split, loso_folds, save_split, speaker_folds
 
     m = read_manifest(manifest)
+    if folds is not None:
+        if loso:
+            raise SerkitError("give --loso or --folds K, not both")
+        made = speaker_folds(m, folds, seed)
+        save_split(out, m, seed, folds=made, kind="folds")
+        genders = m.frame.groupby("speaker")["gender"].first() if "gender" in m.frame.columns else None
+        for i, f in enumerate(made):
+            n = int(m.frame["speaker"].isin(f["test"]).sum())
+            mix = f" ({', '.join(f'{g} {c}' for g, c in genders[f['test']].value_counts().items())})" if genders is not None else ""
+            console.print(f"fold {i}: test {' '.join(f['test'])}{mix}, {n} utterances; val {' '.join(f['val'])}")
+        console.print(f"wrote {len(made)} speaker folds to {out}")
+        return
     if loso:
         folds = loso_folds(m, loso_val, seed)
         save_split(out, m, seed, folds=folds)

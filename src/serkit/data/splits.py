@@ -1,7 +1,8 @@
 """Speaker-independent splits, saved to a file, and the leakage audit that guards them.
 
 A split file (JSON) names the manifest it was made for (path and SHA-256), and either one
-hold-out partition (`parts`: train/val/test speaker lists) or leave-one-speaker-out `folds`.
+hold-out partition (`parts`: train/val/test speaker lists) or `folds` (leave-one-speaker-out, or
+k speaker folds), each fold a partition of its own.
 Loading it re-audits it: a speaker on two sides, a speaker the manifest does not know, or a
 manifest that changed since the split was made, is refused.
 """
@@ -21,6 +22,7 @@ from serkit.io import write_json
 
 PARTS = ("train", "val", "test")
 FORMAT = "serkit-split"
+FOLDED = {"loso": "leave-one-speaker-out", "folds": "speaker"}  # split kinds made of folds
 
 
 @dataclass
@@ -99,8 +101,37 @@ def loso_folds(manifest: Manifest, n_val: int = 1, seed: int = 0) -> list[dict]:
     return folds
 
 
+def speaker_folds(manifest: Manifest, k: int, seed: int = 0) -> list[dict]:
+    """k speaker folds: every speaker is tested exactly once. Fold i tests one group of speakers and
+    validates on the next fold's test group; the rest train. The groups are as equal in size and as
+    gender-balanced as the corpus allows."""
+    genders = _speaker_genders(manifest)
+    speakers = sorted(genders)
+    if k < 3:
+        raise SplitError(f"--folds {k}: give at least 3 folds (each fold needs its own test and validation speakers)")
+    if k > len(speakers):
+        raise SplitError(f"--folds {k}: manifest {manifest.file} has only {len(speakers)} speakers; "
+                         "give at most one fold per speaker (that is --loso)")
+    rng = np.random.default_rng(seed)
+    pools: dict[str, list[str]] = {}
+    for speaker in speakers:
+        pools.setdefault(genders[speaker], []).append(speaker)
+    for key in sorted(pools):
+        rng.shuffle(pools[key])
+    # dealt out in turn from one gender after the other (largest pool first): as stratified k-fold
+    order = [s for key in sorted(pools, key=lambda g: (-len(pools[g]), g)) for s in pools[key]]
+    groups = [sorted(order[i::k]) for i in range(k)]
+    folds = []
+    for i in range(k):
+        test, val = groups[i], groups[(i + 1) % k]
+        train = [s for s in speakers if s not in test and s not in val]
+        folds.append({"train": train, "val": val, "test": test})
+    return folds
+
+
 def save_split(path: Path | str, manifest: Manifest, seed: int, parts: dict | None = None,
-               folds: list[dict] | None = None) -> None:
+               folds: list[dict] | None = None, kind: str | None = None) -> None:
+    """Write a split file: `parts` (kind holdout) or `folds` (kind loso, or folds for k speaker folds)."""
     path = Path(path)
     for i, candidate in enumerate(folds or [parts]):
         audit(candidate, manifest, where=f"fold {i}" if folds else "split")
@@ -114,7 +145,7 @@ def save_split(path: Path | str, manifest: Manifest, seed: int, parts: dict | No
         "manifest": manifest_ref,
         "manifest_sha256": manifest.sha256,
         "seed": seed,
-        "kind": "loso" if folds else "holdout",
+        "kind": (kind or "loso") if folds else "holdout",
     }
     if folds:
         payload["folds"] = folds
@@ -163,10 +194,10 @@ def load_split(path: Path | str, manifest: Path | str | None = None, fold: int |
             f"manifest {manifest_path} changed since split {path} was made (SHA-256 differs); "
             "re-run serkit data split on it"
         )
-    if payload.get("kind") == "loso":
+    if payload.get("kind") in FOLDED:
         folds = payload["folds"]
         if fold is None:
-            raise SplitError(f"split {path} has {len(folds)} leave-one-speaker-out folds; choose one (data.fold / --fold)")
+            raise SplitError(f"split {path} has {len(folds)} {FOLDED[payload['kind']]} folds; choose one (data.fold / --fold)")
         if not 0 <= fold < len(folds):
             raise SplitError(f"fold {fold} out of range: split {path} has folds 0..{len(folds) - 1}")
         parts = folds[fold]
@@ -179,6 +210,12 @@ def load_split(path: Path | str, manifest: Path | str | None = None, fold: int |
     parts = {p: [str(s) for s in parts.get(p, [])] for p in PARTS}
     audit(parts, loaded, where=f"split {path}" + (f" fold {fold}" if fold is not None else ""))
     return Split(parts["train"], parts["val"], parts["test"], loaded, path, fold)
+
+
+def fold_count(path: Path | str) -> int | None:
+    """How many folds a split file holds (None for a single hold-out split)."""
+    payload = json.loads(Path(path).read_text())
+    return len(payload["folds"]) if payload.get("kind") in FOLDED else None
 
 
 def _speaker_genders(manifest: Manifest) -> dict[str, str]:

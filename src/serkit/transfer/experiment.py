@@ -2,16 +2,18 @@
 
 Grid: downstream models x upstream layers (graphs from FC1 / FC2 embeddings) x neighbours n x
 alpha x seeds, each NSL cell beside its base model (the same downstream model, recipe and seed,
-no graph: trained once per model and seed, shared by every cell). The training recipe (data,
+no graph: trained once per model and seed, shared by every cell). With a folded split (`serkit
+data split --folds K` or `--loso`) every training runs once per fold: each test speaker is tested
+once per seed, and each fold has a graph over its own training speakers. The training recipe (data,
 fixed length, optimiser, epochs) is an ordinary serkit recipe (`recipe:`); the grid overrides its
-model, graph and seed. The upstream model embeds the split's training utterances once per layer;
+model, graph, seed (and fold). The upstream model embeds the training utterances once per layer;
 each layer's graph keeps max(n) neighbours and every cell uses its first n.
 
 Outputs beside results.csv: table3.md (per downstream model: base, then every NSL cell, mean ± std
 over seeds of val/test UAR and accuracy; one-tailed tests of NSL > base on test UAR: the papers'
 z-test, and a paired permutation test over the same test utterances, seeds paired), fig2.png
 (test UAR vs alpha per n and layer, base as a line) and confusion_best.png (the test confusion
-matrix of the best cell on validation).
+matrix of the best cell on validation: its first seed, pooled over the folds).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from serkit.errors import ConfigError
 from serkit.io import write_text
 from serkit.metrics import paired_uar_test, significance_marker, z_test_one_tailed
 
-COLUMNS = ["model", "seed", "variant", "layer", "n", "alpha", "val_uar", "val_accuracy", "test_uar", "test_accuracy",
+COLUMNS = ["model", "seed", "fold", "variant", "layer", "n", "alpha", "val_uar", "val_accuracy", "test_uar", "test_accuracy",
            "n_val", "n_test", "train_seconds", "parameters", "run_dir"]
 
 
@@ -45,6 +47,8 @@ class TransferGrid(BaseModel):
     alphas: list[float] = [0.01, 0.1, 1.0]
     threshold: float = Field(0.99, gt=-1, le=1)
     seeds: list[int] = [0, 1, 2]
+    folds: list[int] | None = Field(None, description="folds of a folded split (serkit data split --folds K / --loso) "
+                                    "to run; default: every fold. A hold-out split has none")
     keep_models: bool = False
     set: list[str] = Field(default_factory=list, description="recipe overrides for every training, e.g. train.max_epochs=5")
 
@@ -55,88 +59,144 @@ def load_transfer_grid(path: Path | str, overrides: list[str] | None = None) -> 
     return load_experiment(path, TransferGrid, overrides)
 
 
-def _graphs(grid: TransferGrid, recipe, out: Path, log) -> dict[str, Path]:
-    """One graph per upstream layer over the split's training utterances (made once, then reused)."""
+def _graph_path(out: Path, layer: str, fold) -> Path:
+    return out / "graphs" / (f"{layer}.npz" if fold is None else f"fold{fold}/{layer}.npz")
+
+
+def _graphs(grid: TransferGrid, recipe, folds: list, upstream, out: Path, log) -> dict[tuple, Path]:
+    """One graph per upstream layer (and fold) over the training utterances (made once, then reused).
+    The upstream model embeds the union of the folds' training utterances once per layer."""
     from serkit.data.splits import load_split
-    from serkit.embeddings import check_layer, embed, save_embeddings
-    from serkit.models import load_model
+    from serkit.embeddings import check_layer, embed, load_embeddings, save_embeddings
     from serkit.transfer.graph import build_graph, save_graph
 
-    graphs, upstream, train = {}, None, None
+    graphs = {}
+    splits = {fold: load_split(recipe.data.split, recipe.data.manifest, fold) for fold in folds}
+    manifest = next(iter(splits.values())).manifest
+    union = manifest.subset(sorted({s for split in splits.values() for s in split.speakers("train")}))
     for layer in grid.layers:
-        path = out / "graphs" / f"{layer}.npz"
-        graphs[layer] = path
-        if path.is_file():
+        todo = [f for f in folds if not _graph_path(out, layer, f).is_file()]
+        graphs.update({(layer, f): _graph_path(out, layer, f) for f in folds})
+        if not todo:
             continue
-        if upstream is None:
-            upstream = load_model(grid.upstream)
-            split = load_split(recipe.data.split, recipe.data.manifest, recipe.data.fold)
-            train = split.manifest.subset(split.speakers("train"))
-        check_layer(upstream, layer)
-        array = embed(upstream, train, layer)
         emb = out / "graphs" / f"{layer}.npy"
-        if not emb.is_file():
+        if emb.is_file():
+            cached = load_embeddings(emb)
+            array, row = cached.array, {p: i for i, p in enumerate(cached.meta.get("paths", []))}
+        if not emb.is_file() or any(p not in row for p in union.frame["path"]):
+            check_layer(upstream, layer)
+            array = embed(upstream, union, layer)
+            for old in (emb, emb.with_suffix(".json")):  # a cache of this grid's own, made for fewer folds
+                old.unlink(missing_ok=True)
             save_embeddings(emb, array, {"model": str(Path(grid.upstream).resolve()), "layer": layer,
-                                         "manifest": str(train.file), "manifest_sha256": train.sha256,
-                                         "paths": list(train.frame["path"])})
-        graph = build_graph(array, grid.threshold, max(grid.neighbours))
-        graph.paths, graph.manifest_sha256 = list(train.frame["path"]), train.sha256
-        graph.meta = {"model": str(Path(grid.upstream).resolve()), "layer": layer, "embeddings": str(emb), "part": "train"}
-        save_graph(path, graph)
-        s = graph.stats()
-        log(f"graph {layer}: {s['edges']} edges, {s['isolated_fraction']:.0%} of {s['nodes']} training utterances isolated")
+                                         "manifest": str(union.file), "manifest_sha256": union.sha256,
+                                         "paths": list(union.frame["path"])})
+            row = {p: i for i, p in enumerate(union.frame["path"])}
+        for fold in todo:
+            train = splits[fold].part("train")
+            graph = build_graph(array[[row[p] for p in train.frame["path"]]], grid.threshold, max(grid.neighbours))
+            graph.paths, graph.manifest_sha256 = list(train.frame["path"]), train.sha256
+            graph.meta = {"model": str(Path(grid.upstream).resolve()), "layer": layer, "embeddings": str(emb), "part": "train",
+                          **({} if fold is None else {"fold": fold})}
+            path = _graph_path(out, layer, fold)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_graph(path, graph)
+            s = graph.stats()
+            where = "" if fold is None else f" fold {fold}"
+            log(f"graph {layer}{where}: {s['edges']} edges, {s['isolated_fraction']:.0%} of {s['nodes']} training utterances isolated")
     return graphs
 
 
-def _cells(grid: TransferGrid):
+def _cells(grid: TransferGrid, folds: list):
     for model in grid.models:
         for seed in grid.seeds:
-            yield model, seed, "base", "", 0, 0.0
-            for layer in grid.layers:
-                for n in grid.neighbours:
-                    for alpha in grid.alphas:
-                        yield model, seed, "nsl", layer, n, alpha
+            for fold in folds:
+                yield model, seed, fold, "base", "", 0, 0.0
+                for layer in grid.layers:
+                    for n in grid.neighbours:
+                        for alpha in grid.alphas:
+                            yield model, seed, fold, "nsl", layer, n, alpha
 
 
-def _key(model, seed, variant, layer, n, alpha) -> str:
-    return f"{model}|{seed}|{variant}|{layer}|{n}|{float(alpha):g}"
+def _key(model, seed, fold, variant, layer, n, alpha) -> str:
+    fold = "" if fold is None or fold == "" else int(float(fold))
+    return f"{model}|{seed}|{fold}|{variant}|{layer}|{n}|{float(alpha):g}"
+
+
+def _folds(grid: TransferGrid, recipe) -> list:
+    """The folds to run: [None] for a hold-out split."""
+    from serkit.data.splits import fold_count, load_split
+
+    load_split(recipe.data.split, recipe.data.manifest, 0 if _is_folded(recipe) else None)  # a clear error if unusable
+    count = fold_count(recipe.data.split)
+    if count is None:
+        if grid.folds:
+            raise ConfigError(f"folds: {grid.folds}, but {recipe.data.split} is a single hold-out split; drop folds, or make "
+                              "a folded split (serkit data split MANIFEST --folds 5 -o SPLIT.json)")
+        return [None]
+    if recipe.data.fold is not None:
+        raise ConfigError(f"{recipe.data.split} is folded and the grid runs its folds: drop data.fold from the recipe "
+                          "(the grid's folds: chooses them)")
+    folds = list(range(count)) if grid.folds is None else list(grid.folds)
+    bad = [f for f in folds if not 0 <= f < count]
+    if bad or not folds:
+        raise ConfigError(f"folds: {grid.folds}: {recipe.data.split} has folds 0..{count - 1}")
+    return folds
+
+
+def _is_folded(recipe) -> bool:
+    from serkit.data.splits import fold_count
+
+    try:
+        return fold_count(recipe.data.split) is not None
+    except (OSError, ValueError):
+        return False  # load_split names the problem
 
 
 def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
     from serkit.config import load_recipe
     from serkit.training import train
 
+    from serkit.models import load_model
+
     out = Path(grid.output_dir)
     base_recipe = load_recipe(grid.recipe, grid.set)
     if base_recipe.task != "classification" or "val" in base_recipe.data.train_parts:
         raise ConfigError(f"{grid.recipe}: the transfer grid needs a classification recipe that selects on validation "
                           "(data.train_parts: [train])")
+    folds = _folds(grid, base_recipe)
+    upstream = load_model(grid.upstream)  # a bad upstream fails here, before the output folder exists
     out.mkdir(parents=True, exist_ok=True)
     _check_fingerprint(grid, base_recipe, out)
-    graphs = _graphs(grid, base_recipe, out, log)
+    graphs = _graphs(grid, base_recipe, folds, upstream, out, log)
+    del upstream
     results = out / "results.csv"
     done = set()
     if results.is_file():
+        _add_fold_column(results)
         for row in pd.read_csv(results, dtype=str, keep_default_na=False).to_dict("records"):
-            done.add(_key(row["model"], row["seed"], row["variant"], row["layer"], row["n"], row["alpha"]))
-    cells = list(_cells(grid))
+            done.add(_key(row["model"], row["seed"], row["fold"], row["variant"], row["layer"], row["n"], row["alpha"]))
+    cells = list(_cells(grid, folds))
     todo = [c for c in cells if _key(*c) not in done]
     log(f"{len(cells) - len(todo)} trainings done, {len(todo)} to go")
-    for i, (model, seed, variant, layer, n, alpha) in enumerate(todo, 1):
-        tag = f"{model}-s{seed}-{variant}" + (f"-{layer}-n{n}-a{alpha:g}" if variant == "nsl" else "")
+    for i, (model, seed, fold, variant, layer, n, alpha) in enumerate(todo, 1):
+        tag = (f"{model}-s{seed}" + ("" if fold is None else f"-f{fold}") + f"-{variant}"
+               + (f"-{layer}-n{n}-a{alpha:g}" if variant == "nsl" else ""))
         run_dir = out / "runs" / tag
         if run_dir.exists():
             shutil.rmtree(run_dir)  # an interrupted training of this cell
         overrides = [f"model.architecture={model}", "model.options={}", f"seed={seed}", f"output_dir={run_dir}",
                      "train.progress_bar=false", *grid.set]
+        if fold is not None:
+            overrides.append(f"data.fold={fold}")
         raw = base_recipe.model_dump(mode="json")
-        raw["graph"] = None if variant == "base" else {"file": str(graphs[layer]), "alpha": alpha, "max_neighbours": n,
-                                                          "embedding": "fc1"}
+        raw["graph"] = None if variant == "base" else {"file": str(graphs[layer, fold]), "alpha": alpha,
+                                                          "max_neighbours": n, "embedding": "fc1"}
         recipe = load_recipe(raw=_apply(raw, overrides))
         log(f"[{i}/{len(todo)}] {tag}")
         result = train(recipe, log=lambda *a: None)
         m = result.metrics
-        row = {"model": model, "seed": seed, "variant": variant, "layer": layer, "n": n, "alpha": alpha,
+        row = {"model": model, "seed": seed, "fold": "" if fold is None else fold, "variant": variant, "layer": layer, "n": n, "alpha": alpha,
                "val_uar": m["val"]["uar"], "val_accuracy": m["val"]["war"], "test_uar": m["test"]["uar"],
                "test_accuracy": m["test"]["war"], "n_val": m["val"]["n"], "n_test": m["test"]["n"],
                "train_seconds": m["training"]["train_seconds"], "parameters": m["model"]["parameters"],
@@ -151,6 +211,16 @@ def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
             shutil.rmtree(run_dir / "model", ignore_errors=True)
     summarise(out)
     return out
+
+
+def _add_fold_column(results: Path) -> None:
+    """A results.csv written before grids had folds gains an empty fold column (hold-out runs)."""
+    with results.open(newline="") as handle:
+        header = next(csv.reader(handle), [])
+    if header and "fold" not in header:
+        frame = pd.read_csv(results, dtype=str, keep_default_na=False)
+        frame.insert(header.index("seed") + 1 if "seed" in header else 0, "fold", "")
+        write_text(results, frame.to_csv(index=False), overwrite=True)
 
 
 def _check_fingerprint(grid: TransferGrid, recipe, out: Path) -> None:
@@ -192,40 +262,63 @@ def _ms(values) -> str:
     return f"{np.mean(values):.3f} ± {sd:.3f}"
 
 
-def _predictions(out: Path, row) -> pd.DataFrame | None:
-    """A run's test predictions (the run folder under out/runs/, wherever the grid was run from)."""
-    file = out / "runs" / Path(str(row.run_dir)).name / "predictions_test.csv"
-    return pd.read_csv(file, usecols=["path", "emotion", "predicted"], dtype=str) if file.is_file() else None
+def _run_dir(out: Path, row) -> Path:
+    """A run's folder under out/runs/, wherever the grid was run from."""
+    return out / "runs" / Path(str(row.run_dir)).name
+
+
+def _pairs(cell: pd.DataFrame, base: pd.DataFrame) -> list[tuple]:
+    """Each run of an NSL cell with the base run of its seed and fold (None where that is missing)."""
+    pairs = []
+    for row in cell.itertuples():
+        match = base[(base.seed == row.seed) & (base.fold == row.fold)]
+        pairs.append((row, next(match.itertuples()) if len(match) else None))
+    return pairs
 
 
 def paired_p(out: Path, cell: pd.DataFrame, base: pd.DataFrame) -> float | None:
-    """One-tailed paired permutation test of NSL > base on test UAR, each seed's NSL run paired with
-    the base run of that seed on the same utterances; None when a prediction file is missing."""
+    """One-tailed paired permutation test of NSL > base on test UAR, each NSL run paired with the
+    base run of its seed (and fold) on the same utterances, the gain averaged over those pairs;
+    None when a prediction file is missing."""
+    from serkit.transfer.run import paired_predictions
+
     truth, nsl, ref, groups = [], [], [], []
-    for row in cell.itertuples():
-        match = base[base.seed == row.seed]
-        if not len(match):
+    for row, match in _pairs(cell, base):
+        if match is None:
             return None
-        a, b = _predictions(out, row), _predictions(out, next(match.itertuples()))
-        if a is None or b is None:
+        joined = paired_predictions(*(_run_dir(out, r) / "predictions_test.csv" for r in (row, match)))
+        if joined is None:
             return None
-        joined = a.merge(b, on=["path", "emotion"], suffixes=("_nsl", "_base"))
-        if len(joined) != len(a) or len(joined) != len(b):
-            return None  # not the same test utterances
         truth += list(joined.emotion)
-        nsl += list(joined.predicted_nsl)
-        ref += list(joined.predicted_base)
-        groups += [row.seed] * len(joined)
+        nsl += list(joined.predicted_a)
+        ref += list(joined.predicted_b)
+        groups += [f"{row.seed}|{row.fold}"] * len(joined)
     return paired_uar_test(truth, nsl, ref, groups)[1]
 
 
+def _per_seed(frame: pd.DataFrame, column: str) -> pd.Series:
+    """One value per seed: the mean over its folds (the value itself for a hold-out split)."""
+    return frame.groupby("seed")[column].mean()
+
+
+def read_results(out: Path) -> pd.DataFrame:
+    frame = pd.read_csv(out / "results.csv", dtype={"fold": str}, keep_default_na=True)
+    frame["fold"] = frame["fold"].fillna("").astype(str) if "fold" in frame.columns else ""
+    return frame
+
+
 def summarise(out: Path) -> None:
-    frame = pd.read_csv(out / "results.csv")
-    lines = [f"# Knowledge transfer through a graph (paper 003, Table 3): {out.name}", "",
-             "Mean ± std over seeds. One-tailed tests of NSL > base on test UAR: p (z), the papers' two-proportion "
-             "z-test (mean UARs, utterances pooled over seeds); p (paired), a paired permutation test (10,000 "
-             "permutations) on the same test utterances, each seed's NSL run paired with that seed's base run. "
-             "Each cell is compared with the base runs of its own seeds. + p < 0.1, * p < 0.05, ** p < 0.01.", ""]
+    frame = read_results(out)
+    folds = sorted({f for f in frame.fold if f != ""}, key=int)
+    lines = [f"# Knowledge transfer through a graph (paper 003, Table 3): {out.name}", ""]
+    if folds:
+        lines += [f"Speaker folds {', '.join(folds)}: every training ran once per fold, and a seed's UAR is the mean over its "
+                  "folds.", ""]
+    lines += ["Mean ± std over seeds. One-tailed tests of NSL > base on test UAR: p (z), the papers' two-proportion "
+              "z-test (mean UARs, utterances pooled over seeds); p (paired), a paired permutation test (10,000 "
+              "permutations) on the same test utterances, each seed's NSL run paired with that seed's base run"
+              + (" of the same fold" if folds else "") + ". Each cell is compared with the base runs of its own seeds"
+              + (" and folds" if folds else "") + ". + p < 0.1, * p < 0.05, ** p < 0.01.", ""]
     best = None
     for model, group in frame.groupby("model", sort=False):
         base = group[group.variant == "base"]
@@ -233,28 +326,52 @@ def summarise(out: Path) -> None:
                   "| variant | layer | n | alpha | seeds | val UAR | test UAR | test accuracy | NSL − base (test) | p (z) | p (paired) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         if len(base):
-            lines.append(f"| base | | | | {len(base)} | {_ms(base.val_uar)} | {_ms(base.test_uar)} | {_ms(base.test_accuracy)} | | | |")
+            lines.append(f"| base | | | | {base.seed.nunique()} | {_ms(_per_seed(base, 'val_uar'))} | "
+                         f"{_ms(_per_seed(base, 'test_uar'))} | {_ms(_per_seed(base, 'test_accuracy'))} | | | |")
         nsl = group[group.variant == "nsl"]
         for (layer, n, alpha), cell in nsl.groupby(["layer", "n", "alpha"], sort=True):
-            same = base[base.seed.isin(cell.seed)]  # compare like with like: the base runs of the cell's seeds
-            if len(same):
-                gain = cell.test_uar.mean() - same.test_uar.mean()
-                _, p = z_test_one_tailed(cell.test_uar.mean(), same.test_uar.mean(), int(cell.n_test.sum()), int(same.n_test.sum()))
-                paired = paired_p(out, cell, same)
+            pairs = [(row, match) for row, match in _pairs(cell, base) if match is not None]
+            if pairs:  # compare like with like: the base runs of the cell's own seeds (and folds)
+                mine = cell.loc[[row.Index for row, _ in pairs]]
+                same = base.loc[[match.Index for _, match in pairs]]
+                gain = mine.test_uar.mean() - same.test_uar.mean()
+                _, p = z_test_one_tailed(mine.test_uar.mean(), same.test_uar.mean(), int(mine.n_test.sum()), int(same.n_test.sum()))
+                paired = paired_p(out, mine, same)
                 paired = "n/a" if paired is None else f"{paired:.3g} {significance_marker(paired)}"
                 test = f"{gain:+.3f} | {p:.3g} {significance_marker(p)} | {paired}"
             else:
                 test = " | | "
-            lines.append(f"| nsl | {layer} | {n} | {alpha:g} | {len(cell)} | {_ms(cell.val_uar)} | {_ms(cell.test_uar)} | "
-                         f"{_ms(cell.test_accuracy)} | {test} |")
+            lines.append(f"| nsl | {layer} | {n} | {alpha:g} | {cell.seed.nunique()} | {_ms(_per_seed(cell, 'val_uar'))} | "
+                         f"{_ms(_per_seed(cell, 'test_uar'))} | {_ms(_per_seed(cell, 'test_accuracy'))} | {test} |")
             score = cell.val_uar.mean()
             if best is None or score > best[0]:
-                best = (score, out / "runs" / Path(str(cell.run_dir.iloc[0])).name, f"{model} {layer} n={n} alpha={alpha:g}")
+                best = (score, cell[cell.seed == cell.seed.iloc[0]], f"{model} {layer} n={n} alpha={alpha:g}")
         lines.append("")
     write_text(out / "table3.md", "\n".join(lines) + "\n", overwrite=True)
     _fig2(frame, out / "fig2.png")
-    if best is not None and (best[1] / "confusion_test.png").is_file():
-        shutil.copyfile(best[1] / "confusion_test.png", out / "confusion_best.png")
+    if best is not None:
+        _confusion_best(out, best[1], best[2])
+
+
+def _confusion_best(out: Path, runs: pd.DataFrame, name: str) -> None:
+    """The best cell's test confusion matrix (one seed, its folds pooled)."""
+    from sklearn.metrics import confusion_matrix
+
+    from serkit.plots import confusion_png
+
+    if len(runs) == 1:
+        file = _run_dir(out, next(runs.itertuples())) / "confusion_test.png"
+        if file.is_file():
+            shutil.copyfile(file, out / "confusion_best.png")
+        return
+    files = [_run_dir(out, row) / "predictions_test.csv" for row in runs.itertuples()]
+    if not all(f.is_file() for f in files):
+        return
+    pooled = pd.concat([pd.read_csv(f, usecols=["emotion", "predicted"], dtype=str) for f in files])
+    labels = sorted(set(pooled.emotion) | set(pooled.predicted))
+    matrix = confusion_matrix(pooled.emotion, pooled.predicted, labels=labels)
+    confusion_png(out / "confusion_best.png", matrix, labels,
+                  f"{name}, seed {runs.seed.iloc[0]}, {len(runs)} folds pooled (test)")
 
 
 def _fig2(frame: pd.DataFrame, path: Path) -> None:

@@ -72,18 +72,24 @@ def transfer(recipe: Recipe, baselines: tuple[str, ...] | list[str] = ("base",),
     return comparison
 
 
-def _paired(run_dirs: dict | None, part: str, name: str, other: str) -> float | None:
-    """Paired permutation p of NSL > other on `part`, from the two runs' predictions (None if missing)."""
+def paired_predictions(file_a: Path, file_b: Path):
+    """Two runs' predictions of the same utterances, side by side (columns path, emotion,
+    predicted_a, predicted_b); None when a file is missing or they scored different utterances."""
     import pandas as pd
 
+    if not (Path(file_a).is_file() and Path(file_b).is_file()):
+        return None
+    a, b = (pd.read_csv(f, usecols=["path", "emotion", "predicted"], dtype=str) for f in (file_a, file_b))
+    joined = a.merge(b, on=["path", "emotion"], suffixes=("_a", "_b"))
+    return joined if len(joined) == len(a) == len(b) else None
+
+
+def _paired(run_dirs: dict | None, part: str, name: str, other: str) -> float | None:
+    """Paired permutation p of NSL > other on `part`, from the two runs' predictions (None if missing)."""
     if not run_dirs:
         return None
-    files = [Path(run_dirs[k]) / f"predictions_{part}.csv" for k in (name, other)]
-    if not all(f.is_file() for f in files):
-        return None
-    a, b = (pd.read_csv(f, usecols=["path", "emotion", "predicted"], dtype=str) for f in files)
-    joined = a.merge(b, on=["path", "emotion"], suffixes=("_a", "_b"))
-    if len(joined) != len(a) or len(joined) != len(b):
+    joined = paired_predictions(*(Path(run_dirs[k]) / f"predictions_{part}.csv" for k in (name, other)))
+    if joined is None:
         return None
     return paired_uar_test(joined.emotion, joined.predicted_a, joined.predicted_b)[1]
 
