@@ -276,6 +276,23 @@ def test_neighbour_loss_pulls_graph_neighbours_together():
     assert with_graph < 0.5 * without, (without, with_graph)
 
 
+def test_neighbour_loss_reduction_per_utterance_or_per_edge(tiny_split, tmp_path):
+    """'utterances' (paper 003, Eq. 2): the edges' (1 - cos) summed, over the batch's utterances;
+    'edges' (TensorFlow NSL): their mean. With 3 edges in a batch of 2 they differ by 3 / 2."""
+    from serkit.errors import ConfigError
+    from serkit.transfer.nsl import NeighbourBatch, neighbour_loss
+
+    main = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    near = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])  # cos 1, -1 with row 0; cos 1 with row 1
+    nb = NeighbourBatch(near, torch.ones(3, 1, dtype=torch.bool), torch.tensor([0, 0, 1]), torch.tensor([0, 1, 2]))
+    assert neighbour_loss(main, near, nb, 2).item() == pytest.approx(2.0 / 2)
+    assert neighbour_loss(main, near, nb, 2, "edges").item() == pytest.approx(2.0 / 3)
+    raw = tiny_recipe(tiny_split, tmp_path / "r")
+    raw["graph"] = {"file": str(tmp_path / "g.npz"), "reduction": "nodes"}
+    with pytest.raises(ConfigError, match="graph.reduction"):
+        load_recipe(raw=raw)
+
+
 class ToyBNModel(ToyModel):
     """ToyModel with batch normalisation on fc1, as the CNNs have after each convolution."""
 

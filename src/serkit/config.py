@@ -72,6 +72,10 @@ class GraphConfig(_Strict):
     max_neighbours: int | None = Field(None, ge=1, description="use at most this many of each utterance's neighbours "
                                        "(paper 003: 3, 6, 9); default: all the graph kept")
     embedding: str = Field("fc1", description="downstream embedding the neighbour loss keeps close: fc1, fc2 or pooled")
+    reduction: Literal["utterances", "edges"] = Field(
+        "utterances", description="how a batch's edge losses are averaged: 'utterances' sums them and divides by the "
+        "batch's utterances (paper 003, Eq. 2); 'edges' takes their mean, as TensorFlow's NSL and the paper's code do "
+        "(its alpha is then ours divided by the mean number of neighbours)")
 
 
 class DimensionsConfig(_Strict):

@@ -86,7 +86,7 @@ class ClassifierModule(L.LightningModule):
                 near = self.model.features(nb.wave.to(wave.device), nb.mask.to(mask.device))
             b = len(target)
             name = self.neighbours.embedding
-            l_nbr = neighbour_loss(feats[name], near[name], nb, b)
+            l_nbr = neighbour_loss(feats[name], near[name], nb, b, self.neighbours.reduction)
             loss = self.loss(feats["logits"], target) + self.neighbours.alpha * l_nbr
             self.log("neighbour_loss", l_nbr, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
         self.epoch_loss_sum += float(loss.detach()) * len(target)
@@ -298,8 +298,9 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
         graph = load_graph(recipe.graph.file)
         table, graph_stats = align_graph(graph, parts["train"], recipe.graph.max_neighbours, f"graph {recipe.graph.file}", log)
         graph_stats = {"file": str(Path(recipe.graph.file).resolve()), "sha256": sha256_file(recipe.graph.file),
-                       "alpha": recipe.graph.alpha, "embedding": recipe.graph.embedding, **graph_stats, **graph.meta}
-        neighbours = Neighbours(table, train_set, recipe.graph.alpha, recipe.graph.embedding)
+                       "alpha": recipe.graph.alpha, "embedding": recipe.graph.embedding, "reduction": recipe.graph.reduction,
+                       **graph_stats, **graph.meta}
+        neighbours = Neighbours(table, train_set, recipe.graph.alpha, recipe.graph.embedding, recipe.graph.reduction)
     val_loader = None
     if select_on_val:
         val_set = UtteranceDataset(parts["val"], labels, preprocessing, None, False, waves["val"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,7 @@ class TransferGrid(BaseModel):
     neighbours: list[int] = [3, 6, 9]
     alphas: list[float] = [0.01, 0.1, 1.0]
     threshold: float = Field(0.99, gt=-1, le=1)
+    reduction: Literal["utterances", "edges"] = Field("utterances", description="graph.reduction of every NSL training")
     seeds: list[int] = [0, 1, 2]
     folds: list[int] | None = Field(None, description="folds of a folded split (serkit data split --folds K / --loso) "
                                     "to run; default: every fold. A hold-out split has none")
@@ -191,7 +193,7 @@ def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
             overrides.append(f"data.fold={fold}")
         raw = base_recipe.model_dump(mode="json")
         raw["graph"] = None if variant == "base" else {"file": str(graphs[layer, fold]), "alpha": alpha,
-                                                          "max_neighbours": n, "embedding": "fc1"}
+                                                          "max_neighbours": n, "embedding": "fc1", "reduction": grid.reduction}
         recipe = load_recipe(raw=_apply(raw, overrides))
         log(f"[{i}/{len(todo)}] {tag}")
         result = train(recipe, log=lambda *a: None)
@@ -235,11 +237,13 @@ def _check_fingerprint(grid: TransferGrid, recipe, out: Path) -> None:
         raw.pop(key, None)
     weights = Path(grid.upstream) / "model.safetensors"
     now = {"recipe": raw, "upstream_weights_sha256": sha256_file(weights) if weights.is_file() else str(grid.upstream),
-           "threshold": grid.threshold, "max_neighbours": max(grid.neighbours), "layers": sorted(grid.layers)}
+           "threshold": grid.threshold, "reduction": grid.reduction, "max_neighbours": max(grid.neighbours),
+           "layers": sorted(grid.layers)}
     file = out / "grid.json"
     if file.is_file():
         before = json.loads(file.read_text())
-        differs = [k for k in ("recipe", "upstream_weights_sha256", "threshold") if before.get(k) != now[k]]
+        before.setdefault("reduction", "utterances")  # grids from before the option
+        differs = [k for k in ("recipe", "upstream_weights_sha256", "threshold", "reduction") if before.get(k) != now[k]]
         if before.get("max_neighbours", 0) < now["max_neighbours"]:
             differs.append("neighbours (more than the saved graphs keep)")
         if differs:

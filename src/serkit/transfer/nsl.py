@@ -4,7 +4,9 @@ Paper 003, Eq. 2: L = sum_i CE(y_i, f(x_i)) + alpha * sum_i sum_{k in N(i)} (1 -
 with p an intermediate embedding of the downstream model (FC1 by default). Here both terms are
 averaged over the utterances of a batch (cross-entropy as usual; the neighbour term summed over
 each utterance's neighbours, then averaged over utterances), which keeps the paper's balance
-between them at any batch size. Neighbours are training utterances (cropped like any training
+between them at any batch size. `graph.reduction: edges` averages the neighbour term over the
+batch's edges instead, as TensorFlow's NSL (and so the paper's code) does by default: there alpha
+weighs one edge, here one utterance's neighbours (alpha_edges = alpha_utterances x mean degree). Neighbours are training utterances (cropped like any training
 item), and the gradient flows through both ends of every edge, as in TensorFlow's NSL.
 
 The neighbours go through the model in a pass of their own, as in TensorFlow's NSL (and the
@@ -88,12 +90,14 @@ class NeighbourBatch:
 class Neighbours:
     """Fetches the neighbours of a batch of training rows from the training dataset."""
 
-    def __init__(self, table: np.ndarray, dataset: UtteranceDataset, alpha: float, embedding: str = "fc1"):
+    def __init__(self, table: np.ndarray, dataset: UtteranceDataset, alpha: float, embedding: str = "fc1",
+                 reduction: str = "utterances"):
         if embedding not in EMBEDDINGS:
             raise SerkitError(f"graph.embedding '{embedding}' is not one of {list(EMBEDDINGS)}")
         if len(table) != len(dataset):
             raise ValueError("one row of neighbours per training utterance")
         self.table, self.dataset, self.alpha, self.embedding = table, dataset, alpha, embedding
+        self.reduction = reduction
 
     def batch(self, index: torch.Tensor) -> NeighbourBatch | None:
         rows = self.table[index.cpu().numpy()]
@@ -119,7 +123,13 @@ def batchnorm_frozen(model: nn.Module):
             m.train()
 
 
-def neighbour_loss(main: torch.Tensor, neighbours: torch.Tensor, nb: NeighbourBatch, batch_size: int) -> torch.Tensor:
-    """sum over edges of (1 - cos), divided by the number of utterances in the batch."""
+def neighbour_loss(main: torch.Tensor, neighbours: torch.Tensor, nb: NeighbourBatch, batch_size: int,
+                   reduction: str = "utterances") -> torch.Tensor:
+    """(1 - cos) over the batch's edges: summed and divided by the batch's utterances ('utterances'),
+    or averaged over the edges ('edges': TensorFlow NSL's SUM_BY_NONZERO_WEIGHTS)."""
     cos = nn.functional.cosine_similarity(main[nb.source.to(main.device)], neighbours[nb.target.to(main.device)], dim=-1)
+    if reduction == "edges":
+        return (1 - cos).mean()
+    if reduction != "utterances":
+        raise SerkitError(f"graph.reduction '{reduction}' is not 'utterances' or 'edges'")
     return (1 - cos).sum() / batch_size

@@ -118,7 +118,8 @@ def comparison_markdown(c: dict) -> str:
     lines = [f"# Knowledge transfer through a graph: {c['architecture']}, seed {c['seed']}", "",
              f"Graph `{g['file']}` (layer {g.get('layer') or '?'} of `{g.get('model') or '?'}`, threshold {g['threshold']:g}, "
              f"at most {g['max_neighbours']} neighbours; {g['edges']} edges, {g['isolated_fraction']:.0%} of the training "
-             f"utterances without any); alpha {g['alpha']:g} on `{g['embedding']}`.", "",
+             f"utterances without any); alpha {g['alpha']:g} on `{g['embedding']}`"
+             f"{', the neighbour loss averaged over edges' if g.get('reduction') == 'edges' else ''}.", "",
              "One-tailed p of NSL > this model: z, the papers' two-proportion z-test; paired, a paired permutation "
              "test on the same utterances (10,000 permutations).", "",
              "| part | model | parameters | UAR | accuracy | utterances | NSL minus this (UAR) | p (z) | p (paired) |",
