@@ -567,7 +567,9 @@ def test_experiment_transfer_runs_every_fold_of_a_folded_split(cnn_dir, tiny_man
     assert "split file not found" in capsys.readouterr().err and not (tmp_path / "h").exists()
 
 
-def test_a_missing_upstream_leaves_no_output_folder(tiny_split, tmp_path, capsys):
+def test_a_bad_grid_fails_before_its_output_folder_exists(cnn_dir, tiny_split, tmp_path, capsys):
+    """Bad settings are named before anything is written or trained: a folded-split option on a hold-out
+    split, a missing upstream, an unknown model or upstream layer, a negative alpha, zero neighbours."""
     recipe = tmp_path / "down.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_split, tmp_path / "unused", max_epochs=1)))
     grid = tmp_path / "grid.yaml"
@@ -579,6 +581,13 @@ def test_a_missing_upstream_leaves_no_output_folder(tiny_split, tmp_path, capsys
     grid.write_text(grid.read_text().replace("folds:\n- 0\n", ""))
     assert run(["experiment", "transfer", str(grid)]) == 2
     assert "model directory not found" in capsys.readouterr().err and not (tmp_path / "grid").exists()
+    grid.write_text(grid.read_text().replace(str(tmp_path / "no-model"), str(cnn_dir)))
+    for setting, message in [("models=[cnn6,cnn7]", "unknown model architecture 'cnn7'"),
+                             ("layers=[fc1,hidden:3]", "hidden:3"), ("alphas=[0.1,-1]", "alphas.1"),
+                             ("neighbours=[0]", "neighbours.0")]:
+        assert run(["experiment", "transfer", str(grid), "--set", setting]) == 2, setting
+        assert message in capsys.readouterr().err.replace("\n", ""), setting
+        assert not (tmp_path / "grid").exists()
 
 
 def test_results_from_before_folds_gain_an_empty_fold_column(tmp_path):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -42,13 +42,13 @@ class TransferGrid(BaseModel):
     output_dir: Path
     recipe: Path = Field(description="the downstream training recipe (data, train); its graph/model are overridden")
     upstream: Path = Field(description="serkit model directory of the upstream model (e.g. Whisper fine-tuned on RAVDESS)")
-    models: list[str] = ["cnn6", "resnet9", "vgg15"]
-    layers: list[str] = ["fc1", "fc2"]
-    neighbours: list[int] = [3, 6, 9]
-    alphas: list[float] = [0.01, 0.1, 1.0]
+    models: list[str] = Field(["cnn6", "resnet9", "vgg15"], min_length=1)
+    layers: list[str] = Field(["fc1", "fc2"], min_length=1)
+    neighbours: list[Annotated[int, Field(ge=1)]] = Field([3, 6, 9], min_length=1)
+    alphas: list[Annotated[float, Field(ge=0)]] = Field([0.01, 0.1, 1.0], min_length=1)
     threshold: float = Field(0.99, gt=-1, le=1)
     reduction: Literal["utterances", "edges"] = Field("utterances", description="graph.reduction of every NSL training")
-    seeds: list[int] = [0, 1, 2]
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
     folds: list[int] | None = Field(None, description="folds of a folded split (serkit data split --folds K / --loso) "
                                     "to run; default: every fold. A hold-out split has none")
     keep_models: bool = False
@@ -159,7 +159,8 @@ def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
     from serkit.config import load_recipe
     from serkit.training import train
 
-    from serkit.models import load_model
+    from serkit.embeddings import check_layer
+    from serkit.models import get_architecture, load_model
 
     out = Path(grid.output_dir)
     base_recipe = load_recipe(grid.recipe, grid.set)
@@ -167,7 +168,11 @@ def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
         raise ConfigError(f"{grid.recipe}: the transfer grid needs a classification recipe that selects on validation "
                           "(data.train_parts: [train])")
     folds = _folds(grid, base_recipe)
-    upstream = load_model(grid.upstream)  # a bad upstream fails here, before the output folder exists
+    for model in grid.models:
+        get_architecture(model)
+    upstream = load_model(grid.upstream)  # a bad upstream or layer fails here, before the output folder exists
+    for layer in grid.layers:
+        check_layer(upstream, layer)
     out.mkdir(parents=True, exist_ok=True)
     _check_fingerprint(grid, base_recipe, out)
     graphs = _graphs(grid, base_recipe, folds, upstream, out, log)
