@@ -492,6 +492,8 @@ def test_experiment_transfer_grid_is_resumable_and_tabulated(cnn_dir, tiny_split
     assert (out / "fig2.png").stat().st_size > 1000 and (out / "confusion_best.png").is_file()
     assert (out / "graphs" / "fc1.npz").is_file() and not (out / "runs" / "cnn6-s0-base" / "model").exists()
     capsys.readouterr()
+    old = pd.read_csv(out / "results.csv", keep_default_na=False).drop(columns="fold")
+    old.to_csv(out / "results.csv", index=False)  # as written before grids had folds
     assert run(["experiment", "transfer", str(grid)]) == 0  # resumable: nothing left to train
     assert "2 trainings done, 0 to go" in capsys.readouterr().out
     assert len(pd.read_csv(out / "results.csv")) == 2
@@ -531,9 +533,16 @@ def test_experiment_transfer_runs_every_fold_of_a_folded_split(cnn_dir, tiny_man
     settings = {"output_dir": str(tmp_path / "grid"), "recipe": str(recipe), "upstream": str(cnn_dir), "models": ["cnn6"],
                 "layers": ["fc1"], "neighbours": [2], "alphas": [0.1], "threshold": 0.0, "seeds": [0]}
     grid.write_text(yaml.safe_dump(settings))
+    grid.write_text(yaml.safe_dump({**settings, "folds": [1]}))
     assert run(["experiment", "transfer", str(grid)]) == 0
+    grid.write_text(yaml.safe_dump(settings))  # then every fold: the cached embeddings cover fold 1's speakers only
+    capsys.readouterr()
+    assert run(["experiment", "transfer", str(grid)]) == 0
+    assert "2 trainings done, 4 to go" in capsys.readouterr().out
+    assert run(["experiment", "transfer", str(grid)]) == 0
+    assert "6 trainings done, 0 to go" in capsys.readouterr().out
     out = tmp_path / "grid"
-    rows = pd.read_csv(out / "results.csv")
+    rows = pd.read_csv(out / "results.csv").sort_values(["fold", "variant"], kind="stable")
     assert list(zip(rows.fold, rows.variant)) == [(0, "base"), (0, "nsl"), (1, "base"), (1, "nsl"), (2, "base"), (2, "nsl")]
     truth, nsl, base, groups = [], [], [], []
     for fold in range(3):
@@ -549,7 +558,7 @@ def test_experiment_transfer_runs_every_fold_of_a_folded_split(cnn_dir, tiny_man
         groups += [fold] * len(a)
     assert sorted(truth) == sorted(manifest.frame.emotion)  # every utterance tested once
     table = (out / "table3.md").read_text()
-    assert "Speaker folds 0, 1, 2" in table
+    assert "Speaker folds 0, 1, 2" in table and "| nsl | fc1 | 2 | 0.1 | 1 × 3 folds |" in table
     line = table.split("| nsl | fc1 |")[1].split("\n")[0]
     mean = rows[rows.variant == "nsl"].test_uar.mean()
     assert f"| {mean:.3f} ± 0.000 |" in line  # a seed's UAR: the mean over its folds
@@ -569,7 +578,8 @@ def test_experiment_transfer_runs_every_fold_of_a_folded_split(cnn_dir, tiny_man
 
 def test_a_bad_grid_fails_before_its_output_folder_exists(cnn_dir, tiny_split, tmp_path, capsys):
     """Bad settings are named before anything is written or trained: a folded-split option on a hold-out
-    split, a missing upstream, an unknown model or upstream layer, a negative alpha, zero neighbours."""
+    split, a missing upstream, an unknown model or upstream layer; and, as the grid is read, a negative
+    alpha, zero neighbours, a repeated seed."""
     recipe = tmp_path / "down.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_split, tmp_path / "unused", max_epochs=1)))
     grid = tmp_path / "grid.yaml"
@@ -584,7 +594,7 @@ def test_a_bad_grid_fails_before_its_output_folder_exists(cnn_dir, tiny_split, t
     grid.write_text(grid.read_text().replace(str(tmp_path / "no-model"), str(cnn_dir)))
     for setting, message in [("models=[cnn6,cnn7]", "unknown model architecture 'cnn7'"),
                              ("layers=[fc1,hidden:3]", "hidden:3"), ("alphas=[0.1,-1]", "alphas.1"),
-                             ("neighbours=[0]", "neighbours.0")]:
+                             ("neighbours=[0]", "neighbours.0"), ("seeds=[0,1,0]", "repeats 0")]:
         assert run(["experiment", "transfer", str(grid), "--set", setting]) == 2, setting
         assert message in capsys.readouterr().err.replace("\n", ""), setting
         assert not (tmp_path / "grid").exists()

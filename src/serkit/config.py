@@ -75,7 +75,7 @@ class GraphConfig(_Strict):
     reduction: Literal["utterances", "edges"] = Field(
         "utterances", description="how a batch's edge losses are averaged: 'utterances' sums them and divides by the "
         "batch's utterances (paper 003, Eq. 2); 'edges' takes their mean, as TensorFlow's NSL and the paper's code do "
-        "(its alpha is then ours divided by the mean number of neighbours)")
+        "(alpha_edges = alpha_utterances x the mean number of neighbours)")
 
 
 class DimensionsConfig(_Strict):

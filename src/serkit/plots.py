@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from serkit.io import atomic_file  # noqa: E402
 
 
-def confusion_png(path: Path | str, matrix, labels, title: str = "") -> None:
+def confusion_png(path: Path | str, matrix, labels, title: str = "", overwrite: bool = False) -> None:
     """Row-normalised confusion matrix (recall per true class) with counts in each cell."""
     matrix = np.asarray(matrix)
     support = matrix.sum(1, keepdims=True)
@@ -33,7 +33,7 @@ def confusion_png(path: Path | str, matrix, labels, title: str = "") -> None:
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    with atomic_file(path, "wb") as handle:
+    with atomic_file(path, "wb", overwrite=overwrite) as handle:
         fig.savefig(handle, format="png", dpi=120)
     plt.close(fig)
 

@@ -132,6 +132,8 @@ def speaker_folds(manifest: Manifest, k: int, seed: int = 0) -> list[dict]:
 def save_split(path: Path | str, manifest: Manifest, seed: int, parts: dict | None = None,
                folds: list[dict] | None = None, kind: str | None = None) -> None:
     """Write a split file: `parts` (kind holdout) or `folds` (kind loso, or folds for k speaker folds)."""
+    if kind is not None and kind not in FOLDED:
+        raise ValueError(f"kind must be one of {list(FOLDED)}")
     path = Path(path)
     for i, candidate in enumerate(folds or [parts]):
         audit(candidate, manifest, where=f"fold {i}" if folds else "split")
@@ -213,9 +215,15 @@ def load_split(path: Path | str, manifest: Path | str | None = None, fold: int |
 
 
 def fold_count(path: Path | str) -> int | None:
-    """How many folds a split file holds (None for a single hold-out split)."""
-    payload = json.loads(Path(path).read_text())
-    return len(payload["folds"]) if payload.get("kind") in FOLDED else None
+    """How many folds a split file holds: None for a hold-out split, or a file that is not a folded
+    split file (load_split says what is wrong with it)."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(payload, dict) or payload.get("kind") not in FOLDED or not isinstance(payload.get("folds"), list):
+        return None
+    return len(payload["folds"])
 
 
 def _speaker_genders(manifest: Manifest) -> dict[str, str]:

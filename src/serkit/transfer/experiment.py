@@ -11,7 +11,8 @@ each layer's graph keeps max(n) neighbours and every cell uses its first n.
 
 Outputs beside results.csv: table3.md (per downstream model: base, then every NSL cell, mean ± std
 over seeds of val/test UAR and accuracy; one-tailed tests of NSL > base on test UAR: the papers'
-z-test, and a paired permutation test over the same test utterances, seeds paired), fig2.png
+z-test, and a paired permutation test over the same test utterances, each NSL run paired with
+the base run of its seed and fold), fig2.png
 (test UAR vs alpha per n and layer, base as a line) and confusion_best.png (the test confusion
 matrix of the best cell on validation: its first seed, pooled over the folds).
 """
@@ -25,7 +26,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serkit.errors import ConfigError
 from serkit.io import write_text
@@ -49,10 +50,18 @@ class TransferGrid(BaseModel):
     threshold: float = Field(0.99, gt=-1, le=1)
     reduction: Literal["utterances", "edges"] = Field("utterances", description="graph.reduction of every NSL training")
     seeds: list[int] = Field([0, 1, 2], min_length=1)
-    folds: list[int] | None = Field(None, description="folds of a folded split (serkit data split --folds K / --loso) "
-                                    "to run; default: every fold. A hold-out split has none")
+    folds: list[int] | None = Field(None, min_length=1, description="folds of a folded split (serkit data split "
+                                    "--folds K / --loso) to run; default: every fold. A hold-out split has none")
     keep_models: bool = False
     set: list[str] = Field(default_factory=list, description="recipe overrides for every training, e.g. train.max_epochs=5")
+
+    @field_validator("models", "layers", "neighbours", "alphas", "seeds", "folds")
+    @classmethod
+    def _once_each(cls, values):
+        repeated = sorted({str(v) for v in values or [] if list(values).count(v) > 1})
+        if repeated:
+            raise ValueError(f"repeats {', '.join(repeated)}: each value is one set of trainings, give it once")
+        return values
 
 
 def load_transfer_grid(path: Path | str, overrides: list[str] | None = None) -> TransferGrid:
@@ -129,30 +138,22 @@ def _folds(grid: TransferGrid, recipe) -> list:
     """The folds to run: [None] for a hold-out split."""
     from serkit.data.splits import fold_count, load_split
 
-    load_split(recipe.data.split, recipe.data.manifest, 0 if _is_folded(recipe) else None)  # a clear error if unusable
     count = fold_count(recipe.data.split)
     if count is None:
-        if grid.folds:
+        load_split(recipe.data.split, recipe.data.manifest, recipe.data.fold)  # names any problem with the split
+        if grid.folds is not None:
             raise ConfigError(f"folds: {grid.folds}, but {recipe.data.split} is a single hold-out split; drop folds, or make "
                               "a folded split (serkit data split MANIFEST --folds 5 -o SPLIT.json)")
         return [None]
     if recipe.data.fold is not None:
-        raise ConfigError(f"{recipe.data.split} is folded and the grid runs its folds: drop data.fold from the recipe "
-                          "(the grid's folds: chooses them)")
+        raise ConfigError(f"{recipe.data.split} is folded and the grid runs its folds: drop data.fold (from the recipe or "
+                          "set:) and choose folds with the grid's folds: list")
+    load_split(recipe.data.split, recipe.data.manifest, 0)  # names any problem with the split
     folds = list(range(count)) if grid.folds is None else list(grid.folds)
     bad = [f for f in folds if not 0 <= f < count]
-    if bad or not folds:
-        raise ConfigError(f"folds: {grid.folds}: {recipe.data.split} has folds 0..{count - 1}")
+    if bad:
+        raise ConfigError(f"folds: {bad} not in {recipe.data.split}, which has folds 0..{count - 1}")
     return folds
-
-
-def _is_folded(recipe) -> bool:
-    from serkit.data.splits import fold_count
-
-    try:
-        return fold_count(recipe.data.split) is not None
-    except (OSError, ValueError):
-        return False  # load_split names the problem
 
 
 def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
@@ -170,9 +171,11 @@ def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
     folds = _folds(grid, base_recipe)
     for model in grid.models:
         get_architecture(model)
-    upstream = load_model(grid.upstream)  # a bad upstream or layer fails here, before the output folder exists
-    for layer in grid.layers:
-        check_layer(upstream, layer)
+    upstream = None
+    if not all(_graph_path(out, layer, fold).is_file() for layer in grid.layers for fold in folds):
+        upstream = load_model(grid.upstream)  # a bad upstream or layer fails here, before the output folder exists
+        for layer in grid.layers:
+            check_layer(upstream, layer)
     out.mkdir(parents=True, exist_ok=True)
     _check_fingerprint(grid, base_recipe, out)
     graphs = _graphs(grid, base_recipe, folds, upstream, out, log)
@@ -242,13 +245,15 @@ def _check_fingerprint(grid: TransferGrid, recipe, out: Path) -> None:
         raw.pop(key, None)
     weights = Path(grid.upstream) / "model.safetensors"
     now = {"recipe": raw, "upstream_weights_sha256": sha256_file(weights) if weights.is_file() else str(grid.upstream),
-           "threshold": grid.threshold, "reduction": grid.reduction, "max_neighbours": max(grid.neighbours),
-           "layers": sorted(grid.layers)}
+           "split_sha256": sha256_file(recipe.data.split), "threshold": grid.threshold, "reduction": grid.reduction,
+           "max_neighbours": max(grid.neighbours), "layers": sorted(grid.layers)}
     file = out / "grid.json"
     if file.is_file():
         before = json.loads(file.read_text())
         before.setdefault("reduction", "utterances")  # grids from before the option
-        differs = [k for k in ("recipe", "upstream_weights_sha256", "threshold", "reduction") if before.get(k) != now[k]]
+        before.setdefault("split_sha256", now["split_sha256"])  # grids from before the split was fingerprinted
+        differs = [k for k in ("recipe", "upstream_weights_sha256", "split_sha256", "threshold", "reduction")
+                   if before.get(k) != now[k]]
         if before.get("max_neighbours", 0) < now["max_neighbours"]:
             differs.append("neighbours (more than the saved graphs keep)")
         if differs:
@@ -310,9 +315,23 @@ def _per_seed(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame.groupby("seed")[column].mean()
 
 
+def _count(runs: pd.DataFrame) -> str:
+    """Seeds, and with folds 'seeds × folds' (each seed's folds, listed where seeds differ)."""
+    seeds = runs.seed.nunique()
+    if (runs.fold == "").all():
+        return str(seeds)
+    per_seed = runs.groupby("seed").fold.nunique()
+    if per_seed.nunique() == 1:
+        return f"{seeds} × {per_seed.iloc[0]} folds"
+    return f"{seeds} ({', '.join(f'{s}: {k} folds' for s, k in per_seed.items())})"
+
+
 def read_results(out: Path) -> pd.DataFrame:
-    frame = pd.read_csv(out / "results.csv", dtype={"fold": str}, keep_default_na=True)
-    frame["fold"] = frame["fold"].fillna("").astype(str) if "fold" in frame.columns else ""
+    """results.csv, with fold as text: "" for a hold-out split, else the fold number."""
+    frame = pd.read_csv(out / "results.csv", dtype={"fold": str}, keep_default_na=False)
+    if "fold" not in frame.columns:
+        frame["fold"] = ""
+    frame["fold"] = [str(int(float(f))) if str(f).strip() not in ("", "nan") else "" for f in frame["fold"]]
     return frame
 
 
@@ -323,7 +342,7 @@ def summarise(out: Path) -> None:
     if folds:
         lines += [f"Speaker folds {', '.join(folds)}: every training ran once per fold, and a seed's UAR is the mean over its "
                   "folds.", ""]
-    lines += ["Mean ± std over seeds. One-tailed tests of NSL > base on test UAR: p (z), the papers' two-proportion "
+    lines += ["Mean ± std over seeds (seeds: the runs behind a row). One-tailed tests of NSL > base on test UAR: p (z), the papers' two-proportion "
               "z-test (mean UARs, utterances pooled over seeds); p (paired), a paired permutation test (10,000 "
               "permutations) on the same test utterances, each seed's NSL run paired with that seed's base run"
               + (" of the same fold" if folds else "") + ". Each cell is compared with the base runs of its own seeds"
@@ -335,7 +354,7 @@ def summarise(out: Path) -> None:
                   "| variant | layer | n | alpha | seeds | val UAR | test UAR | test accuracy | NSL − base (test) | p (z) | p (paired) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         if len(base):
-            lines.append(f"| base | | | | {base.seed.nunique()} | {_ms(_per_seed(base, 'val_uar'))} | "
+            lines.append(f"| base | | | | {_count(base)} | {_ms(_per_seed(base, 'val_uar'))} | "
                          f"{_ms(_per_seed(base, 'test_uar'))} | {_ms(_per_seed(base, 'test_accuracy'))} | | | |")
         nsl = group[group.variant == "nsl"]
         for (layer, n, alpha), cell in nsl.groupby(["layer", "n", "alpha"], sort=True):
@@ -350,7 +369,7 @@ def summarise(out: Path) -> None:
                 test = f"{gain:+.3f} | {p:.3g} {significance_marker(p)} | {paired}"
             else:
                 test = " | | "
-            lines.append(f"| nsl | {layer} | {n} | {alpha:g} | {cell.seed.nunique()} | {_ms(_per_seed(cell, 'val_uar'))} | "
+            lines.append(f"| nsl | {layer} | {n} | {alpha:g} | {_count(cell)} | {_ms(_per_seed(cell, 'val_uar'))} | "
                          f"{_ms(_per_seed(cell, 'test_uar'))} | {_ms(_per_seed(cell, 'test_accuracy'))} | {test} |")
             score = cell.val_uar.mean()
             if best is None or score > best[0]:
@@ -380,7 +399,7 @@ def _confusion_best(out: Path, runs: pd.DataFrame, name: str) -> None:
     labels = sorted(set(pooled.emotion) | set(pooled.predicted))
     matrix = confusion_matrix(pooled.emotion, pooled.predicted, labels=labels)
     confusion_png(out / "confusion_best.png", matrix, labels,
-                  f"{name}, seed {runs.seed.iloc[0]}, {len(runs)} folds pooled (test)")
+                  f"{name}, seed {runs.seed.iloc[0]}, {len(runs)} folds pooled (test)", overwrite=True)  # the grid's own
 
 
 def _fig2(frame: pd.DataFrame, path: Path) -> None:
