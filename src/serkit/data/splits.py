@@ -69,12 +69,7 @@ def holdout_split(manifest: Manifest, val: float = 0.25, test: float = 0.25, see
         raise SplitError(
             f"manifest {manifest.file} has {n} speakers; {n_val} val + {n_test} test leave none to train on"
         )
-    rng = np.random.default_rng(seed)
-    pools: dict[str, list[str]] = {}
-    for speaker in speakers:
-        pools.setdefault(genders[speaker], []).append(speaker)
-    for key in sorted(pools):
-        rng.shuffle(pools[key])
+    pools = _gender_pools(genders, seed)
     parts = {}
     for part, count in (("test", n_test), ("val", n_val)):
         chosen = []
@@ -112,12 +107,7 @@ def speaker_folds(manifest: Manifest, k: int, seed: int = 0) -> list[dict]:
     if k > len(speakers):
         raise SplitError(f"--folds {k}: manifest {manifest.file} has only {len(speakers)} speakers; "
                          "give at most one fold per speaker (that is --loso)")
-    rng = np.random.default_rng(seed)
-    pools: dict[str, list[str]] = {}
-    for speaker in speakers:
-        pools.setdefault(genders[speaker], []).append(speaker)
-    for key in sorted(pools):
-        rng.shuffle(pools[key])
+    pools = _gender_pools(genders, seed)
     # dealt out in turn from one gender after the other (largest pool first): as stratified k-fold
     order = [s for key in sorted(pools, key=lambda g: (-len(pools[g]), g)) for s in pools[key]]
     groups = [sorted(order[i::k]) for i in range(k)]
@@ -224,6 +214,17 @@ def fold_count(path: Path | str) -> int | None:
     if not isinstance(payload, dict) or payload.get("kind") not in FOLDED or not isinstance(payload.get("folds"), list):
         return None
     return len(payload["folds"])
+
+
+def _gender_pools(genders: dict[str, str], seed: int) -> dict[str, list[str]]:
+    """The speakers of each gender, each list in a seeded random order."""
+    rng = np.random.default_rng(seed)
+    pools: dict[str, list[str]] = {}
+    for speaker in sorted(genders):
+        pools.setdefault(genders[speaker], []).append(speaker)
+    for key in sorted(pools):
+        rng.shuffle(pools[key])
+    return pools
 
 
 def _speaker_genders(manifest: Manifest) -> dict[str, str]:
