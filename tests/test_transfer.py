@@ -473,11 +473,13 @@ def test_experiment_transfer_grid_is_resumable_and_tabulated(cnn_dir, tiny_split
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "grid"), "recipe": str(recipe), "upstream": str(cnn_dir),
                                     "models": ["cnn6"], "layers": ["fc1"], "neighbours": [2], "alphas": [0.1],
-                                    "threshold": 0.0, "seeds": [0]}))
+                                    "threshold": 0.0, "seeds": [0], "embedding": "fc2", "reduction": "edges"}))
     assert run(["experiment", "transfer", str(grid)]) == 0
     out = tmp_path / "grid"
     rows = pd.read_csv(out / "results.csv")
     assert list(rows.variant) == ["base", "nsl"] and rows.loc[1, "n"] == 2 and rows.loc[1, "alpha"] == 0.1
+    used = json.loads((out / "runs" / "cnn6-s0-nsl-fc1-n2-a0.1" / "metrics.json").read_text())["training"]["graph"]
+    assert (used["embedding"], used["reduction"], used["alpha"]) == ("fc2", "edges", 0.1)
     assert (rows.test_uar.between(0, 1)).all() and (rows.n_test == 12).all()
     table = (out / "table3.md").read_text()
     assert "| base |" in table and "| nsl | fc1 | 2 | 0.1 | 1 |" in table
@@ -594,7 +596,8 @@ def test_a_bad_grid_fails_before_its_output_folder_exists(cnn_dir, tiny_split, t
     grid.write_text(grid.read_text().replace(str(tmp_path / "no-model"), str(cnn_dir)))
     for setting, message in [("models=[cnn6,cnn7]", "unknown model architecture 'cnn7'"),
                              ("layers=[fc1,hidden:3]", "hidden:3"), ("alphas=[0.1,-1]", "alphas.1"),
-                             ("neighbours=[0]", "neighbours.0"), ("seeds=[0,1,0]", "repeats 0")]:
+                             ("neighbours=[0]", "neighbours.0"), ("seeds=[0,1,0]", "repeats 0"),
+                             ("embedding=fc3", "embedding")]:
         assert run(["experiment", "transfer", str(grid), "--set", setting]) == 2, setting
         assert message in capsys.readouterr().err.replace("\n", ""), setting
         assert not (tmp_path / "grid").exists()

@@ -49,6 +49,8 @@ class TransferGrid(BaseModel):
     alphas: list[Annotated[float, Field(ge=0)]] = Field([0.01, 0.1, 1.0], min_length=1)
     threshold: float = Field(0.99, gt=-1, le=1)
     reduction: Literal["utterances", "edges"] = Field("utterances", description="graph.reduction of every NSL training")
+    embedding: Literal["fc1", "fc2", "pooled"] = Field("fc1", description="the downstream embedding the neighbour loss "
+                                                      "keeps close (graph.embedding); paper 003 uses FC1")
     seeds: list[int] = Field([0, 1, 2], min_length=1)
     folds: list[int] | None = Field(None, min_length=1, description="folds of a folded split (serkit data split "
                                     "--folds K / --loso) to run; default: every fold. A hold-out split has none")
@@ -201,7 +203,8 @@ def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
             overrides.append(f"data.fold={fold}")
         raw = base_recipe.model_dump(mode="json")
         raw["graph"] = None if variant == "base" else {"file": str(graphs[layer, fold]), "alpha": alpha,
-                                                          "max_neighbours": n, "embedding": "fc1", "reduction": grid.reduction}
+                                                          "max_neighbours": n, "embedding": grid.embedding,
+                                                          "reduction": grid.reduction}
         recipe = load_recipe(raw=_apply(raw, overrides))
         log(f"[{i}/{len(todo)}] {tag}")
         result = train(recipe, log=lambda *a: None)
@@ -246,13 +249,15 @@ def _check_fingerprint(grid: TransferGrid, recipe, out: Path) -> None:
     weights = Path(grid.upstream) / "model.safetensors"
     now = {"recipe": raw, "upstream_weights_sha256": sha256_file(weights) if weights.is_file() else str(grid.upstream),
            "split_sha256": sha256_file(recipe.data.split), "threshold": grid.threshold, "reduction": grid.reduction,
+           "embedding": grid.embedding,
            "max_neighbours": max(grid.neighbours), "layers": sorted(grid.layers)}
     file = out / "grid.json"
     if file.is_file():
         before = json.loads(file.read_text())
-        before.setdefault("reduction", "utterances")  # grids from before the option
+        before.setdefault("reduction", "utterances")  # grids from before these options
+        before.setdefault("embedding", "fc1")
         before.setdefault("split_sha256", now["split_sha256"])  # grids from before the split was fingerprinted
-        differs = [k for k in ("recipe", "upstream_weights_sha256", "split_sha256", "threshold", "reduction")
+        differs = [k for k in ("recipe", "upstream_weights_sha256", "split_sha256", "threshold", "reduction", "embedding")
                    if before.get(k) != now[k]]
         if before.get("max_neighbours", 0) < now["max_neighbours"]:
             differs.append("neighbours (more than the saved graphs keep)")
