@@ -86,6 +86,15 @@ def data_info(manifest: Path = typer.Argument(..., help="manifest.csv")):
         console.print("speakers by gender: " + ", ".join(f"{g} {n}" for g, n in genders.items()))
 
 
+def _speakers_summary(m, speakers: list[str]) -> tuple[int, str]:
+    """Utterances of these speakers, and their gender mix as ' (female 1, male 1)' ('' without genders)."""
+    n = int(m.frame["speaker"].isin(speakers).sum())
+    if "gender" not in m.frame.columns or not speakers:
+        return n, ""
+    counts = m.frame.groupby("speaker")["gender"].first()[speakers].value_counts()
+    return n, " (" + ", ".join(f"{g} {c}" for g, c in counts.items()) + ")"
+
+
 @data_app.command("split")
 def data_split(
     manifest: Path = typer.Argument(..., help="manifest.csv"),
@@ -108,10 +117,8 @@ def data_split(
             raise SerkitError("give --loso or --folds K, not both")
         made = speaker_folds(m, folds, seed)
         save_split(out, m, seed, folds=made, kind="folds")
-        genders = m.frame.groupby("speaker")["gender"].first() if "gender" in m.frame.columns else None
         for i, f in enumerate(made):
-            n = int(m.frame["speaker"].isin(f["test"]).sum())
-            mix = f" ({', '.join(f'{g} {c}' for g, c in genders[f['test']].value_counts().items())})" if genders is not None else ""
+            n, mix = _speakers_summary(m, f["test"])
             console.print(f"fold {i}: test {' '.join(f['test'])}{mix}, {n} utterances; val {' '.join(f['val'])}")
         console.print(f"wrote {len(made)} speaker folds to {out}")
         return
@@ -122,13 +129,8 @@ def data_split(
         return
     parts = holdout_split(m, val, test, seed)
     save_split(out, m, seed, parts=parts)
-    genders = m.frame.groupby("speaker")["gender"].first() if "gender" in m.frame.columns else None
     for name, speakers in parts.items():
-        n = int(m.frame["speaker"].isin(speakers).sum())
-        mix = ""
-        if genders is not None and speakers:
-            counts = genders[speakers].value_counts()
-            mix = " (" + ", ".join(f"{g} {c}" for g, c in counts.items()) + ")"
+        n, mix = _speakers_summary(m, speakers)
         console.print(f"{name:5s}: {len(speakers):2d} speakers{mix}, {n} utterances: {' '.join(speakers)}")
     console.print(f"wrote {out}")
 

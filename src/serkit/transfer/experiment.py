@@ -131,9 +131,13 @@ def _cells(grid: TransferGrid, folds: list):
                             yield model, seed, fold, "nsl", layer, n, alpha
 
 
+def _fold_text(fold) -> str:
+    """A fold as results.csv keeps it: "" for a hold-out split, else its number."""
+    return "" if fold is None or str(fold).strip() in ("", "nan") else str(int(float(fold)))
+
+
 def _key(model, seed, fold, variant, layer, n, alpha) -> str:
-    fold = "" if fold is None or fold == "" else int(float(fold))
-    return f"{model}|{seed}|{fold}|{variant}|{layer}|{n}|{float(alpha):g}"
+    return f"{model}|{seed}|{_fold_text(fold)}|{variant}|{layer}|{n}|{float(alpha):g}"
 
 
 def _folds(grid: TransferGrid, recipe) -> list:
@@ -209,7 +213,8 @@ def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
         log(f"[{i}/{len(todo)}] {tag}")
         result = train(recipe, log=lambda *a: None)
         m = result.metrics
-        row = {"model": model, "seed": seed, "fold": "" if fold is None else fold, "variant": variant, "layer": layer, "n": n, "alpha": alpha,
+        row = {"model": model, "seed": seed, "fold": _fold_text(fold), "variant": variant, "layer": layer, "n": n,
+               "alpha": alpha,
                "val_uar": m["val"]["uar"], "val_accuracy": m["val"]["war"], "test_uar": m["test"]["uar"],
                "test_accuracy": m["test"]["war"], "n_val": m["val"]["n"], "n_test": m["test"]["n"],
                "train_seconds": m["training"]["train_seconds"], "parameters": m["model"]["parameters"],
@@ -336,7 +341,7 @@ def read_results(out: Path) -> pd.DataFrame:
     frame = pd.read_csv(out / "results.csv", dtype={"fold": str}, keep_default_na=False)
     if "fold" not in frame.columns:
         frame["fold"] = ""
-    frame["fold"] = [str(int(float(f))) if str(f).strip() not in ("", "nan") else "" for f in frame["fold"]]
+    frame["fold"] = [_fold_text(f) for f in frame["fold"]]
     return frame
 
 

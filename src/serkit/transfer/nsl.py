@@ -6,8 +6,9 @@ averaged over the utterances of a batch (cross-entropy as usual; the neighbour t
 each utterance's neighbours, then averaged over utterances), which keeps the paper's balance
 between them at any batch size. `graph.reduction: edges` averages the neighbour term over the
 batch's edges instead, as TensorFlow's NSL (and so the paper's code) does by default: there alpha
-weighs one edge, here one utterance's neighbours (alpha_edges = alpha_utterances x mean degree). Neighbours are training utterances (cropped like any training
-item), and the gradient flows through both ends of every edge, as in TensorFlow's NSL.
+weighs one edge, here one utterance's neighbours (alpha_edges = alpha_utterances x mean degree).
+Neighbours are training utterances (cropped like any training item), and the gradient flows
+through both ends of every edge, as in TensorFlow's NSL.
 
 The neighbours go through the model in a pass of their own, as in TensorFlow's NSL (and the
 paper's code), never as extra rows of the batch: batch normalisation would otherwise normalise the
