@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from enum import Enum
 from pathlib import Path
 
@@ -256,8 +258,24 @@ def models_list(classes: int = typer.Option(8, help="number of classes for the p
 register_all(app, console)
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM. Not a KeyboardInterrupt: click and Lightning swallow those (printing
+    "Aborted!" or exiting 1) before the output folders' cleanup and our message can run."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI; a SerkitError becomes one red line on stderr and exit code 2."""
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         app(args=argv)  # typer handles usage errors itself and exits
     except SystemExit as exc:
@@ -265,9 +283,13 @@ def run(argv: list[str] | None = None) -> int:
     except SerkitError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
-    except KeyboardInterrupt:
-        err_console.print("interrupted; nothing was written")
-        return 130
+    except (Interrupted, KeyboardInterrupt) as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        err_console.print(f"interrupted ({signal.Signals(signum).name}); nothing was written")
+        return 128 + signum
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return 0
 
 

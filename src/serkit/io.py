@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import hashlib
 import json
 import os
@@ -44,25 +47,177 @@ def atomic_file(path: Path | str, mode: str = "w", overwrite: bool = False) -> I
         raise
 
 
+class OutputDir:
+    """A new output directory, made whole or not at all, that no other run can take meanwhile.
+
+    Entering takes a lock beside `path` (`.NAME.lock`, held until exit), so a second serkit run
+    aimed at the same output fails at once instead of replacing the first one's result at the
+    end. It then checks the rules a user relies on before any work starts: `path` is not there
+    (or, with `overwrite`, is an output `recognise` accepts as serkit's own), and its folder can be
+    written. Leftovers of crashed runs (`.NAME.*.partial`, `.NAME.*.old`) are removed: while the
+    lock is held they belong to no live run. `staging()` gives the folder to write into;
+    `commit()` renames it to `path` (never onto something that appeared meanwhile); leaving the
+    block without committing, or by an exception, removes it.
+    """
+
+    def __init__(self, path: Path | str, overwrite: bool = False, recognise=None, what: str = "output"):
+        self.path = Path(path)
+        self.overwrite, self.recognise, self.what = overwrite, recognise, what
+        self._lock = None
+        self._staging: Path | None = None
+
+    def __enter__(self) -> OutputDir:
+        self.check_rules()
+        parent = nearest_existing(self.path.parent)
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise SerkitError(f"cannot write {self.what} {self.path}: {parent} is not a writable folder; choose another output path")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SerkitError(f"cannot create the folder of {self.what} {self.path} ({exc.strerror}); choose another output path") from None
+        self._lock = _Lock(self.path.with_name(f".{self.path.name}.lock"), f"{self.what} {self.path}")
+        self._lock.acquire()
+        try:
+            self.check_rules()  # again, now that no other serkit run can change the answer
+            for stale in [*self.path.parent.glob(f".{_glob_escape(self.path.name)}.*.partial"),
+                          *self.path.parent.glob(f".{_glob_escape(self.path.name)}.*.old")]:
+                shutil.rmtree(stale, ignore_errors=True)
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def check_rules(self) -> None:
+        if not self.path.exists() and not self.path.is_symlink():
+            return
+        if not self.overwrite:
+            raise SerkitError(f"{self.what} {self.path} already exists; serkit never overwrites: choose another output path"
+                              + (", or pass --overwrite to replace it" if self.recognise else " or remove it yourself"))
+        if self.recognise is None or not self.path.is_dir() or not self.recognise(self.path):
+            raise SerkitError(f"{self.what} {self.path} exists and is not a serkit output of this kind, so --overwrite "
+                              "will not delete it; choose another output path")
+
+    def staging(self) -> Path:
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self._staging, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+        return self._staging
+
+    def commit(self) -> Path:
+        staging = self.staging()
+        if self.path.exists() or self.path.is_symlink():
+            try:
+                self.check_rules()
+            except SerkitError as exc:
+                raise SerkitError(f"{exc} (it appeared while this run was working; nothing was replaced)") from None
+            trash = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".old", dir=self.path.parent))
+            os.rename(self.path, trash / "previous")
+            try:
+                _rename_noreplace(staging, self.path, self.what)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.rename(trash / "previous", self.path)  # put the old output back
+                raise
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            _rename_noreplace(staging, self.path, self.what)
+        self._staging = None
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._staging is not None:
+                shutil.rmtree(self._staging, ignore_errors=True)
+                self._staging = None
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+
 @contextlib.contextmanager
-def atomic_dir(path: Path | str) -> Iterator[Path]:
+def atomic_dir(path: Path | str, overwrite: bool = False, recognise=None, what: str = "output") -> Iterator[Path]:
     """Yield a temporary directory beside `path`; rename it to `path` only if the block succeeds.
 
-    `path` must not exist: an output directory is created whole or not at all.
+    `path` must not exist (or be replaceable, see OutputDir): an output directory is created whole
+    or not at all.
     """
-    path = Path(path)
-    refuse_existing(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    with OutputDir(path, overwrite, recognise, what) as out:
+        yield out.staging()
+        out.commit()
+
+
+def nearest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+class _Lock:
+    """An exclusive, non-blocking flock on a file beside an output; the file is removed on release."""
+
+    def __init__(self, file: Path, what: str):
+        self.file, self.what, self.fd = file, what, None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        while True:
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise SerkitError(f"another serkit run is writing {self.what} right now; wait for it to finish, "
+                                  "or choose another output path") from None
+            try:  # the holder before us may have removed the file after we opened it: lock the file that is there
+                if os.fstat(fd).st_ino == os.stat(self.file).st_ino:
+                    self.fd = fd
+                    return
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.file)
+        os.close(self.fd)
+        self.fd = None
+
+
+def _rename_noreplace(src: Path, dst: Path, what: str) -> None:
+    """rename(2) replaces an empty directory silently; renameat2(RENAME_NOREPLACE) refuses any target."""
+    libc = _libc()
+    if libc is not None:
+        AT_FDCWD, RENAME_NOREPLACE = -100, 1
+        if libc.renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise SerkitError(f"{what} {dst} appeared while this run was working; nothing was replaced")
+        if err not in (errno.ENOSYS, errno.EINVAL):  # a file system without RENAME_NOREPLACE falls back below
+            raise OSError(err, os.strerror(err), str(dst))
+    if dst.exists():
+        raise SerkitError(f"{what} {dst} appeared while this run was working; nothing was replaced")
+    os.rename(src, dst)
+
+
+@functools.cache
+def _libc():
     try:
-        yield tmp
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        return libc
+    except (OSError, AttributeError):
+        return None
 
 
 def write_json(path: Path | str, obj, overwrite: bool = False) -> None:

@@ -1,0 +1,93 @@
+"""Outputs whole or not at all, never replacing what a user or another run has there."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from serkit.errors import SerkitError
+from serkit.io import OutputDir, atomic_dir
+
+
+def _is_ours(path):
+    return (path / "ours.txt").is_file()
+
+
+def test_an_output_dir_appears_whole_and_leaves_no_working_files(tmp_path):
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "a.txt").write_text("a")
+        assert not (tmp_path / "out").exists() and (tmp_path / ".out.lock").exists()
+    assert (tmp_path / "out" / "a.txt").read_text() == "a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(SerkitError, match="already exists; serkit never overwrites"):
+        with atomic_dir(tmp_path / "out"):
+            pass
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "failed") as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_overwrite_replaces_only_outputs_it_recognises_and_clears_stale_leftovers(tmp_path):
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "thesis.tex").write_text("years of work")
+    with pytest.raises(SerkitError, match="is not a serkit output of this kind, so --overwrite will not delete it"):
+        with atomic_dir(tmp_path / "theirs", overwrite=True, recognise=_is_ours):
+            pass
+    assert (tmp_path / "theirs" / "thesis.tex").is_file()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "ours.txt").write_text("old")
+    (tmp_path / ".mine.x1y2.partial").mkdir()  # a killed run's working folder
+    (tmp_path / ".mine.old").mkdir()  # the fixed-name leftover of older serkit versions does not match: kept
+    (tmp_path / ".mine.k3.old").mkdir()
+    with atomic_dir(tmp_path / "mine", overwrite=True, recognise=_is_ours) as tmp:
+        (tmp / "ours.txt").write_text("new")
+    assert (tmp_path / "mine" / "ours.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mine.old", "mine", "theirs"]
+
+
+def test_an_output_that_appears_meanwhile_is_not_replaced(tmp_path):
+    with pytest.raises(SerkitError, match="appeared while this run was working; nothing was replaced"):
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "mine.txt").write_text("mine")
+            (tmp_path / "out").mkdir()  # an empty folder: plain rename(2) would silently replace it
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_second_run_on_the_same_output_fails_at_once(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom serkit.io import OutputDir\n"
+        f"with OutputDir({str(tmp_path / 'out')!r}) as out:\n"
+        "    out.staging(); print('holding', flush=True); time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        start = time.perf_counter()
+        with pytest.raises(SerkitError, match="another serkit run is writing output .*out right now"):
+            with OutputDir(tmp_path / "out"):
+                pass
+        assert time.perf_counter() - start < 5
+    finally:
+        holder.kill()
+        holder.wait()
+    with atomic_dir(tmp_path / "out") as tmp:  # the killed run's lock died with it; its working folder is cleared
+        (tmp / "x").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_unwritable_folder_is_named_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(SerkitError, match="cannot write output .*file/out: .*file is not a writable folder"):
+        with OutputDir(tmp_path / "file" / "out"):
+            pass
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root may write anywhere; others are told
+            with pytest.raises(SerkitError, match="cannot write output .*locked/out: .*locked is not a writable folder"):
+                with OutputDir(locked / "sub" / "out"):
+                    pass
+    finally:
+        os.chmod(locked, 0o700)
