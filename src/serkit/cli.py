@@ -334,47 +334,6 @@ def _predict_dimensions(saved, files, format, batch_size, texts) -> None:
     console.print(table)
 
 
-@app.command("forget")
-def forget_cmd(
-    model_dir: Path = typer.Argument(..., help="the trained serkit model directory (never modified)"),
-    out: Path = typer.Option(..., "-o", "--out", help="new folder: model/, receipt.json, report.md"),
-    forget_list: Path | None = typer.Option(None, "--forget", help="text file, one audio path per line"),
-    speaker: str | None = typer.Option(None, help="forget this training speaker (all utterances, or --n of them)"),
-    n: int | None = typer.Option(None, "--n", help="with --speaker: forget N utterances drawn at random"),
-    seed: int = typer.Option(0, help="seed for drawing utterances, wrong labels and PGD"),
-    method: str = typer.Option("adv-ewc", help="adv-ewc, adv, random-label, remain, retrain"),
-    set_: list[str] = typer.Option([], "--set", help="method parameter, e.g. --set tau=0.02 --set epochs=10"),
-    eval_part: str | None = typer.Option(None, help="unseen speakers to evaluate on: val or test (default val if held out)"),
-    remain: Path | None = typer.Option(None, help="method remain: the training manifest (D_r = it minus the forget set)"),
-    retrained: Path | None = typer.Option(None, help="a model retrained without the forget set, to compare against"),
-    strict: bool = typer.Option(False, help="refuse listed files that are not training utterances (default: warn, skip)"),
-    overwrite: bool = typer.Option(False, help="replace an existing output folder (never the input model)"),
-    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"),
-):
-    """Make a model forget utterances using those utterances alone; write the new model and a receipt."""
-    from serkit.config import parse_value
-    from serkit.unlearning.forget_set import read_file_list
-    from serkit.unlearning.run import forget
-
-    params = {}
-    for item in set_:
-        if "=" not in item:
-            raise SerkitError(f"--set {item!r}: expected key=value, e.g. --set tau=0.02")
-        key, value = item.split("=", 1)
-        params[key.strip()] = parse_value(value)
-    files = read_file_list(forget_list) if forget_list else None
-    result = forget(model_dir, out, files=files, speaker=speaker, n=n, seed=seed, method=method, params=params,
-                    eval_part=eval_part, remain=remain, strict=strict, overwrite=overwrite, retrained=retrained,
-                    device=device, log=console.print)
-    ev = result.receipt["evaluation"]
-    part = ev["unseen_part"]
-    console.print(f"forget-set UAR {ev['before']['forget']['uar']:.3f} -> {ev['after']['forget']['uar']:.3f}; "
-                  f"{part} UAR {ev['before'][part]['uar']:.3f} -> {ev['after'][part]['uar']:.3f} "
-                  f"({ev['unseen_uar_kept']:.0%} kept); membership AUC {ev['before']['membership']['auc']:.2f} -> "
-                  f"{ev['after']['membership']['auc']:.2f}; {result.receipt['timing']['unlearn_seconds']:.0f} s")
-    console.print(f"wrote {result.out_dir}/ (model/, receipt.json, report.md)")
-
-
 # The papers' experiments: each a resumable grid from one YAML (module, loader, runner, what it writes).
 EXPERIMENTS = {
     "unlearning": ("serkit.unlearning.experiment", "load_grid", "run_grid", "configs/unlearning_ravdess_whisper.yaml",

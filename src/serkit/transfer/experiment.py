@@ -164,10 +164,9 @@ def _folds(grid: TransferGrid, recipe) -> list:
 
 def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
     from serkit.config import load_recipe
-    from serkit.training import train
-
     from serkit.embeddings import check_layer
     from serkit.models import get_architecture, load_model
+    from serkit.training import train
 
     out = Path(grid.output_dir)
     base_recipe = load_recipe(grid.recipe, grid.set)

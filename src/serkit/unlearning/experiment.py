@@ -244,7 +244,7 @@ def _check_fingerprint(grid: UnlearningGrid, out: Path, finished: set) -> dict:
                 pass
             if old != new:
                 changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
-                show = lambda d: ", ".join(f"{k}={d[k]!r}" if k in d else f"{k} unset" for k in changed)  # noqa: E731
+                show = lambda d, changed=changed: ", ".join(f"{k}={d[k]!r}" if k in d else f"{k} unset" for k in changed)  # noqa: E731
                 raise ConfigError(f"{path}: label '{label}' of backbone {backbone} has finished runs with {show(old)}, "
                                   f"but the grid now gives {show(new)}: give the new parameters a new label, or use "
                                   "another output_dir (or delete that label's rows from results.csv and grid.json)")

@@ -8,7 +8,6 @@ which manifest and which speakers it was trained on; utterances of speakers it n
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pandas as pd
 from serkit.data.manifest import Manifest, read_manifest
 from serkit.errors import SerkitError
 from serkit.models.modeldir import SavedModel
+from serkit.unlearning.commitments import utterance_digest
 
 
 @dataclass
@@ -27,25 +27,64 @@ class TrainingData:
     manifest: Manifest
     trained_speakers: list[str]
     held_out: dict[str, list[str]]  # part -> speakers the model never trained on
+    parts: dict[str, list[str]] = field(default_factory=dict)  # every part of the split, trained on or not
 
     def train_rows(self) -> pd.DataFrame:
         return self.manifest.frame[self.manifest.frame["speaker"].isin(self.trained_speakers)]
 
 
-def training_data(saved: SavedModel, manifest: Path | str | None = None) -> TrainingData:
+def training_data(saved: SavedModel, manifest: Path | str | None = None, split: Path | str | None = None) -> TrainingData:
+    """What `saved` was trained on: from its provenance, or from the split it was trained with.
+
+    A model that has answered a deletion request keeps its training speakers and data location
+    private (they would narrow down who was forgotten); it records hashes of them instead, so the
+    split it was trained with can be given back (`split`) and checked."""
     prov = saved.config.get("provenance") or {}
+    trained_on = prov.get("trained_on") or ["train"]
+    if split is not None:
+        return _from_split(saved, prov, trained_on, split, manifest)
+    if prov.get("private"):
+        requests = len(prov.get("unlearning_history") or [])
+        raise SerkitError(f"model {saved.path} keeps its training speakers private (it has answered {requests} deletion "
+                          "request(s)); give the split it was trained with: --split SPLIT.json")
     path = manifest or prov.get("manifest")
     if not path:
-        raise SerkitError(f"model {saved.path} does not record the manifest it was trained on; pass --manifest MANIFEST.csv")
+        raise SerkitError(f"model {saved.path} does not record the manifest it was trained on; give the split it was "
+                          "trained with (--split SPLIT.json) or its manifest (--manifest MANIFEST.csv)")
+    if manifest is None and not Path(path).is_file():
+        raise SerkitError(f"the manifest model {saved.path} was trained on is no longer at {path}; point serkit at it "
+                          "with --manifest MANIFEST.csv, or give the split with --split SPLIT.json")
     loaded = read_manifest(path)
     speakers = prov.get("speakers") or {}
-    trained_on = prov.get("trained_on") or ["train"]
     trained = sorted({s for part in trained_on for s in speakers.get(part, [])})
     if not trained:
         raise SerkitError(f"model {saved.path} does not record its training speakers (provenance.speakers); "
                           "it was not trained by serkit train, so its forget set cannot be checked")
     held_out = {p: list(v) for p, v in speakers.items() if p not in trained_on}
-    return TrainingData(loaded, trained, held_out)
+    return TrainingData(loaded, trained, held_out, {p: list(v) for p, v in speakers.items()})
+
+
+def _from_split(saved: SavedModel, prov: dict, trained_on: list[str], split: Path | str, manifest) -> TrainingData:
+    from serkit.data.splits import load_split
+    from serkit.unlearning.redaction import split_parts_sha256
+
+    fold = ((prov.get("recipe") or {}).get("data") or {}).get("fold")
+    loaded = load_split(split, manifest, fold)
+    parts = loaded.parts()
+    recorded = prov.get("speakers")
+    if recorded is not None:
+        matches = {p: sorted(v) for p, v in recorded.items() if v} == {p: sorted(v) for p, v in parts.items() if v}
+    elif prov.get("split_parts_sha256"):
+        matches = split_parts_sha256(parts) == prov["split_parts_sha256"]
+    else:
+        raise SerkitError(f"model {saved.path} does not record the speakers it was trained on, so split {split} cannot "
+                          "be checked against it; it was not trained by serkit train")
+    if not matches:
+        raise SerkitError(f"split {split} is not the one model {saved.path} was trained with (its speakers differ); "
+                          "give the split file `serkit train` used")
+    trained = sorted({s for part in trained_on for s in parts.get(part, [])})
+    held_out = {p: list(v) for p, v in parts.items() if p not in trained_on}
+    return TrainingData(loaded.manifest, trained, held_out, parts)
 
 
 @dataclass
@@ -69,22 +108,21 @@ class ForgetSet:
     def as_manifest(self) -> Manifest:
         return Manifest(self.rows.reset_index(drop=True), self.manifest.file, self.manifest.sha256)
 
-    def hashed_ids(self) -> list[str]:
-        """SHA-256 of each utterance's manifest path: the receipt proves which utterances, without naming them."""
-        return sorted(hashlib.sha256(p.encode()).hexdigest() for p in self.rows["path"])
-
-    def describe(self) -> dict:
-        return {"mode": self.mode, "n": len(self), "speakers_sha256": [hashlib.sha256(s.encode()).hexdigest() for s in self.speakers],
-                "seed": self.seed, "skipped_not_in_training_data": len(self.skipped)}
+    def digests(self) -> list[bytes]:
+        """SHA-256 of each utterance's audio file, in row order (kept in memory, never written)."""
+        return [utterance_digest(p) for p in self.audio_paths()]
 
 
 def build_forget_set(saved: SavedModel, *, files: list[str] | None = None, speaker: str | None = None,
                      n: int | None = None, seed: int = 0, manifest: Path | str | None = None, strict: bool = False,
-                     warn=print) -> ForgetSet:
-    """Name D_e by `files`, or by `speaker` (all of their training utterances, or `n` drawn at random)."""
+                     warn=print, data: TrainingData | None = None, forgotten=None) -> ForgetSet:
+    """Name D_e by `files`, or by `speaker` (all of their training utterances, or `n` drawn at random).
+
+    `forgotten(digest)` says whether an earlier request already forgot an utterance: N drawn at
+    random are drawn among the speaker's utterances that are still to be forgotten."""
     if (files is None) == (speaker is None):
         raise SerkitError("name the forget set with exactly one of --forget FILES.txt or --speaker ID")
-    data = training_data(saved, manifest)
+    data = data or training_data(saved, manifest)
     frame = data.manifest.frame
     held = {s: part for part, speakers in data.held_out.items() for s in speakers}
     if speaker is not None:
@@ -98,8 +136,14 @@ def build_forget_set(saved: SavedModel, *, files: list[str] | None = None, speak
         if n is not None:
             if n < 1:
                 raise SerkitError("--n must be at least 1")
+            what = "training utterances"
+            if forgotten is not None:
+                paths = Manifest(rows, data.manifest.file).audio_paths()
+                keep = [not forgotten(utterance_digest(p)) for p in paths]
+                if not all(keep):
+                    rows, what = rows[keep], f"training utterances not yet forgotten ({len(keep) - sum(keep)} were)"
             if n > len(rows):
-                raise SerkitError(f"--n {n} is more than speaker '{speaker}' has ({len(rows)} training utterances)")
+                raise SerkitError(f"--n {n} is more than speaker '{speaker}' has ({len(rows)} {what})")
             rows = rows.iloc[np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False))]
             mode = "random"
         forget = ForgetSet(rows.reset_index(drop=True), data.manifest, mode, seed if n is not None else None)

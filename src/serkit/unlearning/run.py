@@ -1,35 +1,52 @@
 """`serkit forget`: one deletion request, end to end, with a receipt.
 
 Reads the model and the forget set only (plus the evaluation data named below, which never
-reaches the unlearning itself). Writes OUT/ whole or not at all: `model/` (a NEW model directory;
-the input is never touched), `receipt.json` and `report.md`.
+reaches the unlearning itself). Writes OUT/ whole or not at all, and never while another run
+writes it: `model/` (a NEW model directory that says N utterances were forgotten, never which;
+the input is never touched), `receipt.json` (signed with `sign_key`), `report.md`, and
+`forget-keys.json`, the owner's secret (mode 0600; elsewhere with `keys_out`).
+
+A model that was forgotten before is the input of the next request: its request keys (the
+previous request's forget-keys.json) let this request refuse utterances already forgotten and
+chain its receipt to the previous one. The same request on the same machine gives the same
+model, bit for bit (serkit.determinism); `reproduce` re-runs one from its receipt.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import serkit
 from serkit.data.dataset import load_waves
 from serkit.data.manifest import Manifest, read_manifest
+from serkit.determinism import reproducible
 from serkit.errors import SerkitError
-from serkit.io import sha256_file
+from serkit.io import OutputDir, refuse_existing, sha256_file, write_text
 from serkit.models.modeldir import SavedModel, load_model, save_model
+from serkit.unlearning.commitments import commitments, new_key
 from serkit.unlearning.evaluation import EvalSet, forget_report
-from serkit.unlearning.forget_set import ForgetSet, build_forget_set, training_data
+from serkit.unlearning.forget_set import ForgetSet, TrainingData, build_forget_set, training_data
+from serkit.unlearning.keys import KEYS_FILE, RequestKey, RequestKeys, load_request_keys, load_signing_key, sign
 from serkit.unlearning.methods import UnlearnContext, get_method
-
-RECEIPT_FORMAT = "serkit-forget-receipt"
+from serkit.unlearning.receipts import (
+    RECEIPT_FILE,
+    RECEIPT_FORMAT,
+    build_receipt,
+    canonical_bytes,
+    environment,
+    receipt_sha256,
+    report_markdown,
+)
+from serkit.unlearning.redaction import find_traces, identifiers_of, private_training_provenance, split_parts_sha256
 
 
 @dataclass
@@ -37,6 +54,17 @@ class ForgetResult:
     out_dir: Path
     model_dir: Path
     receipt: dict
+    keys_file: Path
+
+
+@dataclass
+class Replay:
+    """What `reproduce` fixes from a receipt: the same key, the same commitments, the same threads."""
+
+    key: bytes
+    commitments: list[str]
+    threads: int | None
+    keys_before: RequestKeys
 
 
 def _label_indices(saved: SavedModel, frame) -> np.ndarray:
@@ -49,90 +77,223 @@ def _eval_set(saved: SavedModel, name: str, manifest: Manifest) -> EvalSet:
     return EvalSet(name, load_waves(manifest.audio_paths(), saved.preprocessing), _label_indices(saved, manifest.frame))
 
 
-def check_output(out: Path, model_dir: Path, overwrite: bool) -> None:
+def evaluation_sets(saved: SavedModel, data: TrainingData, forget_set: ForgetSet,
+                    part: str) -> tuple[EvalSet, EvalSet, EvalSet | None]:
+    """The forget set, the unseen speakers of `part`, and the forgotten speakers' other training utterances."""
+    unseen_speakers = data.held_out.get(part)
+    if not unseen_speakers:
+        raise SerkitError(f"the model has no '{part}' speakers it never trained on to evaluate against "
+                          f"(held out: {sorted(k for k, v in data.held_out.items() if v)})")
+    frame = data.manifest.frame
+    forget_eval = EvalSet("forget", load_waves(forget_set.audio_paths(), saved.preprocessing),
+                          _label_indices(saved, forget_set.rows))
+    unseen = _eval_set(saved, part, data.manifest.subset(unseen_speakers))
+    others = frame[frame["speaker"].isin(forget_set.speakers) & ~frame["path"].isin(set(forget_set.rows["path"]))]
+    other = _eval_set(saved, "speaker_other_training", Manifest(others.reset_index(drop=True), data.manifest.file)) \
+        if len(others) else None
+    return forget_eval, unseen, other
+
+
+def is_forget_output(path: Path) -> bool:
+    """An output of serkit forget (what --overwrite may replace): a folder with a forget receipt."""
+    try:
+        return json.loads((path / RECEIPT_FILE).read_text()).get("format") == RECEIPT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_output(out: Path, model_dir: Path) -> None:
     out_r, model_r = out.resolve(), model_dir.resolve()
     if out_r == model_r or out_r in model_r.parents or model_r in out_r.parents:
         raise SerkitError(f"output {out} would overwrite or sit inside the input model {model_dir}; choose another -o")
-    if out.exists() and not overwrite:
-        raise SerkitError(f"output {out} already exists; choose another -o, or pass --overwrite to replace it")
 
 
 def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = None, speaker: str | None = None,
            n: int | None = None, seed: int = 0, method: str = "adv-ewc", params: dict | None = None,
-           eval_part: str | None = None, manifest: Path | str | None = None, remain: Path | str | None = None,
-           strict: bool = False, overwrite: bool = False, retrained: Path | str | None = None, device: str = "auto",
-           log=print) -> ForgetResult:
+           eval_part: str | None = None, manifest: Path | str | None = None, split: Path | str | None = None,
+           remain: Path | str | None = None, strict: bool = False, overwrite: bool = False,
+           retrained: Path | str | None = None, device: str = "auto", keys: Path | str | None = None,
+           keys_out: Path | str | None = None, sign_key: Path | str | None = None, skip_forgotten: bool = False,
+           require_target: bool = False, log=print, replay: Replay | None = None) -> ForgetResult:
     model_dir, out = Path(model_dir), Path(out)
-    check_output(out, model_dir, overwrite)
+    check_output(out, model_dir)
+    signer = load_signing_key(sign_key) if sign_key else None
+    keys_out = Path(keys_out) if keys_out else None
+    if keys_out is not None:
+        refuse_existing(keys_out, "keys file")
     device = resolve_device(device)
     unlearner = get_method(method, params)
-    original = load_model(model_dir)
-    original.model.to(device)
-    forget_set = build_forget_set(original, files=files, speaker=speaker, n=n, seed=seed, manifest=manifest,
-                                  strict=strict, warn=log)
-    data = training_data(original, manifest)
-    if eval_part is None:
-        eval_part = "val" if data.held_out.get("val") else "test"
-    unseen_speakers = data.held_out.get(eval_part)
-    if not unseen_speakers:
-        raise SerkitError(f"the model has no '{eval_part}' speakers it never trained on to evaluate against "
-                          f"(held out: {sorted(k for k, v in data.held_out.items() if v)})")
-    frame = data.manifest.frame
-    forget_eval = EvalSet("forget", load_waves(forget_set.audio_paths(), original.preprocessing),
-                          _label_indices(original, forget_set.rows))
-    unseen = _eval_set(original, eval_part, data.manifest.subset(unseen_speakers))
-    others = frame[frame["speaker"].isin(forget_set.speakers) & ~frame["path"].isin(set(forget_set.rows["path"]))]
-    other = _eval_set(original, "speaker_other_training", Manifest(others.reset_index(drop=True), data.manifest.file)) \
-        if len(others) else None
-    reference = load_model(retrained) if retrained else None
-    if reference is not None:
-        reference.model.to(device)
-    log(f"forgetting {len(forget_set)} utterances ({forget_set.mode}) of speaker(s) {', '.join(forget_set.speakers)} "
-        f"with '{unlearner.name}'; evaluating on {len(unseen)} {eval_part} utterances")
-    before = forget_report(original.model, forget_eval, unseen, other, reference.model if reference else None)
+    with OutputDir(out, overwrite, recognise=is_forget_output) as output:
+        original = load_model(model_dir)
+        lineage = replay.keys_before if replay else lineage_keys(original, model_dir, keys, log)
+        data = training_data(original, manifest, split)
+        forget_set, digests, skipped = _forget_set(original, data, lineage, files, speaker, n, seed, strict,
+                                                   skip_forgotten, log)
+        key = replay.key if replay else new_key()
+        committed = commitments(key, digests)
+        if replay and committed != replay.commitments:
+            raise SerkitError("the forget set named here is not the one the receipt commits to (its commitments differ); "
+                              "name it as the original request did (--speaker/--n, or the same --forget list)")
+        if eval_part is None:
+            eval_part = "val" if data.held_out.get("val") else "test"
+        forget_eval, unseen, other = evaluation_sets(original, data, forget_set, eval_part)
+        reference = load_model(retrained) if retrained else None
+        if reference is not None:
+            reference.model.to(device)
+        original.model.to(device)
+        log(f"forgetting {len(forget_set)} utterances ({forget_set.mode}) of speaker(s) {', '.join(forget_set.speakers)} "
+            f"with '{unlearner.name}'; evaluating on {len(unseen)} {eval_part} utterances")
+        remain_manifest = None
+        if unlearner.reads_remaining_data and method == "remain":
+            remain_manifest = read_manifest(remain) if remain else None
+            if remain_manifest is not None:
+                remain_manifest = remain_manifest.subset(data.trained_speakers)
+        staging = output.staging()
+        with reproducible(seed, replay.threads if replay else None):
+            env = environment(device)
+            before = forget_report(original.model, forget_eval, unseen, other, reference.model if reference else None)
+            working = load_model(model_dir)  # the copy that changes; `original` stays as loaded
+            working.model.to(device)
+            ctx = UnlearnContext(working, forget_set, forget_eval.waves, forget_eval.labels, seed, log,
+                                 reference_accuracy=_reference_accuracy(original), remain=remain_manifest,
+                                 work_dir=staging / "work", device=str(device), data=data)
+            start = time.perf_counter()
+            outcome = unlearner.unlearn(ctx)
+            seconds = time.perf_counter() - start
+            result_model = outcome.replacement or working
+            after = forget_report(result_model.model, forget_eval, unseen, other, reference.model if reference else None)
+        stats = outcome.stats
+        reached = stats.get("target_reached")
+        if reached is False:
+            message = (f"the forget set is still recognised: forget-set accuracy {after['forget']['accuracy']:.2f} did not "
+                       f"reach the target {stats.get('target_accuracy', 0):.2f} ({stats.get('stop_reason')})")
+            if require_target:
+                raise SerkitError(f"{message}; nothing was written (--require-target). Raise epochs or lr, or try "
+                                  "another method")
+            log(f"warning: {message}; the receipt says so (pass --require-target to refuse such a result)")
 
-    working = load_model(model_dir)  # the copy that changes; `original` stays as loaded
-    working.model.to(device)
-    remain_manifest = None
-    if unlearner.reads_remaining_data and method == "remain":
-        remain_manifest = read_manifest(remain) if remain else None
-        if remain_manifest is not None:
-            remain_manifest = remain_manifest.subset(data.trained_speakers)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        ctx = UnlearnContext(working, forget_set, forget_eval.waves, forget_eval.labels, seed, log,
-                             reference_accuracy=_reference_accuracy(original), remain=remain_manifest, work_dir=tmp / "work",
-                             device=str(device))
-        start = time.perf_counter()
-        outcome = unlearner.unlearn(ctx)
-        seconds = time.perf_counter() - start
-        result_model = outcome.replacement or working
-        after = forget_report(result_model.model, forget_eval, unseen, other, reference.model if reference else None)
-        receipt = _receipt(original, forget_set, unlearner, outcome.stats, before, after, eval_part, seconds, reference)
-        receipt["timing"]["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        provenance = dict(original.config.get("provenance") or {})
-        provenance["unlearning"] = {"from_weights_sha256": original.weights_sha256, "method": unlearner.name,
-                                    "params": unlearner.params.model_dump(mode="json"), "forget_set": forget_set.describe(),
-                                    "utterances_sha256": forget_set.hashed_ids(), "created_utc": receipt["created_utc"]}
-        provenance["unlearning_history"] = list(provenance.get("unlearning_history", [])) + [provenance["unlearning"]]
-        save_model(tmp / "model", result_model.model.cpu(), original.labels, original.preprocessing, provenance)
-        receipt["model_after"] = {"path": "model", "weights_sha256": sha256_file(tmp / "model" / "model.safetensors")}
-        shutil.rmtree(tmp / "work", ignore_errors=True)
-        (tmp / "receipt.json").write_text(json.dumps(receipt, indent=2) + "\n")
-        (tmp / "report.md").write_text(_report(receipt))
-        os.chmod(tmp, 0o755)
-        if out.exists():  # --overwrite: swap in the new result, then drop the old one
-            trash = out.with_name(f".{out.name}.old")
-            os.rename(out, trash)
-            os.rename(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return ForgetResult(out, out / "model", receipt)
+        request_id = uuid.uuid4().hex
+        index = len(lineage) + 1
+        history = list((original.config.get("provenance") or {}).get("unlearning_history") or [])
+        record = {"request_id": request_id, "index": index, "from_weights_sha256": original.weights_sha256,
+                  "method": unlearner.name, "params": unlearner.params.model_dump(mode="json"), "n": len(forget_set),
+                  "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        provenance = private_training_provenance(original.config.get("provenance") or {})
+        provenance["unlearning"] = record
+        provenance["unlearning_history"] = history + [record]
+        shutil.rmtree(staging / "work", ignore_errors=True)
+        save_model(staging / "model", result_model.model.cpu(), original.labels, original.preprocessing, provenance,
+                   task=original.task)
+        receipt = build_receipt(
+            request_id=request_id, model_before=original.weights_sha256,
+            model_after=sha256_file(staging / "model" / "model.safetensors"), n=len(forget_set), commitments=committed,
+            skipped_already_forgotten=skipped,
+            method={"name": unlearner.name, "params": unlearner.params.model_dump(mode="json"),
+                    "reads_remaining_data": unlearner.reads_remaining_data},
+            seed=seed,
+            data={"manifest_sha256": data.manifest.sha256, "split_parts_sha256": split_parts_sha256(data.parts),
+                  "unseen_part": eval_part, "n_unseen": len(unseen)},
+            evaluation=_shareable_evaluation(before, after, eval_part),
+            outcome={"target": stats.get("target"), "target_accuracy": stats.get("target_accuracy"),
+                     "target_reached": reached, "stop_reason": stats.get("stop_reason")},
+            timing=_timing(seconds, reference), stats=stats,
+            chain={"index": index, "previous_receipt_sha256": lineage.requests[-1].receipt_sha256 if len(lineage) else None},
+            env=env)
+        if signer is not None:
+            receipt["signature"] = sign(signer, canonical_bytes(receipt))
+        write_text(staging / RECEIPT_FILE, json.dumps(receipt, indent=2) + "\n")
+        write_text(staging / "report.md", report_markdown(receipt))
+        request_key = RequestKey(request_id, index, key.hex(), committed, original.weights_sha256,
+                                 receipt["model_after"]["weights_sha256"], receipt_sha256(receipt), receipt["created_utc"])
+        keys_file = (lineage.with_request(request_key)).save(keys_out or staging / KEYS_FILE)
+        try:
+            _refuse_traces(staging, forget_set)
+            output.commit()
+        except BaseException:
+            if keys_out is not None:
+                keys_out.unlink(missing_ok=True)
+            raise
+    keys_file = keys_out or out / KEYS_FILE
+    return ForgetResult(out, out / "model", receipt, keys_file)
+
+
+def lineage_keys(original: SavedModel, model_dir: Path, keys: Path | str | RequestKeys | None, log) -> RequestKeys:
+    """The request keys of every earlier deletion in the model's lineage (none for a trained model)."""
+    history = (original.config.get("provenance") or {}).get("unlearning_history") or []
+    beside = model_dir.parent / KEYS_FILE
+    if isinstance(keys, RequestKeys):
+        found = keys
+    elif keys is not None:
+        found = load_request_keys(keys)
+    elif history and beside.is_file():
+        found = load_request_keys(beside)
+        log(f"earlier deletion requests of this model: {len(found)} (request keys {beside})")
+    elif history:
+        raise SerkitError(f"model {model_dir} has answered {len(history)} deletion request(s) before; give the {KEYS_FILE} "
+                          "written with the last of them (--key FILE), so that utterances already forgotten are refused "
+                          "and this receipt chains to the last one")
+    else:
+        found = RequestKeys()
+    if len(found) != len(history) or (len(found) and found.requests[-1].model_after != original.weights_sha256):
+        made = found.requests[-1].model_after[:12] + "…" if len(found) else "no model"
+        raise SerkitError(f"request keys {found.file} are not this model's: they cover {len(found)} request(s) ending with "
+                          f"{made}, but model {model_dir} ({original.weights_sha256[:12]}…) has answered {len(history)}; give "
+                          f"the {KEYS_FILE} written with the request that made this model")
+    return found
+
+
+def _forget_set(original, data: TrainingData, lineage: RequestKeys, files, speaker, n, seed, strict, skip_forgotten,
+                log) -> tuple[ForgetSet, list[bytes], int]:
+    """The forget set with its content digests, less what earlier requests forgot (refused unless skipped)."""
+    already = (lambda d: lineage.forgotten_by(d) is not None) if len(lineage) else None
+    forget_set = build_forget_set(original, files=files, speaker=speaker, n=n, seed=seed, strict=strict, warn=log,
+                                  data=data, forgotten=already)
+    digests = forget_set.digests()
+    if len(set(digests)) < len(digests):
+        raise SerkitError("the forget set holds the same audio twice (two manifest rows with identical files); "
+                          "list each utterance once")
+    earlier = [(i, lineage.forgotten_by(d)) for i, d in enumerate(digests)] if len(lineage) else []
+    earlier = [(i, r) for i, r in earlier if r is not None]
+    if not earlier:
+        return forget_set, digests, 0
+    by = ", ".join(str(r) for r in sorted({r.index for _, r in earlier}))
+    if not skip_forgotten:
+        raise SerkitError(f"{len(earlier)} of the {len(forget_set)} utterances were already forgotten (by request {by} of "
+                          "this model's lineage); leave them out, or pass --skip-forgotten")
+    drop = {i for i, _ in earlier}
+    if len(drop) == len(forget_set):
+        raise SerkitError(f"all {len(forget_set)} utterances were already forgotten (by request {by}); nothing to do")
+    for i in sorted(drop):
+        log(f"skipped, already forgotten by request {dict(earlier)[i].index}: {forget_set.rows['path'].iloc[i]}")
+    keep = [i for i in range(len(forget_set)) if i not in drop]
+    rows = forget_set.rows.iloc[keep].reset_index(drop=True)
+    kept = ForgetSet(rows, forget_set.manifest, forget_set.mode, forget_set.seed, forget_set.skipped)
+    return kept, [digests[i] for i in keep], len(drop)
+
+
+def _shareable_evaluation(before: dict, after: dict, part: str) -> dict:
+    """The figures, less the size of the speaker's other training utterances (with a corpus' speaker sizes
+    and N, that count could name the speaker)."""
+    def clean(report):
+        report = json.loads(json.dumps(report))
+        if "speaker_other_training" in report:
+            report["speaker_other_training"].pop("n", None)
+        return report
+
+    b, a = clean(before), clean(after)
+    kept = a[part]["uar"] / b[part]["uar"] if b[part]["uar"] else None
+    return {"unseen_part": part, "before": b, "after": a, "unseen_uar_kept": kept}
+
+
+def _refuse_traces(staging: Path, forget_set: ForgetSet) -> None:
+    """A last check before anything appears: the forget set's names, and their hashes, are nowhere in the output."""
+    paths = [str(p) for p in forget_set.rows["path"]] + [str(p) for p in forget_set.audio_paths()]
+    names = identifiers_of(forget_set.speakers, paths)
+    distinctive = [x for x in names if len(x) >= 8]  # a speaker "05" or a file "a.wav" also occurs as a word
+    traces = find_traces(staging, distinctive) + find_traces(staging, names, raw=False)
+    if traces:
+        raise SerkitError(f"serkit bug: the output would reveal the forget set ({traces[0]}); nothing was written. "
+                          "Please report it")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -158,62 +319,83 @@ def _reference_accuracy(saved: SavedModel) -> float | None:
     return float(value) if value is not None else None
 
 
-def _receipt(original, forget_set: ForgetSet, unlearner, stats, before, after, eval_part, seconds, reference) -> dict:
-    kept = after[eval_part]["uar"] / before[eval_part]["uar"] if before[eval_part]["uar"] else None
+def _timing(seconds: float, reference) -> dict:
     timing = {"unlearn_seconds": round(seconds, 2)}
     if reference is not None:
         retrain_s = ((reference.config.get("provenance") or {}).get("training") or {}).get("train_seconds")
         if retrain_s:
             timing["retrain_seconds"] = retrain_s
             timing["speedup_over_retraining"] = round(retrain_s / seconds, 2)
-    return {
-        "format": RECEIPT_FORMAT,
-        "version": 1,
-        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "serkit_version": serkit.__version__,
-        "model_before": {"path": str(original.path.resolve()), "weights_sha256": original.weights_sha256},
-        "forget_set": {**forget_set.describe(), "utterances_sha256": forget_set.hashed_ids()},
-        "method": {"name": unlearner.name, "params": unlearner.params.model_dump(mode="json"),
-                   "reads_remaining_data": unlearner.reads_remaining_data},
-        "evaluation": {"unseen_part": eval_part, "before": before, "after": after, "unseen_uar_kept": kept},
-        "timing": timing,
-        "stats": stats,
-    }
+    return timing
 
 
-def _report(receipt: dict) -> str:
-    ev = receipt["evaluation"]
-    part = ev["unseen_part"]
-    b, a = ev["before"], ev["after"]
-    rows = [
-        ("forget-set UAR", b["forget"]["uar"], a["forget"]["uar"]),
-        ("forget-set accuracy", b["forget"]["accuracy"], a["forget"]["accuracy"]),
-        (f"{part} UAR (unseen speakers)", b[part]["uar"], a[part]["uar"]),
-        ("membership AUC (0.5 = looks unseen)", b["membership"]["auc"], a["membership"]["auc"]),
-    ]
-    if "speaker_other_training" in b:
-        rows.append(("speaker's other training utterances, accuracy", b["speaker_other_training"]["accuracy"],
-                     a["speaker_other_training"]["accuracy"]))
-    if "vs_retrained" in a:
-        rows.append(("agreement with the retrained model (unseen)", b["vs_retrained"]["agreement_unseen"],
-                     a["vs_retrained"]["agreement_unseen"]))
-    table = "\n".join(f"| {name} | {x:.3f} | {y:.3f} |" for name, x, y in rows)
-    kept = ev["unseen_uar_kept"]
-    timing = receipt["timing"]
-    lines = [
-        f"# Forget receipt: {receipt['forget_set']['n']} utterances, method `{receipt['method']['name']}`",
-        f"Created {receipt['created_utc']}. Model before: `{receipt['model_before']['weights_sha256'][:16]}…`, "
-        f"after: `{receipt['model_after']['weights_sha256'][:16]}…` (`model/`).",
-        "| | before | after |\n|---|---|---|\n" + table,
-        f"Unseen-speaker UAR kept: {kept:.1%}. Unlearning took {timing['unlearn_seconds']:.0f} s"
-        + (f" ({timing['speedup_over_retraining']:.1f}x faster than retraining)" if "speedup_over_retraining" in timing else "") + ".",
-        f"Reads remaining training data: {'yes' if receipt['method']['reads_remaining_data'] else 'no (forget set only)'}.",
-    ]
-    stats = receipt["stats"]
-    if "pgd" in stats:
-        pgd = stats["pgd"]
-        lines.append(f"PGD: {pgd['samples']} adversarial samples, target success {pgd['target_success_rate']:.0%}, "
-                     f"median SNR {pgd['snr_db_median']:.1f} dB, {pgd['seconds']:.0f} s.")
-    if "stop_reason" in stats:
-        lines.append(f"Stopped: {stats['stop_reason']}.")
-    return "\n\n".join(lines) + "\n"
+@dataclass
+class Reproduction:
+    identical: bool
+    lines: list[str]
+    receipt: dict
+
+
+def reproduce(model_dir: Path | str, receipt_path: Path | str, *, files: list[str] | None = None,
+              speaker: str | None = None, n: int | None = None, keys: Path | str | None = None,
+              manifest: Path | str | None = None, split: Path | str | None = None, out: Path | str | None = None,
+              device: str = "auto", log=print) -> Reproduction:
+    """Re-run the request a receipt describes and say whether the result is identical.
+
+    The method, parameters, seed, evaluation part and thread count come from the receipt; the forget
+    set is named again (as the original request named it) and must match the receipt's commitments
+    under its key (`keys`: the request's forget-keys.json, by default the one beside the receipt)."""
+    from serkit.unlearning.receipts import read_receipt
+
+    receipt = read_receipt(receipt_path)
+    receipt_path = Path(receipt_path)
+    folder = receipt_path if receipt_path.is_dir() else receipt_path.parent
+    keys = Path(keys) if keys else folder / KEYS_FILE
+    request_keys = load_request_keys(keys)
+    request = request_keys.get(receipt["request_id"])
+    original = load_model(model_dir)
+    if original.weights_sha256 != receipt["model_before"]["weights_sha256"]:
+        raise SerkitError(f"model {model_dir} is not the receipt's model_before (weights {original.weights_sha256[:12]}…, "
+                          f"the receipt: {receipt['model_before']['weights_sha256'][:12]}…); give the model the request was "
+                          "made on")
+    mine, theirs = environment(resolve_device(device)), receipt.get("environment") or {}
+    differs = [k for k in ("serkit", "torch", "numpy", "python", "platform", "cpu", "device") if mine.get(k) != theirs.get(k)]
+    if differs:
+        log(f"warning: this machine differs from the receipt's in {', '.join(f'{k} ({theirs.get(k)} there, {mine.get(k)} here)' for k in differs)}; "
+            "a bit-identical result is not expected, the figures should be close")
+    method = receipt["method"]
+    replay = Replay(bytes.fromhex(request.key), receipt["forget_set"]["commitments"], theirs.get("threads"),
+                    request_keys.before(request.index))
+    temporary = None
+    if out is None:
+        temporary = Path(tempfile.mkdtemp(prefix="serkit-reproduce-"))
+        out = temporary / "run"
+    try:
+        result = forget(model_dir, out, files=files, speaker=speaker, n=n, seed=method["seed"], method=method["name"],
+                        params=method["params"], eval_part=receipt["evaluation"]["unseen_part"], manifest=manifest,
+                        split=split, device=device, skip_forgotten=receipt["forget_set"]["skipped_already_forgotten"] > 0,
+                        log=log, replay=replay)
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+    ours = result.receipt
+    same_model = ours["model_after"]["weights_sha256"] == receipt["model_after"]["weights_sha256"]
+    lines = [("OK  " if same_model else "DIFF") + f"  model_after: {ours['model_after']['weights_sha256'][:16]}… "
+             + ("(identical)" if same_model else f"vs the receipt's {receipt['model_after']['weights_sha256'][:16]}…")]
+    figures = _figures(receipt["evaluation"])
+    again = _figures(ours["evaluation"])
+    same_figures = figures == again
+    detail = "identical" if same_figures else "; ".join(
+        f"{k} {figures[k]:.4f} -> {again.get(k, float('nan')):.4f}" for k in figures if figures[k] != again.get(k))
+    lines.append(("OK  " if same_figures else "DIFF") + f"  figures: {len(figures)} {detail}")
+    return Reproduction(same_model and same_figures, lines, ours)
+
+
+def _figures(evaluation: dict) -> dict[str, float]:
+    found = {}
+    for when in ("before", "after"):
+        for group, values in evaluation[when].items():
+            for name, value in values.items():
+                if isinstance(value, float):
+                    found[f"{when}.{group}.{name}"] = value
+    return found

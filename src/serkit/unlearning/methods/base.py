@@ -33,7 +33,7 @@ from serkit.data.dataset import pad_batch
 from serkit.data.manifest import Manifest
 from serkit.errors import ConfigError
 from serkit.models.modeldir import SavedModel
-from serkit.unlearning.forget_set import ForgetSet
+from serkit.unlearning.forget_set import ForgetSet, TrainingData
 
 
 class FinetuneParams(BaseModel):
@@ -86,6 +86,7 @@ class UnlearnContext:
     remain: Manifest | None = None
     work_dir: Path | None = None
     device: str = "cpu"
+    data: TrainingData | None = None  # where the model's training data is (retraining reads it)
 
 
 @dataclass
@@ -227,8 +228,9 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
                 stop_reason = f"forget-set accuracy {acc:.2f} <= {goal:.2f} after epoch {epoch + 1}"
             break
     model.eval()
+    reached = reached or bool(history and history[-1]["forget_accuracy"] <= goal)
     return {"epochs_run": len(history), "steps": step, "stop_reason": stop_reason, "target": target,
-            "target_accuracy": goal, "lr": lr, "optimizer": params.optimizer, "history": history,
+            "target_accuracy": goal, "target_reached": reached, "lr": lr, "optimizer": params.optimizer, "history": history,
             "finetune_seconds": round(time.perf_counter() - start, 2)}
 
 

@@ -33,13 +33,13 @@ def retrain_without(ctx: UnlearnContext, out_dir: Path, seed: int | None = None,
     prov = ctx.saved.config.get("provenance") or {}
     if "recipe" not in prov:
         raise SerkitError(f"model {ctx.saved.path} records no training recipe; it cannot be retrained")
-    data = training_data(ctx.saved)
+    data = ctx.data or training_data(ctx.saved)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = data.manifest.frame[~data.manifest.frame["path"].isin(set(ctx.forget.rows["path"]))].copy()
     frame["path"] = [str(p) for p in data.manifest.__class__(frame, data.manifest.file).audio_paths()]
     write_manifest(frame, out_dir / "manifest.csv")
     manifest = read_manifest(out_dir / "manifest.csv")
-    save_split(out_dir / "split.json", manifest, seed=0, parts={p: prov["speakers"].get(p, []) for p in ("train", "val", "test")})
+    save_split(out_dir / "split.json", manifest, seed=0, parts={p: data.parts.get(p, []) for p in ("train", "val", "test")})
     raw = dict(prov["recipe"])
     raw["data"] = {**raw["data"], "split": str(out_dir / "split.json"), "manifest": None, "fold": None}
     raw["output_dir"] = str(out_dir / "run")

@@ -1,0 +1,47 @@
+"""Bit-identical reruns on one machine: seeded global RNGs, deterministic kernels, a fixed thread count.
+
+Everything serkit draws itself comes from seeded generators; what it cannot seed that way is
+dropout, which draws from torch's global generator. On CPU, PyTorch's kernels give the same bits
+for the same inputs and thread count; on CUDA, cuBLAS and cuDNN need to be told
+(CUBLAS_WORKSPACE_CONFIG, cudnn.deterministic). The previous global state is restored on exit, so
+a library caller's own seeding is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+@contextlib.contextmanager
+def reproducible(seed: int, threads: int | None = None, deterministic: bool = True) -> Iterator[None]:
+    saved = {
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy_rng": np.random.get_state(),
+        "algorithms": (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()),
+        "cudnn": (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark),
+        "threads": torch.get_num_threads(),
+    }
+    try:
+        if threads is not None and threads > 0:
+            torch.set_num_threads(threads)
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs to be deterministic
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        torch.manual_seed(seed)  # seeds CUDA too
+        np.random.seed(seed % 2**32)
+        yield
+    finally:
+        torch.set_rng_state(saved["torch_rng"])
+        if saved["cuda_rng"] is not None:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        np.random.set_state(saved["numpy_rng"])
+        torch.use_deterministic_algorithms(saved["algorithms"][0], warn_only=saved["algorithms"][1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved["cudnn"]
+        torch.set_num_threads(saved["threads"])
