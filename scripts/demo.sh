@@ -51,7 +51,14 @@ echo "== 6/6 a deletion request: forget 10 utterances of training actor $SPEAKER
 # utterance, and stop once the forget set is recognised no better than unseen speakers are (what a model
 # retrained without it would do; the paper's target drives it to 0). ~5x faster than the paper's P 50 /
 # M 20 at the same kept UAR. The paper's setting: add --set preset=paper.
-$SERKIT forget "$RUN/ravdess-$MODEL/model" --speaker "$SPEAKER" --n 10 --seed 0 -o "$RUN/forget-actor$SPEAKER"
+# The receipt is signed with a key made for the demo; the forgotten model names no speaker or file, and the
+# receipt identifies the 10 utterances only by keyed commitments (the key: forget-keys.json, mode 600).
+$SERKIT keys new -o "$RUN/keys"
+$SERKIT forget "$RUN/ravdess-$MODEL/model" --speaker "$SPEAKER" --n 10 --seed 0 -o "$RUN/forget-actor$SPEAKER" \
+  --sign-key "$RUN/keys/signing.key"
+echo "== check the deletion record as an auditor would: signature, model, figures"
+$SERKIT receipt verify "$RUN/forget-actor$SPEAKER/receipt.json" --model "$RUN/forget-actor$SPEAKER/model" \
+  --public-key "$RUN/keys/signing.pub"
 
 echo
 echo "== done. What the demo produced:"
@@ -62,4 +69,6 @@ echo "   $RUN/ravdess-$MODEL/metrics.json     val/test UAR, accuracy, macro-F1, 
 echo "   $RUN/ravdess-$MODEL/report.md        a short report with the confusion matrix and training curve"
 echo "   $RUN/evaluation-test/                serkit evaluate's output for the test actors"
 echo "   $RUN/forget-actor$SPEAKER/model/        the model after forgetting (the trained one is untouched)"
-echo "   $RUN/forget-actor$SPEAKER/receipt.json  the proof: forget-set and unseen-speaker UAR, membership attack, hashes"
+echo "   $RUN/forget-actor$SPEAKER/receipt.json  the signed proof: model hashes, commitments to the 10 utterances, figures before/after"
+echo "   $RUN/forget-actor$SPEAKER/forget-keys.json  SECRET (mode 600): opens the commitments; keep it apart from what you share"
+echo "   $RUN/keys/signing.pub                the public key an auditor checks the receipt with (serkit receipt verify)"

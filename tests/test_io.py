@@ -40,12 +40,12 @@ def test_overwrite_replaces_only_outputs_it_recognises_and_clears_stale_leftover
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "ours.txt").write_text("old")
     (tmp_path / ".mine.x1y2.partial").mkdir()  # a killed run's working folder
-    (tmp_path / ".mine.old").mkdir()  # the fixed-name leftover of older serkit versions does not match: kept
+    (tmp_path / ".mine.old").mkdir()  # the fixed-name leftover of older serkit versions
     (tmp_path / ".mine.k3.old").mkdir()
     with atomic_dir(tmp_path / "mine", overwrite=True, recognise=_is_ours) as tmp:
         (tmp / "ours.txt").write_text("new")
     assert (tmp_path / "mine" / "ours.txt").read_text() == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".mine.old", "mine", "theirs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "theirs"]
 
 
 def test_an_output_that_appears_meanwhile_is_not_replaced(tmp_path):

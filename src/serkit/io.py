@@ -79,9 +79,10 @@ class OutputDir:
         self._lock.acquire()
         try:
             self.check_rules()  # again, now that no other serkit run can change the answer
-            for stale in [*self.path.parent.glob(f".{_glob_escape(self.path.name)}.*.partial"),
-                          *self.path.parent.glob(f".{_glob_escape(self.path.name)}.*.old")]:
-                shutil.rmtree(stale, ignore_errors=True)
+            name = _glob_escape(self.path.name)
+            for pattern in (f".{name}.*.partial", f".{name}.*.old", f".{name}.partial", f".{name}.old"):  # the last two:
+                for stale in self.path.parent.glob(pattern):  # the fixed names of serkit 0.1's first versions
+                    shutil.rmtree(stale, ignore_errors=True)
         except BaseException:
             self._lock.release()
             raise
