@@ -94,6 +94,12 @@ def test_the_same_request_twice_gives_a_bit_identical_model_and_the_same_figures
     assert first.receipt["forget_set"]["commitments"] != second.receipt["forget_set"]["commitments"]  # fresh keys
     env = first.receipt["environment"]
     assert env["threads"] >= 1 and env["deterministic_algorithms"] is True and env["torch"]
+    # another process, another hash seed: the same bits
+    quick = [x for k, v in QUICK.items() for x in ("--set", f"{k}={v}")]
+    subprocess.run([sys.executable, "-m", "serkit.cli", "forget", str(model_dir), "-o", str(tmp_path / "p"), "--speaker",
+                    "03", "--n", "4", "--seed", "2", *quick], check=True, capture_output=True,
+                   env={**os.environ, "PYTHONHASHSEED": "12345"})
+    assert json.loads((tmp_path / "p" / "receipt.json").read_text())["model_after"] == first.receipt["model_after"]
     other_seed = forget(model_dir, tmp_path / "c", speaker="03", n=4, seed=3, params=QUICK, **quiet)
     assert other_seed.receipt["model_after"]["weights_sha256"] != first.receipt["model_after"]["weights_sha256"]
 

@@ -149,7 +149,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             if remain_manifest is not None:
                 remain_manifest = remain_manifest.subset(data.trained_speakers)
         staging = output.staging()
-        with reproducible(seed, replay.threads if replay else None):
+        with reproducible(seed, replay.threads if replay else None) as determinism:
             env = environment(device)
             before = forget_report(original.model, forget_eval, unseen, other, reference.model if reference else None)
             working = load_model(model_dir)  # the copy that changes; `original` stays as loaded
@@ -162,6 +162,10 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             seconds = time.perf_counter() - start
             result_model = outcome.replacement or working
             after = forget_report(result_model.model, forget_eval, unseen, other, reference.model if reference else None)
+        env["nondeterministic_ops"] = sorted(set(determinism.nondeterministic_ops))
+        if env["nondeterministic_ops"]:
+            log(f"note: {len(env['nondeterministic_ops'])} operation(s) ran without a deterministic implementation "
+                f"({env['nondeterministic_ops'][0]}); a re-run may differ in the last bits")
         stats = outcome.stats
         reached = stats.get("target_reached")
         if reached is False:
