@@ -341,3 +341,31 @@ def test_a_moved_manifest_is_pointed_at_with_an_option_forget_has(model_dir, tmp
     result = forget(copy, tmp_path / "out", speaker="02", n=2, method="random-label", params=FAST,
                     manifest=tiny_manifest, **quiet)
     assert result.receipt["forget_set"]["n"] == 2
+
+
+@pytest.mark.parametrize("method", ["random-label", "remain", "retrain"])
+def test_every_method_leaves_no_trace_of_the_training_speakers_or_files(method, model_dir, tiny_manifest, tmp_path):
+    params = {"random-label": FAST, "remain": FAST, "retrain": {"max_epochs": 1}}[method]
+    result = forget(model_dir, tmp_path / "out", speaker="03", n=3, method=method, params=params,
+                    remain=tiny_manifest if method == "remain" else None, **quiet)
+    speakers, paths = _training_identifiers(model_dir, tiny_manifest)
+    assert find_traces(result.out_dir, identifiers_of(speakers, paths)) == []
+    assert sorted(p.name for p in result.out_dir.iterdir()) == ["forget-keys.json", "model", "receipt.json", "report.md"]
+
+
+def test_a_data_subject_gets_their_own_request_key_alone(model_dir, tiny_split, tiny_manifest, tmp_path):
+    first = forget(model_dir, tmp_path / "r1", speaker="02", n=2, method="random-label", params=FAST, **quiet)
+    second = forget(first.model_dir, tmp_path / "r2", speaker="04", n=2, method="random-label", params=FAST,
+                    split=tiny_split, **quiet)
+    lineage = json.loads(second.keys_file.read_text())["requests"]
+    assert [r["index"] for r in lineage] == [1, 2]  # the owner's file: every request of the lineage
+    assert run(["keys", "extract", str(second.keys_file), "--receipt", str(second.out_dir), "-o",
+                str(tmp_path / "subject.json")]) == 0
+    theirs = json.loads((tmp_path / "subject.json").read_text())["requests"]
+    assert [r["request_id"] for r in theirs] == [second.receipt["request_id"]]
+    assert stat.S_IMODE((tmp_path / "subject.json").stat().st_mode) == 0o600
+    files = [str(p) for p in _committed_files(second, tiny_manifest)]
+    checks = verify(second.out_dir / "receipt.json", forget_files=files, keys=tmp_path / "subject.json")
+    assert [c.ok for c in checks if c.name == "forget set"] == [True]
+    first_checks = verify(first.out_dir / "receipt.json", forget_files=files, keys=tmp_path / "subject.json")
+    assert "hold no key for this request" in next(c.detail for c in first_checks if c.name == "forget set")

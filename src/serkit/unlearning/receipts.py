@@ -11,7 +11,6 @@ points at by SHA-256.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import platform
@@ -89,14 +88,14 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def build_receipt(*, request_id: str, model_before: str, model_after: str, n: int, commitments: list[str],
+def build_receipt(*, request_id: str, created_utc: str, model_before: str, model_after: str, n: int, commitments: list[str],
                   skipped_already_forgotten: int, method: dict, seed: int, data: dict, evaluation: dict, outcome: dict,
                   timing: dict, stats: dict, chain: dict, env: dict) -> dict:
     return {
         "format": RECEIPT_FORMAT,
         "version": RECEIPT_VERSION,
         "request_id": request_id,
-        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": created_utc,
         "model_before": {"weights_sha256": model_before},
         "model_after": {"path": "model", "weights_sha256": model_after},
         "chain": chain,

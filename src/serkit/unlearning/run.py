@@ -114,7 +114,10 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
            remain: Path | str | None = None, strict: bool = False, overwrite: bool = False,
            retrained: Path | str | None = None, device: str = "auto", keys: Path | str | None = None,
            keys_out: Path | str | None = None, sign_key: Path | str | None = None, skip_forgotten: bool = False,
-           require_target: bool = False, log=print, replay: Replay | None = None) -> ForgetResult:
+           require_target: bool = False, log=print, replay: Replay | None = None,
+           deterministic: bool = True) -> ForgetResult:
+    """Answer one deletion request; see the module's docstring. `deterministic=False` lets PyTorch choose
+    its fastest kernels (bench/determinism_benchmark.py measures what bit-identity costs)."""
     model_dir, out = Path(model_dir), Path(out)
     check_output(out, model_dir)
     signer = load_signing_key(sign_key) if sign_key else None
@@ -149,7 +152,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             if remain_manifest is not None:
                 remain_manifest = remain_manifest.subset(data.trained_speakers)
         staging = output.staging()
-        with reproducible(seed, replay.threads if replay else None) as determinism:
+        with reproducible(seed, replay.threads if replay else None, deterministic) as determinism:
             env = environment(device)
             before = forget_report(original.model, forget_eval, unseen, other, reference.model if reference else None)
             working = load_model(model_dir)  # the copy that changes; `original` stays as loaded
@@ -176,12 +179,12 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
                                   "another method")
             log(f"warning: {message}; the receipt says so (pass --require-target to refuse such a result)")
 
-        request_id = uuid.uuid4().hex
+        request_id, created = uuid.uuid4().hex, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         index = len(lineage) + 1
         history = list((original.config.get("provenance") or {}).get("unlearning_history") or [])
         record = {"request_id": request_id, "index": index, "from_weights_sha256": original.weights_sha256,
                   "method": unlearner.name, "params": unlearner.params.model_dump(mode="json"), "n": len(forget_set),
-                  "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                  "created_utc": created}
         provenance = private_training_provenance(original.config.get("provenance") or {})
         provenance["unlearning"] = record
         provenance["unlearning_history"] = history + [record]
@@ -189,7 +192,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
         save_model(staging / "model", result_model.model.cpu(), original.labels, original.preprocessing, provenance,
                    task=original.task)
         receipt = build_receipt(
-            request_id=request_id, model_before=original.weights_sha256,
+            request_id=request_id, created_utc=created, model_before=original.weights_sha256,
             model_after=sha256_file(staging / "model" / "model.safetensors"), n=len(forget_set), commitments=committed,
             skipped_already_forgotten=skipped,
             method={"name": unlearner.name, "params": unlearner.params.model_dump(mode="json"),
@@ -209,7 +212,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
         write_text(staging / "report.md", report_markdown(receipt))
         request_key = RequestKey(request_id, index, key.hex(), committed, original.weights_sha256,
                                  receipt["model_after"]["weights_sha256"], receipt_sha256(receipt), receipt["created_utc"])
-        keys_file = (lineage.with_request(request_key)).save(keys_out or staging / KEYS_FILE)
+        lineage.with_request(request_key).save(keys_out or staging / KEYS_FILE)
         try:
             _refuse_traces(staging, forget_set)
             output.commit()
@@ -217,8 +220,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             if keys_out is not None:
                 keys_out.unlink(missing_ok=True)
             raise
-    keys_file = keys_out or out / KEYS_FILE
-    return ForgetResult(out, out / "model", receipt, keys_file)
+    return ForgetResult(out, out / "model", receipt, keys_out or out / KEYS_FILE)
 
 
 def lineage_keys(original: SavedModel, model_dir: Path, keys: Path | str | RequestKeys | None, log) -> RequestKeys:
