@@ -85,3 +85,14 @@ def test_models_list_names_every_architecture(capsys):
     out = capsys.readouterr().out
     for name in ("cnn6", "resnet9", "vgg15", "ssl", "whisper", "fused", "audiotext"):
         assert name in out
+
+
+def test_an_os_error_no_command_expected_is_one_line_not_a_traceback(monkeypatch, capsys):
+    import errno
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error", "/mnt/disk/registry.json")
+
+    monkeypatch.setattr("serkit.models.architectures", broken)
+    assert run(["models", "list"]) == 2
+    assert capsys.readouterr().err.strip() == "error: Input/output error: /mnt/disk/registry.json"

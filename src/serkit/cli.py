@@ -271,6 +271,10 @@ def _interrupt(signum, frame):
     raise Interrupted(signum)
 
 
+def _print_error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI; a SerkitError becomes one red line on stderr and exit code 2."""
     handlers = {}
@@ -281,7 +285,10 @@ def run(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except SerkitError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _print_error(str(exc))
+        return 2
+    except OSError as exc:  # the last resort: each command turns the errors it expects into a SerkitError first
+        _print_error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc))
         return 2
     except (Interrupted, KeyboardInterrupt) as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
