@@ -26,7 +26,7 @@ from serkit.data.dataset import UtteranceDataset, collate, load_waves
 from serkit.data.manifest import Manifest
 from serkit.errors import ConfigError, ManifestError, SerkitError
 from serkit.inference import model_outputs
-from serkit.io import atomic_dir, atomic_file, write_json, write_text
+from serkit.io import atomic_file, write_json, write_text
 from serkit.metrics import ccc
 from serkit.models.modeldir import SavedModel, load_model, save_model
 from serkit.models.registry import build_model, get_architecture
@@ -360,15 +360,16 @@ def summary_table(results: list[RegressionEval]) -> str:
     return "\n".join(lines)
 
 
-def write_regression_eval_dir(out: Path | str, result: RegressionEval, model_path, source: str) -> Path:
-    out = Path(out)
-    with atomic_dir(out) as tmp:
-        write_json(tmp / "metrics.json", {"model": str(model_path), "data": source, result.name: result.summary})
-        with atomic_file(tmp / "predictions.csv", "w") as handle:
-            result.predictions.to_csv(handle, index=False)
-        write_text(tmp / "report.md", f"# Evaluation of `{model_path}`\n\nData: {source}\n\n{summary_table([result])}\n\n"
-                   f"Scale: {result.summary['scale']} (MAE on it).\n")
-    return out
+def write_regression_eval_files(folder: Path, result: RegressionEval, model_path, source: str, seen: list[str] | None = ()) -> None:
+    """`serkit evaluate` output of a dimensional model, into `folder`: metrics.json, predictions.csv, report.md."""
+    from serkit.evaluation import speaker_marks
+
+    marks, notes = speaker_marks(list(seen) if seen is not None else None)
+    write_json(folder / "metrics.json", {"model": str(model_path), "data": source, **marks, result.name: result.summary})
+    with atomic_file(folder / "predictions.csv", "w") as handle:
+        result.predictions.to_csv(handle, index=False)
+    write_text(folder / "report.md", "\n\n".join([f"# Evaluation of `{model_path}`", f"Data: {source}", *notes,
+                                                   summary_table([result]), f"Scale: {result.summary['scale']} (MAE on it)."]) + "\n")
 
 
 def train_regression(recipe: Recipe, log=print):

@@ -8,8 +8,14 @@ import numpy as np
 import torch
 
 from serkit.data.dataset import load_waves, pad_batch
+from serkit.errors import ConfigError
 from serkit.models.modeldir import SavedModel
 from serkit.models.registry import SERModel
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ConfigError(f"batch size {batch_size}: give 1 or more utterances per batch (--batch-size)")
 
 
 @torch.no_grad()
@@ -17,6 +23,7 @@ def model_outputs(model: SERModel, waves: list[np.ndarray], batch_size: int = 16
                   layers: tuple[str, ...] = ("logits",), device: str | torch.device | None = None) -> dict[str, np.ndarray]:
     """Run `model` over `waves` in length-sorted batches (less padding; the models are
     padding-invariant, so the order does not change any output). Returns arrays in input order."""
+    check_batch_size(batch_size)
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
