@@ -112,7 +112,9 @@ def data_split(
     """Speaker-independent split (gender-balanced where the corpus allows), audited for leakage."""
     from serkit.data.manifest import read_manifest
     from serkit.data.splits import holdout_split, loso_folds, save_split, speaker_folds
+    from serkit.io import check_new_file
 
+    check_new_file(out, "split file")
     m = read_manifest(manifest)
     if folds is not None:
         if loso:
