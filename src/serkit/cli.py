@@ -63,6 +63,14 @@ def data_import(
                   f"({report.n_copied} converted to FLAC, {report.n_linked} referenced in place)")
     if report.ignored:
         console.print(f"ignored {report.ignored} files whose names are not {corpus.value} speech files")
+    if report.relabelled:
+        mapped = ", ".join(f"{a!r} -> {b}" for a, b in sorted(report.relabelled.items()))
+        console.print(f"labels written in serkit's vocabulary: {escape(mapped)}", highlight=False)
+    if report.unknown_labels:
+        from serkit.data.importers import VOCABULARY
+
+        _print_note("warning", f"label(s) {', '.join(report.unknown_labels)} are not in serkit's vocabulary "
+                    f"({', '.join(VOCABULARY)}); kept in lower case: map them in the CSV if they mean one of those")
     for bad in report.skipped:
         console.print(f"[yellow]skipped[/] {bad}")
 
