@@ -173,3 +173,12 @@ def test_a_batch_size_below_one_is_one_line(emodb_run, size, capsys):
     for argv in (["predict", model, clip], ["evaluate", model, "--split", str(emodb_run / "split.json")]):
         assert run([*argv, "--batch-size", size]) == 2
         assert f"batch size {size}: give 1 or more" in _one_error_line(capsys)
+
+
+def test_predict_speaks_of_the_files_given_not_of_a_manifest(emodb_run, tmp_path, capsys):
+    model = str(emodb_run / "run" / "model")
+    (tmp_path / "clips").mkdir()
+    for path, message in ((tmp_path / "absent.wav", "audio file not found"), (tmp_path / "clips", "is a folder, not an audio file")):
+        assert run(["predict", model, str(path)]) == 2
+        err = _one_error_line(capsys)
+        assert message in err and "manifest" not in err, err

@@ -376,11 +376,13 @@ def transcribe(
 def _predict_dimensions(saved, files, format, batch_size, texts) -> None:
     from serkit.data.dataset import load_waves
     from serkit.dimensional import predict_dimensions, reads_text
+    from serkit.inference import check_lengths
 
     names, (low, high) = saved.task["dimensions"], saved.task["scale"]
     if reads_text(saved.model) and len(texts) != len(files):
         raise SerkitError(f"this model reads transcripts: give --text once per file ({len(files)} files, {len(texts)} --text)")
-    waves = load_waves([Path(f) for f in files], saved.preprocessing)
+    waves = load_waves([Path(f) for f in files], saved.preprocessing, named_in="command line")
+    check_lengths(saved.model, waves, files, "command line")
     values = low + predict_dimensions(saved, waves, batch_size, list(texts) if texts else None) * (high - low)
     results = [{"file": str(f), **{n: round(float(v), 4) for n, v in zip(names, row)}} for f, row in zip(files, values)]
     if format == OutputFormat.json:

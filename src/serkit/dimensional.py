@@ -25,7 +25,7 @@ from serkit.config import Recipe, recipe_to_dict
 from serkit.data.dataset import UtteranceDataset, collate, load_waves
 from serkit.data.manifest import Manifest
 from serkit.errors import ConfigError, ManifestError, SerkitError
-from serkit.inference import model_outputs
+from serkit.inference import check_lengths, model_outputs
 from serkit.io import atomic_file, write_json, write_text
 from serkit.metrics import ccc
 from serkit.models.modeldir import SavedModel, load_model, save_model
@@ -333,6 +333,7 @@ def evaluate_regression(saved: SavedModel, manifest: Manifest, name: str = "test
         texts = manifest_texts(manifest, saved.model.options.text_column, saved.model.options.empty_text)
     if waves is None:
         waves = load_waves(manifest.audio_paths(), saved.preprocessing)
+    check_lengths(saved.model, waves, manifest.audio_paths())
     start = time.perf_counter()
     predicted = predict_dimensions(saved, waves, batch_size, texts)
     seconds = time.perf_counter() - start
@@ -382,7 +383,7 @@ def train_regression(recipe: Recipe, log=print):
 
 
 def _train_regression(recipe: Recipe, output, log=print):
-    from serkit.training import TrainResult, initialise_from, load_part_waves, load_parts, run_provenance
+    from serkit.training import TrainResult, check_part_lengths, initialise_from, load_part_waves, load_parts, run_provenance
 
     dims = recipe.dimensions
     names = list(dims.names)
@@ -401,6 +402,7 @@ def _train_regression(recipe: Recipe, output, log=print):
 
     arch = get_architecture(recipe.model.architecture)
     model = build_model(recipe.model.architecture, recipe.model.options, len(names))
+    check_part_lengths(model, recipe, parts, waves)
     init = initialise_from(model, recipe.model.init_from, log) if recipe.model.init_from else None
     lr = recipe.train.lr or arch.default_lr
     log(f"model {arch.name}: {model.total_parameters() / 1e6:.2f} M parameters ({model.trainable_parameters() / 1e6:.2f} M "

@@ -11,7 +11,7 @@ import pandas as pd
 
 from serkit.data.dataset import load_waves
 from serkit.data.manifest import Manifest
-from serkit.inference import predict_proba
+from serkit.inference import check_lengths, predict_proba
 from serkit.io import atomic_file, write_json, write_text
 from serkit.metrics import classification_summary
 from serkit.models.modeldir import SavedModel
@@ -30,6 +30,7 @@ def evaluate(saved: SavedModel, manifest: Manifest, name: str = "test", batch_si
     manifest.check_labels(saved.labels, f"model {saved.path or ''}".strip())
     if waves is None:
         waves = load_waves(manifest.audio_paths(), saved.preprocessing)
+    check_lengths(saved.model, waves, manifest.audio_paths())
     start = time.perf_counter()
     probs = predict_proba(saved.model, waves, batch_size)
     seconds = time.perf_counter() - start

@@ -34,6 +34,7 @@ from serkit.data.dataset import Preprocessing, UtteranceDataset, collate, load_w
 from serkit.data.splits import load_split
 from serkit.errors import ConfigError, SplitError
 from serkit.evaluation import EvalResult, evaluate, recall_table, summary_table, write_predictions
+from serkit.inference import check_lengths
 from serkit.io import OutputDir, sha256_file, write_json, write_text
 from serkit.metrics import uar_from_confusion
 from serkit.models.modeldir import load_model, save_model
@@ -211,6 +212,16 @@ def load_part_waves(recipe: Recipe, parts: dict, log=print) -> tuple[Preprocessi
     return preprocessing, waves
 
 
+def check_part_lengths(model: SERModel, recipe: Recipe, parts: dict, waves: dict) -> None:
+    """Every clip the model sees whole fits its input window, checked before training rather than at
+    the first validation: val and test always, train unless data.max_seconds crops it to fit."""
+    limit = model.max_seconds
+    for name, part in parts.items():
+        cropped = name == "train" and limit is not None and recipe.data.max_seconds is not None and recipe.data.max_seconds <= limit
+        if not cropped:
+            check_lengths(model, waves[name], part.audio_paths())
+
+
 def adam(model, lr: float, weight_decay: float = 0.0, lr_decay=None, head_lr: float | None = None):
     """Adam over the trainable parameters, optionally decayed stepwise per epoch (Lightning's format).
     With `head_lr`, the head (fc1, fc2, layer weights) learns at that rate and the backbone at `lr`."""
@@ -280,6 +291,7 @@ def _train_classifier(recipe: Recipe, output: OutputDir | None, log=print) -> Tr
 
     arch = get_architecture(recipe.model.architecture)
     model = build_model(recipe.model.architecture, recipe.model.options, len(labels))
+    check_part_lengths(model, recipe, parts, waves)
     init = initialise_from(model, recipe.model.init_from, log) if recipe.model.init_from else None
     lr = recipe.train.lr or arch.default_lr
     log(f"model {arch.name}: {model.total_parameters() / 1e6:.2f} M parameters "
