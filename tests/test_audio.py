@@ -82,3 +82,20 @@ def test_trim_silence_cuts_quiet_ends_only():
     trimmed = trim_silence(wave, top_db=40)
     assert abs(trimmed.size - sr) < 1024  # within two analysis frames of the loud second
     assert np.allclose(trim_silence(speech, top_db=40), speech)  # nothing quiet: unchanged
+
+
+def test_a_folder_given_as_audio_is_called_a_folder_with_what_to_do_where_it_was_named(tmp_path):
+    (tmp_path / "clips").mkdir()
+    with pytest.raises(AudioError, match=r"clips is a folder, not an audio file; give the audio files in it \(e\.g\. .*clips/\*\.wav\)"):
+        load_audio(tmp_path / "clips", named_in="command line")
+    with pytest.raises(AudioError, match=r"clips is a folder, not an audio file; check the manifest's path column"):
+        load_audio(tmp_path / "clips")
+
+
+def test_files_named_on_the_command_line_are_not_told_about_a_manifest(tmp_path):
+    (tmp_path / "bad.wav").write_bytes(b"RIFF1234WAVEnot really audio" * 8)
+    for path, message in ((tmp_path / "nope.wav", r"audio file not found: .*nope\.wav; check the path$"),
+                          (tmp_path / "bad.wav", r"cannot decode audio file .*bad\.wav .*give another file")):
+        with pytest.raises(AudioError, match=message) as err:
+            load_audio(path, named_in="command line")
+        assert "manifest" not in str(err.value)

@@ -85,3 +85,100 @@ def test_models_list_names_every_architecture(capsys):
     out = capsys.readouterr().out
     for name in ("cnn6", "resnet9", "vgg15", "ssl", "whisper", "fused", "audiotext"):
         assert name in out
+
+
+def test_an_os_error_no_command_expected_is_one_line_not_a_traceback(monkeypatch, capsys):
+    import errno
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error", "/mnt/disk/registry.json")
+
+    monkeypatch.setattr("serkit.models.architectures", broken)
+    assert run(["models", "list"]) == 2
+    assert capsys.readouterr().err.strip() == "error: Input/output error: /mnt/disk/registry.json"
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_evaluating_speakers_the_model_trained_on_is_refused_unless_allowed_and_then_marked(emodb_run, tmp_path, capsys):
+    from serkit.data.manifest import read_manifest
+    from serkit.data.splits import save_split
+
+    model = emodb_run / "run" / "model"
+    trained = json.loads((model / "config.json").read_text())["provenance"]["speakers"]["train"]
+    m = read_manifest(emodb_run / "data" / "manifest.csv")
+    # another split of the same corpus whose test part holds two of the model's training speakers
+    save_split(tmp_path / "other.json", m, 0, parts={"train": [s for s in m.speakers if s not in trained[:2]], "val": [],
+                                                      "test": trained[:2]})
+    capsys.readouterr()
+    assert run(["evaluate", str(model), "--split", str(tmp_path / "other.json"), "-o", str(tmp_path / "e")]) == 2
+    err = _one_error_line(capsys)
+    assert f"trained on speaker(s) {', '.join(trained[:2])}" in err and "--allow-seen-speakers" in err
+    assert not (tmp_path / "e").exists()
+    assert run(["evaluate", str(model), "--split", str(tmp_path / "other.json"), "-o", str(tmp_path / "e"),
+                "--allow-seen-speakers"]) == 0
+    assert "warning:" in capsys.readouterr().err
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["seen_speakers"] == trained[:2]
+    assert "Not speaker-independent" in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_a_model_that_does_not_list_its_training_speakers_is_evaluated_with_a_note(emodb_run, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(emodb_run / "run" / "model", model)
+    config = json.loads((model / "config.json").read_text())
+    config["provenance"] = {}
+    (model / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert run(["evaluate", str(model), "--split", str(emodb_run / "split.json"), "-o", str(tmp_path / "e")]) == 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "serkit cannot check that the evaluated speakers are unseen" in err
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["seen_speakers"] is None
+
+
+def test_an_evaluation_output_that_cannot_be_written_fails_before_scoring_and_a_full_disk_leaves_nothing(
+        emodb_run, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    model, split = str(emodb_run / "run" / "model"), str(emodb_run / "split.json")
+    (tmp_path / "file").write_text("a file")
+
+    def not_now(*args, **kwargs):
+        raise AssertionError("scored before the output was checked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("serkit.evaluation.evaluate", not_now)
+        assert run(["evaluate", model, "--split", split, "-o", str(tmp_path / "file" / "e")]) == 2
+        assert "cannot write output folder" in _one_error_line(capsys)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("serkit.evaluation.confusion_png", full)
+    assert run(["evaluate", model, "--split", split, "-o", str(tmp_path / "e")]) == 2
+    assert f"no space left on device while writing output folder {tmp_path / 'e'}" in _one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_a_batch_size_below_one_is_one_line(emodb_run, size, capsys):
+    model = str(emodb_run / "run" / "model")
+    clip = (emodb_run / "data" / "manifest.csv").read_text().splitlines()[1].split(",")[0]
+    for argv in (["predict", model, clip], ["evaluate", model, "--split", str(emodb_run / "split.json")]):
+        assert run([*argv, "--batch-size", size]) == 2
+        assert f"batch size {size}: give 1 or more" in _one_error_line(capsys)
+
+
+def test_predict_speaks_of_the_files_given_not_of_a_manifest(emodb_run, tmp_path, capsys):
+    model = str(emodb_run / "run" / "model")
+    (tmp_path / "clips").mkdir()
+    for path, message in ((tmp_path / "absent.wav", "audio file not found"), (tmp_path / "clips", "is a folder, not an audio file")):
+        assert run(["predict", model, str(path)]) == 2
+        err = _one_error_line(capsys)
+        assert message in err and "manifest" not in err, err

@@ -103,3 +103,50 @@ def test_shared_ravdess_imports_with_the_same_labels(data_root, tmp_path):
     assert len(merged) == 1440
     for column in ("speaker", "gender", "emotion", "intensity", "text"):
         assert (merged[column] == merged[f"{column}_ref"]).all(), column
+
+
+def test_folder_labels_are_folded_into_the_shared_vocabulary_and_unknown_ones_are_warned_about(tmp_path, tone, capsys):
+    from serkit.cli import run
+
+    labels = ["angry", "Anger", " ANGER ", "Happy", "sad", "Fearful", "Frustrated"]
+    for i in range(len(labels)):
+        tone(tmp_path / "clips" / f"{i}.wav")
+    pd.DataFrame({"path": [f"{i}.wav" for i in range(len(labels))], "speaker": ["s1"] * len(labels),
+                  "emotion": labels}).to_csv(tmp_path / "labels.csv", index=False)
+    report = import_corpus("folder", tmp_path / "clips", tmp_path / "out", csv=tmp_path / "labels.csv")
+    m = read_manifest(report.out_dir / "manifest.csv")
+    assert sorted(m.frame["emotion"]) == ["anger", "anger", "anger", "fear", "frustrated", "happiness", "sadness"]
+    assert report.unknown_labels == ["frustrated"] and report.relabelled["angry"] == "anger"
+    capsys.readouterr()
+    assert run(["data", "import", "folder", str(tmp_path / "clips"), "--csv", str(tmp_path / "labels.csv"),
+                "-o", str(tmp_path / "cli")]) == 0
+    captured = capsys.readouterr()
+    assert "'ANGER' -> anger" in captured.out
+    warning = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "label(s) frustrated are not in serkit's vocabulary (anger, boredom, calm" in warning[0]
+
+
+def test_a_label_csv_with_a_header_but_no_rows_is_called_empty(tmp_path, tone):
+    tone(tmp_path / "clips" / "a.wav")
+    (tmp_path / "labels.csv").write_text("path,speaker,emotion\n")
+    with pytest.raises(SerkitError, match=r"label CSV .*labels\.csv is empty: it has a header but no rows"):
+        import_corpus("folder", tmp_path / "clips", tmp_path / "out", csv=tmp_path / "labels.csv")
+    (tmp_path / "labels.csv").write_text("")
+    with pytest.raises(SerkitError, match=r"label CSV .*labels\.csv is empty \(not even a header\)"):
+        import_corpus("folder", tmp_path / "clips", tmp_path / "out", csv=tmp_path / "labels.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clips", "labels.csv"]
+
+
+def test_an_import_into_a_folder_that_cannot_be_written_fails_before_reading_the_corpus(tmp_path, tone, capsys, monkeypatch):
+    from serkit.cli import run
+
+    def not_now(*args, **kwargs):
+        raise AssertionError("the corpus was read before the output was checked")
+
+    monkeypatch.setattr("serkit.data.importers._rows_from_names", not_now)
+    tone(tmp_path / "emodb" / "wav" / "03a01Fa.wav")
+    (tmp_path / "file").write_text("a file")
+    for out in (tmp_path / "file" / "out", "/proc/serkit-import"):
+        assert run(["data", "import", "emodb", str(tmp_path / "emodb"), "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: cannot write output folder {out}: ") and len(err.splitlines()) == 1

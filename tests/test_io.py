@@ -1,14 +1,16 @@
 """Outputs whole or not at all, never replacing what a user or another run has there."""
 
+import errno
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from serkit.errors import SerkitError
-from serkit.io import OutputDir, atomic_dir
+from serkit.io import OutputDir, atomic_dir, atomic_file
 
 
 def _is_ours(path):
@@ -91,3 +93,37 @@ def test_an_unwritable_folder_is_named_before_any_work(tmp_path):
                     pass
     finally:
         os.chmod(locked, 0o700)
+
+
+def test_a_file_that_cannot_be_written_is_named_before_any_work(tmp_path):
+    from serkit.io import check_new_file, write_json
+
+    (tmp_path / "file").write_text("not a folder")
+    for path in (tmp_path / "file" / "x.json", Path("/proc/serkit-x.json")):  # /proc: root passes os.access there
+        with pytest.raises(SerkitError, match=f"cannot write split file {path}: .* is not a writable folder; choose another"):
+            check_new_file(path, "split file")
+        with pytest.raises(SerkitError, match=f"cannot write output {path}: "):
+            write_json(path, {})
+    with pytest.raises(SerkitError, match="cannot write output .*: /proc is not a writable folder"):
+        with OutputDir("/proc/serkit-out"):
+            pass
+
+
+def _full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_names_the_output_and_leaves_nothing(tmp_path):
+    from serkit.errors import DiskFullError
+    from serkit.io import write_json
+
+    with pytest.raises(DiskFullError, match=f"^no space left on device while writing output {tmp_path / 'a.json'}; nothing was"):
+        with atomic_file(tmp_path / "a.json") as handle:
+            handle.write("{")
+            _full_disk()
+    with pytest.raises(DiskFullError, match=f"^no space left on device while writing run {tmp_path / 'run'};"):
+        with atomic_dir(tmp_path / "run", what="run") as tmp:  # the run is named, not the file inside it
+            write_json(tmp / "ok.json", {})
+            with atomic_file(tmp / "metrics.json") as handle:
+                _full_disk()
+    assert list(tmp_path.iterdir()) == []

@@ -133,3 +133,56 @@ def test_too_many_held_out_speakers(tmp_path):
     m = read_manifest(_manifest(tmp_path, speakers=("a", "b", "c")))
     with pytest.raises(SplitError, match="leave none to train on"):
         holdout_split(m, val=2, test=1)
+
+
+def _split_file(tmp_path, **changes):
+    m = read_manifest(_manifest(tmp_path))
+    save_split(tmp_path / "s.json", m, 0, parts={"train": ["a", "b", "c", "d"], "val": ["e", "f"], "test": ["g", "h"]})
+    payload = json.loads((tmp_path / "s.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            del payload[key]
+        else:
+            payload[key] = value
+    (tmp_path / "s.json").write_text(json.dumps(payload))
+    return tmp_path / "s.json"
+
+
+def test_a_split_file_without_its_manifest_entry_says_how_to_give_it(tmp_path):
+    path = _split_file(tmp_path, manifest=None)
+    with pytest.raises(SplitError, match=r"split file .*s\.json does not name its manifest .*give it with --manifest"):
+        load_split(path)
+    assert load_split(path, tmp_path / "manifest.csv").test == ["g", "h"]  # given by hand it loads
+
+
+def test_a_manifest_that_moved_since_the_split_was_made_is_reported_as_moved(tmp_path):
+    path = _split_file(tmp_path)
+    (tmp_path / "manifest.csv").rename(tmp_path / "moved.csv")
+    with pytest.raises(SplitError, match=r"the manifest recorded by split .*s\.json is not at .*manifest\.csv \(moved or deleted\?\); "
+                                         r"give its new place with --manifest") as err:
+        load_split(path)
+    assert "serkit data import" not in str(err.value)
+
+
+def test_a_part_given_as_a_string_is_refused_not_read_character_by_character(tmp_path):
+    path = _split_file(tmp_path, parts={"train": ["a", "b", "c", "d"], "val": [], "test": "gh"})
+    with pytest.raises(SplitError, match=r"split .*s\.json: part 'test' must be a list of speaker ids, e\.g\. \[\"04\"\], not \"gh\""):
+        load_split(path)
+    (tmp_path / "folded").mkdir()
+    path = _split_file(tmp_path / "folded", kind="folds", folds={"train": ["a"]}, parts=None)
+    with pytest.raises(SplitError, match=r"split file .*s\.json has no list of 'folds'"):
+        load_split(path, fold=0)
+
+
+def test_data_split_to_a_file_that_cannot_be_written_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    from serkit.cli import run
+
+    def not_now(*args, **kwargs):
+        raise AssertionError("the manifest was read before the output was checked")
+
+    monkeypatch.setattr("serkit.data.manifest.read_manifest", not_now)
+    (tmp_path / "file").write_text("a file")
+    for out in (tmp_path / "file" / "s.json", "/proc/s.json"):
+        assert run(["data", "split", str(_manifest(tmp_path)), "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: cannot write split file {out}: ") and len(err.splitlines()) == 1

@@ -130,3 +130,40 @@ def test_save_never_overwrites(saved_cnn):
     with pytest.raises(Exception, match="already exists; serkit never overwrites"):
         save_model(path, build_model("cnn6", {}, 3), LABELS, Preprocessing())
     assert (path / "model.safetensors").read_bytes() == before
+
+
+def test_an_unreadable_config_or_weights_file_is_called_unreadable_not_missing_or_damaged(saved_cnn, monkeypatch):
+    import builtins
+    import errno
+    import pathlib
+
+    _, path = saved_cnn
+
+    def denied(file):
+        raise PermissionError(errno.EACCES, "Permission denied", str(file))
+
+    read_text, real_open = pathlib.Path.read_text, builtins.open
+    monkeypatch.setattr(pathlib.Path, "read_text", lambda self, *a, **k: denied(self) if self.name == "config.json" else read_text(self, *a, **k))
+    with pytest.raises(ModelDirError, match=r"^cannot read .*config\.json \(Permission denied\); check its permissions"):
+        load_model(path)
+    monkeypatch.undo()
+    # safetensors itself calls an unreadable file "No such file or directory"
+    monkeypatch.setattr("serkit.models.modeldir.open", lambda f, *a, **k: denied(f) if str(f).endswith(".safetensors") else real_open(f, *a, **k),
+                        raising=False)
+    with pytest.raises(ModelDirError, match=r"^cannot read .*model\.safetensors \(Permission denied\); check its permissions") as err:
+        load_model(path)
+    assert "damaged" not in str(err.value) and "No such file" not in str(err.value)
+
+
+def test_a_full_disk_while_saving_weights_leaves_no_model_directory(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    from serkit.errors import DiskFullError
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+
+    monkeypatch.setattr("serkit.models.modeldir.save_file", full)
+    with pytest.raises(DiskFullError, match=f"no space left on device while writing model directory {tmp_path / 'm'};"):
+        save_model(tmp_path / "m", build_model("cnn6", {}, 3), LABELS, Preprocessing())
+    assert list(tmp_path.iterdir()) == []

@@ -1,6 +1,7 @@
 """Training end to end on real RAVDESS utterances (a tiny subset: seconds, not minutes)."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -157,3 +158,88 @@ def test_init_from_another_model_copies_matching_tensors(trained, tiny_split, tm
     raw["output_dir"] = str(tmp_path / "c")
     with pytest.raises(ConfigError, match="is a 'cnn6' model; this recipe trains 'resnet9'"):
         train(load_recipe(raw=raw), log=lambda *a: None)
+
+
+def _write_recipe(tmp_path, raw) -> str:
+    import yaml
+
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    return str(tmp_path / "recipe.yaml")
+
+
+def test_a_second_training_into_an_output_another_run_holds_fails_at_once(tiny_split, tmp_path, capsys):
+    import subprocess
+    import sys
+    import time
+
+    from serkit.cli import run
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time\nfrom serkit.io import OutputDir\n"
+        f"with OutputDir({str(out)!r}, what='output directory') as out:\n"
+        "    print(out.staging(), flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        staging = holder.stdout.readline().strip()
+        recipe = _write_recipe(tmp_path, tiny_recipe(tiny_split, out, max_epochs=1))
+        start = time.perf_counter()
+        assert run(["train", recipe]) == 2
+        assert time.perf_counter() - start < 5
+        captured = capsys.readouterr()
+        assert "loaded" not in captured.out  # failed before reading any audio
+        assert len(captured.err.strip().splitlines()) == 1
+        assert "another serkit run is writing output directory" in captured.err and "right now" in captured.err
+        assert os.path.isdir(staging)  # the first run's working folder is untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not out.exists()
+
+
+def test_an_unwritable_output_directory_is_named_before_any_audio_is_read(tiny_split, tmp_path, capsys):
+    from serkit.cli import run
+
+    (tmp_path / "file").write_text("a file, not a folder")
+    for output_dir in (tmp_path / "file" / "run", "/proc/serkit-run"):
+        assert run(["train", _write_recipe(tmp_path, tiny_recipe(tiny_split, output_dir))]) == 2
+        captured = capsys.readouterr()
+        assert "loaded" not in captured.out
+        assert captured.err.startswith("error: cannot write output directory") and "not a writable folder" in captured.err
+        assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_nothing(tiny_split, tmp_path, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    from serkit.cli import run
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+
+    monkeypatch.setattr("serkit.models.modeldir.save_file", full)
+    assert run(["train", _write_recipe(tmp_path, tiny_recipe(tiny_split, tmp_path / "run", max_epochs=1))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no space left on device while writing output directory {tmp_path / 'run'}")
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
+
+
+def test_sigterm_during_training_exits_143_and_leaves_nothing(tiny_split, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    recipe = _write_recipe(tmp_path, tiny_recipe(tiny_split, tmp_path / "run", max_epochs=200))
+    proc = subprocess.Popen([sys.executable, "-m", "serkit", "train", recipe], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch 1/"):  # training: the working folder exists
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip() == "interrupted (SIGTERM); nothing was written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]

@@ -145,3 +145,40 @@ def test_builtin_tiny_en_loads_and_separates_emotions(tmp_path, monkeypatch):
             pooled.append(model.features(w, torch.ones_like(w, dtype=torch.bool))["pooled"][0])
     cos = torch.nn.functional.cosine_similarity
     assert cos(pooled[0], pooled[1], dim=0) > cos(pooled[0], pooled[2], dim=0)
+
+
+def test_a_clip_longer_than_the_window_is_named_with_what_to_do(tmp_path, tone, capsys):
+    from serkit.cli import run
+    from serkit.data.manifest import read_manifest
+    from serkit.errors import AudioError
+    from serkit.evaluation import evaluate
+    from serkit.inference import predict_files
+
+    model = save_model(tmp_path / "m", _tiny(), ["a", "b", "c", "d"], Preprocessing())
+    short, long = tone(tmp_path / "short.wav", seconds=2.0), tone(tmp_path / "long.wav", seconds=31.0)
+    with pytest.raises(AudioError, match=r"audio file .*long\.wav is 31\.0 s long .*longer than this model's 30-s input window; "
+                                         r"crop it or split it into clips of at most 30 s$") as err:
+        predict_files(load_model(model), [short, long])
+    assert "max_seconds" not in str(err.value) and "manifest" not in str(err.value)
+    assert run(["predict", str(model), str(short), str(long)]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: audio file {long} is 31.0 s long")
+    (tmp_path / "manifest.csv").write_text("path,speaker,emotion\nshort.wav,s1,a\nlong.wav,s1,b\n")
+    with pytest.raises(AudioError, match=r"long\.wav is 31\.0 s long .*at most 30 s, or remove it from the manifest"):
+        evaluate(load_model(model), read_manifest(tmp_path / "manifest.csv"))
+
+
+def test_training_names_a_held_out_clip_too_long_for_the_window_before_it_starts(tmp_path, tone):
+    from types import SimpleNamespace
+
+    from serkit.audio import load_audio
+    from serkit.data.manifest import read_manifest
+    from serkit.errors import AudioError
+    from serkit.training import check_part_lengths
+
+    tone(tmp_path / "long.wav", seconds=31.0)
+    (tmp_path / "manifest.csv").write_text("path,speaker,emotion\nlong.wav,s1,a\n")
+    part, waves = read_manifest(tmp_path / "manifest.csv"), [load_audio(tmp_path / "long.wav")]
+    cropping = SimpleNamespace(data=SimpleNamespace(max_seconds=4.0))
+    check_part_lengths(_tiny(), cropping, {"train": part}, {"train": waves})  # data.max_seconds crops training clips
+    with pytest.raises(AudioError, match=r"long\.wav is 31\.0 s long"):
+        check_part_lengths(_tiny(), cropping, {"val": part}, {"val": waves})  # validation sees whole clips

@@ -22,51 +22,64 @@ SILENCE_PEAK = 1.0 / 32768.0
 # Shortest input every model accepts: one 512-sample analysis window at 16 kHz.
 MIN_SAMPLES = 512
 
-_DROP_HINT = "remove it from the manifest (or re-export it)"
+# What a user can do about a bad file depends on where its name came from: a manifest's row, or
+# the command line (`serkit predict FILES`), which has no manifest to fix.
+FIXES = {
+    "manifest": {"missing": "check the manifest's path column or remove it from the manifest (or re-export it)",
+                 "folder": "check the manifest's path column: each row names one audio file",
+                 "bad": "remove it from the manifest (or re-export it)"},
+    "command line": {"missing": "check the path", "folder": "give the audio files in it (e.g. {path}/*.wav)",
+                     "bad": "give another file (or re-export this one)"},
+}
 
 
-def audio_info(path: Path | str) -> sf._SoundFileInfo:
+def audio_info(path: Path | str, named_in: str = "manifest") -> sf._SoundFileInfo:
     path = Path(path)
+    fix = FIXES[named_in]
+    if path.is_dir():
+        raise AudioError(f"{path} is a folder, not an audio file; {fix['folder'].format(path=path)}")
     if not path.is_file():
-        raise AudioError(f"audio file not found: {path}; check the manifest's path column or {_DROP_HINT}")
+        raise AudioError(f"audio file not found: {path}; {fix['missing']}")
     try:
         return sf.info(str(path))
     except Exception as exc:  # libsndfile raises several types; all mean "cannot decode"
         raise AudioError(
-            f"cannot decode audio file {path} ({_reason(exc)}); is it WAV/FLAC/OGG? {_DROP_HINT}"
+            f"cannot decode audio file {path} ({_reason(exc)}); is it WAV/FLAC/OGG? {fix['bad']}"
         ) from None
 
 
-def load_audio(path: Path | str, sample_rate: int = SAMPLE_RATE, check_silence: bool = True) -> np.ndarray:
+def load_audio(path: Path | str, sample_rate: int = SAMPLE_RATE, check_silence: bool = True,
+               named_in: str = "manifest") -> np.ndarray:
     """Read `path` as mono float32 at `sample_rate`.
 
     Raises AudioError for a missing, undecodable, truncated, empty or (if `check_silence`)
-    all-silent file.
+    all-silent file, saying what to do where the file was named (`named_in`, a key of FIXES).
     """
     path = Path(path)
-    info = audio_info(path)
+    info = audio_info(path, named_in)
+    fix = FIXES[named_in]["bad"]
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:
-        raise AudioError(f"cannot decode audio file {path} ({_reason(exc)}); {_DROP_HINT}") from None
+        raise AudioError(f"cannot decode audio file {path} ({_reason(exc)}); {fix}") from None
     declared = max(info.frames, _wav_declared_frames(path) or 0)
     if declared > 0 and data.shape[0] < declared:
         raise AudioError(
             f"audio file {path} is truncated: header says {declared} frames, only {data.shape[0]} "
-            f"could be read; {_DROP_HINT}"
+            f"could be read; {fix}"
         )
     if data.shape[0] == 0:
-        raise AudioError(f"audio file {path} is empty (0 samples); {_DROP_HINT}")
+        raise AudioError(f"audio file {path} is empty (0 samples); {fix}")
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if sr != sample_rate:
         wave = soxr.resample(wave, sr, sample_rate, quality="HQ").astype(np.float32)
     wave = np.ascontiguousarray(wave, dtype=np.float32)
     if check_silence and float(np.max(np.abs(wave))) < SILENCE_PEAK:
-        raise AudioError(f"audio file {path} is silent (every sample below 1 LSB of 16-bit); {_DROP_HINT}")
+        raise AudioError(f"audio file {path} is silent (every sample below 1 LSB of 16-bit); {fix}")
     if wave.shape[0] < MIN_SAMPLES:
         raise AudioError(
             f"audio file {path} is too short ({wave.shape[0]} samples, need at least {MIN_SAMPLES} "
-            f"= {MIN_SAMPLES / sample_rate * 1000:.0f} ms at {sample_rate} Hz); {_DROP_HINT}"
+            f"= {MIN_SAMPLES / sample_rate * 1000:.0f} ms at {sample_rate} Hz); {fix}"
         )
     return wave
 

@@ -63,6 +63,14 @@ def data_import(
                   f"({report.n_copied} converted to FLAC, {report.n_linked} referenced in place)")
     if report.ignored:
         console.print(f"ignored {report.ignored} files whose names are not {corpus.value} speech files")
+    if report.relabelled:
+        mapped = ", ".join(f"{a!r} -> {b}" for a, b in sorted(report.relabelled.items()))
+        console.print(f"labels written in serkit's vocabulary: {escape(mapped)}", highlight=False)
+    if report.unknown_labels:
+        from serkit.data.importers import VOCABULARY
+
+        _print_note("warning", f"label(s) {', '.join(report.unknown_labels)} are not in serkit's vocabulary "
+                    f"({', '.join(VOCABULARY)}); kept in lower case: map them in the CSV if they mean one of those")
     for bad in report.skipped:
         console.print(f"[yellow]skipped[/] {bad}")
 
@@ -112,7 +120,9 @@ def data_split(
     """Speaker-independent split (gender-balanced where the corpus allows), audited for leakage."""
     from serkit.data.manifest import read_manifest
     from serkit.data.splits import holdout_split, loso_folds, save_split, speaker_folds
+    from serkit.io import check_new_file
 
+    check_new_file(out, "split file")
     m = read_manifest(manifest)
     if folds is not None:
         if loso:
@@ -166,42 +176,79 @@ def evaluate(
     fold: int | None = typer.Option(None, help="fold of a leave-one-speaker-out split"),
     manifest: Path | None = typer.Option(None, help="manifest (all rows, or the one the split names)"),
     out: Path | None = typer.Option(None, "-o", "--out", help="new folder for the results"),
-    batch_size: int = 16,
+    batch_size: int = typer.Option(16, help="utterances per batch (1 or more)"),
+    allow_seen_speakers: bool = typer.Option(False, help="evaluate speakers the model was trained on too (the figures "
+                                             "are then marked as not speaker-independent)"),
 ):
     """Evaluate a model: metrics.json, predictions.csv, confusion.png and report.md."""
-    from serkit.data.manifest import read_manifest
-    from serkit.data.splits import load_split
-    from serkit.evaluation import evaluate as run_eval
-    from serkit.evaluation import write_evaluation_dir
+    from serkit.inference import check_batch_size
+    from serkit.io import OutputDir
     from serkit.models import load_model
 
+    check_batch_size(batch_size)
     saved = load_model(model_dir)
-    if split is not None:
-        s = load_split(split, manifest, fold)
-        rows, source, name = s.part(part), f"{part} part of {split}", part
-    elif manifest is not None:
-        rows, source, name = read_manifest(manifest), str(manifest), "all"
-    else:
-        raise SerkitError("give --split SPLIT.json (with --part) or --manifest MANIFEST.csv")
-    if len(rows) == 0:
-        raise SerkitError(f"the {part} part of {split} has no utterances")
+    rows, source, name = _rows_to_evaluate(split, manifest, part, fold)
+    seen = _check_unseen(saved, rows, source, allow_seen_speakers)
     out = out or model_dir.parent / f"{model_dir.name}-eval-{name}"
-    if saved.task and saved.task.get("type") == "regression":
-        from serkit.dimensional import evaluate_regression, write_regression_eval_dir
+    with OutputDir(out, what="output folder") as output:  # taken or unwritable: fails before any audio is read
+        regression = saved.task and saved.task.get("type") == "regression"
+        (_evaluate_dimensions if regression else _evaluate_classes)(saved, rows, name, batch_size, output.staging(), source, seen)
+        output.commit()
+    console.print(f"wrote {out}/ (metrics.json, predictions.csv, {'' if regression else 'confusion.png, '}report.md)")
 
-        result = evaluate_regression(saved, rows, name, batch_size)
-        write_regression_eval_dir(out, result, saved.path, source)
-        dims = result.summary["dimensions"]
-        console.print(f"{name}: mean CCC {result.summary['mean_ccc']:.3f} ("
-                      + ", ".join(f"{d} CCC {v['ccc']:.3f}, r {v['pearson_r']:.3f}, MAE {v['mae']:.3f}" for d, v in dims.items())
-                      + f") on {result.summary['n']} utterances")
-        console.print(f"wrote {out}/ (metrics.json, predictions.csv, report.md)")
-        return
+
+def _rows_to_evaluate(split: Path | None, manifest: Path | None, part: str, fold: int | None):
+    """The rows `serkit evaluate` scores, where they come from (for the report), and the results' name."""
+    from serkit.data.manifest import read_manifest
+    from serkit.data.splits import load_split
+
+    if split is not None:
+        rows, source, name = load_split(split, manifest, fold).part(part), f"{part} part of {split}", part
+        if len(rows) == 0:
+            raise SerkitError(f"the {part} part of {split} has no utterances")
+        return rows, source, name
+    if manifest is not None:
+        return read_manifest(manifest), str(manifest), "all"
+    raise SerkitError("give --split SPLIT.json (with --part) or --manifest MANIFEST.csv")
+
+
+def _check_unseen(saved, rows, source: str, allow_seen: bool) -> list[str] | None:
+    """Refuse to score speakers the model trained on as if unseen; say so when it cannot be checked."""
+    from serkit.evaluation import seen_speakers
+
+    seen = seen_speakers(saved, rows.speakers)
+    if seen is None:
+        _print_note("note", f"model {saved.path} does not list the speakers it was trained on; serkit cannot check "
+                    "that the evaluated speakers are unseen")
+    elif seen and not allow_seen:
+        raise SerkitError(f"model {saved.path} was trained on speaker(s) {', '.join(seen)}, and the {source} includes them: "
+                          "its figures on them are not speaker-independent; evaluate speakers it never heard (e.g. the test "
+                          "part of its own split), or pass --allow-seen-speakers to evaluate them anyway")
+    elif seen:
+        _print_note("warning", f"model {saved.path} was trained on speaker(s) {', '.join(seen)}: these figures include "
+                    "them and are NOT speaker-independent (marked in metrics.json and report.md)")
+    return seen
+
+
+def _evaluate_classes(saved, rows, name: str, batch_size: int, folder: Path, source: str, seen) -> None:
+    from serkit.evaluation import evaluate as run_eval
+    from serkit.evaluation import write_evaluation_files
+
     result = run_eval(saved, rows, name, batch_size)
-    write_evaluation_dir(out, result, saved.path, source)
+    write_evaluation_files(folder, result, saved.path, source, seen)
     s = result.summary
     console.print(f"{name}: UAR {s['uar']:.3f}, accuracy {s['war']:.3f}, macro-F1 {s['macro_f1']:.3f} on {s['n']} utterances")
-    console.print(f"wrote {out}/ (metrics.json, predictions.csv, confusion.png, report.md)")
+
+
+def _evaluate_dimensions(saved, rows, name: str, batch_size: int, folder: Path, source: str, seen) -> None:
+    from serkit.dimensional import evaluate_regression, write_regression_eval_files
+
+    result = evaluate_regression(saved, rows, name, batch_size)
+    write_regression_eval_files(folder, result, saved.path, source, seen)
+    dims = result.summary["dimensions"]
+    console.print(f"{name}: mean CCC {result.summary['mean_ccc']:.3f} ("
+                  + ", ".join(f"{d} CCC {v['ccc']:.3f}, r {v['pearson_r']:.3f}, MAE {v['mae']:.3f}" for d, v in dims.items())
+                  + f") on {result.summary['n']} utterances")
 
 
 @app.command()
@@ -209,13 +256,14 @@ def predict(
     model_dir: Path = typer.Argument(..., help="serkit model directory"),
     files: list[Path] = typer.Argument(..., help="audio files (any rate, mono or stereo)"),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json"),
-    batch_size: int = 16,
+    batch_size: int = typer.Option(16, help="files per batch (1 or more)"),
     text: list[str] = typer.Option([], "--text", help="audio+text models: the transcript of each file, in order (repeat)"),
 ):
     """Predict the emotion of audio files: label and class probabilities (or dimensions)."""
-    from serkit.inference import predict_files
+    from serkit.inference import check_batch_size, predict_files
     from serkit.models import load_model
 
+    check_batch_size(batch_size)
     saved = load_model(model_dir)
     if saved.task and saved.task.get("type") == "regression":
         _predict_dimensions(saved, files, format, batch_size, text)
@@ -271,6 +319,16 @@ def _interrupt(signum, frame):
     raise Interrupted(signum)
 
 
+def _print_error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _print_note(kind: str, message: str) -> None:
+    """One line on stderr: 'warning: ...' (in yellow) or 'note: ...'."""
+    style = "bold yellow" if kind == "warning" else "bold"
+    err_console.print(f"[{style}]{kind}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI; a SerkitError becomes one red line on stderr and exit code 2."""
     handlers = {}
@@ -281,7 +339,10 @@ def run(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except SerkitError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _print_error(str(exc))
+        return 2
+    except OSError as exc:  # the last resort: each command turns the errors it expects into a SerkitError first
+        _print_error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc))
         return 2
     except (Interrupted, KeyboardInterrupt) as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
@@ -315,11 +376,13 @@ def transcribe(
 def _predict_dimensions(saved, files, format, batch_size, texts) -> None:
     from serkit.data.dataset import load_waves
     from serkit.dimensional import predict_dimensions, reads_text
+    from serkit.inference import check_lengths
 
     names, (low, high) = saved.task["dimensions"], saved.task["scale"]
     if reads_text(saved.model) and len(texts) != len(files):
         raise SerkitError(f"this model reads transcripts: give --text once per file ({len(files)} files, {len(texts)} --text)")
-    waves = load_waves([Path(f) for f in files], saved.preprocessing)
+    waves = load_waves([Path(f) for f in files], saved.preprocessing, named_in="command line")
+    check_lengths(saved.model, waves, files, "command line")
     values = low + predict_dimensions(saved, waves, batch_size, list(texts) if texts else None) * (high - low)
     results = [{"file": str(f), **{n: round(float(v), 4) for n, v in zip(names, row)}} for f, row in zip(files, values)]
     if format == OutputFormat.json:

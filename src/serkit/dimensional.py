@@ -9,9 +9,7 @@ the dimensions. Evaluation reports CCC, Pearson r and MAE per dimension.
 from __future__ import annotations
 
 import functools
-import os
 import resource
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +25,8 @@ from serkit.config import Recipe, recipe_to_dict
 from serkit.data.dataset import UtteranceDataset, collate, load_waves
 from serkit.data.manifest import Manifest
 from serkit.errors import ConfigError, ManifestError, SerkitError
-from serkit.inference import model_outputs
-from serkit.io import atomic_dir, atomic_file, refuse_existing, write_json, write_text
+from serkit.inference import check_lengths, model_outputs
+from serkit.io import atomic_file, write_json, write_text
 from serkit.metrics import ccc
 from serkit.models.modeldir import SavedModel, load_model, save_model
 from serkit.models.registry import build_model, get_architecture
@@ -335,6 +333,7 @@ def evaluate_regression(saved: SavedModel, manifest: Manifest, name: str = "test
         texts = manifest_texts(manifest, saved.model.options.text_column, saved.model.options.empty_text)
     if waves is None:
         waves = load_waves(manifest.audio_paths(), saved.preprocessing)
+    check_lengths(saved.model, waves, manifest.audio_paths())
     start = time.perf_counter()
     predicted = predict_dimensions(saved, waves, batch_size, texts)
     seconds = time.perf_counter() - start
@@ -362,26 +361,32 @@ def summary_table(results: list[RegressionEval]) -> str:
     return "\n".join(lines)
 
 
-def write_regression_eval_dir(out: Path | str, result: RegressionEval, model_path, source: str) -> Path:
-    out = Path(out)
-    with atomic_dir(out) as tmp:
-        write_json(tmp / "metrics.json", {"model": str(model_path), "data": source, result.name: result.summary})
-        with atomic_file(tmp / "predictions.csv", "w") as handle:
-            result.predictions.to_csv(handle, index=False)
-        write_text(tmp / "report.md", f"# Evaluation of `{model_path}`\n\nData: {source}\n\n{summary_table([result])}\n\n"
-                   f"Scale: {result.summary['scale']} (MAE on it).\n")
-    return out
+def write_regression_eval_files(folder: Path, result: RegressionEval, model_path, source: str, seen: list[str] | None = ()) -> None:
+    """`serkit evaluate` output of a dimensional model, into `folder`: metrics.json, predictions.csv, report.md."""
+    from serkit.evaluation import speaker_marks
+
+    marks, notes = speaker_marks(list(seen) if seen is not None else None)
+    write_json(folder / "metrics.json", {"model": str(model_path), "data": source, **marks, result.name: result.summary})
+    with atomic_file(folder / "predictions.csv", "w") as handle:
+        result.predictions.to_csv(handle, index=False)
+    write_text(folder / "report.md", "\n\n".join([f"# Evaluation of `{model_path}`", f"Data: {source}", *notes,
+                                                   summary_table([result]), f"Scale: {result.summary['scale']} (MAE on it)."]) + "\n")
 
 
 def train_regression(recipe: Recipe, log=print):
-    """Train a dimensional model: 1 − CCC, selection on mean validation CCC, save, evaluate."""
-    from serkit.training import TrainResult, initialise_from, load_part_waves, load_parts, run_provenance
+    """Train a dimensional model: 1 − CCC, selection on mean validation CCC, save, evaluate.
+    Returns None on non-zero DDP ranks."""
+    from serkit.training import run_output
+
+    with run_output(recipe) as output:  # a taken, existing or unwritable output fails here, before any work
+        return _train_regression(recipe, output, log)
+
+
+def _train_regression(recipe: Recipe, output, log=print):
+    from serkit.training import TrainResult, check_part_lengths, initialise_from, load_part_waves, load_parts, run_provenance
 
     dims = recipe.dimensions
     names = list(dims.names)
-    output_dir = Path(recipe.output_dir)
-    work = output_dir.with_name(f".{output_dir.name}.partial")
-    refuse_existing(output_dir, "output directory")
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     split, parts, select_on_val = load_parts(recipe)
     proxy, dropped = None, {}
@@ -397,6 +402,7 @@ def train_regression(recipe: Recipe, log=print):
 
     arch = get_architecture(recipe.model.architecture)
     model = build_model(recipe.model.architecture, recipe.model.options, len(names))
+    check_part_lengths(model, recipe, parts, waves)
     init = initialise_from(model, recipe.model.init_from, log) if recipe.model.init_from else None
     lr = recipe.train.lr or arch.default_lr
     log(f"model {arch.name}: {model.total_parameters() / 1e6:.2f} M parameters ({model.trainable_parameters() / 1e6:.2f} M "
@@ -420,74 +426,80 @@ def train_regression(recipe: Recipe, log=print):
         val_set = UtteranceDataset(parts["val"], names, preprocessing, None, False, waves["val"], targets=targets["val"])
         val_loader = DataLoader(val_set, recipe.train.eval_batch_size, shuffle=False, collate_fn=collate_for("val"),
                                 **loader_args)
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    try:
-        keep = KeepBestCCC(names, log=None if recipe.train.progress_bar else log, select=select_on_val)
-        trainer = L.Trainer(
-            default_root_dir=work, max_epochs=recipe.train.max_epochs, accelerator=recipe.train.accelerator,
-            devices=1 if recipe.train.devices == "auto" else recipe.train.devices, precision=recipe.train.precision,
-            deterministic=recipe.train.deterministic, logger=False, callbacks=[keep], enable_checkpointing=False,
-            num_sanity_val_steps=0, enable_model_summary=False, enable_progress_bar=recipe.train.progress_bar,
-            limit_val_batches=1.0 if select_on_val else 0,
-        )
-        module = RegressionModule(model, lr, recipe.train.weight_decay, recipe.train.lr_decay, recipe.train.head_lr)
-        t0 = time.perf_counter()
-        trainer.fit(module, train_loader, val_loader)
-        train_seconds = time.perf_counter() - t0
-        if keep.state is None:
-            raise ConfigError("training ended before the first epoch finished; raise train.max_epochs")
-        model.load_state_dict(keep.state)
-        model.cpu().eval()
-        epochs = len(keep.history)
-        training = {
-            "epochs": epochs, "best_epoch": keep.best_epoch,
-            "best_val_ccc": None if not select_on_val else keep.best,
-            "train_seconds": round(train_seconds, 2),
-            "train_utterances_per_s": round(len(train_set) * epochs / train_seconds, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "device": str(trainer.strategy.root_device), "learning_rate": lr,
-        }
-        task = {"type": "regression", "dimensions": names, "scale": list(scale), "loss": "1 - CCC"}
-        if proxy:
-            task["proxy"] = proxy
-        provenance = run_provenance(recipe, split, waves, init, training)
-        save_model(work / "model", model, names, preprocessing, provenance, task=task)
-        saved = load_model(work / "model")  # evaluate exactly what was written
-        evaluations = []
-        for name in ("val", "test"):
-            if name in parts:
-                result = evaluate_regression(saved, parts[name], name, recipe.train.eval_batch_size, waves[name])
-                evaluations.append(result)
-                with atomic_file(work / f"predictions_{name}.csv", "w") as handle:
-                    result.predictions.to_csv(handle, index=False)
-        metrics = {e.name: e.summary for e in evaluations}
-        metrics["training"] = training
-        metrics["model"] = {"architecture": arch.name, "parameters": model.total_parameters(),
-                            "trainable_parameters": model.trainable_parameters(), "task": task}
-        audio = getattr(model, "audio", model)  # the audio encoder of an audio+text model, or the model
-        weights = audio.layer_weights() if audio is not None and hasattr(audio, "layer_weights") else None
-        if weights is not None:  # learnable softmax layer weights (paper 004, Fig. 2)
-            metrics["layer_weights"] = {"dimensions": names, "weights": [round(float(w), 5) for w in weights]}
-            layer_weights_png(work / "layer_weights.png", {"+".join(names): weights.tolist()},
-                              f"{recipe.name}: layer weights learnt for {', '.join(names)}")
-        write_json(work / "metrics.json", metrics)
-        write_text(work / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-        write_text(work / "training_log.csv", pd.DataFrame(keep.history).to_csv(index=False))
-        write_text(work / "report.md", "\n\n".join([
-            f"# {recipe.name}: dimensional SER ({', '.join(names)})",
-            f"Model `{arch.name}`, {model.total_parameters() / 1e6:.2f} M parameters; loss 1 - CCC; values on "
-            f"[{scale[0]:g}, {scale[1]:g}] normalised to [0, 1]; best epoch {keep.best_epoch} of {epochs}.",
-            *([f"**Targets are a PROXY** mapped from emotion categories ({proxy['source']}), not ratings; "
-               f"unmapped utterances left out: {dropped}."] if proxy else []),
-            summary_table(evaluations) if evaluations else "(no held-out parts)",
-        ]) + "\n")
-        os.rename(work, output_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    work = output.staging() if output is not None else None  # other DDP ranks write nothing
+    keep = KeepBestCCC(names, log=None if recipe.train.progress_bar else log, select=select_on_val)
+    trainer = L.Trainer(
+        default_root_dir=work, max_epochs=recipe.train.max_epochs, accelerator=recipe.train.accelerator,
+        devices=1 if recipe.train.devices == "auto" else recipe.train.devices, precision=recipe.train.precision,
+        deterministic=recipe.train.deterministic, logger=False, callbacks=[keep], enable_checkpointing=False,
+        num_sanity_val_steps=0, enable_model_summary=False, enable_progress_bar=recipe.train.progress_bar,
+        limit_val_batches=1.0 if select_on_val else 0,
+    )
+    module = RegressionModule(model, lr, recipe.train.weight_decay, recipe.train.lr_decay, recipe.train.head_lr)
+    t0 = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader)
+    train_seconds = time.perf_counter() - t0
+    if not trainer.is_global_zero:
+        return None
+    if keep.state is None:
+        raise ConfigError("training ended before the first epoch finished; raise train.max_epochs")
+    model.load_state_dict(keep.state)
+    model.cpu().eval()
+    epochs = len(keep.history)
+    training = {
+        "epochs": epochs, "best_epoch": keep.best_epoch,
+        "best_val_ccc": None if not select_on_val else keep.best,
+        "train_seconds": round(train_seconds, 2),
+        "train_utterances_per_s": round(len(train_set) * epochs / train_seconds, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "device": str(trainer.strategy.root_device), "learning_rate": lr,
+    }
+    task = {"type": "regression", "dimensions": names, "scale": list(scale), "loss": "1 - CCC"}
+    if proxy:
+        task["proxy"] = proxy
+    provenance = run_provenance(recipe, split, waves, init, training)
+    save_model(work / "model", model, names, preprocessing, provenance, task=task)
+    metrics, evaluations = _write_regression_run(work, recipe, arch.name, parts, waves, training, task, keep.history,
+                                                 dropped)
+    output_dir = output.commit()
     for e in evaluations:
         log(f"{e.name}: mean CCC {e.summary['mean_ccc']:.3f} ("
             + ", ".join(f"{n} {v['ccc']:.3f}" for n, v in e.summary["dimensions"].items()) + f"), {e.summary['n']} utterances")
     return TrainResult(output_dir, output_dir / "model", metrics, evaluations)
+
+
+def _write_regression_run(work: Path, recipe: Recipe, arch: str, parts: dict, waves: dict, training: dict, task: dict,
+                          history: list[dict], dropped: dict) -> tuple[dict, list[RegressionEval]]:
+    """Evaluate the saved model (exactly what was written) on the held-out parts; write the run's files."""
+    saved = load_model(work / "model")
+    model, names, proxy = saved.model, task["dimensions"], task.get("proxy")
+    scale = task["scale"]
+    evaluations = []
+    for name in ("val", "test"):
+        if name in parts:
+            result = evaluate_regression(saved, parts[name], name, recipe.train.eval_batch_size, waves[name])
+            evaluations.append(result)
+            with atomic_file(work / f"predictions_{name}.csv", "w") as handle:
+                result.predictions.to_csv(handle, index=False)
+    metrics = {e.name: e.summary for e in evaluations}
+    metrics["training"] = training
+    metrics["model"] = {"architecture": arch, "parameters": model.total_parameters(),
+                        "trainable_parameters": model.trainable_parameters(), "task": task}
+    audio = getattr(model, "audio", model)  # the audio encoder of an audio+text model, or the model
+    weights = audio.layer_weights() if audio is not None and hasattr(audio, "layer_weights") else None
+    if weights is not None:  # learnable softmax layer weights (paper 004, Fig. 2)
+        metrics["layer_weights"] = {"dimensions": names, "weights": [round(float(w), 5) for w in weights]}
+        layer_weights_png(work / "layer_weights.png", {"+".join(names): weights.tolist()},
+                          f"{recipe.name}: layer weights learnt for {', '.join(names)}")
+    write_json(work / "metrics.json", metrics)
+    write_text(work / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    write_text(work / "training_log.csv", pd.DataFrame(history).to_csv(index=False))
+    write_text(work / "report.md", "\n\n".join([
+        f"# {recipe.name}: dimensional SER ({', '.join(names)})",
+        f"Model `{arch}`, {model.total_parameters() / 1e6:.2f} M parameters; loss 1 - CCC; values on "
+        f"[{scale[0]:g}, {scale[1]:g}] normalised to [0, 1]; best epoch {training['best_epoch']} of {training['epochs']}.",
+        *([f"**Targets are a PROXY** mapped from emotion categories ({proxy['source']}), not ratings; "
+           f"unmapped utterances left out: {dropped}."] if proxy else []),
+        summary_table(evaluations) if evaluations else "(no held-out parts)",
+    ]) + "\n")
+    return metrics, evaluations

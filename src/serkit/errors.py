@@ -27,3 +27,7 @@ class ModelDirError(SerkitError):
 
 class ConfigError(SerkitError):
     """A recipe or a --set override is invalid."""
+
+
+class DiskFullError(SerkitError):
+    """The disk filled up while an output was written; nothing of that output is left behind."""

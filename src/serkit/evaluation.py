@@ -11,8 +11,8 @@ import pandas as pd
 
 from serkit.data.dataset import load_waves
 from serkit.data.manifest import Manifest
-from serkit.inference import predict_proba
-from serkit.io import atomic_dir, atomic_file, write_json, write_text
+from serkit.inference import check_lengths, predict_proba
+from serkit.io import atomic_file, write_json, write_text
 from serkit.metrics import classification_summary
 from serkit.models.modeldir import SavedModel
 from serkit.plots import confusion_png
@@ -30,6 +30,7 @@ def evaluate(saved: SavedModel, manifest: Manifest, name: str = "test", batch_si
     manifest.check_labels(saved.labels, f"model {saved.path or ''}".strip())
     if waves is None:
         waves = load_waves(manifest.audio_paths(), saved.preprocessing)
+    check_lengths(saved.model, waves, manifest.audio_paths())
     start = time.perf_counter()
     probs = predict_proba(saved.model, waves, batch_size)
     seconds = time.perf_counter() - start
@@ -68,19 +69,43 @@ def recall_table(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def write_evaluation_dir(out: Path | str, result: EvalResult, model_path: Path | None, source: str) -> Path:
-    """`serkit evaluate` output: metrics.json, predictions.csv, confusion.png, report.md (a new dir)."""
-    out = Path(out)
-    with atomic_dir(out) as tmp:
-        write_json(tmp / "metrics.json", {"model": str(model_path), "data": source, result.name: result.summary})
-        write_predictions(result, tmp / "predictions.csv")
-        confusion_png(tmp / "confusion.png", result.summary["confusion"], result.summary["labels"],
-                      f"{result.name}: UAR {result.summary['uar']:.3f}, accuracy {result.summary['war']:.3f}")
-        write_text(tmp / "report.md", "\n\n".join([
-            f"# Evaluation of `{model_path}`",
-            f"Data: {source}",
-            summary_table([result]),
-            "## Recall per class\n\n" + recall_table(result),
-            "![confusion matrix](confusion.png)",
-        ]) + "\n")
-    return out
+def seen_speakers(saved: SavedModel, speakers) -> list[str] | None:
+    """The speakers among `speakers` that the model was trained on, from its provenance; None when it
+    does not list them (a model from elsewhere, or after `serkit forget`, which keeps them private)."""
+    provenance = saved.config.get("provenance") or {}
+    parts = provenance.get("speakers")
+    if not isinstance(parts, dict):
+        return None
+    trained = {str(s) for part in provenance.get("trained_on") or ["train"] for s in parts.get(part) or []}
+    if not trained:
+        return None
+    return sorted(trained & {str(s) for s in speakers})
+
+
+def speaker_marks(seen: list[str] | None) -> tuple[dict, list[str]]:
+    """What metrics.json and report.md say about `seen_speakers`: nothing when all are unseen."""
+    if seen is None:
+        return {"seen_speakers": None}, ["Speakers: serkit could not check that they are unseen (the model does not list "
+                                         "the speakers it was trained on)."]
+    if seen:
+        return {"seen_speakers": seen}, [f"**Not speaker-independent**: the model was trained on speaker(s) "
+                                         f"{', '.join(seen)}, whose utterances these figures include (--allow-seen-speakers)."]
+    return {}, []
+
+
+def write_evaluation_files(folder: Path, result: EvalResult, model_path: Path | None, source: str,
+                           seen: list[str] | None = ()) -> None:
+    """`serkit evaluate` output, into `folder`: metrics.json, predictions.csv, confusion.png, report.md."""
+    marks, notes = speaker_marks(list(seen) if seen is not None else None)
+    write_json(folder / "metrics.json", {"model": str(model_path), "data": source, **marks, result.name: result.summary})
+    write_predictions(result, folder / "predictions.csv")
+    confusion_png(folder / "confusion.png", result.summary["confusion"], result.summary["labels"],
+                  f"{result.name}: UAR {result.summary['uar']:.3f}, accuracy {result.summary['war']:.3f}")
+    write_text(folder / "report.md", "\n\n".join([
+        f"# Evaluation of `{model_path}`",
+        f"Data: {source}",
+        *notes,
+        summary_table([result]),
+        "## Recall per class\n\n" + recall_table(result),
+        "![confusion matrix](confusion.png)",
+    ]) + "\n")

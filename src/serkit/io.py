@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from serkit.errors import SerkitError
+from serkit.errors import DiskFullError, SerkitError
 
 
 def refuse_existing(path: Path, what: str = "output") -> None:
@@ -26,12 +26,42 @@ def refuse_existing(path: Path, what: str = "output") -> None:
         )
 
 
+def check_writable(path: Path | str, what: str = "output") -> None:
+    """Raise now, before any work, unless `path` can be created: its nearest existing folder must
+    take a new file. Tried rather than asked: os.access says yes to root everywhere, /proc included."""
+    path = Path(path)
+    parent = nearest_existing(path.parent)
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(parent))
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError:
+        raise SerkitError(f"cannot write {what} {path}: {parent} is not a writable folder; choose another output path") from None
+
+
+def check_new_file(path: Path | str, what: str = "output") -> None:
+    """The checks `atomic_file` makes, for a command to make first: `path` is new and can be written."""
+    refuse_existing(Path(path), what)
+    check_writable(path, what)
+
+
+def _no_space(exc: BaseException) -> bool:
+    return isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+
+
+def _disk_full(what: str, path: Path) -> DiskFullError:
+    return DiskFullError(f"no space left on device while writing {what} {path}; nothing was written: free some space "
+                         "(or choose an output on another disk) and run again")
+
+
 @contextlib.contextmanager
-def atomic_file(path: Path | str, mode: str = "w", overwrite: bool = False) -> Iterator:
+def atomic_file(path: Path | str, mode: str = "w", overwrite: bool = False, what: str = "output") -> Iterator:
     """Open a temporary file beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     if not overwrite:
-        refuse_existing(path)
+        refuse_existing(path, what)
+    check_writable(path, what)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     umask = os.umask(0)
@@ -41,9 +71,11 @@ def atomic_file(path: Path | str, mode: str = "w", overwrite: bool = False) -> I
         with os.fdopen(fd, mode) as handle:
             yield handle
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if _no_space(exc):
+            raise _disk_full(what, path) from None
         raise
 
 
@@ -68,9 +100,7 @@ class OutputDir:
 
     def __enter__(self) -> OutputDir:
         self.check_rules()
-        parent = nearest_existing(self.path.parent)
-        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise SerkitError(f"cannot write {self.what} {self.path}: {parent} is not a writable folder; choose another output path")
+        check_writable(self.path, self.what)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -127,7 +157,7 @@ class OutputDir:
         self._staging = None
         return self.path
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if self._staging is not None:
                 shutil.rmtree(self._staging, ignore_errors=True)
@@ -135,6 +165,8 @@ class OutputDir:
         finally:
             if self._lock is not None:
                 self._lock.release()
+        if exc is not None and _no_space(exc):  # named after this output, not a file in its working folder
+            raise _disk_full(self.what, self.path) from None
 
 
 @contextlib.contextmanager
@@ -170,7 +202,11 @@ class _Lock:
         import fcntl
 
         while True:
-            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise SerkitError(f"cannot write {self.what}: cannot create {self.file} ({exc.strerror}); "
+                                  "choose another output path") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -221,14 +257,14 @@ def _libc():
         return None
 
 
-def write_json(path: Path | str, obj, overwrite: bool = False) -> None:
-    with atomic_file(path, "w", overwrite=overwrite) as handle:
+def write_json(path: Path | str, obj, overwrite: bool = False, what: str = "output") -> None:
+    with atomic_file(path, "w", overwrite=overwrite, what=what) as handle:
         json.dump(obj, handle, indent=2, sort_keys=False)
         handle.write("\n")
 
 
-def write_text(path: Path | str, text: str, overwrite: bool = False) -> None:
-    with atomic_file(path, "w", overwrite=overwrite) as handle:
+def write_text(path: Path | str, text: str, overwrite: bool = False, what: str = "output") -> None:
+    with atomic_file(path, "w", overwrite=overwrite, what=what) as handle:
         handle.write(text)
 
 

@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import platform
 import resource
-import shutil
 import subprocess
 import time
 import warnings
@@ -34,7 +34,8 @@ from serkit.data.dataset import Preprocessing, UtteranceDataset, collate, load_w
 from serkit.data.splits import load_split
 from serkit.errors import ConfigError, SplitError
 from serkit.evaluation import EvalResult, evaluate, recall_table, summary_table, write_predictions
-from serkit.io import refuse_existing, sha256_file, write_json, write_text
+from serkit.inference import check_lengths
+from serkit.io import OutputDir, sha256_file, write_json, write_text
 from serkit.metrics import uar_from_confusion
 from serkit.models.modeldir import load_model, save_model
 from serkit.models.registry import SERModel, build_model, get_architecture
@@ -44,6 +45,8 @@ from serkit.transfer.nsl import Neighbours, batchnorm_frozen, neighbour_loss
 # Lightning's start-up chatter (tips, "TPU available") says nothing a serkit user can act on.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
+# nor does its note on SIGTERM: serkit says "interrupted (SIGTERM); nothing was written" itself
+logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
@@ -209,6 +212,16 @@ def load_part_waves(recipe: Recipe, parts: dict, log=print) -> tuple[Preprocessi
     return preprocessing, waves
 
 
+def check_part_lengths(model: SERModel, recipe: Recipe, parts: dict, waves: dict) -> None:
+    """Every clip the model sees whole fits its input window, checked before training rather than at
+    the first validation: val and test always, train unless data.max_seconds crops it to fit."""
+    limit = model.max_seconds
+    for name, part in parts.items():
+        cropped = name == "train" and limit is not None and recipe.data.max_seconds is not None and recipe.data.max_seconds <= limit
+        if not cropped:
+            check_lengths(model, waves[name], part.audio_paths())
+
+
 def adam(model, lr: float, weight_decay: float = 0.0, lr_decay=None, head_lr: float | None = None):
     """Adam over the trainable parameters, optionally decayed stepwise per epoch (Lightning's format).
     With `head_lr`, the head (fc1, fc2, layer weights) learns at that rate and the backbone at `lr`."""
@@ -257,14 +270,92 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
         from serkit.dimensional import train_regression
 
         return train_regression(recipe, log)
-    output_dir = Path(recipe.output_dir)
-    rank = _rank()
-    work = output_dir.with_name(f".{output_dir.name}.partial")
-    if rank == 0:
-        refuse_existing(output_dir, "output directory")
-    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    with run_output(recipe) as output:  # a taken, existing or unwritable output fails here, before any work
+        return _train_classifier(recipe, output, log)
 
+
+def run_output(recipe: Recipe) -> OutputDir | contextlib.nullcontext:
+    """The run folder, owned by DDP rank 0 alone. Lightning starts the other ranks with the same
+    command line, so they run train() too; they write nothing, so they take no lock (rank 0 holds it)
+    and need no staging folder (they get None)."""
+    if _rank() != 0:
+        return contextlib.nullcontext()
+    return OutputDir(recipe.output_dir, what="output directory")
+
+
+def _train_classifier(recipe: Recipe, output: OutputDir | None, log=print) -> TrainResult | None:
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
     split, parts, select_on_val = load_parts(recipe)
+    labels = _labels(recipe, split, parts, log)
+    preprocessing, waves = load_part_waves(recipe, parts, log)
+
+    arch = get_architecture(recipe.model.architecture)
+    model = build_model(recipe.model.architecture, recipe.model.options, len(labels))
+    check_part_lengths(model, recipe, parts, waves)
+    init = initialise_from(model, recipe.model.init_from, log) if recipe.model.init_from else None
+    lr = recipe.train.lr or arch.default_lr
+    log(f"model {arch.name}: {model.total_parameters() / 1e6:.2f} M parameters "
+        f"({model.trainable_parameters() / 1e6:.2f} M trainable), {len(labels)} classes, Adam lr {lr:g}")
+
+    train_set = UtteranceDataset(parts["train"], labels, preprocessing, recipe.data.max_seconds, True, waves["train"])
+    loader_args = {"collate_fn": collate, "num_workers": recipe.train.num_workers,
+                   "persistent_workers": recipe.train.num_workers > 0}
+    train_loader = DataLoader(train_set, recipe.train.batch_size, shuffle=True, drop_last=False, **loader_args)
+    neighbours, graph_stats = _graph_neighbours(recipe, parts["train"], train_set, log)
+    val_loader = None
+    if select_on_val:
+        val_set = UtteranceDataset(parts["val"], labels, preprocessing, None, False, waves["val"])
+        val_loader = DataLoader(val_set, recipe.train.eval_batch_size, shuffle=False, **loader_args)
+
+    keep_best = KeepBest(log=None if recipe.train.progress_bar else log, select=select_on_val)
+    callbacks = [keep_best]
+    if recipe.train.patience and select_on_val:
+        callbacks.append(L.pytorch.callbacks.EarlyStopping("val_uar", patience=recipe.train.patience, mode="max"))
+    trainer = L.Trainer(
+        # other ranks write nothing either; with logger and checkpoints off, Lightning writes nothing there
+        default_root_dir=output.staging() if output is not None else None,
+        max_epochs=recipe.train.max_epochs, accelerator=recipe.train.accelerator,
+        devices=recipe.train.devices, strategy=recipe.train.strategy, precision=recipe.train.precision,
+        deterministic=recipe.train.deterministic, logger=False, callbacks=callbacks,
+        enable_checkpointing=False, num_sanity_val_steps=0, enable_model_summary=False,
+        enable_progress_bar=recipe.train.progress_bar, log_every_n_steps=10,
+        limit_val_batches=1.0 if select_on_val else 0,
+    )
+    module = ClassifierModule(model, lr, recipe.train.weight_decay, recipe.train.lr_decay, recipe.train.ema_decay,
+                              neighbours, recipe.train.head_lr)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader)
+    train_seconds = time.perf_counter() - t0
+    if not trainer.is_global_zero:
+        return None
+    if keep_best.state is None:
+        raise ConfigError("training ended before the first validation; raise train.max_epochs")
+    model.load_state_dict(keep_best.state)
+    model.cpu().eval()
+    epochs = len(keep_best.history)
+    training = {
+        "epochs": epochs,
+        "best_epoch": keep_best.best_epoch,
+        "best_val_uar": keep_best.best_uar,
+        "best_val_accuracy": keep_best.best_war,
+        "train_seconds": round(train_seconds, 2),
+        "train_utterances_per_s": round(len(train_set) * epochs / train_seconds, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "device": str(trainer.strategy.root_device),
+        "learning_rate": lr,
+        "graph": graph_stats,
+    }
+    save_model(output.staging() / "model", model, labels, preprocessing, run_provenance(recipe, split, waves, init, training))
+    metrics, evaluations = _write_run(output.staging(), recipe, arch.name, split, parts, waves, training, keep_best.history)
+    output_dir = output.commit()
+    return TrainResult(output_dir, output_dir / "model", metrics, evaluations)
+
+
+def _labels(recipe: Recipe, split, parts: dict, log=print) -> list[str]:
+    """The classes to train: data.labels (other rows left out of every part), or the training part's emotions."""
     labels = recipe.data.labels or parts["train"].emotions
     if recipe.data.labels:
         for name, part in parts.items():
@@ -277,106 +368,47 @@ def train(recipe: Recipe, log=print) -> TrainResult | None:
         raise ConfigError(f"data.labels {missing} have no training utterances in split {split.file}")
     for part in parts.values():
         part.check_labels(labels, "the training set")
-    preprocessing, waves = load_part_waves(recipe, parts, log)
+    return labels
 
-    arch = get_architecture(recipe.model.architecture)
-    model = build_model(recipe.model.architecture, recipe.model.options, len(labels))
-    init = initialise_from(model, recipe.model.init_from, log) if recipe.model.init_from else None
-    lr = recipe.train.lr or arch.default_lr
-    log(f"model {arch.name}: {model.total_parameters() / 1e6:.2f} M parameters "
-        f"({model.trainable_parameters() / 1e6:.2f} M trainable), {len(labels)} classes, Adam lr {lr:g}")
 
-    train_set = UtteranceDataset(parts["train"], labels, preprocessing, recipe.data.max_seconds, True, waves["train"])
-    loader_args = {"collate_fn": collate, "num_workers": recipe.train.num_workers,
-                   "persistent_workers": recipe.train.num_workers > 0}
-    train_loader = DataLoader(train_set, recipe.train.batch_size, shuffle=True, drop_last=False, **loader_args)
-    neighbours, graph_stats = None, None
-    if recipe.graph is not None:
-        from serkit.transfer.graph import load_graph
-        from serkit.transfer.nsl import align_graph
+def _graph_neighbours(recipe: Recipe, train_part, train_set, log=print) -> tuple[Neighbours | None, dict | None]:
+    """The neighbour loss of a recipe with a graph section, and what the run records about the graph."""
+    if recipe.graph is None:
+        return None, None
+    from serkit.transfer.graph import load_graph
+    from serkit.transfer.nsl import align_graph
 
-        graph = load_graph(recipe.graph.file)
-        table, graph_stats = align_graph(graph, parts["train"], recipe.graph.max_neighbours, f"graph {recipe.graph.file}", log)
-        graph_stats = {"file": str(Path(recipe.graph.file).resolve()), "sha256": sha256_file(recipe.graph.file),
-                       "alpha": recipe.graph.alpha, "embedding": recipe.graph.embedding, "reduction": recipe.graph.reduction,
-                       **graph_stats, **graph.meta}
-        neighbours = Neighbours(table, train_set, recipe.graph.alpha, recipe.graph.embedding, recipe.graph.reduction)
-    val_loader = None
-    if select_on_val:
-        val_set = UtteranceDataset(parts["val"], labels, preprocessing, None, False, waves["val"])
-        val_loader = DataLoader(val_set, recipe.train.eval_batch_size, shuffle=False, **loader_args)
+    graph = load_graph(recipe.graph.file)
+    table, stats = align_graph(graph, train_part, recipe.graph.max_neighbours, f"graph {recipe.graph.file}", log)
+    stats = {"file": str(Path(recipe.graph.file).resolve()), "sha256": sha256_file(recipe.graph.file),
+             "alpha": recipe.graph.alpha, "embedding": recipe.graph.embedding, "reduction": recipe.graph.reduction,
+             **stats, **graph.meta}
+    return Neighbours(table, train_set, recipe.graph.alpha, recipe.graph.embedding, recipe.graph.reduction), stats
 
-    if rank == 0:
-        if work.exists():
-            shutil.rmtree(work)  # left by a crashed run of the same recipe
-        work.mkdir(parents=True)
-    try:
-        keep_best = KeepBest(log=None if recipe.train.progress_bar else log, select=select_on_val)
-        callbacks = [keep_best]
-        if recipe.train.patience and select_on_val:
-            callbacks.append(L.pytorch.callbacks.EarlyStopping("val_uar", patience=recipe.train.patience, mode="max"))
-        trainer = L.Trainer(
-            default_root_dir=work, max_epochs=recipe.train.max_epochs, accelerator=recipe.train.accelerator,
-            devices=recipe.train.devices, strategy=recipe.train.strategy, precision=recipe.train.precision,
-            deterministic=recipe.train.deterministic, logger=False, callbacks=callbacks,
-            enable_checkpointing=False, num_sanity_val_steps=0, enable_model_summary=False,
-            enable_progress_bar=recipe.train.progress_bar, log_every_n_steps=10,
-            limit_val_batches=1.0 if select_on_val else 0,
-        )
-        module = ClassifierModule(model, lr, recipe.train.weight_decay, recipe.train.lr_decay, recipe.train.ema_decay,
-                                  neighbours, recipe.train.head_lr)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        trainer.fit(module, train_loader, val_loader)
-        train_seconds = time.perf_counter() - t0
-        if not trainer.is_global_zero:
-            return None
-        if keep_best.state is None:
-            raise ConfigError("training ended before the first validation; raise train.max_epochs")
-        model.load_state_dict(keep_best.state)
-        model.cpu().eval()
-        epochs = len(keep_best.history)
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        training = {
-            "epochs": epochs,
-            "best_epoch": keep_best.best_epoch,
-            "best_val_uar": keep_best.best_uar,
-            "best_val_accuracy": keep_best.best_war,
-            "train_seconds": round(train_seconds, 2),
-            "train_utterances_per_s": round(len(train_set) * epochs / train_seconds, 2),
-            "peak_rss_mb": round(peak_rss_mb, 1),
-            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
-            "device": str(trainer.strategy.root_device),
-            "learning_rate": lr,
-            "graph": graph_stats,
-        }
-        provenance = run_provenance(recipe, split, waves, init, training)
-        save_model(work / "model", model, labels, preprocessing, provenance)
-        saved = load_model(work / "model")  # evaluate exactly what was written
-        evaluations = []
-        for name in ("val", "test"):
-            if name in parts:
-                result = evaluate(saved, parts[name], name, recipe.train.eval_batch_size, waves[name])
-                evaluations.append(result)
-                write_predictions(result, work / f"predictions_{name}.csv")
-                confusion_png(work / f"confusion_{name}.png", result.summary["confusion"], labels,
-                              f"{recipe.name} {name}: UAR {result.summary['uar']:.3f}, acc {result.summary['war']:.3f}")
-        metrics = {e.name: e.summary for e in evaluations}
-        metrics["training"] = training
-        metrics["model"] = {"architecture": arch.name, "parameters": model.total_parameters(),
-                            "trainable_parameters": model.trainable_parameters(), "labels": labels}
-        write_json(work / "metrics.json", metrics)
-        write_text(work / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-        write_text(work / "training_log.csv", _history_csv(keep_best.history))
-        training_curve_png(work / "training_curve.png", keep_best.history)
-        write_text(work / "report.md", _report(recipe, arch.name, model, split, training, evaluations))
-        os.rename(work, output_dir)
-    except BaseException:
-        if rank == 0:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    return TrainResult(output_dir, output_dir / "model", metrics, evaluations)
+
+def _write_run(work: Path, recipe: Recipe, arch: str, split, parts: dict, waves: dict, training: dict,
+               history: list[dict]) -> tuple[dict, list[EvalResult]]:
+    """Evaluate the saved model (exactly what was written) on the held-out parts; write the run's files."""
+    saved = load_model(work / "model")
+    evaluations = []
+    for name in ("val", "test"):
+        if name in parts:
+            result = evaluate(saved, parts[name], name, recipe.train.eval_batch_size, waves[name])
+            evaluations.append(result)
+            write_predictions(result, work / f"predictions_{name}.csv")
+            confusion_png(work / f"confusion_{name}.png", result.summary["confusion"], saved.labels,
+                          f"{recipe.name} {name}: UAR {result.summary['uar']:.3f}, acc {result.summary['war']:.3f}")
+    model = saved.model
+    metrics = {e.name: e.summary for e in evaluations}
+    metrics["training"] = training
+    metrics["model"] = {"architecture": arch, "parameters": model.total_parameters(),
+                        "trainable_parameters": model.trainable_parameters(), "labels": saved.labels}
+    write_json(work / "metrics.json", metrics)
+    write_text(work / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    write_text(work / "training_log.csv", _history_csv(history))
+    training_curve_png(work / "training_curve.png", history)
+    write_text(work / "report.md", _report(recipe, arch, model, split, training, evaluations))
+    return metrics, evaluations
 
 
 def initialise_from(model: SERModel, path: Path, log=print) -> dict:

@@ -47,11 +47,12 @@ def repeat_to_length(wave: np.ndarray, length: int) -> np.ndarray:
     return wave[:length]
 
 
-def load_waves(paths, preprocessing: Preprocessing, workers: int | None = None) -> list[np.ndarray]:
-    """Decode and preprocess every file (in parallel threads; libsndfile and soxr release the GIL)."""
+def load_waves(paths, preprocessing: Preprocessing, workers: int | None = None, named_in: str = "manifest") -> list[np.ndarray]:
+    """Decode and preprocess every file (in parallel threads; libsndfile and soxr release the GIL).
+    `named_in`: where the paths come from, for what an error tells the user to do (see serkit.audio.FIXES)."""
 
     def one(path):
-        return preprocessing(load_audio(path, preprocessing.sample_rate))
+        return preprocessing(load_audio(path, preprocessing.sample_rate, named_in=named_in))
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         return list(pool.map(one, paths))

@@ -23,7 +23,7 @@ from serkit import SAMPLE_RATE
 from serkit.audio import load_audio, write_flac
 from serkit.data.manifest import write_manifest
 from serkit.errors import AudioError, ManifestError, SerkitError
-from serkit.io import atomic_dir
+from serkit.io import OutputDir
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 
@@ -116,6 +116,22 @@ LAYOUTS = {
 }
 
 
+# The emotion words every importer writes, so that corpora share one label set.
+VOCABULARY = sorted({*RAVDESS_EMOTIONS.values(), *EMODB_EMOTIONS.values(), *EMOVO_EMOTIONS.values()})
+SYNONYMS = {
+    "angry": "anger", "ang": "anger", "happy": "happiness", "hap": "happiness", "sad": "sadness",
+    "fearful": "fear", "afraid": "fear", "scared": "fear", "fea": "fear", "disgusted": "disgust", "dis": "disgust",
+    "surprised": "surprise", "sur": "surprise", "bored": "boredom", "neu": "neutral",
+}
+
+
+def normalise_label(label: str) -> str:
+    """A CSV's emotion in the shared vocabulary: case and spacing folded, common synonyms mapped
+    ("Angry" -> "anger"); a word outside it comes back folded (the caller warns)."""
+    folded = " ".join(label.split()).lower()
+    return SYNONYMS.get(folded, folded)
+
+
 @dataclass
 class ImportReport:
     out_dir: Path
@@ -124,6 +140,8 @@ class ImportReport:
     n_linked: int
     skipped: list[str] = field(default_factory=list)
     ignored: int = 0  # files in SRC whose name is not part of the corpus scheme
+    relabelled: dict[str, str] = field(default_factory=dict)  # a label CSV's words -> the vocabulary's
+    unknown_labels: list[str] = field(default_factory=list)  # folded labels outside VOCABULARY, kept
 
 
 def import_corpus(
@@ -143,45 +161,24 @@ def import_corpus(
 
     With `link`, files that are already 16 kHz mono are referenced in place (absolute paths)
     instead of copied. With `skip_bad`, undecodable files are left out and listed; otherwise the
-    first one stops the import and nothing is written.
+    first one stops the import and nothing is written. A label CSV's emotions are brought into
+    the shared vocabulary (`normalise_label`); the report lists what was mapped and what is unknown.
     """
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise SerkitError(f"corpus folder not found: {src}; pass the folder that holds the corpus")
-    if corpus == "folder":
-        rows = _rows_from_csv(src, csv, path_column, speaker_column, emotion_column, gender_column)
-        ignored = 0
-    elif corpus in PARSERS:
-        rows, ignored = _rows_from_names(corpus, src)
-    else:
+    if corpus != "folder" and corpus not in PARSERS:
         raise SerkitError(f"unknown corpus '{corpus}'; choose one of {sorted(PARSERS) + ['folder']}")
-
-    with atomic_dir(out) as tmp:
+    with OutputDir(out, what="output folder") as output:  # taken or unwritable: fails before any file is read
+        ignored, relabelled = 0, {}
+        if corpus == "folder":
+            rows, relabelled = _rows_from_csv(src, csv, path_column, speaker_column, emotion_column, gender_column)
+        else:
+            rows, ignored = _rows_from_names(corpus, src)
+        tmp = output.staging()
         (tmp / "audio").mkdir()
-
-        def convert(row: dict) -> dict | AudioError:
-            source = row.pop("_source")
-            try:
-                wave = load_audio(source)
-                info = sf.info(str(source))
-            except AudioError as exc:
-                return exc
-            row["duration_s"] = round(wave.shape[0] / SAMPLE_RATE, 4)
-            row["orig_sr"] = info.samplerate
-            row["orig_channels"] = info.channels
-            row["source"] = str(source.resolve())
-            if link and info.samplerate == SAMPLE_RATE and info.channels == 1:
-                row["path"] = str(source.resolve())
-                row["_linked"] = True
-            else:
-                target = tmp / "audio" / f"{row['_name']}.flac"
-                write_flac(target, wave)
-                row["path"] = f"audio/{target.name}"
-                row["_linked"] = False
-            return row
-
         with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-            results = list(pool.map(convert, rows))
+            results = list(pool.map(lambda row: _convert(row, tmp / "audio", link), rows))
         bad = [r for r in results if isinstance(r, AudioError)]
         if bad and not skip_bad:
             raise AudioError(f"{bad[0]} ({len(bad)} bad file(s) in all; --skip-bad leaves them out and lists them)")
@@ -195,7 +192,33 @@ def import_corpus(
         write_manifest(frame, tmp / "manifest.csv")
         if n_linked == len(good):
             (tmp / "audio").rmdir()
-    return ImportReport(out, len(good), len(good) - n_linked, n_linked, [str(b) for b in bad], ignored)
+        output.commit()
+    unknown = sorted({e for e in frame["emotion"] if e not in VOCABULARY}) if corpus == "folder" else []
+    return ImportReport(out, len(good), len(good) - n_linked, n_linked, [str(b) for b in bad], ignored,
+                        relabelled=relabelled, unknown_labels=unknown)
+
+
+def _convert(row: dict, audio_dir: Path, link: bool) -> dict | AudioError:
+    """Decode one file (so a corrupt one is found now), then reference it in place or write it as FLAC."""
+    source = row.pop("_source")
+    try:
+        wave = load_audio(source)
+        info = sf.info(str(source))
+    except AudioError as exc:
+        return exc
+    row["duration_s"] = round(wave.shape[0] / SAMPLE_RATE, 4)
+    row["orig_sr"] = info.samplerate
+    row["orig_channels"] = info.channels
+    row["source"] = str(source.resolve())
+    if link and info.samplerate == SAMPLE_RATE and info.channels == 1:
+        row["path"] = str(source.resolve())
+        row["_linked"] = True
+    else:
+        target = audio_dir / f"{row['_name']}.flac"
+        write_flac(target, wave)
+        row["path"] = f"audio/{target.name}"
+        row["_linked"] = False
+    return row
 
 
 def _audio_files(src: Path) -> list[Path]:
@@ -221,23 +244,15 @@ def _rows_from_names(corpus: str, src: Path) -> tuple[list[dict], int]:
     return rows, ignored
 
 
-def _rows_from_csv(src: Path, csv, path_col, speaker_col, emotion_col, gender_col) -> list[dict]:
+def _rows_from_csv(src: Path, csv, path_col, speaker_col, emotion_col, gender_col) -> tuple[list[dict], dict[str, str]]:
     if csv is None:
         raise SerkitError("importing a folder needs --csv LABELS.csv with path, speaker and emotion columns")
     csv = Path(csv)
-    if not csv.is_file():
-        raise ManifestError(f"label CSV not found: {csv}")
-    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    missing = [c for c in (path_col, speaker_col, emotion_col) if c not in table.columns]
-    if missing:
-        raise ManifestError(
-            f"label CSV {csv} lacks column(s) {missing} (has {list(table.columns)}); "
-            "name them with --path-column/--speaker-column/--emotion-column"
-        )
+    table = _read_label_csv(csv, (path_col, speaker_col, emotion_col))
     if table[path_col].duplicated().any():
         dup = table[path_col][table[path_col].duplicated()].iloc[0]
         raise ManifestError(f"label CSV {csv} lists {dup} more than once; each file must appear once")
-    rows, names = [], set()
+    rows, names, relabelled = [], set(), {}
     for _, rec in table.iterrows():
         source = Path(rec[path_col])
         source = source if source.is_absolute() else src / source
@@ -246,7 +261,9 @@ def _rows_from_csv(src: Path, csv, path_col, speaker_col, emotion_col, gender_co
             raise ManifestError(f"label CSV {csv}: two files map to the output name {name}; rename one")
         names.add(name)
         row = {"_source": source, "_name": name, "speaker": rec[speaker_col].strip(),
-               "emotion": rec[emotion_col].strip()}
+               "emotion": normalise_label(rec[emotion_col])}
+        if row["emotion"] != rec[emotion_col].strip():
+            relabelled[rec[emotion_col].strip()] = row["emotion"]
         for col in (speaker_col, emotion_col):
             if not rec[col].strip():
                 raise ManifestError(f"label CSV {csv}: empty '{col}' for {rec[path_col]}; fill it in or drop the row")
@@ -256,4 +273,26 @@ def _rows_from_csv(src: Path, csv, path_col, speaker_col, emotion_col, gender_co
             if col not in (path_col, speaker_col, emotion_col, gender_col):
                 row[col] = rec[col]
         rows.append(row)
-    return rows
+    return rows, relabelled
+
+
+def _read_label_csv(csv: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    if not csv.is_file():
+        raise ManifestError(f"label CSV not found: {csv}")
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ManifestError(f"label CSV {csv} is empty (not even a header); give a header {','.join(required)} "
+                            "and one row per audio file") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot parse label CSV {csv} ({str(exc).strip().splitlines()[-1]}); is it a comma-separated "
+                            "file?") from None
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise ManifestError(
+            f"label CSV {csv} lacks column(s) {missing} (has {list(table.columns)}); "
+            "name them with --path-column/--speaker-column/--emotion-column"
+        )
+    if table.empty:
+        raise ManifestError(f"label CSV {csv} is empty: it has a header but no rows; add one row per audio file")
+    return table

@@ -147,7 +147,7 @@ def save_split(path: Path | str, manifest: Manifest, seed: int, parts: dict | No
             p: {"speakers": len(parts[p]), "utterances": int(manifest.frame["speaker"].isin(parts[p]).sum())}
             for p in PARTS
         }
-    write_json(path, payload)
+    write_json(path, payload, what="split file")
 
 
 def audit(parts: dict, manifest: Manifest, where: str = "split") -> None:
@@ -179,7 +179,7 @@ def load_split(path: Path | str, manifest: Path | str | None = None, fold: int |
         raise SplitError(f"split file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SplitError(f"{path} is not a serkit split file (no \"format\": \"{FORMAT}\"); make one with serkit data split")
-    manifest_path = Path(manifest) if manifest else (path.resolve().parent / payload["manifest"])
+    manifest_path = Path(manifest) if manifest else _recorded_manifest(path, payload)
     loaded = read_manifest(manifest_path)
     if not manifest and loaded.sha256 != payload.get("manifest_sha256"):
         raise SplitError(
@@ -187,7 +187,9 @@ def load_split(path: Path | str, manifest: Path | str | None = None, fold: int |
             "re-run serkit data split on it"
         )
     if payload.get("kind") in FOLDED:
-        folds = payload["folds"]
+        folds = payload.get("folds")
+        if not isinstance(folds, list) or not all(isinstance(f, dict) for f in folds):
+            raise SplitError(f"split file {path} has no list of 'folds' (one train/val/test object each); re-run serkit data split")
         if fold is None:
             raise SplitError(f"split {path} has {len(folds)} {FOLDED[payload['kind']]} folds; choose one (data.fold / --fold)")
         if not 0 <= fold < len(folds):
@@ -199,9 +201,31 @@ def load_split(path: Path | str, manifest: Path | str | None = None, fold: int |
         parts = payload.get("parts")
         if not isinstance(parts, dict):
             raise SplitError(f"split file {path} has no 'parts'; re-run serkit data split")
-    parts = {p: [str(s) for s in parts.get(p, [])] for p in PARTS}
-    audit(parts, loaded, where=f"split {path}" + (f" fold {fold}" if fold is not None else ""))
+    where = f"split {path}" + (f" fold {fold}" if fold is not None else "")
+    parts = {p: _speaker_list(parts.get(p, []), p, where) for p in PARTS}
+    audit(parts, loaded, where=where)
     return Split(parts["train"], parts["val"], parts["test"], loaded, path, fold)
+
+
+def _recorded_manifest(path: Path, payload: dict) -> Path:
+    """The manifest a split file names (relative to the split's folder), checked to be there."""
+    recorded = payload.get("manifest")
+    if not isinstance(recorded, str) or not recorded:
+        raise SplitError(f"split file {path} does not name its manifest (no \"manifest\" entry); give it with --manifest "
+                         "(data.manifest in a recipe), or re-make the split with serkit data split")
+    manifest = path.resolve().parent / recorded
+    if not manifest.is_file():
+        raise SplitError(f"the manifest recorded by split {path} is not at {manifest} (moved or deleted?); give its new "
+                         "place with --manifest (data.manifest in a recipe)")
+    return manifest
+
+
+def _speaker_list(value, part: str, where: str) -> list[str]:
+    # a string is iterable too: "04" would be read as speakers "0" and "4"
+    if not isinstance(value, list):
+        raise SplitError(f"{where}: part '{part}' must be a list of speaker ids, e.g. [\"04\"], not {json.dumps(value)}; "
+                         "fix the file or re-make it with serkit data split")
+    return [str(s) for s in value]
 
 
 def fold_count(path: Path | str) -> int | None:

@@ -215,6 +215,10 @@ class AudioTextModel(SERModel):
     def forward(self, waveform, mask, input_ids=None, attention_mask=None):
         return self.features(waveform, mask, input_ids, attention_mask)["logits"]
 
+    @property
+    def max_seconds(self) -> float | None:
+        return None if self.audio is None else self.audio.max_seconds
+
     def embedding_layers(self) -> list[str]:
         return ["pooled", "fc1", "fc2"]
 

@@ -91,5 +91,10 @@ class FusedClassifier(SERModel):
     def embedding_layers(self) -> list[str]:
         return ["pooled", "fc1", "fc2"]
 
+    @property
+    def max_seconds(self) -> float | None:
+        limits = [m.max_seconds for m in (self.upstream, self.downstream) if m.max_seconds is not None]
+        return min(limits, default=None)
+
     def extra_files(self) -> dict[str, dict]:
         return {f"upstream_{name}": payload for name, payload in self.upstream.extra_files().items()}

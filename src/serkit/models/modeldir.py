@@ -8,7 +8,9 @@ which can run arbitrary code when loaded. Loading a saved model gives bit-identi
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,12 +75,41 @@ def save_model(path: Path | str, model: SERModel, labels: list[str], preprocessi
     if task is not None:
         config["task"] = task
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_dir(path) as tmp:
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+    with atomic_dir(path, what="model directory") as tmp:
+        _save_weights(state, tmp / WEIGHTS)
         for name, payload in model.extra_files().items():
             (tmp / name).write_text(json.dumps(payload, indent=2) + "\n")
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return path
+
+
+def _save_weights(state: dict, file: Path) -> None:
+    try:
+        save_file(state, str(file), metadata={"format": FORMAT})
+    except SafetensorError as exc:  # it wraps the OSError of a full disk in its own error, as text
+        if "No space left on device" in str(exc):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file)) from None
+        raise
+
+
+def _read_json(file: Path, fix: str = "restore it from the trained model"):
+    try:
+        return json.loads(file.read_text())
+    except OSError as exc:
+        raise ModelDirError(f"cannot read {file} ({exc.strerror}); check its permissions (serkit needs to read it)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f"{exc.msg}, line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise ModelDirError(f"{file} is not valid JSON ({where}); {fix}") from None
+
+
+def _check_readable(file: Path) -> None:
+    """safetensors reports every failure to open a file as "No such file or directory"; a file that is
+    there but cannot be read (permissions) must not be called missing or damaged."""
+    try:
+        with open(file, "rb"):
+            pass
+    except OSError as exc:
+        raise ModelDirError(f"cannot read {file} ({exc.strerror}); check its permissions (serkit needs to read it)") from None
 
 
 def load_model(path: Path | str, device: str | torch.device = "cpu") -> SavedModel:
@@ -96,10 +127,7 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> SavedMod
         if pickles:
             raise ModelDirError(_pickle_message(path / pickles[0]))
         raise ModelDirError(f"{path} is not a serkit model directory: no {CONFIG}; give the folder `serkit train` wrote")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelDirError(f"{config_file} is not valid JSON ({exc.msg}, line {exc.lineno}); restore it from the trained model") from None
+    config = _read_json(config_file)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         hint = " (it looks like a transformers checkpoint: use it as model.options.checkpoint in a recipe)" \
             if isinstance(config, dict) and "model_type" in config else ""
@@ -124,14 +152,15 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> SavedMod
             backbone_file = path / "backbone_config.json"
             if not backbone_file.is_file():
                 raise ModelDirError(f"{path} has no backbone_config.json (needed for a {arch.name} model)")
-            kwargs["saved_backbone_config"] = json.loads(backbone_file.read_text())
+            kwargs["saved_backbone_config"] = _read_json(backbone_file)
         elif arch.family == "audiotext":  # text encoder config + tokenizer, audio backbone config
-            kwargs["saved_files"] = {f.name: json.loads(f.read_text()) for f in path.glob("*.json") if f.name != CONFIG}  # may be {}
+            kwargs["saved_files"] = {f.name: _read_json(f) for f in path.glob("*.json") if f.name != CONFIG}  # may be {}
         elif arch.family == "fused" and (path / "upstream_backbone_config.json").is_file():
-            kwargs["saved_upstream_backbone_config"] = json.loads((path / "upstream_backbone_config.json").read_text())
+            kwargs["saved_upstream_backbone_config"] = _read_json(path / "upstream_backbone_config.json")
         model = build_model(config["architecture"], config["options"], len(labels), **kwargs)
     except ConfigError as exc:
         raise ModelDirError(f"{config_file}: {exc}") from None
+    _check_readable(weights)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:

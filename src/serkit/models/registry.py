@@ -55,6 +55,11 @@ class SERModel(nn.Module, abc.ABC):
         """JSON files saved beside the weights (e.g. a transformers config)."""
         return {}
 
+    @property
+    def max_seconds(self) -> float | None:
+        """The longest input the model accepts (Whisper: its 30-s window); None: any length."""
+        return None
+
 
 @dataclass(frozen=True)
 class Architecture:

@@ -9,13 +9,11 @@ with its model), `comparison.json` and `comparison.md`.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from serkit.config import Recipe
 from serkit.errors import ConfigError
-from serkit.io import refuse_existing, write_json, write_text
+from serkit.io import OutputDir, write_json, write_text
 from serkit.metrics import paired_uar_test, significance_marker, z_test_one_tailed
 from serkit.training import train
 
@@ -42,13 +40,8 @@ def transfer(recipe: Recipe, baselines: tuple[str, ...] | list[str] = ("base",),
         if not upstream:
             raise ConfigError("transfer-learning baselines need the upstream model: pass --upstream MODEL_DIR")
         upstream_layer = meta.get("layer") if meta.get("layer") in ("fc1", "fc2", "pooled") else "fc1"
-    out = Path(recipe.output_dir)
-    refuse_existing(out, "output directory")
-    work = out.with_name(f".{out.name}.partial")
-    if work.exists():
-        shutil.rmtree(work)  # left by an interrupted run of the same recipe
-    work.mkdir(parents=True)
-    try:
+    with OutputDir(recipe.output_dir, what="output directory") as output:  # taken, existing or unwritable: fails before training
+        work = output.staging()
         variants = {"nsl": recipe.model_copy(update={"output_dir": work / "nsl"})}
         if "base" in baselines:
             variants["base"] = recipe.model_copy(update={"output_dir": work / "base", "graph": None})
@@ -65,10 +58,7 @@ def transfer(recipe: Recipe, baselines: tuple[str, ...] | list[str] = ("base",),
         comparison = compare(metrics, recipe, {name: work / name for name in variants})
         write_json(work / "comparison.json", comparison)
         write_text(work / "comparison.md", comparison_markdown(comparison))
-        os.rename(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        output.commit()
     return comparison
 
 
