@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from serkit.config import parse_value
 from serkit.models import load_model
 from serkit.unlearning.commitments import commitments
 from serkit.unlearning.evaluation import forget_report
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--speakers", nargs="*", help="one training speaker per request (default: the first K)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--retrain-seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                        help="a parameter of the unlearning method, for the sequential and the joint requests")
     parser.add_argument("-o", "--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -52,6 +55,7 @@ def main() -> None:
         log_file.write(line + "\n")
         log_file.flush()
 
+    params = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.params)}
     base = load_model(args.model_dir)
     data = training_data(base, split=args.split)
     speakers = args.speakers or data.trained_speakers[: args.requests]
@@ -76,7 +80,8 @@ def main() -> None:
         chain.append(out / "receipt.json")
         if not (out / "receipt.json").is_file():
             start = time.perf_counter()
-            result = forget(previous, out, speaker=speaker, n=args.n, seed=args.seed, split=args.split, log=log)
+            result = forget(previous, out, speaker=speaker, n=args.n, seed=args.seed, split=args.split, params=params,
+                            log=log)
             log(f"request {k} (speaker {speaker}): {time.perf_counter() - start:.0f} s wall, "
                 f"{result.receipt['timing']['unlearn_seconds']:.0f} s unlearning")
         receipt = json.loads((out / "receipt.json").read_text())
@@ -93,7 +98,7 @@ def main() -> None:
     together = args.out / "together"
     if not (together / "receipt.json").is_file():
         forget(args.model_dir, together, files=[str(p) for p in union.audio_paths()], seed=args.seed, split=args.split,
-               log=log)
+               params=params, log=log)
     results["together"] = _receipt_summary(json.loads((together / "receipt.json").read_text()))
     save()
 
@@ -152,8 +157,8 @@ def _table(results: dict, speakers: list[str], n: int, seeds: list[int]) -> str:
     per_request = ", ".join(f"{results[f'sequential-{k}']['seconds']:.0f}" for k in range(1, len(speakers) + 1))
     return (f"{len(speakers)} requests of N = {n} (speakers {', '.join(speakers)}), one request of all {len(speakers) * n}, "
             f"and retraining without them (seeds {seeds}); the forgotten = all {len(speakers) * n} utterances.\n\n"
-            + "\n".join(rows) + f"\n\nSequential requests took {per_request} s (sum {seq_seconds:.0f} s); retraining "
-            f"{np.mean(retrain):.0f} s on average.\n")
+            + "\n".join(rows) + f"\n\nSequential requests took {per_request} s (sum {seq_seconds:.0f} s)"
+            + (f"; retraining {np.mean(retrain):.0f} s on average.\n" if retrain else ".\n"))
 
 
 if __name__ == "__main__":

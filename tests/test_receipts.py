@@ -369,3 +369,14 @@ def test_a_data_subject_gets_their_own_request_key_alone(model_dir, tiny_split, 
     assert [c.ok for c in checks if c.name == "forget set"] == [True]
     first_checks = verify(first.out_dir / "receipt.json", forget_files=files, keys=tmp_path / "subject.json")
     assert "hold no key for this request" in next(c.detail for c in first_checks if c.name == "forget set")
+
+
+def test_a_forgotten_model_is_still_checked_for_seen_speakers_against_its_own_split(signed_request, tiny_split,
+                                                                                    tmp_path, capsys):
+    model = str(signed_request.model_dir)
+    capsys.readouterr()
+    assert run(["evaluate", model, "--split", str(tiny_split), "--part", "train", "-o", str(tmp_path / "train")]) == 2
+    assert "was trained on speaker(s) 01, 02, 03, 04" in capsys.readouterr().err
+    assert run(["evaluate", model, "--split", str(tiny_split), "--part", "test", "-o", str(tmp_path / "test")]) == 0
+    assert "cannot check" not in capsys.readouterr().err
+    assert "seen_speakers" not in json.loads((tmp_path / "test" / "metrics.json").read_text())

@@ -187,8 +187,8 @@ def evaluate(
 
     check_batch_size(batch_size)
     saved = load_model(model_dir)
-    rows, source, name = _rows_to_evaluate(split, manifest, part, fold)
-    seen = _check_unseen(saved, rows, source, allow_seen_speakers)
+    rows, source, name, split_parts = _rows_to_evaluate(split, manifest, part, fold)
+    seen = _check_unseen(saved, rows, source, allow_seen_speakers, split_parts)
     out = out or model_dir.parent / f"{model_dir.name}-eval-{name}"
     with OutputDir(out, what="output folder") as output:  # taken or unwritable: fails before any audio is read
         regression = saved.task and saved.task.get("type") == "regression"
@@ -198,25 +198,27 @@ def evaluate(
 
 
 def _rows_to_evaluate(split: Path | None, manifest: Path | None, part: str, fold: int | None):
-    """The rows `serkit evaluate` scores, where they come from (for the report), and the results' name."""
+    """The rows `serkit evaluate` scores, where they come from (for the report), the results' name, and the
+    split's parts (None without a split)."""
     from serkit.data.manifest import read_manifest
     from serkit.data.splits import load_split
 
     if split is not None:
-        rows, source, name = load_split(split, manifest, fold).part(part), f"{part} part of {split}", part
+        loaded = load_split(split, manifest, fold)
+        rows, source, name = loaded.part(part), f"{part} part of {split}", part
         if len(rows) == 0:
             raise SerkitError(f"the {part} part of {split} has no utterances")
-        return rows, source, name
+        return rows, source, name, loaded.parts()
     if manifest is not None:
-        return read_manifest(manifest), str(manifest), "all"
+        return read_manifest(manifest), str(manifest), "all", None
     raise SerkitError("give --split SPLIT.json (with --part) or --manifest MANIFEST.csv")
 
 
-def _check_unseen(saved, rows, source: str, allow_seen: bool) -> list[str] | None:
+def _check_unseen(saved, rows, source: str, allow_seen: bool, split_parts: dict | None = None) -> list[str] | None:
     """Refuse to score speakers the model trained on as if unseen; say so when it cannot be checked."""
     from serkit.evaluation import seen_speakers
 
-    seen = seen_speakers(saved, rows.speakers)
+    seen = seen_speakers(saved, rows.speakers, split_parts)
     if seen is None:
         _print_note("note", f"model {saved.path} does not list the speakers it was trained on; serkit cannot check "
                     "that the evaluated speakers are unseen")

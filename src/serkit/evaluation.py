@@ -69,11 +69,17 @@ def recall_table(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def seen_speakers(saved: SavedModel, speakers) -> list[str] | None:
+def seen_speakers(saved: SavedModel, speakers, split_parts: dict | None = None) -> list[str] | None:
     """The speakers among `speakers` that the model was trained on, from its provenance; None when it
-    does not list them (a model from elsewhere, or after `serkit forget`, which keeps them private)."""
+    does not list them (a model from elsewhere). A model after `serkit forget` keeps them private but
+    records a hash of its split: `split_parts` of that same split tell them again."""
+    from serkit.unlearning.redaction import split_parts_sha256
+
     provenance = saved.config.get("provenance") or {}
     parts = provenance.get("speakers")
+    recorded = provenance.get("split_parts_sha256")
+    if not isinstance(parts, dict) and split_parts and recorded and split_parts_sha256(split_parts) == recorded:
+        parts = split_parts
     if not isinstance(parts, dict):
         return None
     trained = {str(s) for part in provenance.get("trained_on") or ["train"] for s in parts.get(part) or []}

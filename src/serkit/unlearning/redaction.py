@@ -66,17 +66,15 @@ def identifiers_of(speakers: list[str], paths: list[str]) -> list[str]:
 def find_traces(folder: Path | str, identifiers: list[str], raw: bool = True) -> list[str]:
     """Where an identifier, or the MD5, SHA-1 or SHA-256 of it, appears in the folder's files.
 
-    Returns "file: what" lines. An identifier itself is matched as a whole token (so speaker "05"
-    is not found inside "0.05" or "12:05:33"); `raw=False` looks for the hashes only (short ids such as a speaker
-    "1" also occur as ordinary words)."""
+    Returns "file: what" lines. An identifier itself is matched as a whole token (see _token_pattern);
+    `raw=False` looks for the hashes only."""
     needles: list[tuple[str, re.Pattern]] = []
     for ident in identifiers:
         for algorithm in ("md5", "sha1", "sha256"):
             digest = hashlib.new(algorithm, ident.encode()).hexdigest()
             needles.append((f"{algorithm}({ident!r})", re.compile(re.escape(digest), re.IGNORECASE)))
         if raw:
-            # not inside a number, a hex digest or a time of day ("0.05", "a05f", "15:05:09")
-            needles.append((repr(ident), re.compile(r"(?<![A-Za-z0-9._:+-])" + re.escape(ident) + r"(?![A-Za-z0-9_:-])")))
+            needles.append((repr(ident), _token_pattern(ident)))
     hits = []
     for file in sorted(Path(folder).rglob("*")):
         if not file.is_file():
@@ -86,6 +84,16 @@ def find_traces(folder: Path | str, identifiers: list[str], raw: bool = True) ->
             if pattern.search(text):
                 hits.append(f"{file.relative_to(folder)}: {what}")
     return hits
+
+
+def _token_pattern(ident: str) -> re.Pattern:
+    """An identifier as a whole token: not inside a number, a hex digest or a time of day ("0.05", "a05f",
+    "15:05:09"). A purely numeric id ("10", RAVDESS' actor 10) also counts as a quoted string or after a
+    word that names a speaker ("actor 10", "Actor_10", "speaker: 10"), not as the number 10 in "10 epochs"."""
+    escaped = re.escape(ident)
+    if ident.isdigit():
+        return re.compile(rf"[\"']{escaped}[\"']|(?i:speaker|actor|spk|subject)\S{{0,4}}\s?{escaped}(?![0-9])")
+    return re.compile(r"(?<![A-Za-z0-9._:+-])" + escaped + r"(?![A-Za-z0-9_:-])")
 
 
 def _readable_text(file: Path) -> str:

@@ -394,6 +394,8 @@ def reproduce(model_dir: Path | str, receipt_path: Path | str, *, files: list[st
     detail = "identical" if same_figures else "; ".join(
         f"{k} {figures[k]:.4f} -> {again.get(k, float('nan')):.4f}" for k in figures if figures[k] != again.get(k))
     lines.append(("OK  " if same_figures else "DIFF") + f"  figures: {len(figures)} {detail}")
+    lines.append(f"--    time: unlearning took {ours['timing']['unlearn_seconds']:.0f} s here, "
+                 f"{receipt['timing']['unlearn_seconds']:.0f} s in the receipt")
     return Reproduction(same_model and same_figures, lines, ours)
 
 
