@@ -26,10 +26,10 @@ import pandas as pd
 from serkit.config import parse_value
 from serkit.models import load_model
 from serkit.unlearning.commitments import commitments
-from serkit.unlearning.evaluation import forget_report
+from serkit.unlearning.evaluation import evaluation_sets, forget_report
 from serkit.unlearning.forget_set import ForgetSet, build_forget_set, training_data
 from serkit.unlearning.keys import load_request_keys
-from serkit.unlearning.run import evaluation_sets, forget
+from serkit.unlearning.run import forget
 from serkit.unlearning.verify import verify_chain
 
 

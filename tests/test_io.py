@@ -41,13 +41,30 @@ def test_overwrite_replaces_only_outputs_it_recognises_and_clears_stale_leftover
     assert (tmp_path / "theirs" / "thesis.tex").is_file()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "ours.txt").write_text("old")
-    (tmp_path / ".mine.x1y2.partial").mkdir()  # a killed run's working folder
+    (tmp_path / ".mine.x1y2z3w4.partial").mkdir()  # a killed run's working folder
     (tmp_path / ".mine.old").mkdir()  # the fixed-name leftover of older serkit versions
-    (tmp_path / ".mine.k3.old").mkdir()
+    (tmp_path / ".mine.k3k3k3k3.old").mkdir()
+    (tmp_path / ".mine.v2.a1b2c3d4.partial").mkdir()  # the live working folder of another output, "mine.v2"
     with atomic_dir(tmp_path / "mine", overwrite=True, recognise=_is_ours) as tmp:
         (tmp / "ours.txt").write_text("new")
     assert (tmp_path / "mine" / "ours.txt").read_text() == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "theirs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mine.v2.a1b2c3d4.partial", "mine", "theirs"]
+
+
+def test_an_output_a_crash_left_half_replaced_is_put_back(tmp_path):
+    (tmp_path / ".out.q1w2e3r4.old" / "previous").mkdir(parents=True)  # died between its two renames
+    (tmp_path / ".out.q1w2e3r4.old" / "previous" / "ours.txt").write_text("the old result")
+    with pytest.raises(SerkitError, match="already exists"):
+        with atomic_dir(tmp_path / "out"):
+            pass
+    assert (tmp_path / "out" / "ours.txt").read_text() == "the old result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_working_folder_is_private_until_it_is_committed(tmp_path):
+    with atomic_dir(tmp_path / "out") as tmp:
+        assert os.stat(tmp).st_mode & 0o077 == 0
+    assert os.stat(tmp_path / "out").st_mode & 0o077 != 0
 
 
 def test_an_output_that_appears_meanwhile_is_not_replaced(tmp_path):

@@ -99,7 +99,8 @@ def test_the_same_request_twice_gives_a_bit_identical_model_and_the_same_figures
     subprocess.run([sys.executable, "-m", "serkit.cli", "forget", str(model_dir), "-o", str(tmp_path / "p"), "--speaker",
                     "03", "--n", "4", "--seed", "2", *quick], check=True, capture_output=True,
                    env={**os.environ, "PYTHONHASHSEED": "12345"})
-    assert json.loads((tmp_path / "p" / "receipt.json").read_text())["model_after"] == first.receipt["model_after"]
+    assert json.loads((tmp_path / "p" / "receipt.json").read_text())["model_after"]["weights_sha256"] == \
+        first.receipt["model_after"]["weights_sha256"]
     other_seed = forget(model_dir, tmp_path / "c", speaker="03", n=4, seed=3, params=QUICK, **quiet)
     assert other_seed.receipt["model_after"]["weights_sha256"] != first.receipt["model_after"]["weights_sha256"]
 
@@ -224,7 +225,7 @@ def test_sequential_requests_chain_and_refuse_what_was_already_forgotten(model_d
     second = forget(first.model_dir, tmp_path / "r2", speaker="03", n=3, method="random-label", params=FAST,
                     split=tiny_split, **quiet)
     assert second.receipt["chain"]["index"] == 2
-    assert second.receipt["model_before"] == {"weights_sha256": first.receipt["model_after"]["weights_sha256"]}
+    assert second.receipt["model_before"] == {k: v for k, v in first.receipt["model_after"].items() if k != "path"}
     history = load_model(second.model_dir).config["provenance"]["unlearning_history"]
     assert [h["index"] for h in history] == [1, 2] and [h["n"] for h in history] == [3, 3]
     assert _passes(verify_chain([first.out_dir / "receipt.json", second.out_dir / "receipt.json"]))
@@ -380,3 +381,83 @@ def test_a_forgotten_model_is_still_checked_for_seen_speakers_against_its_own_sp
     assert run(["evaluate", model, "--split", str(tiny_split), "--part", "test", "-o", str(tmp_path / "test")]) == 0
     assert "cannot check" not in capsys.readouterr().err
     assert "seen_speakers" not in json.loads((tmp_path / "test" / "metrics.json").read_text())
+
+
+def test_a_receipt_re_signed_by_another_key_is_not_called_ok(signed_request, signing, tiny_split, tmp_path):
+    from serkit.unlearning.keys import load_signing_key, sign
+    from serkit.unlearning.receipts import canonical_bytes
+
+    out = signed_request.out_dir
+    receipt = json.loads((out / "receipt.json").read_text())
+    assert run(["keys", "new", "-o", str(tmp_path / "forger")]) == 0
+    forged = {k: v for k, v in receipt.items() if k != "signature"}
+    forged["evaluation"]["after"]["forget"]["accuracy"] = 0.0
+    forged["signature"] = sign(load_signing_key(tmp_path / "forger" / "signing.key"), canonical_bytes(forged))
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    alone = {c.name: c for c in verify(tmp_path / "forged.json")}["signature"]
+    assert alone.ok is None and "not checked against a key you trust" in alone.detail
+    trusted = {c.name: c for c in verify(tmp_path / "forged.json", public_key=signing[1])}["signature"]
+    assert trusted.ok is False and "not by the given key" in trusted.detail
+    relabelled = json.loads(json.dumps(forged))
+    relabelled["signature"]["key_fingerprint"] = receipt["signature"]["key_fingerprint"]  # claims the owner's key
+    (tmp_path / "relabelled.json").write_text(json.dumps(relabelled))
+    claim = {c.name: c for c in verify(tmp_path / "relabelled.json")}["signature"]
+    assert claim.ok is False and "was edited" in claim.detail
+    # a chain whose receipts are signed by two keys is not one owner's chain
+    second = forget(signed_request.model_dir, tmp_path / "next", speaker="03", n=2, method="random-label", params=FAST,
+                    split=tiny_split, sign_key=tmp_path / "forger" / "signing.key", **quiet)
+    links = {c.name: c for c in verify_chain([out / "receipt.json", second.out_dir / "receipt.json"])}
+    assert links["one signer"].ok is False and "2 different keys" in links["one signer"].detail
+
+
+def test_a_model_whose_config_was_changed_is_not_the_receipts(signed_request, tiny_split, tiny_manifest, tmp_path):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(signed_request.model_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["labels"][0], config["labels"][1] = config["labels"][1], config["labels"][0]  # every prediction changes
+    (copy / "config.json").write_text(json.dumps(config, indent=2))
+    check = {c.name: c for c in verify(signed_request.out_dir / "receipt.json", model=copy)}["model"]
+    assert check.ok is False and "config.json differ" in check.detail
+    # re-evaluation checks the model it measures, the one beside the receipt by default
+    files = [str(p) for p in _committed_files(signed_request, tiny_manifest)]
+    beside = {c.name: c for c in verify(signed_request.out_dir / "receipt.json", forget_files=files,
+                                        keys=signed_request.keys_file, split=tiny_split)}
+    assert beside["model"].ok is True and beside["figures, re-evaluated"].ok is True
+
+
+def test_overwrite_never_destroys_a_requests_keys_and_a_later_keys_file_serves_an_earlier_model(
+        model_dir, tiny_split, tmp_path):
+    first = forget(model_dir, tmp_path / "r1", speaker="02", n=2, method="random-label", params=FAST, **quiet)
+    with pytest.raises(SerkitError, match="holds forget-keys.json, the only key to its request's commitments"):
+        forget(model_dir, tmp_path / "r1", speaker="02", n=2, method="random-label", params=FAST, overwrite=True, **quiet)
+    with pytest.raises(SerkitError, match="--key-out .* lies inside the output"):
+        forget(model_dir, tmp_path / "r9", speaker="02", n=2, keys_out=tmp_path / "r9" / "k.json", **quiet)
+    second = forget(first.model_dir, tmp_path / "r2", speaker="03", n=2, method="random-label", params=FAST,
+                    split=tiny_split, **quiet)
+    # a branch from the first model, given the second request's keys (which hold the first's too)
+    branch = forget(first.model_dir, tmp_path / "branch", speaker="04", n=2, method="random-label", params=FAST,
+                    split=tiny_split, keys=second.keys_file, **quiet)
+    assert branch.receipt["chain"]["index"] == 2
+    assert branch.receipt["chain"]["previous_receipt_sha256"] == second.receipt["chain"]["previous_receipt_sha256"]
+
+
+def test_a_whole_speaker_request_does_not_show_it_by_a_missing_figure(model_dir, tmp_path):
+    whole = forget(model_dir, tmp_path / "whole", speaker="02", method="random-label", params=FAST, **quiet)
+    part = forget(model_dir, tmp_path / "part", speaker="03", n=5, method="random-label", params=FAST, **quiet)
+    for result in (whole, part):
+        other = result.receipt["evaluation"]["after"]["speaker_other_training"]
+        assert set(other) == {"accuracy"}  # never the count of the speaker's other utterances
+    assert whole.receipt["evaluation"]["after"]["speaker_other_training"]["accuracy"] is None
+    accuracy = part.receipt["evaluation"]["after"]["speaker_other_training"]["accuracy"]
+    assert accuracy == round(accuracy, 2)
+
+
+def test_reproduce_a_request_that_was_compared_with_a_retrained_model(model_dir, tmp_path):
+    reference = forget(model_dir, tmp_path / "ref", speaker="04", n=2, method="retrain", params={"max_epochs": 1}, **quiet)
+    compared = forget(model_dir, tmp_path / "cmp", speaker="04", n=2, method="random-label", params=FAST,
+                      retrained=reference.model_dir, **quiet)
+    assert "vs_retrained" in compared.receipt["evaluation"]["after"]
+    again = reproduce(model_dir, compared.out_dir / "receipt.json", speaker="04", n=2, **quiet)
+    assert again.identical

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,9 @@ def reproducible(seed: int, threads: int | None = None, deterministic: bool = Tr
         "algorithms": (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()),
         "cudnn": (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark),
         "threads": torch.get_num_threads(),
+        "python_rng": random.getstate(),
+        "tf32": (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32),
+        "matmul_precision": torch.get_float32_matmul_precision(),
     }
     found = Determinism()
     with warnings.catch_warnings(record=True) as caught:
@@ -50,8 +54,12 @@ def reproducible(seed: int, threads: int | None = None, deterministic: bool = Tr
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs to be deterministic
                 torch.use_deterministic_algorithms(True, warn_only=True)
                 torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+            # TF32 matmuls round differently from float32 ones; a caller (or Lightning) may have turned them on
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
+            torch.set_float32_matmul_precision("highest")
             torch.manual_seed(seed)  # seeds CUDA too
             np.random.seed(seed % 2**32)
+            random.seed(seed)
             yield found
         finally:
             torch.set_rng_state(saved["torch_rng"])
@@ -61,6 +69,9 @@ def reproducible(seed: int, threads: int | None = None, deterministic: bool = Tr
             torch.use_deterministic_algorithms(saved["algorithms"][0], warn_only=saved["algorithms"][1])
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved["cudnn"]
             torch.set_num_threads(saved["threads"])
+            random.setstate(saved["python_rng"])
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved["tf32"]
+            torch.set_float32_matmul_precision(saved["matmul_precision"])
     for w in caught:
         text = str(w.message)
         if "deterministic" in text and "implementation" in text:

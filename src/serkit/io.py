@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -86,8 +87,9 @@ class OutputDir:
     aimed at the same output fails at once instead of replacing the first one's result at the
     end. It then checks the rules a user relies on before any work starts: `path` is not there
     (or, with `overwrite`, is an output `recognise` accepts as serkit's own), and its folder can be
-    written. Leftovers of crashed runs (`.NAME.*.partial`, `.NAME.*.old`) are removed: while the
-    lock is held they belong to no live run. `staging()` gives the folder to write into;
+    written. Leftovers of crashed runs (`.NAME.XXXXXXXX.partial`, `.NAME.XXXXXXXX.old`) are removed
+    (while the lock is held they belong to no live run), except an old output a crash left half
+    replaced, which is put back. `staging()` gives the folder to write into;
     `commit()` renames it to `path` (never onto something that appeared meanwhile); leaving the
     block without committing, or by an exception, removes it.
     """
@@ -108,15 +110,25 @@ class OutputDir:
         self._lock = _Lock(self.path.with_name(f".{self.path.name}.lock"), f"{self.what} {self.path}")
         self._lock.acquire()
         try:
+            self._recover_or_clear_leftovers()
             self.check_rules()  # again, now that no other serkit run can change the answer
-            name = _glob_escape(self.path.name)
-            for pattern in (f".{name}.*.partial", f".{name}.*.old", f".{name}.partial", f".{name}.old"):  # the last two:
-                for stale in self.path.parent.glob(pattern):  # the fixed names of serkit 0.1's first versions
-                    shutil.rmtree(stale, ignore_errors=True)
         except BaseException:
             self._lock.release()
             raise
         return self
+
+    def _recover_or_clear_leftovers(self) -> None:
+        """A run that died while replacing `path` left the old output in `.NAME.XXXXXXXX.old/previous`: put it
+        back. Every other working folder of this output belongs to no live run (we hold the lock)."""
+        pattern = re.compile(rf"\.{re.escape(self.path.name)}(\.[a-z0-9_]{{8}})?\.(partial|old)")  # mkdtemp's 8 characters;
+        leftovers = sorted(p for p in self.path.parent.iterdir() if pattern.fullmatch(p.name))  # none: serkit 0.1's names
+        if not self.path.exists() and not self.path.is_symlink():
+            for old in leftovers:
+                if old.name.endswith(".old") and (old / "previous").is_dir():
+                    os.rename(old / "previous", self.path)
+                    break
+        for stale in leftovers:
+            shutil.rmtree(stale, ignore_errors=True)
 
     def check_rules(self) -> None:
         if not self.path.exists() and not self.path.is_symlink():
@@ -129,15 +141,16 @@ class OutputDir:
                               "will not delete it; choose another output path")
 
     def staging(self) -> Path:
+        """The working folder: private (0700) while it is written, an ordinary folder once committed."""
         if self._staging is None:
             self._staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent))
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self._staging, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
         return self._staging
 
     def commit(self) -> Path:
         staging = self.staging()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
         if self.path.exists() or self.path.is_symlink():
             try:
                 self.check_rules()
@@ -186,10 +199,6 @@ def nearest_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
-
-
-def _glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 class _Lock:

@@ -49,12 +49,14 @@ def register(app: typer.Typer, console) -> None:
         files = read_file_list(forget_list) if forget_list else None
         if reproduce is not None:
             given = [name for name, value in (("--set", set_), ("--method", method != "adv-ewc"), ("--eval-part", eval_part),
-                                              ("--seed", seed != 0), ("--sign-key", sign_key)) if value]
+                                              ("--seed", seed != 0), ("--sign-key", sign_key), ("--key-out", key_out),
+                                              ("--skip-forgotten", skip_forgotten), ("--require-target", require_target),
+                                              ("--retrained", retrained), ("--overwrite", overwrite)) if value]
             if given:
-                raise SerkitError(f"--reproduce takes the method, parameters, seed and evaluation part from the receipt; "
-                                  f"drop {', '.join(given)}")
+                raise SerkitError(f"--reproduce takes the method, parameters, seed and evaluation part from the receipt "
+                                  f"and writes no new request; drop {', '.join(given)}")
             result = rerun(model_dir, reproduce, files=files, speaker=speaker, n=n, keys=key, manifest=manifest,
-                           split=split, out=out, device=device, log=console.print)
+                           split=split, remain=remain, strict=strict, out=out, device=device, log=console.print)
             for line in result.lines:
                 console.print(line, highlight=False)
             console.print("reproduced: identical" if result.identical else "reproduced: NOT identical", highlight=False)

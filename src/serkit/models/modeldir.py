@@ -50,6 +50,13 @@ class SavedModel:
         return sha256_file(self.path / WEIGHTS) if self.path else ""
 
 
+def file_hashes(path: Path | str) -> dict[str, str]:
+    """SHA-256 of every file of a model directory: the weights alone do not fix what a model predicts
+    (config.json's label order and preprocessing do too)."""
+    path = Path(path)
+    return {str(f.relative_to(path)): sha256_file(f) for f in sorted(path.rglob("*")) if f.is_file()}
+
+
 def save_model(path: Path | str, model: SERModel, labels: list[str], preprocessing: Preprocessing,
                provenance: dict | None = None, task: dict | None = None) -> Path:
     """Write a new model directory at `path` (refused if it exists; written atomically).

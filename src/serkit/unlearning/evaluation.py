@@ -14,13 +14,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from serkit.data.dataset import load_waves
+from serkit.data.manifest import Manifest
+from serkit.errors import SerkitError
 from serkit.inference import model_outputs
 from serkit.metrics import uar, war
+
+if TYPE_CHECKING:
+    from serkit.models.modeldir import SavedModel
+    from serkit.unlearning.forget_set import ForgetSet, TrainingData
 
 
 @dataclass
@@ -70,3 +78,30 @@ def forget_report(model, forget: EvalSet, unseen: EvalSet, other: EvalSet | None
             "uar_gap_unseen": uar(unseen.labels, u_pred) - uar(unseen.labels, r_pred),
         }
     return report
+
+
+def _label_indices(saved: SavedModel, frame) -> np.ndarray:
+    index = {label: i for i, label in enumerate(saved.labels)}
+    return np.array([index[e] for e in frame["emotion"]], dtype=np.int64)
+
+
+def _eval_set(saved: SavedModel, name: str, manifest: Manifest) -> EvalSet:
+    manifest.check_labels(saved.labels, f"model {saved.path}")
+    return EvalSet(name, load_waves(manifest.audio_paths(), saved.preprocessing), _label_indices(saved, manifest.frame))
+
+
+def evaluation_sets(saved: SavedModel, data: TrainingData, forget_set: ForgetSet,
+                    part: str) -> tuple[EvalSet, EvalSet, EvalSet | None]:
+    """The forget set, the unseen speakers of `part`, and the forgotten speakers' other training utterances."""
+    unseen_speakers = data.held_out.get(part)
+    if not unseen_speakers:
+        raise SerkitError(f"the model has no '{part}' speakers it never trained on to evaluate against "
+                          f"(held out: {sorted(k for k, v in data.held_out.items() if v)})")
+    frame = data.manifest.frame
+    forget_eval = EvalSet("forget", load_waves(forget_set.audio_paths(), saved.preprocessing),
+                          _label_indices(saved, forget_set.rows))
+    unseen = _eval_set(saved, part, data.manifest.subset(unseen_speakers))
+    others = frame[frame["speaker"].isin(forget_set.speakers) & ~frame["path"].isin(set(forget_set.rows["path"]))]
+    other = _eval_set(saved, "speaker_other_training", Manifest(others.reset_index(drop=True), data.manifest.file)) \
+        if len(others) else None
+    return forget_eval, unseen, other

@@ -321,8 +321,11 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
                     params["target_accuracy"] = reference
         log(f"[{i}/{count}] {key}")
         try:
+            # a run folder without its results row is a run that died before the row was written: run it again
+            # (an experiment's request keys are worth nothing once its row is gone)
+            shutil.rmtree(out / "runs" / slug, ignore_errors=True)
             result = forget(model_dir, out / "runs" / slug, speaker=speaker, n=n, seed=seed, method=method,
-                            params=params, eval_part=SETTINGS[setting], overwrite=True, log=lambda *a: None)
+                            params=params, eval_part=SETTINGS[setting], log=lambda *a: None)
         except Exception as err:  # e.g. no PGD sample reached its target: one run, not the whole grid
             log(f"  failed: {type(err).__name__}: {err}")
             failed.append({"key": key, "error": f"{type(err).__name__}: {err}"})

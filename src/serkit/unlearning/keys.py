@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from serkit.errors import SerkitError
-from serkit.io import refuse_existing
+from serkit.io import refuse_existing, write_text
 from serkit.unlearning.commitments import commit
 
 KEYS_FORMAT = "serkit-forget-keys"
@@ -43,6 +43,10 @@ class KeyFileError(SerkitError):
     """A key file is missing, readable by others, or not in the expected format."""
 
 
+class UnknownRequestError(KeyFileError):
+    """A request keys file holds no key for the request asked for (another request's keys)."""
+
+
 def write_private(path: Path | str, data: bytes) -> Path:
     """Write a new owner-only file (0600) atomically: no moment where others could read it."""
     path = Path(path)
@@ -52,7 +56,10 @@ def write_private(path: Path | str, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # a key that a power cut loses is a receipt nobody can open
         os.link(tmp, path)  # unlike rename, never replaces a file that appeared meanwhile
+        _fsync_folder(path.parent)
     except FileExistsError:
         raise KeyFileError(f"key file {path} appeared while serkit was writing it; nothing was replaced") from None
     finally:
@@ -61,11 +68,19 @@ def write_private(path: Path | str, data: bytes) -> Path:
     return path
 
 
-def read_private(path: Path | str, what: str) -> bytes:
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_private(path: Path | str, what: str, made_by: str) -> bytes:
     path = Path(path)
     if not path.is_file():
         raise KeyFileError(f"{what} {path} not found" + (" (it is a folder)" if path.is_dir() else "")
-                           + f"; give the file serkit wrote ({'serkit keys new' if 'signing' in what else 'serkit forget'})")
+                           + f"; give the file {made_by} wrote")
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise KeyFileError(f"{what} {path} can be read by others (mode {mode:04o}); a secret must be the owner's alone: "
@@ -87,14 +102,12 @@ def new_signing_key(out_dir: Path | str) -> tuple[Path, Path]:
     key = Ed25519PrivateKey.generate()
     write_private(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                              serialization.NoEncryption()))
-    from serkit.io import write_text
-
     write_text(public, public_pem(key.public_key()))
     return private, public
 
 
 def load_signing_key(path: Path | str) -> Ed25519PrivateKey:
-    data = read_private(path, "signing key")
+    data = read_private(path, "signing key", "serkit keys new")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -191,9 +204,16 @@ class RequestKeys:
             if r.request_id == request_id:
                 return r
         where = f" {self.file}" if self.file else ""
-        raise KeyFileError(f"request keys{where} hold no key for request {request_id[:12]}… (they cover requests "
+        raise UnknownRequestError(f"request keys{where} hold no key for request {request_id[:12]}… (they cover requests "
                            f"{', '.join(r.request_id[:8] for r in self.requests) or 'none'}); give the keys file written "
                            "with that request or a later one of the same model")
+
+    def up_to(self, model_weights_sha256: str) -> RequestKeys:
+        """The requests up to the one that made this model (a later request's keys file holds them too)."""
+        for i, r in enumerate(self.requests):
+            if r.model_after == model_weights_sha256:
+                return RequestKeys(self.requests[:i + 1], self.file)
+        return self
 
     def before(self, index: int) -> RequestKeys:
         return RequestKeys([r for r in self.requests if r.index < index], self.file)
@@ -218,7 +238,7 @@ class RequestKeys:
 
 def load_request_keys(path: Path | str) -> RequestKeys:
     path = Path(path)
-    data = read_private(path, "request keys file")
+    data = read_private(path, "request keys file", "serkit forget")
     try:
         payload = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError):

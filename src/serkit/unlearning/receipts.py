@@ -88,7 +88,7 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def build_receipt(*, request_id: str, created_utc: str, model_before: str, model_after: str, n: int, commitments: list[str],
+def build_receipt(*, request_id: str, created_utc: str, model_before: dict, model_after: dict, n: int, commitments: list[str],
                   skipped_already_forgotten: int, method: dict, seed: int, data: dict, evaluation: dict, outcome: dict,
                   timing: dict, stats: dict, chain: dict, env: dict) -> dict:
     return {
@@ -96,8 +96,8 @@ def build_receipt(*, request_id: str, created_utc: str, model_before: str, model
         "version": RECEIPT_VERSION,
         "request_id": request_id,
         "created_utc": created_utc,
-        "model_before": {"weights_sha256": model_before},
-        "model_after": {"path": "model", "weights_sha256": model_after},
+        "model_before": model_before,
+        "model_after": {"path": "model", **model_after},
         "chain": chain,
         "forget_set": {"n": n, "commitment_scheme": SCHEME, "commitments": commitments,
                        "skipped_already_forgotten": skipped_already_forgotten},
@@ -122,7 +122,7 @@ def report_markdown(receipt: dict) -> str:
         (f"{part} UAR (unseen speakers)", b[part]["uar"], a[part]["uar"]),
         ("membership AUC (0.5 = looks unseen)", b["membership"]["auc"], a["membership"]["auc"]),
     ]
-    if "speaker_other_training" in b:
+    if (b.get("speaker_other_training") or {}).get("accuracy") is not None:
         rows.append(("speaker's other training utterances, accuracy", b["speaker_other_training"]["accuracy"],
                      a["speaker_other_training"]["accuracy"]))
     if "vs_retrained" in a:
@@ -154,7 +154,7 @@ def report_markdown(receipt: dict) -> str:
     if "stop_reason" in stats:
         lines.append(f"Stopped: {stats['stop_reason']}.")
     lines.append("The forget set is identified only by keyed commitments; the key is in the owner's "
-                 "`forget-keys.json`, not in anything meant to be shared. "
+                 "`forget-keys.json`, not in anything meant to be shared. This report is not signed: the receipt is. "
                  + (f"Signed with Ed25519 key {signed['key_fingerprint']}." if signed else "Not signed.")
                  + " Check it with `serkit receipt verify receipt.json --model model`.")
     return "\n\n".join(lines) + "\n"

@@ -14,8 +14,10 @@ model, bit for bit (serkit.determinism); `reproduce` re-runs one from its receip
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -23,17 +25,15 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from serkit.data.dataset import load_waves
-from serkit.data.manifest import Manifest, read_manifest
+from serkit.data.manifest import read_manifest
 from serkit.determinism import reproducible
 from serkit.errors import SerkitError
 from serkit.io import OutputDir, refuse_existing, sha256_file, write_text
-from serkit.models.modeldir import SavedModel, load_model, save_model
+from serkit.models.modeldir import SavedModel, file_hashes, load_model, save_model
 from serkit.unlearning.commitments import commitments, new_key
-from serkit.unlearning.evaluation import EvalSet, forget_report
+from serkit.unlearning.evaluation import evaluation_sets, forget_report
 from serkit.unlearning.forget_set import ForgetSet, TrainingData, build_forget_set, training_data
 from serkit.unlearning.keys import KEYS_FILE, RequestKey, RequestKeys, load_request_keys, load_signing_key, sign
 from serkit.unlearning.methods import UnlearnContext, get_method
@@ -43,6 +43,7 @@ from serkit.unlearning.receipts import (
     build_receipt,
     canonical_bytes,
     environment,
+    read_receipt,
     receipt_sha256,
     report_markdown,
 )
@@ -65,33 +66,6 @@ class Replay:
     commitments: list[str]
     threads: int | None
     keys_before: RequestKeys
-
-
-def _label_indices(saved: SavedModel, frame) -> np.ndarray:
-    index = {label: i for i, label in enumerate(saved.labels)}
-    return np.array([index[e] for e in frame["emotion"]], dtype=np.int64)
-
-
-def _eval_set(saved: SavedModel, name: str, manifest: Manifest) -> EvalSet:
-    manifest.check_labels(saved.labels, f"model {saved.path}")
-    return EvalSet(name, load_waves(manifest.audio_paths(), saved.preprocessing), _label_indices(saved, manifest.frame))
-
-
-def evaluation_sets(saved: SavedModel, data: TrainingData, forget_set: ForgetSet,
-                    part: str) -> tuple[EvalSet, EvalSet, EvalSet | None]:
-    """The forget set, the unseen speakers of `part`, and the forgotten speakers' other training utterances."""
-    unseen_speakers = data.held_out.get(part)
-    if not unseen_speakers:
-        raise SerkitError(f"the model has no '{part}' speakers it never trained on to evaluate against "
-                          f"(held out: {sorted(k for k, v in data.held_out.items() if v)})")
-    frame = data.manifest.frame
-    forget_eval = EvalSet("forget", load_waves(forget_set.audio_paths(), saved.preprocessing),
-                          _label_indices(saved, forget_set.rows))
-    unseen = _eval_set(saved, part, data.manifest.subset(unseen_speakers))
-    others = frame[frame["speaker"].isin(forget_set.speakers) & ~frame["path"].isin(set(forget_set.rows["path"]))]
-    other = _eval_set(saved, "speaker_other_training", Manifest(others.reset_index(drop=True), data.manifest.file)) \
-        if len(others) else None
-    return forget_eval, unseen, other
 
 
 def is_forget_output(path: Path) -> bool:
@@ -120,10 +94,17 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
     its fastest kernels (bench/determinism_benchmark.py measures what bit-identity costs)."""
     model_dir, out = Path(model_dir), Path(out)
     check_output(out, model_dir)
+    if overwrite and (out / KEYS_FILE).is_file():
+        raise SerkitError(f"{out} holds {KEYS_FILE}, the only key to its request's commitments, which --overwrite "
+                          "would destroy: move it somewhere safe first (or choose another -o)")
     signer = load_signing_key(sign_key) if sign_key else None
     keys_out = Path(keys_out) if keys_out else None
     if keys_out is not None:
         refuse_existing(keys_out, "keys file")
+        if out.resolve() in keys_out.resolve().parents:
+            raise SerkitError(f"--key-out {keys_out} lies inside the output {out}; it exists to keep the key apart from "
+                              "the output: choose a path outside it")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any CUDA work, or cuBLAS ignores it
     device = resolve_device(device)
     unlearner = get_method(method, params)
     with OutputDir(out, overwrite, recognise=is_forget_output) as output:
@@ -192,8 +173,8 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
         save_model(staging / "model", result_model.model.cpu(), original.labels, original.preprocessing, provenance,
                    task=original.task)
         receipt = build_receipt(
-            request_id=request_id, created_utc=created, model_before=original.weights_sha256,
-            model_after=sha256_file(staging / "model" / "model.safetensors"), n=len(forget_set), commitments=committed,
+            request_id=request_id, created_utc=created, model_before=_model_record(model_dir),
+            model_after=_model_record(staging / "model"), n=len(forget_set), commitments=committed,
             skipped_already_forgotten=skipped,
             method={"name": unlearner.name, "params": unlearner.params.model_dump(mode="json"),
                     "reads_remaining_data": unlearner.reads_remaining_data},
@@ -223,14 +204,16 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
     return ForgetResult(out, out / "model", receipt, keys_out or out / KEYS_FILE)
 
 
-def lineage_keys(original: SavedModel, model_dir: Path, keys: Path | str | RequestKeys | None, log) -> RequestKeys:
+def _model_record(model_dir: Path) -> dict:
+    return {"weights_sha256": sha256_file(model_dir / "model.safetensors"), "files_sha256": file_hashes(model_dir)}
+
+
+def lineage_keys(original: SavedModel, model_dir: Path, keys: Path | str | None, log) -> RequestKeys:
     """The request keys of every earlier deletion in the model's lineage (none for a trained model)."""
     history = (original.config.get("provenance") or {}).get("unlearning_history") or []
     beside = model_dir.parent / KEYS_FILE
-    if isinstance(keys, RequestKeys):
-        found = keys
-    elif keys is not None:
-        found = load_request_keys(keys)
+    if keys is not None:
+        found = load_request_keys(keys).up_to(original.weights_sha256)  # a later request's file holds ours too
     elif history and beside.is_file():
         found = load_request_keys(beside)
         log(f"earlier deletion requests of this model: {len(found)} (request keys {beside})")
@@ -256,8 +239,11 @@ def _forget_set(original, data: TrainingData, lineage: RequestKeys, files, speak
                                   data=data, forgotten=already)
     digests = forget_set.digests()
     if len(set(digests)) < len(digests):
-        raise SerkitError("the forget set holds the same audio twice (two manifest rows with identical files); "
-                          "list each utterance once")
+        first = next(i for i, d in enumerate(digests) if digests.index(d) != i)
+        twin = digests.index(digests[first])
+        rows = forget_set.rows["path"]
+        raise SerkitError(f"the forget set holds the same audio twice: manifest rows {rows.iloc[twin]} and "
+                          f"{rows.iloc[first]} are identical files; drop the duplicate row from the manifest")
     earlier = [(i, lineage.forgotten_by(d)) for i, d in enumerate(digests)] if len(lineage) else []
     earlier = [(i, r) for i, r in earlier if r is not None]
     if not earlier:
@@ -278,12 +264,14 @@ def _forget_set(original, data: TrainingData, lineage: RequestKeys, files, speak
 
 
 def _shareable_evaluation(before: dict, after: dict, part: str) -> dict:
-    """The figures, less the size of the speaker's other training utterances (with a corpus' speaker sizes
-    and N, that count could name the speaker)."""
+    """The figures, with less said about the forgotten speaker's other training utterances: with a corpus'
+    speaker sizes and N, their count could name the speaker, so it is left out, their accuracy is rounded to
+    two decimals (k/m in full precision gives m back), and the entry is always there (None when the whole
+    speaker was forgotten: its absence would say so)."""
     def clean(report):
-        report = json.loads(json.dumps(report))
-        if "speaker_other_training" in report:
-            report["speaker_other_training"].pop("n", None)
+        report = copy.deepcopy(report)
+        other = report.pop("speaker_other_training", None)
+        report["speaker_other_training"] = {"accuracy": None if other is None else round(other["accuracy"], 2)}
         return report
 
     b, a = clean(before), clean(after)
@@ -344,15 +332,14 @@ class Reproduction:
 
 def reproduce(model_dir: Path | str, receipt_path: Path | str, *, files: list[str] | None = None,
               speaker: str | None = None, n: int | None = None, keys: Path | str | None = None,
-              manifest: Path | str | None = None, split: Path | str | None = None, out: Path | str | None = None,
-              device: str = "auto", log=print) -> Reproduction:
+              manifest: Path | str | None = None, split: Path | str | None = None, remain: Path | str | None = None,
+              strict: bool = False, out: Path | str | None = None, device: str = "auto", log=print) -> Reproduction:
     """Re-run the request a receipt describes and say whether the result is identical.
 
     The method, parameters, seed, evaluation part and thread count come from the receipt; the forget
     set is named again (as the original request named it) and must match the receipt's commitments
-    under its key (`keys`: the request's forget-keys.json, by default the one beside the receipt)."""
-    from serkit.unlearning.receipts import read_receipt
-
+    under its key (`keys`: the request's forget-keys.json, by default the one beside the receipt). The
+    comparison with a retrained model (`--retrained`) is not re-run."""
     receipt = read_receipt(receipt_path)
     receipt_path = Path(receipt_path)
     folder = receipt_path if receipt_path.is_dir() else receipt_path.parent
@@ -379,8 +366,9 @@ def reproduce(model_dir: Path | str, receipt_path: Path | str, *, files: list[st
     try:
         result = forget(model_dir, out, files=files, speaker=speaker, n=n, seed=method["seed"], method=method["name"],
                         params=method["params"], eval_part=receipt["evaluation"]["unseen_part"], manifest=manifest,
-                        split=split, device=device, skip_forgotten=receipt["forget_set"]["skipped_already_forgotten"] > 0,
-                        log=log, replay=replay)
+                        split=split, remain=remain, strict=strict, device=device,
+                        skip_forgotten=receipt["forget_set"]["skipped_already_forgotten"] > 0, log=log, replay=replay,
+                        deterministic=theirs.get("deterministic_algorithms", True))
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -403,6 +391,8 @@ def _figures(evaluation: dict) -> dict[str, float]:
     found = {}
     for when in ("before", "after"):
         for group, values in evaluation[when].items():
+            if group == "vs_retrained":  # needs the retrained model, which a reproduction does not take
+                continue
             for name, value in values.items():
                 if isinstance(value, float):
                     found[f"{when}.{group}.{name}"] = value

@@ -22,7 +22,7 @@ from pathlib import Path
 from serkit.errors import SerkitError
 from serkit.io import sha256_file
 from serkit.unlearning.commitments import compare, utterance_digest
-from serkit.unlearning.keys import KeyFileError, embedded_public_key, fingerprint, load_public_key, load_request_keys, signature_valid
+from serkit.unlearning.keys import UnknownRequestError, embedded_public_key, fingerprint, load_public_key, load_request_keys, signature_valid
 from serkit.unlearning.receipts import canonical_bytes, read_receipt, receipt_sha256
 
 TOLERANCE = 0.01  # absolute, on UAR, accuracy and AUC: a re-run on another machine may flip a prediction or two
@@ -50,12 +50,15 @@ def verify(receipt_path: Path | str, *, model: Path | str | None = None, public_
     if forget_files is not None and keys is None:
         raise SerkitError("--forget needs the request's key to open the commitments: --key forget-keys.json")
     checks = [check_signature(receipt, public_key), check_consistency(receipt)]
-    if model is not None:
-        checks.append(check_model(receipt, Path(model)))
+    model_dir = Path(model) if model is not None else (_beside(receipt_path) / "model" if split is not None else None)
+    model_check = check_model(receipt, model_dir) if model_dir is not None else None
+    if model_check is not None:  # a model re-evaluated below must be the receipt's, or its figures mean nothing
+        checks.append(model_check)
     if forget_files is not None:
         checks.append(check_forget_set(receipt, forget_files, keys))
-    if split is not None:
-        model_dir = Path(model) if model is not None else _beside(receipt_path) / "model"
+    if split is not None and model_check.ok is False:
+        checks.append(Check("figures, re-evaluated", None, f"not measured: {model_dir} is not the receipt's model"))
+    elif split is not None:
         checks.extend(check_figures(receipt, model_dir, forget_files, split, manifest, tolerance))
     return checks
 
@@ -66,6 +69,8 @@ def _beside(receipt_path: Path | str) -> Path:
 
 
 def check_signature(receipt: dict, public_key: Path | str | None) -> Check:
+    """OK only against a key the caller trusts: anyone can re-sign an edited receipt with a key of their own,
+    so a signature that is merely intact under the key it carries proves nothing about who signed."""
     signature = receipt.get("signature")
     if not signature:
         if public_key is not None:
@@ -74,35 +79,51 @@ def check_signature(receipt: dict, public_key: Path | str | None) -> Check:
     embedded = embedded_public_key(signature)
     if embedded is None or signature.get("algorithm") != "ed25519":
         return Check("signature", False, "the signature field is damaged (no Ed25519 public key in it)")
-    key = load_public_key(public_key) if public_key is not None else embedded
-    if public_key is not None and fingerprint(key) != fingerprint(embedded):
-        return Check("signature", False, f"signed by key {fingerprint(embedded)}, not by the given key {fingerprint(key)}")
-    if not signature_valid(signature, canonical_bytes(receipt), key):
+    if signature.get("key_fingerprint") != fingerprint(embedded):
+        return Check("signature", False, f"its key_fingerprint {signature.get('key_fingerprint')} is not the fingerprint "
+                     f"of the key it carries ({fingerprint(embedded)}): the signature field was edited")
+    if public_key is not None:
+        trusted = load_public_key(public_key)
+        if fingerprint(trusted) != fingerprint(embedded):
+            return Check("signature", False, f"signed by key {fingerprint(embedded)}, not by the given key {fingerprint(trusted)}")
+    if not signature_valid(signature, canonical_bytes(receipt), embedded):
         return Check("signature", False, "does not match the receipt's contents: it was changed after signing")
-    whose = "the given public key" if public_key is not None else "the key in the receipt; give --public-key to check who signed"
-    return Check("signature", True, f"Ed25519, key {fingerprint(key)} ({whose})")
+    if public_key is None:
+        return Check("signature", None, f"intact under the key it carries, {fingerprint(embedded)}, which is not checked "
+                     "against a key you trust: give the signer's signing.pub with --public-key")
+    return Check("signature", True, f"Ed25519, by the given key {fingerprint(embedded)}")
+
+
+REQUIRED_FIGURES = (("forget", "uar"), ("forget", "accuracy"), ("membership", "auc"))
 
 
 def check_consistency(receipt: dict) -> Check:
     ev = receipt["evaluation"]
     try:
         part = ev["unseen_part"]
-        before, after, kept = ev["before"][part]["uar"], ev["after"][part]["uar"], ev["unseen_uar_kept"]
         n = receipt["forget_set"]["n"]
         committed = len(receipt["forget_set"]["commitments"])
+        figures = {(when, group, name): ev[when][group][name] for when in ("before", "after")
+                   for group, name in (*REQUIRED_FIGURES, (part, "uar"), (part, "accuracy"))}
+        kept = ev["unseen_uar_kept"]
     except (KeyError, TypeError):
-        return Check("figures agree", False, "the evaluation section lacks figures it must have; the receipt was edited")
+        return Check("figures agree", False, "the evaluation section lacks figures every receipt has; it was edited")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in figures.values()):
+        return Check("figures agree", False, "a figure of the evaluation section is not a number; it was edited")
+    before, after = figures[("before", part, "uar")], figures[("after", part, "uar")]
     problems = []
-    if before and kept is not None and abs(after / before - kept) > 1e-9:
-        problems.append(f"unseen UAR kept {kept:.4f} is not {after:.4f} / {before:.4f}")
+    if before and (not isinstance(kept, (int, float)) or abs(after / before - kept) > 1e-9):
+        problems.append(f"unseen UAR kept {kept!r} is not {after:.4f} / {before:.4f}")
     if committed != n or ev["after"]["forget"].get("n") != n:
         problems.append(f"n = {n}, but {committed} commitments and {ev['after']['forget'].get('n')} forget-set utterances evaluated")
     if problems:
         return Check("figures agree", False, "; ".join(problems))
-    return Check("figures agree", True, f"{part} UAR {before:.3f} -> {after:.3f} ({kept:.1%} kept), n = {n}")
+    return Check("figures agree", True, f"{part} UAR {before:.3f} -> {after:.3f} ({after / before if before else 0:.1%} kept), n = {n}")
 
 
 def check_model(receipt: dict, model_dir: Path) -> Check:
+    from serkit.models.modeldir import file_hashes
+
     weights = model_dir / "model.safetensors"
     if not weights.is_file():
         return Check("model", False, f"{model_dir} holds no model.safetensors")
@@ -111,21 +132,25 @@ def check_model(receipt: dict, model_dir: Path) -> Check:
     if digest != expected:
         return Check("model", False, f"weights {digest[:16]}… are not the receipt's model_after {expected[:16]}… "
                      "(another model, or changed since)")
+    recorded = receipt["model_after"].get("files_sha256") or {}
+    present = file_hashes(model_dir)
+    changed = sorted(name for name in {*recorded, *present} if recorded.get(name) != present.get(name))
+    if changed:
+        return Check("model", False, f"the weights match, but {', '.join(changed[:3])} differ from the receipt's model "
+                     "(a changed config changes what the model predicts)")
     try:
         record = (json.loads((model_dir / "config.json").read_text()).get("provenance") or {}).get("unlearning") or {}
     except (OSError, ValueError):
         record = {}
     if record.get("request_id") != receipt["request_id"]:
-        return Check("model", False, "the weights match, but the model's config.json does not name this request")
-    return Check("model", True, f"weights are the receipt's model_after ({digest[:16]}…)")
+        return Check("model", False, "the files match, but the model's config.json does not name this request")
+    return Check("model", True, f"every file is the receipt's model_after (weights {digest[:16]}…)")
 
 
 def check_forget_set(receipt: dict, forget_files: list[str], keys: Path | str) -> Check:
     try:
         request = load_request_keys(keys).get(receipt["request_id"])
-    except KeyFileError as exc:
-        if "hold no key for request" not in str(exc):
-            raise
+    except UnknownRequestError:
         return Check("forget set", False, f"the given keys {keys} hold no key for this request, so they cannot open its "
                      "commitments (a wrong key)")
     digests = [utterance_digest(f) for f in forget_files]
@@ -141,7 +166,6 @@ def check_figures(receipt: dict, model_dir: Path, forget_files: list[str], split
     from serkit.models.modeldir import load_model
     from serkit.unlearning.forget_set import build_forget_set, training_data
     from serkit.unlearning.redaction import split_parts_sha256
-    from serkit.unlearning.run import evaluation_sets
 
     saved = load_model(model_dir)
     data = training_data(saved, manifest, split)
@@ -152,7 +176,7 @@ def check_figures(receipt: dict, model_dir: Path, forget_files: list[str], split
                        + ("" if data.manifest.sha256 == recorded["manifest_sha256"] else
                           "; its manifest changed since (SHA-256 differs), so the figures may differ"))
     forget_set = build_forget_set(saved, files=forget_files, strict=True, data=data, warn=lambda *a: None)
-    from serkit.unlearning.evaluation import forget_report
+    from serkit.unlearning.evaluation import evaluation_sets, forget_report
 
     forget_eval, unseen, other = evaluation_sets(saved, data, forget_set, receipt["evaluation"]["unseen_part"])
     measured = forget_report(saved.model, forget_eval, unseen, other)
@@ -161,11 +185,14 @@ def check_figures(receipt: dict, model_dir: Path, forget_files: list[str], split
     compared = 0
     for group, values in claimed.items():
         for name, value in values.items():
-            if name in COMPARED and group in measured:
+            if name in COMPARED and (group in measured or value is not None):
                 compared += 1
-                again = measured[group].get(name)
-                if again is None or abs(again - value) > tolerance:
-                    off.append(f"{group} {name} {value:.4f} in the receipt, {again:.4f} measured")
+                again = (measured.get(group) or {}).get(name)
+                if again is not None and name == "accuracy" and group == "speaker_other_training":
+                    again = round(again, 2)  # as the receipt holds it
+                if again is None or not isinstance(value, (int, float)) or abs(again - value) > tolerance:
+                    off.append(f"{group} {name} {value!r} in the receipt, "
+                               + ("not measured" if again is None else f"{again:.4f} measured"))
     if not compared:
         return [data_check, Check("figures, re-evaluated", False, "the receipt holds no figures to compare")]
     if off:
@@ -184,6 +211,10 @@ def verify_chain(receipt_paths: list[Path | str], public_key: Path | str | None 
     checks = [check_signature(r, public_key) for r in receipts]
     for check, name in zip(checks, names):
         check.name = f"signature of {name}"
+    signers = {r["signature"].get("key_fingerprint") for r in receipts if r.get("signature")}
+    if public_key is None and len(signers) > 1:  # one owner answers a model's requests: one key signs its chain
+        checks.append(Check("one signer", False, f"the receipts are signed by {len(signers)} different keys "
+                            f"({', '.join(sorted(signers))}); give the owner's key with --public-key"))
     first = receipts[0]["chain"]["index"]
     if first != 1:
         checks.append(Check("chain start", None, f"{names[0]} is request {first} of its lineage; the {first - 1} before it "
@@ -194,7 +225,8 @@ def verify_chain(receipt_paths: list[Path | str], public_key: Path | str | None 
             problems.append(f"request {a['chain']['index']} is followed by request {b['chain']['index']}: "
                             f"{b['chain']['index'] - a['chain']['index'] - 1} request(s) missing between them"
                             if b["chain"]["index"] > a["chain"]["index"] else "out of order (give them oldest first)")
-        if b["model_before"]["weights_sha256"] != a["model_after"]["weights_sha256"]:
+        if b["model_before"]["weights_sha256"] != a["model_after"]["weights_sha256"] or \
+                b["model_before"].get("files_sha256") != a["model_after"].get("files_sha256"):
             problems.append(f"its model_before is not {name_a}'s model_after")
         if b["chain"].get("previous_receipt_sha256") != receipt_sha256(a):
             problems.append(f"it does not point at {name_a} (previous_receipt_sha256 differs: another or an edited receipt)")
