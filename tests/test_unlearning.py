@@ -151,6 +151,7 @@ def test_output_rules_and_interrupted_runs(model_dir, tmp_path, monkeypatch):
         forget(model_dir, tmp_path / "exists", speaker="02", n=2, params=QUICK, overwrite=True, log=lambda *a: None)
     first = forget(model_dir, tmp_path / "done", speaker="02", n=2, method="random-label", params={"epochs": 1},
                    log=lambda *a: None)
+    first.keys_file.rename(tmp_path / "first-keys.json")  # the owner keeps the first request's key; then may replace it
     again = forget(model_dir, tmp_path / "done", speaker="02", n=2, method="random-label", params={"epochs": 1},
                    overwrite=True, log=lambda *a: None)
     assert json.loads((tmp_path / "done" / "receipt.json").read_text())["request_id"] == again.receipt["request_id"] \
@@ -164,7 +165,7 @@ def test_output_rules_and_interrupted_runs(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(random_label.RandomLabel, "unlearn", boom)
     with pytest.raises(KeyboardInterrupt):
         forget(model_dir, tmp_path / "never", speaker="02", n=2, method="random-label", log=lambda *a: None)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["done", "exists"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done", "exists", "first-keys.json"]
 
 
 def test_adversarial_keep_successful_drops_failed_samples(model_dir, tmp_path, monkeypatch):
