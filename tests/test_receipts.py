@@ -275,6 +275,9 @@ def test_reproduce_reruns_a_request_from_its_receipt(model_dir, tmp_path, capsys
     assert "a bit-identical result is not expected" in printed and "torch (1.0.0 there" in printed
     assert code == 0 and "reproduced: identical" in printed
     assert run(["forget", str(model_dir), "--reproduce", str(original.out_dir), "--speaker", "04", "--set", "epochs=3"]) == 2
+    capsys.readouterr()
+    assert run(["forget", str(model_dir), "--reproduce", str(original.out_dir)]) == 2
+    assert "needs the forget set named as the original request named it" in capsys.readouterr().err
 
 
 def test_a_forget_that_does_not_forget_says_so_and_can_be_refused(model_dir, tmp_path, capsys):

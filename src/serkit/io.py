@@ -87,7 +87,7 @@ class OutputDir:
     aimed at the same output fails at once instead of replacing the first one's result at the
     end. It then checks the rules a user relies on before any work starts: `path` is not there
     (or, with `overwrite`, is an output `recognise` accepts as serkit's own), and its folder can be
-    written. Leftovers of crashed runs (`.NAME.XXXXXXXX.partial`, `.NAME.XXXXXXXX.old`) are removed
+    written. Leftovers of crashed runs (`.NAME.<8 random characters>.partial` and `.old`) are removed
     (while the lock is held they belong to no live run), except an old output a crash left half
     replaced, which is put back. `staging()` gives the folder to write into;
     `commit()` renames it to `path` (never onto something that appeared meanwhile); leaving the
@@ -118,7 +118,7 @@ class OutputDir:
         return self
 
     def _recover_or_clear_leftovers(self) -> None:
-        """A run that died while replacing `path` left the old output in `.NAME.XXXXXXXX.old/previous`: put it
+        """A run that died while replacing `path` left the old output in `.NAME.<8 random characters>.old/previous`: put it
         back. Every other working folder of this output belongs to no live run (we hold the lock)."""
         pattern = re.compile(rf"\.{re.escape(self.path.name)}(\.[a-z0-9_]{{8}})?\.(partial|old)")  # mkdtemp's 8 characters;
         leftovers = sorted(p for p in self.path.parent.iterdir() if pattern.fullmatch(p.name))  # none: serkit 0.1's names

@@ -341,6 +341,9 @@ def reproduce(model_dir: Path | str, receipt_path: Path | str, *, files: list[st
     under its key (`keys`: the request's forget-keys.json, by default the one beside the receipt). The
     comparison with a retrained model (`--retrained`) is not re-run."""
     receipt = read_receipt(receipt_path)
+    if (files is None) == (speaker is None):
+        raise SerkitError("--reproduce needs the forget set named as the original request named it: --speaker ID "
+                          "(with --n N), or --forget FILES.txt; the receipt holds only commitments to it")
     receipt_path = Path(receipt_path)
     folder = receipt_path if receipt_path.is_dir() else receipt_path.parent
     keys = Path(keys) if keys else folder / KEYS_FILE
