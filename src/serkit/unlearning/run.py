@@ -151,27 +151,15 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             log(f"note: {len(env['nondeterministic_ops'])} operation(s) ran without a deterministic implementation "
                 f"({env['nondeterministic_ops'][0]}); a re-run may differ in the last bits")
         stats = outcome.stats
-        reached = stats.get("target_reached")
-        if reached is False:
-            message = (f"the forget set is still recognised: forget-set accuracy {after['forget']['accuracy']:.2f} did not "
-                       f"reach the target {stats.get('target_accuracy', 0):.2f} ({stats.get('stop_reason')})")
-            if require_target:
-                raise SerkitError(f"{message}; nothing was written (--require-target). Raise epochs or lr, or try "
-                                  "another method")
-            log(f"warning: {message}; the receipt says so (pass --require-target to refuse such a result)")
-
+        reached = _check_target(stats, after, require_target, log)
         request_id, created = uuid.uuid4().hex, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         index = len(lineage) + 1
-        history = list((original.config.get("provenance") or {}).get("unlearning_history") or [])
         record = {"request_id": request_id, "index": index, "from_weights_sha256": original.weights_sha256,
                   "method": unlearner.name, "params": unlearner.params.model_dump(mode="json"), "n": len(forget_set),
                   "created_utc": created}
-        provenance = private_training_provenance(original.config.get("provenance") or {})
-        provenance["unlearning"] = record
-        provenance["unlearning_history"] = history + [record]
         shutil.rmtree(staging / "work", ignore_errors=True)
-        save_model(staging / "model", result_model.model.cpu(), original.labels, original.preprocessing, provenance,
-                   task=original.task)
+        save_model(staging / "model", result_model.model.cpu(), original.labels, original.preprocessing,
+                   _forgotten_provenance(original, record), task=original.task)
         receipt = build_receipt(
             request_id=request_id, created_utc=created, model_before=_model_record(model_dir),
             model_after=_model_record(staging / "model"), n=len(forget_set), commitments=committed,
@@ -202,6 +190,28 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
                 keys_out.unlink(missing_ok=True)
             raise
     return ForgetResult(out, out / "model", receipt, keys_out or out / KEYS_FILE)
+
+
+def _check_target(stats: dict, after: dict, require_target: bool, log) -> bool | None:
+    """Whether the stop's target was reached (None: the method has none); a miss is said, or refused."""
+    reached = stats.get("target_reached")
+    if reached is False:
+        message = (f"the forget set is still recognised: forget-set accuracy {after['forget']['accuracy']:.2f} did not "
+                   f"reach the target {stats.get('target_accuracy', 0):.2f} ({stats.get('stop_reason')})")
+        if require_target:
+            raise SerkitError(f"{message}; nothing was written (--require-target). Raise epochs or lr, or try "
+                              "another method")
+        log(f"warning: {message}; the receipt says so (pass --require-target to refuse such a result)")
+    return reached
+
+
+def _forgotten_provenance(original: SavedModel, record: dict) -> dict:
+    """The input's training provenance made private, with this request added to its deletion history."""
+    provenance = original.config.get("provenance") or {}
+    private = private_training_provenance(provenance)
+    private["unlearning"] = record
+    private["unlearning_history"] = list(provenance.get("unlearning_history") or []) + [record]
+    return private
 
 
 def _model_record(model_dir: Path) -> dict:
