@@ -17,7 +17,6 @@ Proxy targets (categories mapped to A/V/D) are named as such in both tables.
 
 from __future__ import annotations
 
-import csv
 import shutil
 import statistics
 import time
@@ -28,6 +27,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serkit.errors import ConfigError
+from serkit.experiment import Fingerprint, ResultsTable, mean_std
 from serkit.io import write_text
 
 MODES = ("audio", "text", "audio+text")
@@ -159,11 +159,8 @@ def run_audiotext_grid(grid: AudioTextGrid, log=print) -> Path:
                           f"{split.manifest.file} -o NEW.csv, then point the recipe's split at NEW.csv with data.manifest)")
     out.mkdir(parents=True, exist_ok=True)
     _check_fingerprint(grid, recipe_to_dict(base), out, split.manifest.frame)
-    results = out / "results.csv"
-    done = set()
-    if results.is_file():
-        for row in pd.read_csv(results, dtype=str, keep_default_na=False).to_dict("records"):
-            done.add(_key(row["mode"], row["audio"], row["text"], row["transcript"], row["seed"]))
+    table = ResultsTable(out / "results.csv", COLUMNS, "audiotext grid")
+    done = {_key(r["mode"], r["audio"], r["text"], r["transcript"], r["seed"]) for r in table.read().to_dict("records")}
     cells = list(_cells(grid)) + list(_layer_cells(grid, list(base.dimensions.names)))
     todo = [c for c in cells if _key(*c) not in done]
     # every cell's recipe is validated before the first training, not halfway through the grid
@@ -187,25 +184,11 @@ def run_audiotext_grid(grid: AudioTextGrid, log=print) -> Path:
                  "targets": m["test"].get("targets", "manifest columns"), "run_dir": str(run_dir),
                  "layer_weights": " ".join(f"{w:.5f}" for w in weights) if weights else ""}
                 for d, v in m["test"]["dimensions"].items()]
-        _append_rows(results, rows)
+        table.append(rows)
         if not grid.keep_models:
             shutil.rmtree(run_dir / "model", ignore_errors=True)
     summarise(grid, split.manifest, out)
     return out
-
-
-def _append_rows(path: Path, rows: list[dict]) -> None:
-    """Add rows to the results CSV through a temporary file: an interrupted write never leaves half a row."""
-    import io
-
-    text = path.read_text() if path.is_file() else ""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
-    if not text:
-        writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, text + buffer.getvalue(), overwrite=True)
-
 
 
 def _tag(out: Path, cell) -> tuple[str, Path]:
@@ -259,8 +242,6 @@ def _check_fingerprint(grid: AudioTextGrid, raw: dict, out: Path, frame: pd.Data
     """A resumed grid must be the same experiment: same recipe, encoders, utterances and transcripts.
     The manifest may move or gain columns (e.g. `asr_text` for Table 2); a transcript column whose
     content changed (re-transcribed) would mix old and new cells, and is refused."""
-    import json
-
     for key in ("output_dir", "seed", "name"):
         raw.pop(key, None)
     raw["model"]["options"] = {k: v for k, v in raw["model"]["options"].items()
@@ -268,9 +249,9 @@ def _check_fingerprint(grid: AudioTextGrid, raw: dict, out: Path, frame: pd.Data
     raw["data"].pop("manifest", None)  # the path may move; its content is what counts
     now = {"recipe": raw, "columns": _column_hashes(frame, grid.transcripts), "audio_encoders": grid.audio_encoders,
            "text_encoders": grid.text_encoders, "layer_weights_lr": grid.layer_weights_lr}
-    file = out / "grid.json"
-    if file.is_file():
-        before = json.loads(file.read_text())
+    fingerprint = Fingerprint(out)
+    before = fingerprint.previous()
+    if before is not None:
         differs = [k for k in ("recipe",) if before.get(k) != now[k]]
         if grid.layer_weights and before.get("layer_weights_lr", now["layer_weights_lr"]) != now["layer_weights_lr"]:
             differs.append("layer_weights_lr")
@@ -280,20 +261,10 @@ def _check_fingerprint(grid: AudioTextGrid, raw: dict, out: Path, frame: pd.Data
         differs += [f"manifest column {c}" for c, h in now["columns"].items() if before.get("columns", {}).get(c, h) != h]
         differs += [f"{k} {name}" for k in ("audio_encoders", "text_encoders") for name, v in now[k].items()
                     if name in before.get(k, {}) and before[k][name] != v]
-        if differs:
-            raise ConfigError(f"{out} holds a grid run with other settings ({', '.join(differs)}); resuming would mix "
-                              "results: choose another output_dir")
+        fingerprint.refuse(differs)
         for k in ("audio_encoders", "text_encoders", "columns"):
             now[k] = {**before.get(k, {}), **now[k]}
-    write_text(file, json.dumps(now, indent=1) + "\n", overwrite=True)
-
-
-def _ms(values) -> str:
-    values = [float(v) for v in values]
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{np.mean(values):.3f} ± {sd:.3f}"
+    fingerprint.save(now)
 
 
 def summarise(grid: AudioTextGrid, manifest, out: Path) -> None:
@@ -310,7 +281,7 @@ def summarise(grid: AudioTextGrid, manifest, out: Path) -> None:
 
     def cells(group) -> str:
         per_seed = group.groupby("seed").test_ccc.mean()
-        return " | ".join(_ms(group[group.dimension == d].test_ccc) for d in dims) + f" | {_ms(per_seed)} |"
+        return " | ".join(mean_std(group[group.dimension == d].test_ccc) for d in dims) + f" | {mean_std(per_seed)} |"
 
     first = grid.transcripts[0]
     lines = [f"# Dimensional SER from audio and text (paper 004, Table 1): {out.name}", "", note,
@@ -363,7 +334,7 @@ def _layer_weights(frame: pd.DataFrame, targets: str, out: Path) -> None:
         lines += [f"## {audio}", "", "| dimension | " + " | ".join(f"h{i}" for i in range(n)) + " | test CCC |",
                   "|---|" + "---|" * (n + 1)]
         for dimension, (weights, ccc) in series.items():
-            lines.append(f"| {dimension} | " + " | ".join(f"{w:.3f}" for w in weights) + f" | {_ms(ccc)} |")
+            lines.append(f"| {dimension} | " + " | ".join(f"{w:.3f}" for w in weights) + f" | {mean_std(ccc)} |")
         png = f"fig2_layer_weights_{audio.replace('/', '_')}.png"
         target = out / png
         if target.exists():

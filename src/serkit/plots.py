@@ -13,6 +13,13 @@ import numpy as np  # noqa: E402
 from serkit.io import atomic_file  # noqa: E402
 
 
+def save_png(fig, path: Path | str, dpi: int = 120) -> None:
+    """Write a figure as a PNG through a temporary file (never half an image, replacing an older one), and close it."""
+    with atomic_file(path, "wb", overwrite=True) as handle:
+        fig.savefig(handle, format="png", dpi=dpi)
+    plt.close(fig)
+
+
 def confusion_png(path: Path | str, matrix, labels, title: str = "", overwrite: bool = False) -> None:
     """Row-normalised confusion matrix (recall per true class) with counts in each cell."""
     matrix = np.asarray(matrix)

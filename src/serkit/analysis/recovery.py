@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serkit.errors import ConfigError
+from serkit.experiment import Fingerprint, mean_std
 from serkit.io import write_text
 
 ASR, SER = "asr", "ser-scratch"
@@ -143,17 +144,15 @@ def _check_fingerprint(exp: RecoveryExperiment, recipes: dict, out: Path) -> Non
         for key in ("output_dir", "seed", "name"):
             raw.pop(key, None)
         now["recipes"][corpus] = raw
-    file = out / "experiment.json"
-    if file.is_file():
-        before = json.loads(file.read_text())
+    fingerprint = Fingerprint(out, "a recovery study", legacy=("experiment.json",))  # its older name
+    before = fingerprint.previous()
+    if before is not None:
         differs = [k for k in now if k != "recipes" and before.get(k) != now[k] and not (k == "boaw_words" and None in (before.get(k), now[k]))]
         differs += [f"recipe of {c}" for c in now["recipes"] if c in before.get("recipes", {}) and before["recipes"][c] != now["recipes"][c]]
-        if differs:
-            raise ConfigError(f"{out} holds a recovery study with other settings ({', '.join(differs)}); resuming would "
-                              "mix results: choose another output_dir")
+        fingerprint.refuse(differs)
         now["recipes"] = {**before.get("recipes", {}), **now["recipes"]}
         now["boaw_words"] = now["boaw_words"] or before.get("boaw_words")
-    write_text(file, json.dumps(now, indent=1) + "\n", overwrite=True)
+    fingerprint.save(now)
 
 
 
@@ -298,13 +297,6 @@ def _pairs(seeds: list[int], decisions: bool) -> list[tuple[str, str]]:
     return pairs
 
 
-def _ms(values, digits: int = 3) -> str:
-    values = [float(v) for v in values]
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
-
-
 def summarise(exp: RecoveryExperiment, done: dict, out: Path) -> None:
     corpora = list(exp.corpora)
     seeds = [_seed_system(s) for s in exp.seeds]
@@ -314,7 +306,7 @@ def summarise(exp: RecoveryExperiment, done: dict, out: Path) -> None:
         rows = [r for s in systems if get(corpus, f"probe/{s}") for r in get(corpus, f"probe/{s}")["rows"] if r["layer"] == layer]
         if not rows:
             return "– | –", None
-        return f"{_ms([r['test_uar'] for r in rows])} | {_ms([r['test_war'] for r in rows])}", rows[0]["dim"]
+        return f"{mean_std([r['test_uar'] for r in rows])} | {mean_std([r['test_war'] for r in rows])}", rows[0]["dim"]
 
     part = exp.part
     lines = [f"# Information recovery (paper 002): {exp.name}", "",
@@ -343,8 +335,8 @@ def summarise(exp: RecoveryExperiment, done: dict, out: Path) -> None:
         for corpus in corpora:
             runs = [get(corpus, f"train/{s}") for s in systems if get(corpus, f"train/{s}")]
             key = f"{part}_uar" if part == "test" else "val_uar"
-            cells.append(" | ".join([_ms([r.get(key, float("nan")) for r in runs]), _ms([r["val_uar"] for r in runs]),
-                                     _ms([r["train_seconds"] for r in runs], 0)]) if runs else "– | – | –")
+            cells.append(" | ".join([mean_std([r.get(key, float("nan")) for r in runs]), mean_std([r["val_uar"] for r in runs]),
+                                     mean_std([r["train_seconds"] for r in runs], 0)]) if runs else "– | – | –")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "### The frozen ASR encoder, layer by layer (hidden:0 = input to the first layer)", "",
               "| layer | " + " | ".join(f"{c} C | {c} {part} UAR | {c} {part} WAR" for c in corpora) + " |",
@@ -405,7 +397,7 @@ def _max_layers(done: dict) -> int:
 
 def _fig3(exp: RecoveryExperiment, out: Path) -> None:
     """The paper's Fig. 3: line-joined 10-bin histograms of cosine distances, one panel per corpus."""
-    from serkit.plots import plt  # the Agg backend is set there
+    from serkit.plots import plt, save_png  # the Agg backend is set there
 
     corpora = list(exp.corpora)
     fig, axes = plt.subplots(1, len(corpora), figsize=(4.6 * len(corpora), 3.4), squeeze=False)
@@ -422,6 +414,4 @@ def _fig3(exp: RecoveryExperiment, out: Path) -> None:
         ax.set_title(corpus, fontsize=9)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / ".fig3.tmp.png", dpi=110)
-    (out / ".fig3.tmp.png").replace(out / "fig3.png")
-    plt.close(fig)
+    save_png(fig, out / "fig3.png", dpi=110)

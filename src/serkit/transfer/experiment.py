@@ -19,16 +19,15 @@ matrix of the best cell on validation: its first seed, pooled over the folds).
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 from typing import Annotated, Literal
 
-import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serkit.errors import ConfigError
+from serkit.experiment import Fingerprint, ResultsTable, mean_std
 from serkit.io import write_text
 from serkit.metrics import paired_uar_test, significance_marker, z_test_one_tailed
 
@@ -185,12 +184,9 @@ def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
     _check_fingerprint(grid, base_recipe, out)
     graphs = _graphs(grid, base_recipe, folds, upstream, out, log)
     del upstream
-    results = out / "results.csv"
-    done = set()
-    if results.is_file():
-        _add_fold_column(results)
-        for row in pd.read_csv(results, dtype=str, keep_default_na=False).to_dict("records"):
-            done.add(_key(row["model"], row["seed"], row["fold"], row["variant"], row["layer"], row["n"], row["alpha"]))
+    table = ResultsTable(out / "results.csv", COLUMNS, "transfer grid")  # an older file gains the fold column
+    done = {_key(r["model"], r["seed"], r["fold"], r["variant"], r["layer"], r["n"], r["alpha"])
+            for r in table.read().to_dict("records")}
     cells = list(_cells(grid, folds))
     todo = [c for c in cells if _key(*c) not in done]
     log(f"{len(cells) - len(todo)} trainings done, {len(todo)} to go")
@@ -218,32 +214,15 @@ def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
                "test_accuracy": m["test"]["war"], "n_val": m["val"]["n"], "n_test": m["test"]["n"],
                "train_seconds": m["training"]["train_seconds"], "parameters": m["model"]["parameters"],
                "run_dir": str(run_dir)}
-        new = not results.is_file()
-        with results.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        table.append([row])
         if not grid.keep_models:
             shutil.rmtree(run_dir / "model", ignore_errors=True)
     summarise(out)
     return out
 
 
-def _add_fold_column(results: Path) -> None:
-    """A results.csv written before grids had folds gains an empty fold column (hold-out runs)."""
-    with results.open(newline="") as handle:
-        header = next(csv.reader(handle), [])
-    if header and "fold" not in header:
-        frame = pd.read_csv(results, dtype=str, keep_default_na=False)
-        frame.insert(header.index("seed") + 1 if "seed" in header else 0, "fold", "")
-        write_text(results, frame.to_csv(index=False), overwrite=True)
-
-
 def _check_fingerprint(grid: TransferGrid, recipe, out: Path) -> None:
     """A resumed grid must be the same experiment: same training recipe, upstream, graph settings."""
-    import json
-
     from serkit.config import recipe_to_dict
     from serkit.io import sha256_file
 
@@ -255,9 +234,9 @@ def _check_fingerprint(grid: TransferGrid, recipe, out: Path) -> None:
            "split_sha256": sha256_file(recipe.data.split), "threshold": grid.threshold, "reduction": grid.reduction,
            "embedding": grid.embedding,
            "max_neighbours": max(grid.neighbours), "layers": sorted(grid.layers)}
-    file = out / "grid.json"
-    if file.is_file():
-        before = json.loads(file.read_text())
+    fingerprint = Fingerprint(out)
+    before = fingerprint.previous()
+    if before is not None:
         before.setdefault("reduction", "utterances")  # grids from before these options
         before.setdefault("embedding", "fc1")
         before.setdefault("split_sha256", now["split_sha256"])  # grids from before the split was fingerprinted
@@ -265,24 +244,16 @@ def _check_fingerprint(grid: TransferGrid, recipe, out: Path) -> None:
                    if before.get(k) != now[k]]
         if before.get("max_neighbours", 0) < now["max_neighbours"]:
             differs.append("neighbours (more than the saved graphs keep)")
-        if differs:
-            raise ConfigError(f"{out} holds a grid run with other settings ({', '.join(differs)}); resuming would mix "
-                              "results: choose another output_dir")
+        fingerprint.refuse(differs)
         now["layers"] = sorted(set(now["layers"]) | set(before.get("layers", [])))
         now["max_neighbours"] = before["max_neighbours"]
-    file.write_text(json.dumps(now, indent=1) + "\n")
+    fingerprint.save(now)
 
 
 def _apply(raw: dict, overrides: list[str]) -> dict:
     from serkit.config import apply_overrides
 
     return apply_overrides(raw, overrides)
-
-
-def _ms(values) -> str:
-    values = [float(v) for v in values]
-    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{np.mean(values):.3f} ± {sd:.3f}"
 
 
 def _run_dir(out: Path, row) -> Path:
@@ -363,8 +334,8 @@ def summarise(out: Path) -> None:
                   "| variant | layer | n | alpha | seeds | val UAR | test UAR | test accuracy | NSL − base (test) | p (z) | p (paired) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         if len(base):
-            lines.append(f"| base | | | | {_count(base)} | {_ms(_per_seed(base, 'val_uar'))} | "
-                         f"{_ms(_per_seed(base, 'test_uar'))} | {_ms(_per_seed(base, 'test_accuracy'))} | | | |")
+            lines.append(f"| base | | | | {_count(base)} | {mean_std(_per_seed(base, 'val_uar'))} | "
+                         f"{mean_std(_per_seed(base, 'test_uar'))} | {mean_std(_per_seed(base, 'test_accuracy'))} | | | |")
         nsl = group[group.variant == "nsl"]
         for (layer, n, alpha), cell in nsl.groupby(["layer", "n", "alpha"], sort=True):
             pairs = [(row, match) for row, match in _pairs(cell, base) if match is not None]
@@ -378,8 +349,8 @@ def summarise(out: Path) -> None:
                 test = f"{gain:+.3f} | {p:.3g} {significance_marker(p)} | {paired}"
             else:
                 test = " | | "
-            lines.append(f"| nsl | {layer} | {n} | {alpha:g} | {_count(cell)} | {_ms(_per_seed(cell, 'val_uar'))} | "
-                         f"{_ms(_per_seed(cell, 'test_uar'))} | {_ms(_per_seed(cell, 'test_accuracy'))} | {test} |")
+            lines.append(f"| nsl | {layer} | {n} | {alpha:g} | {_count(cell)} | {mean_std(_per_seed(cell, 'val_uar'))} | "
+                         f"{mean_std(_per_seed(cell, 'test_uar'))} | {mean_std(_per_seed(cell, 'test_accuracy'))} | {test} |")
             score = cell.val_uar.mean()
             if best is None or score > best[0]:
                 best = (score, cell[cell.seed == cell.seed.iloc[0]], f"{model} {layer} n={n} alpha={alpha:g}")
@@ -412,7 +383,7 @@ def _confusion_best(out: Path, runs: pd.DataFrame, name: str) -> None:
 
 
 def _fig2(frame: pd.DataFrame, path: Path) -> None:
-    from serkit.plots import plt  # the Agg backend is set there
+    from serkit.plots import plt, save_png  # the Agg backend is set there
 
     models = list(dict.fromkeys(frame.model))
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.4), squeeze=False)
@@ -431,5 +402,4 @@ def _fig2(frame: pd.DataFrame, path: Path) -> None:
         ax.set_title(model, fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)

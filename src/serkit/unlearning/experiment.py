@@ -35,7 +35,6 @@ chosen_taus.json, and failed.csv while runs fail.
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import shutil
@@ -47,7 +46,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serkit.errors import ConfigError, SerkitError
-from serkit.io import atomic_file, write_text
+from serkit.experiment import Fingerprint, ResultsTable, mean_std
+from serkit.io import write_text
 from serkit.metrics import significance_marker, z_test_one_tailed
 from serkit.unlearning.methods import get_method
 from serkit.unlearning.run import forget
@@ -230,8 +230,9 @@ def _fingerprint(method: str, params: dict) -> dict:
 def _check_fingerprint(grid: UnlearningGrid, out: Path, finished: set) -> dict:
     """grid.json holds the method and parameters of every label with finished rows. A resume that changes
     them is refused, since old and new rows would mix in one cell; a label without rows is free to change."""
-    path = out / "grid.json"
-    recorded = json.loads(path.read_text()).get("methods", {}) if path.is_file() else {}
+    fingerprint = Fingerprint(out)
+    path = fingerprint.file
+    recorded = (fingerprint.previous() or {}).get("methods", {})
     for backbone in grid.backbones:
         for label, (method, params) in _methods(grid, backbone).items():
             old = recorded.get(backbone, {}).get(label)
@@ -271,12 +272,12 @@ def _check_sizes(grid: UnlearningGrid, pairs: set) -> None:
 
 def run_grid(grid: UnlearningGrid, log=print) -> Path:
     out = Path(grid.output_dir)
-    results = out / "results.csv"
+    table = ResultsTable(out / "results.csv", COLUMNS, "unlearning grid", upgrade=_label_by_method)
+    results = table.path
     done, finished = set(), set()
-    if results.is_file():
-        _upgrade_columns(results)
+    if table.exists():
         methods = {b: _methods(grid, b) for b in grid.backbones}
-        for row in pd.read_csv(results, dtype=str, keep_default_na=False).itertuples():
+        for row in table.read().itertuples():
             now = methods.get(row.backbone, {}).get(row.method)
             if now and now[0] != row.base_method:
                 raise ConfigError(f"{results}: label '{row.method}' ran as method '{row.base_method}' there, but the grid "
@@ -334,16 +335,11 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
         if not grid.keep_models:
             shutil.rmtree(result.model_dir, ignore_errors=True)
         row = _row(result.receipt, backbone, setting, speaker, n, seed, label, tau) | {"base_method": method}
-        new = not results.is_file()
-        with open(results, "a", newline="") as handle:  # one row per finished run: an interruption loses one run
-            writer = csv.DictWriter(handle, COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        table.append([row])
         done.add(key)
         if label not in recorded.setdefault(backbone, {}):  # the label's parameters, fixed by its first finished run
             recorded[backbone][label] = _fingerprint(method, run[8])
-            write_text(out / "grid.json", json.dumps({"methods": recorded}, indent=2) + "\n", overwrite=True)
+            Fingerprint(out).save({"methods": recorded})
 
     cache = {}
 
@@ -412,18 +408,11 @@ def run_grid(grid: UnlearningGrid, log=print) -> Path:
     return out
 
 
-def _upgrade_columns(results: Path) -> None:
-    """A results.csv from an older serkit lacks the newer columns: rewrite it (atomically) with them, so
-    appended rows line up. Rows from before method labels existed were labelled by their method."""
-    frame = pd.read_csv(results, dtype=str, keep_default_na=False)
-    if list(frame.columns) == COLUMNS:
-        return
-    unknown = sorted(set(frame.columns) - set(COLUMNS))
-    if unknown:
-        raise ConfigError(f"{results}: columns {unknown} are not a serkit unlearning grid's; use another output_dir")
+def _label_by_method(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows from before method labels existed were labelled by their method."""
     if "base_method" not in frame:
         frame["base_method"] = frame["method"]
-    write_text(results, frame.reindex(columns=COLUMNS, fill_value="").to_csv(index=False), overwrite=True)
+    return frame
 
 
 def _row(receipt, backbone, setting, speaker, n, seed, method, tau) -> dict:
@@ -443,11 +432,6 @@ def _row(receipt, backbone, setting, speaker, n, seed, method, tau) -> dict:
         "pgd_success": pgd.get("target_success_rate", ""), "snr_db": pgd.get("snr_db_median", ""),
         "epochs_run": stats.get("epochs_run", ""), "stop_reason": stats.get("stop_reason", ""),
     }
-
-
-def _mean_std(values) -> str:
-    values = np.asarray(values, dtype=float)
-    return f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.3f}"
 
 
 def best_taus(frame: pd.DataFrame) -> dict:
@@ -506,8 +490,8 @@ def summarise(out: Path) -> None:
                     cells_p += ["-", "-"]
                     continue
                 short = f" ({len(group)} of {runs[n]} runs)" if len(group) < runs[n] else ""  # failed or still to run
-                cells += [_mean_std(group.forget_uar), _mean_std(group.unseen_uar) + short]
-                cells_p += [_mean_std(group.forget_accuracy), _mean_std(group.mia_auc) + short]
+                cells += [mean_std(group.forget_uar), mean_std(group.unseen_uar) + short]
+                cells_p += [mean_std(group.forget_accuracy), mean_std(group.mia_auc) + short]
                 mean = group.unseen_uar.mean()
                 pick = best if base[method] in PROPOSED else baseline if base[method] == "random-label" else None
                 if pick is not None and mean > pick.get(n, (None, -1))[1]:
@@ -556,10 +540,7 @@ def _retrain_spread(block, ns, methods, base, selected) -> list[str]:
 
 
 def _fig2(frame: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from serkit.plots import plt, save_png  # the Agg backend is set there
 
     val = frame[frame.setting == "train->val"]
     if val.empty:
@@ -579,6 +560,4 @@ def _fig2(frame: pd.DataFrame, path: Path) -> None:
     axes[0][0].set_ylabel("validation UAR after unlearning")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_file(path, "wb", overwrite=True) as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)

@@ -1,0 +1,15 @@
+"""What every experiment grid of serkit shares, in one place.
+
+The papers' grids (unlearning, transfer, audiotext, recovery) are hundreds of independent runs that
+must resume where they stopped and refuse to mix results made with other settings. This package is
+their common machinery: the results table (`ResultsTable`: one row per finished cell, written
+atomically, older files upgraded by one hook), the settings file (`Fingerprint`: grid.json, a resume
+with other settings refused by naming what differs), and the one way tables print a mean and its
+spread (`mean_std`). Each grid keeps its own cells, its run and its summary.
+"""
+
+from serkit.experiment.fingerprint import Fingerprint
+from serkit.experiment.summary import mean_std
+from serkit.experiment.table import ResultsTable
+
+__all__ = ["Fingerprint", "ResultsTable", "mean_std"]
