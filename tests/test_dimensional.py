@@ -376,3 +376,33 @@ def test_experiment_audiotext_tables_and_transcript_sources(text_corpus, tmp_pat
     grid.write_text(grid.read_text().replace("asr_text", "whisper_text").replace(str(tmp_path / "grid"), str(tmp_path / "g2")))
     assert run(["experiment", "audiotext", str(grid)]) == 2
     assert "no transcript column ['whisper_text']" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_regression_stops_early_and_keeps_an_averaged_model_like_classification(tone_corpus, tmp_path):
+    """One training engine: train.patience and train.ema_decay, once refused for task: regression,
+    act on it as on a classifier: training stops `patience` epochs after the best mean validation
+    CCC, and the averaged weights are what is kept (they differ from the raw weights' model)."""
+    from serkit.config import load_recipe
+    from serkit.training import train
+
+    root, manifest, split = tone_corpus
+
+    def recipe(out, **extra):
+        return load_recipe(raw={
+            "name": "tones", "seed": 0, "output_dir": str(tmp_path / out), "task": "regression",
+            "dimensions": {"names": ["arousal"], "scale": [1, 5]}, "data": {"split": str(split)},
+            "model": {"architecture": "cnn6"},
+            "train": {"batch_size": 8, "max_epochs": 12, "lr": 1e-3, "progress_bar": False, **extra}})
+
+    stopped = train(recipe("patience", patience=2), log=lambda *_: None)
+    history = pd.read_csv(stopped.output_dir / "training_log.csv")
+    best = int(history["val_ccc"].idxmax())
+    assert stopped.metrics["training"]["best_epoch"] == best + 1
+    assert len(history) == best + 1 + 2 < 12, history  # stops two epochs without a better val CCC
+    assert list(history.columns) == ["epoch", "train_loss", "val_ccc", "val_ccc_arousal", "lr", "seconds"]
+
+    plain = train(recipe("plain", max_epochs=2), log=lambda *_: None)
+    averaged = train(recipe("ema", max_epochs=2, ema_decay=0.5), log=lambda *_: None)
+    assert plain.metrics["val"]["mean_ccc"] != averaged.metrics["val"]["mean_ccc"]
+    weights = [(d / "model" / "model.safetensors").read_bytes() for d in (plain.output_dir, averaged.output_dir)]
+    assert weights[0] != weights[1]

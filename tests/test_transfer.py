@@ -247,7 +247,8 @@ def test_neighbour_loss_pulls_graph_neighbours_together():
     """The training step's neighbour loss makes linked utterances' embeddings closer: with alpha > 0
     the linked pairs of a random graph end far closer in fc1 than the same training gives without."""
     from serkit.data.dataset import collate
-    from serkit.training import ClassifierModule
+    from serkit.training import TaskModule
+    from serkit.training.classification import ClassificationTask
     from serkit.transfer.nsl import Neighbours
 
     data = ToyData()
@@ -257,7 +258,7 @@ def test_neighbour_loss_pulls_graph_neighbours_together():
 
     def linked_distance(alpha):
         model = ToyModel()
-        module = ClassifierModule(model, lr=1e-2, neighbours=Neighbours(table, data, alpha, "fc1"))
+        module = TaskModule(model, ClassificationTask(), lr=1e-2, loss_hook=Neighbours(table, data, alpha, "fc1"))
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         order = np.random.default_rng(2)
         for _ in range(150):
@@ -311,7 +312,8 @@ def test_neighbours_leave_the_batch_normalisation_of_the_batch_alone():
     not join the batch's batch-norm statistics nor its running statistics (the first version ran
     them as extra rows of the batch, unlike TensorFlow's NSL)."""
     from serkit.data.dataset import collate
-    from serkit.training import ClassifierModule
+    from serkit.training import TaskModule
+    from serkit.training.classification import ClassificationTask
     from serkit.transfer.nsl import Neighbours
 
     data = ToyData()
@@ -321,7 +323,7 @@ def test_neighbours_leave_the_batch_normalisation_of_the_batch_alone():
     def train(alpha, steps):
         model = ToyBNModel()
         graph = None if alpha is None else Neighbours(table, data, alpha, "fc1")
-        module = ClassifierModule(model, lr=1e-2, neighbours=graph)
+        module = TaskModule(model, ClassificationTask(), lr=1e-2, loss_hook=graph)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         order = np.random.default_rng(2)
         for _ in range(steps):

@@ -54,7 +54,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(16, ge=1)
     eval_batch_size: int = Field(16, ge=1)
     max_epochs: int = Field(20, ge=1)
-    patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better val UAR")
+    patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better val UAR (mean CCC for regression)")
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
     strategy: str = "auto"
@@ -126,12 +126,8 @@ class Recipe(_Strict):
         if self.model.architecture == "audiotext" and self.task != "regression":
             raise ValueError("model audiotext (audio + text) is for task: regression (dimensional SER) so far")
         if self.task == "regression":
-            unsupported = [name for name, value in (("train.patience", self.train.patience),
-                                                    ("train.ema_decay", self.train.ema_decay)) if value is not None]
             if self.train.strategy != "auto" or self.train.devices not in ("auto", 1, [0]):
-                unsupported.append("train.devices / train.strategy (one device only)")
-            if unsupported:
-                raise ValueError(f"task: regression does not support {', '.join(unsupported)} yet")
+                raise ValueError("task: regression does not support train.devices / train.strategy (one device only) yet")
         if self.task == "regression" and self.graph is not None:
             raise ValueError("graph (neural structured learning) is for task: classification only")
         return self

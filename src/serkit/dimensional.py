@@ -8,29 +8,21 @@ the dimensions. Evaluation reports CCC, Pearson r and MAE per dimension.
 
 from __future__ import annotations
 
-import functools
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-import yaml
-from torch.utils.data import DataLoader
 
-from serkit.config import Recipe, recipe_to_dict
-from serkit.data.dataset import UtteranceDataset, collate, load_waves
+from serkit.data.dataset import collate, load_waves
 from serkit.data.manifest import Manifest
 from serkit.errors import ConfigError, ManifestError, SerkitError
 from serkit.inference import check_lengths, model_outputs
 from serkit.io import atomic_file, write_json, write_text
 from serkit.metrics import ccc
-from serkit.models.modeldir import SavedModel, load_model, save_model
-from serkit.models.registry import build_model, get_architecture
-from serkit.plots import layer_weights_png
+from serkit.models.modeldir import SavedModel
 
 DIMENSIONS = ("arousal", "valence", "dominance")
 
@@ -176,84 +168,7 @@ def regression_summary(truth: np.ndarray, predicted: np.ndarray, names: list[str
             "scale": [low, high]}
 
 
-# ----------------------------------------------------------------------------------------- training
-
-class RegressionModule(L.LightningModule):
-    """1 − CCC training of any SERModel whose outputs are the dimensions; validation CCC per epoch."""
-
-    def __init__(self, model, lr: float, weight_decay: float = 0.0, lr_decay=None, head_lr: float | None = None):
-        super().__init__()
-        self.model = model
-        self.lr, self.weight_decay, self.lr_decay, self.head_lr = lr, weight_decay, lr_decay, head_lr
-        self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
-        self._val_pred: list[torch.Tensor] = []
-        self._val_true: list[torch.Tensor] = []
-        self.val_ccc: list[float] = []
-
-    def on_train_epoch_start(self):
-        self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
-
-    def training_step(self, batch, batch_idx):
-        wave, mask, target, _, *text = batch  # text: token ids + attention mask, for audio+text models
-        loss = ccc_loss(self.model(wave, mask, *text), target.float())
-        self.epoch_loss_sum += float(loss.detach()) * len(target)
-        self.epoch_loss_count += len(target)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(target))
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        wave, mask, target, _, *text = batch
-        self._val_pred.append(self.model(wave, mask, *text).detach().float().cpu())
-        self._val_true.append(target.float().cpu())
-
-    def on_validation_epoch_end(self):
-        pred, true = torch.cat(self._val_pred), torch.cat(self._val_true)
-        self._val_pred, self._val_true = [], []
-        self.val_ccc = [float(v) for v in ccc_per_dimension(pred, true)]
-        self.log("val_ccc", float(np.mean(self.val_ccc)), prog_bar=True)
-
-    def configure_optimizers(self):
-        from serkit.training import adam
-
-        return adam(self.model, self.lr, self.weight_decay, self.lr_decay, self.head_lr)
-
-
-class KeepBestCCC(L.Callback):
-    """Keep the weights of the epoch with the best mean validation CCC (in memory), or the last
-    epoch when there is no validation data; record the history."""
-
-    def __init__(self, names: list[str], log=None, select: bool = True):
-        self.names, self.print_fn, self.select = names, log, select
-        self.best, self.best_epoch, self.state = -np.inf, -1, None
-        self.history: list[dict] = []
-        self._start = time.perf_counter()
-
-    def on_train_epoch_start(self, trainer, module):
-        self._start = time.perf_counter()
-
-    def _record(self, trainer, module, val: list[float] | None):
-        row = {"epoch": trainer.current_epoch + 1, "train_loss": module.epoch_loss_sum / max(module.epoch_loss_count, 1),
-               "val_ccc": None if val is None else float(np.mean(val)), "seconds": time.perf_counter() - self._start}
-        for name, value in zip(self.names, val or [None] * len(self.names)):
-            row[f"val_ccc_{name}"] = value
-        self.history.append(row)
-        better = val is None or row["val_ccc"] > self.best
-        if better:
-            self.best, self.best_epoch = (row["val_ccc"] if val is not None else None), row["epoch"]
-            self.state = {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()}
-        if self.print_fn is not None:
-            text = "no validation" if val is None else "val CCC " + ", ".join(f"{n} {v:.3f}" for n, v in zip(self.names, val))
-            self.print_fn(f"epoch {row['epoch']}/{trainer.max_epochs}: train loss (1 - CCC) {row['train_loss']:.3f}, {text}"
-                          f"{' (best so far)' if better and val is not None else ''}, {row['seconds']:.0f} s")
-
-    def on_train_epoch_end(self, trainer, module):
-        if not self.select:
-            self._record(trainer, module, None)
-
-    def on_validation_end(self, trainer, module):
-        if not trainer.sanity_checking:
-            self._record(trainer, module, module.val_ccc)
-
+# --------------------------------------------------------------------------------------- evaluation
 
 @dataclass
 class RegressionEval:
@@ -371,135 +286,3 @@ def write_regression_eval_files(folder: Path, result: RegressionEval, model_path
         result.predictions.to_csv(handle, index=False)
     write_text(folder / "report.md", "\n\n".join([f"# Evaluation of `{model_path}`", f"Data: {source}", *notes,
                                                    summary_table([result]), f"Scale: {result.summary['scale']} (MAE on it)."]) + "\n")
-
-
-def train_regression(recipe: Recipe, log=print):
-    """Train a dimensional model: 1 − CCC, selection on mean validation CCC, save, evaluate.
-    Returns None on non-zero DDP ranks."""
-    from serkit.training import run_output
-
-    with run_output(recipe) as output:  # a taken, existing or unwritable output fails here, before any work
-        return _train_regression(recipe, output, log)
-
-
-def _train_regression(recipe: Recipe, output, log=print):
-    from serkit.training import TrainResult, check_part_lengths, initialise_from, load_part_waves, load_parts, run_provenance
-
-    dims = recipe.dimensions
-    names = list(dims.names)
-    L.seed_everything(recipe.seed, workers=True, verbose=False)
-    split, parts, select_on_val = load_parts(recipe)
-    proxy, dropped = None, {}
-    if dims.proxy:
-        proxy = load_proxy(dims.proxy, names, dims.scale)
-        for name in list(parts):
-            parts[name], dropped[name] = apply_proxy(parts[name], proxy, names, dims.drop_unmapped)
-        log(f"PROXY targets: {', '.join(names)} from the emotion categories ({proxy['source']}); left out as unmapped: "
-            + ", ".join(f"{n} {d}" for n, d in dropped.items()))
-    scale = tuple(float(v) for v in (proxy["scale"] if proxy else dims.scale))
-    targets = {name: dimension_targets(part, names, scale) for name, part in parts.items()}
-    preprocessing, waves = load_part_waves(recipe, parts, log)
-
-    arch = get_architecture(recipe.model.architecture)
-    model = build_model(recipe.model.architecture, recipe.model.options, len(names))
-    check_part_lengths(model, recipe, parts, waves)
-    init = initialise_from(model, recipe.model.init_from, log) if recipe.model.init_from else None
-    lr = recipe.train.lr or arch.default_lr
-    log(f"model {arch.name}: {model.total_parameters() / 1e6:.2f} M parameters ({model.trainable_parameters() / 1e6:.2f} M "
-        f"trainable), regression of {', '.join(names)} on [{scale[0]:g}, {scale[1]:g}], loss 1 - CCC, Adam lr {lr:g}")
-    if reads_text(model):  # every part's transcripts are checked before any training
-        for part in parts.values():
-            manifest_texts(part, model.options.text_column, model.options.empty_text)
-    loader_args = {"num_workers": recipe.train.num_workers, "persistent_workers": recipe.train.num_workers > 0}
-
-    def collate_for(part: str):
-        if not reads_text(model):
-            return collate
-        texts = manifest_texts(parts[part], model.options.text_column, model.options.empty_text)
-        return functools.partial(collate_with_text, encode=model.text_encoder(), texts=texts)
-
-    train_set = UtteranceDataset(parts["train"], names, preprocessing, recipe.data.max_seconds, True, waves["train"],
-                                 targets=targets["train"])
-    train_loader = DataLoader(train_set, recipe.train.batch_size, shuffle=True, collate_fn=collate_for("train"), **loader_args)
-    val_loader = None
-    if select_on_val:
-        val_set = UtteranceDataset(parts["val"], names, preprocessing, None, False, waves["val"], targets=targets["val"])
-        val_loader = DataLoader(val_set, recipe.train.eval_batch_size, shuffle=False, collate_fn=collate_for("val"),
-                                **loader_args)
-    work = output.staging() if output is not None else None  # other DDP ranks write nothing
-    keep = KeepBestCCC(names, log=None if recipe.train.progress_bar else log, select=select_on_val)
-    trainer = L.Trainer(
-        default_root_dir=work, max_epochs=recipe.train.max_epochs, accelerator=recipe.train.accelerator,
-        devices=1 if recipe.train.devices == "auto" else recipe.train.devices, precision=recipe.train.precision,
-        deterministic=recipe.train.deterministic, logger=False, callbacks=[keep], enable_checkpointing=False,
-        num_sanity_val_steps=0, enable_model_summary=False, enable_progress_bar=recipe.train.progress_bar,
-        limit_val_batches=1.0 if select_on_val else 0,
-    )
-    module = RegressionModule(model, lr, recipe.train.weight_decay, recipe.train.lr_decay, recipe.train.head_lr)
-    t0 = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader)
-    train_seconds = time.perf_counter() - t0
-    if not trainer.is_global_zero:
-        return None
-    if keep.state is None:
-        raise ConfigError("training ended before the first epoch finished; raise train.max_epochs")
-    model.load_state_dict(keep.state)
-    model.cpu().eval()
-    epochs = len(keep.history)
-    training = {
-        "epochs": epochs, "best_epoch": keep.best_epoch,
-        "best_val_ccc": None if not select_on_val else keep.best,
-        "train_seconds": round(train_seconds, 2),
-        "train_utterances_per_s": round(len(train_set) * epochs / train_seconds, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "device": str(trainer.strategy.root_device), "learning_rate": lr,
-    }
-    task = {"type": "regression", "dimensions": names, "scale": list(scale), "loss": "1 - CCC"}
-    if proxy:
-        task["proxy"] = proxy
-    provenance = run_provenance(recipe, split, waves, init, training)
-    save_model(work / "model", model, names, preprocessing, provenance, task=task)
-    metrics, evaluations = _write_regression_run(work, recipe, arch.name, parts, waves, training, task, keep.history,
-                                                 dropped)
-    output_dir = output.commit()
-    for e in evaluations:
-        log(f"{e.name}: mean CCC {e.summary['mean_ccc']:.3f} ("
-            + ", ".join(f"{n} {v['ccc']:.3f}" for n, v in e.summary["dimensions"].items()) + f"), {e.summary['n']} utterances")
-    return TrainResult(output_dir, output_dir / "model", metrics, evaluations)
-
-
-def _write_regression_run(work: Path, recipe: Recipe, arch: str, parts: dict, waves: dict, training: dict, task: dict,
-                          history: list[dict], dropped: dict) -> tuple[dict, list[RegressionEval]]:
-    """Evaluate the saved model (exactly what was written) on the held-out parts; write the run's files."""
-    saved = load_model(work / "model")
-    model, names, proxy = saved.model, task["dimensions"], task.get("proxy")
-    scale = task["scale"]
-    evaluations = []
-    for name in ("val", "test"):
-        if name in parts:
-            result = evaluate_regression(saved, parts[name], name, recipe.train.eval_batch_size, waves[name])
-            evaluations.append(result)
-            with atomic_file(work / f"predictions_{name}.csv", "w") as handle:
-                result.predictions.to_csv(handle, index=False)
-    metrics = {e.name: e.summary for e in evaluations}
-    metrics["training"] = training
-    metrics["model"] = {"architecture": arch, "parameters": model.total_parameters(),
-                        "trainable_parameters": model.trainable_parameters(), "task": task}
-    audio = getattr(model, "audio", model)  # the audio encoder of an audio+text model, or the model
-    weights = audio.layer_weights() if audio is not None and hasattr(audio, "layer_weights") else None
-    if weights is not None:  # learnable softmax layer weights (paper 004, Fig. 2)
-        metrics["layer_weights"] = {"dimensions": names, "weights": [round(float(w), 5) for w in weights]}
-        layer_weights_png(work / "layer_weights.png", {"+".join(names): weights.tolist()},
-                          f"{recipe.name}: layer weights learnt for {', '.join(names)}")
-    write_json(work / "metrics.json", metrics)
-    write_text(work / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-    write_text(work / "training_log.csv", pd.DataFrame(history).to_csv(index=False))
-    write_text(work / "report.md", "\n\n".join([
-        f"# {recipe.name}: dimensional SER ({', '.join(names)})",
-        f"Model `{arch}`, {model.total_parameters() / 1e6:.2f} M parameters; loss 1 - CCC; values on "
-        f"[{scale[0]:g}, {scale[1]:g}] normalised to [0, 1]; best epoch {training['best_epoch']} of {training['epochs']}.",
-        *([f"**Targets are a PROXY** mapped from emotion categories ({proxy['source']}), not ratings; "
-           f"unmapped utterances left out: {dropped}."] if proxy else []),
-        summary_table(evaluations) if evaluations else "(no held-out parts)",
-    ]) + "\n")
-    return metrics, evaluations

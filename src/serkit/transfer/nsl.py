@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +32,8 @@ from torch import nn
 from serkit.data.dataset import UtteranceDataset, collate
 from serkit.data.manifest import Manifest
 from serkit.errors import SerkitError
-from serkit.transfer.graph import SimilarityGraph
+from serkit.io import sha256_file
+from serkit.transfer.graph import SimilarityGraph, load_graph
 
 EMBEDDINGS = ("fc1", "fc2", "pooled")
 
@@ -108,6 +110,30 @@ class Neighbours:
         unique, target = np.unique(rows[source, node], return_inverse=True)
         wave, mask, _, _ = collate([self.dataset[int(j)] for j in unique])
         return NeighbourBatch(wave, mask, torch.as_tensor(source), torch.as_tensor(target.reshape(-1)))
+
+    def __call__(self, model: nn.Module, batch, task_loss) -> tuple[torch.Tensor, dict]:
+        """The training engine's loss hook: the task's loss plus alpha times the neighbour loss, and
+        what to log. The batch goes through the model alone, as without the graph; its neighbours
+        in a pass of their own, with batch normalisation on its running statistics."""
+        wave, mask, target, index = batch[:4]
+        nb = self.batch(index)
+        if nb is None:
+            return task_loss(model(wave, mask), target), {}
+        feats = model.features(wave, mask)
+        with batchnorm_frozen(model):
+            near = model.features(nb.wave.to(wave.device), nb.mask.to(mask.device))
+        l_nbr = neighbour_loss(feats[self.embedding], near[self.embedding], nb, len(target), self.reduction)
+        return task_loss(feats["logits"], target) + self.alpha * l_nbr, {"neighbour_loss": l_nbr}
+
+
+def graph_neighbours(config, train: Manifest, train_set: UtteranceDataset, log=print) -> tuple[Neighbours, dict]:
+    """The loss hook of a recipe's graph section over its training part, and what the run records
+    about the graph."""
+    graph = load_graph(config.file)
+    table, stats = align_graph(graph, train, config.max_neighbours, f"graph {config.file}", log)
+    stats = {"file": str(Path(config.file).resolve()), "sha256": sha256_file(config.file), "alpha": config.alpha,
+             "embedding": config.embedding, "reduction": config.reduction, **stats, **graph.meta}
+    return Neighbours(table, train_set, config.alpha, config.embedding, config.reduction), stats
 
 
 @contextmanager
