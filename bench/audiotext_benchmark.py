@@ -27,7 +27,7 @@ MODES = ["audio", "text", "audio+text"]
 
 
 def latency(model_dir: Path, text: str, repeats: int = 20) -> float:
-    from serkit.dimensional_experiment import latency_ms
+    from serkit.dimensional.experiment import latency_ms
 
     return latency_ms(model_dir, text, repeats)
 

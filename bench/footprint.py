@@ -25,8 +25,8 @@ MODELS = {"cnn6": ({}, 7, 3.0), "resnet9": ({}, 7, 3.0), "vgg15": ({}, 7, 3.0),
 
 def main() -> None:
     from serkit.data.dataset import Preprocessing
-    from serkit.export import export_onnx
     from serkit.models import build_model, load_model, save_model
+    from serkit.transfer.export import export_onnx
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))

@@ -182,7 +182,7 @@ def test_probe_matches_scikit_learn_run_directly(cnn_pair, tiny_manifest, tiny_s
 
     from serkit.data.dataset import load_waves
     from serkit.data.splits import load_split
-    from serkit.inference import model_outputs
+    from serkit.inference.predict import model_outputs
 
     a_dir = cnn_pair[0]
     assert run(["probe", str(a_dir), "--split", str(tiny_split), "--layer", "fc1", "--layer", "pooled", "-o", str(tmp_path / "p")]) == 0

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serkit.audio import load_audio, trim_silence
+from serkit.data.audio import load_audio, trim_silence
 from serkit.errors import AudioError
 
 

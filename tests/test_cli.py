@@ -153,14 +153,14 @@ def test_an_evaluation_output_that_cannot_be_written_fails_before_scoring_and_a_
         raise AssertionError("scored before the output was checked")
 
     with monkeypatch.context() as patch:
-        patch.setattr("serkit.evaluation.evaluate", not_now)
+        patch.setattr("serkit.evaluation.classification.evaluate", not_now)
         assert run(["evaluate", model, "--split", split, "-o", str(tmp_path / "file" / "e")]) == 2
         assert "cannot write output folder" in _one_error_line(capsys)
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("serkit.evaluation.confusion_png", full)
+    monkeypatch.setattr("serkit.evaluation.classification.confusion_png", full)
     assert run(["evaluate", model, "--split", split, "-o", str(tmp_path / "e")]) == 2
     assert f"no space left on device while writing output folder {tmp_path / 'e'}" in _one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -14,7 +14,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 def test_shipped_config_validates(path):
     from serkit.analysis.recovery import load_recovery
     from serkit.config import load_recipe
-    from serkit.dimensional_experiment import load_audiotext_grid
+    from serkit.dimensional.experiment import load_audiotext_grid
     from serkit.transfer.experiment import load_transfer_grid
     from serkit.unlearning.experiment import load_grid
 

@@ -19,9 +19,11 @@ from serkit.cli import run
 from serkit.config import load_recipe
 from serkit.data.manifest import read_manifest
 from serkit.data.splits import save_split
-from serkit.dimensional import ccc_loss, ccc_per_dimension, dimension_targets, regression_summary
+from serkit.dimensional.targets import dimension_targets
 from serkit.errors import ConfigError, ManifestError
+from serkit.evaluation.regression import regression_summary
 from serkit.metrics import ccc
+from serkit.training.regression import ccc_loss, ccc_per_dimension
 from tests.test_whisper import TINY
 
 
@@ -227,7 +229,7 @@ def test_text_input_errors_are_clear(text_corpus, tmp_path, capsys):
 
 
 def test_proxy_targets_from_categories_are_labelled(tiny_split, tmp_path, capsys):
-    from serkit.dimensional import RUSSELL_MEHRABIAN_1977, apply_proxy, load_proxy
+    from serkit.dimensional.targets import RUSSELL_MEHRABIAN_1977, apply_proxy, load_proxy
 
     proxy = load_proxy("builtin:russell-mehrabian-1977", ["arousal", "valence"], None)
     assert proxy["scale"] == [-1.0, 1.0] and "Russell & Mehrabian (1977)" in proxy["source"]
@@ -264,7 +266,7 @@ def test_proxy_targets_from_categories_are_labelled(tiny_split, tmp_path, capsys
 
 @pytest.mark.slow
 def test_transcribe_real_speech_reports_wer_and_caches(ravdess_frame, tmp_path, capsys):
-    from serkit.transcribe import normalise, word_error_rate
+    from serkit.dimensional.transcribe import normalise, word_error_rate
 
     assert normalise("Kids are talking, by the door!") == "kids are talking by the door"
     assert word_error_rate(["kids are walking by the door"], ["Kids are talking by the door."]) == pytest.approx(1 / 6)
@@ -272,7 +274,7 @@ def test_transcribe_real_speech_reports_wer_and_caches(ravdess_frame, tmp_path, 
     rows[["path", "speaker", "emotion", "text"]].to_csv(tmp_path / "m.csv", index=False)
     cache = tmp_path / "cache"
 
-    from serkit.transcribe import transcribe
+    from serkit.dimensional.transcribe import transcribe
 
     report = transcribe(tmp_path / "m.csv", tmp_path / "asr.csv", cache_dir=cache, log=lambda *_: None)
     out = pd.read_csv(tmp_path / "asr.csv")

@@ -6,8 +6,8 @@ import torch
 from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
 from serkit.errors import ConfigError
-from serkit.frontends import LogMel, LogMelConfig
 from serkit.models import build_model
+from serkit.models.frontends import LogMel, LogMelConfig
 
 CNNS = ["cnn6", "resnet9", "vgg15"]
 PAPER_SIZES = {"cnn6": 4.44e6, "resnet9": 4.96e6, "vgg15": 14.86e6}  # paper 003, 7 classes (DEMoS)

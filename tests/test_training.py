@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from serkit.config import load_recipe
 from serkit.data.manifest import read_manifest
 from serkit.errors import ConfigError, ManifestError, SerkitError
-from serkit.evaluation import evaluate
-from serkit.inference import predict_files
+from serkit.evaluation.classification import evaluate
+from serkit.inference.predict import predict_files
 from serkit.models import load_model
 from serkit.training import train
 from tests.conftest import tiny_recipe

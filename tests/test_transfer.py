@@ -14,8 +14,8 @@ from serkit.cli import run
 from serkit.config import load_recipe
 from serkit.data.dataset import Preprocessing, load_waves
 from serkit.data.manifest import read_manifest
-from serkit.embeddings import available_layers, embed, load_embeddings, save_embeddings
 from serkit.errors import SerkitError
+from serkit.inference.embeddings import available_layers, embed, load_embeddings, save_embeddings
 from serkit.models import build_model, load_model, save_model
 from serkit.training import train
 from serkit.transfer.graph import build_graph, isolation_warning, load_graph, save_graph
@@ -398,7 +398,7 @@ def test_onnx_export_matches_pytorch_and_int8_is_reported(cnn_dir, tmp_path, cap
     # the log-Mel front end stays float in the int8 model (its power spectrum does not fit int8)
     import onnx
 
-    from serkit.export import frontend_nodes
+    from serkit.transfer.export import frontend_nodes
 
     front = set(frontend_nodes(out / "model.onnx"))
     assert report["int8"]["float_frontend_nodes"] == len(front) > 0
@@ -425,7 +425,7 @@ def test_onnx_export_matches_pytorch_and_int8_is_reported(cnn_dir, tmp_path, cap
 def test_export_without_onnx_names_the_install_command(cnn_dir, tmp_path, monkeypatch):
     import sys
 
-    from serkit.export import export_onnx
+    from serkit.transfer.export import export_onnx
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     with pytest.raises(SerkitError, match=r"needs onnxruntime: pip install 'serkit\[export\]'"):

@@ -151,8 +151,8 @@ def test_a_clip_longer_than_the_window_is_named_with_what_to_do(tmp_path, tone, 
     from serkit.cli import run
     from serkit.data.manifest import read_manifest
     from serkit.errors import AudioError
-    from serkit.evaluation import evaluate
-    from serkit.inference import predict_files
+    from serkit.evaluation.classification import evaluate
+    from serkit.inference.predict import predict_files
 
     model = save_model(tmp_path / "m", _tiny(), ["a", "b", "c", "d"], Preprocessing())
     short, long = tone(tmp_path / "short.wav", seconds=2.0), tone(tmp_path / "long.wav", seconds=31.0)
@@ -170,7 +170,7 @@ def test_a_clip_longer_than_the_window_is_named_with_what_to_do(tmp_path, tone, 
 def test_training_names_a_held_out_clip_too_long_for_the_window_before_it_starts(tmp_path, tone):
     from types import SimpleNamespace
 
-    from serkit.audio import load_audio
+    from serkit.data.audio import load_audio
     from serkit.data.manifest import read_manifest
     from serkit.errors import AudioError
     from serkit.training import check_part_lengths

@@ -181,7 +181,7 @@ def evaluate(
                                              "are then marked as not speaker-independent)"),
 ):
     """Evaluate a model: metrics.json, predictions.csv, confusion.png and report.md."""
-    from serkit.inference import check_batch_size
+    from serkit.inference.predict import check_batch_size
     from serkit.io import OutputDir
     from serkit.models import load_model
 
@@ -216,7 +216,7 @@ def _rows_to_evaluate(split: Path | None, manifest: Path | None, part: str, fold
 
 def _check_unseen(saved, rows, source: str, allow_seen: bool, split_parts: dict | None = None) -> list[str] | None:
     """Refuse to score speakers the model trained on as if unseen; say so when it cannot be checked."""
-    from serkit.evaluation import seen_speakers
+    from serkit.evaluation.classification import seen_speakers
 
     seen = seen_speakers(saved, rows.speakers, split_parts)
     if seen is None:
@@ -233,8 +233,8 @@ def _check_unseen(saved, rows, source: str, allow_seen: bool, split_parts: dict 
 
 
 def _evaluate_classes(saved, rows, name: str, batch_size: int, folder: Path, source: str, seen) -> None:
-    from serkit.evaluation import evaluate as run_eval
-    from serkit.evaluation import write_evaluation_files
+    from serkit.evaluation.classification import evaluate as run_eval
+    from serkit.evaluation.classification import write_evaluation_files
 
     result = run_eval(saved, rows, name, batch_size)
     write_evaluation_files(folder, result, saved.path, source, seen)
@@ -243,7 +243,7 @@ def _evaluate_classes(saved, rows, name: str, batch_size: int, folder: Path, sou
 
 
 def _evaluate_dimensions(saved, rows, name: str, batch_size: int, folder: Path, source: str, seen) -> None:
-    from serkit.dimensional import evaluate_regression, write_regression_eval_files
+    from serkit.evaluation.regression import evaluate_regression, write_regression_eval_files
 
     result = evaluate_regression(saved, rows, name, batch_size)
     write_regression_eval_files(folder, result, saved.path, source, seen)
@@ -262,7 +262,7 @@ def predict(
     text: list[str] = typer.Option([], "--text", help="audio+text models: the transcript of each file, in order (repeat)"),
 ):
     """Predict the emotion of audio files: label and class probabilities (or dimensions)."""
-    from serkit.inference import check_batch_size, predict_files
+    from serkit.inference.predict import check_batch_size, predict_files
     from serkit.models import load_model
 
     check_batch_size(batch_size)
@@ -367,7 +367,7 @@ def transcribe(
     batch_size: int = 8,
 ):
     """ASR transcripts for a manifest (cached per model and audio file); WER against its `text` column if any."""
-    from serkit.transcribe import transcribe as run_asr
+    from serkit.dimensional.transcribe import transcribe as run_asr
 
     report = run_asr(manifest, out, model=model, column=column, batch_size=batch_size, language=language, log=console.print)
     wer = f"; WER against the manifest's text {report['wer_vs_text']:.3f}" if "wer_vs_text" in report else ""
@@ -377,8 +377,9 @@ def transcribe(
 
 def _predict_dimensions(saved, files, format, batch_size, texts) -> None:
     from serkit.data.dataset import load_waves
-    from serkit.dimensional import predict_dimensions, reads_text
-    from serkit.inference import check_lengths
+    from serkit.dimensional.text import reads_text
+    from serkit.evaluation.regression import predict_dimensions
+    from serkit.inference.predict import check_lengths
 
     names, (low, high) = saved.task["dimensions"], saved.task["scale"]
     if reads_text(saved.model) and len(texts) != len(files):
@@ -408,7 +409,7 @@ EXPERIMENTS = {
     "transfer": ("serkit.transfer.experiment", "load_transfer_grid", "run_transfer_grid", "configs/transfer_emodb.yaml",
                  "results.csv, table3.md, fig2.png, confusion_best.png",
                  "Paper 003's Table 3 grid (resumable): results.csv, table3.md, fig2.png, confusion_best.png."),
-    "audiotext": ("serkit.dimensional_experiment", "load_audiotext_grid", "run_audiotext_grid", "configs/audiotext_emodb.yaml",
+    "audiotext": ("serkit.dimensional.experiment", "load_audiotext_grid", "run_audiotext_grid", "configs/audiotext_emodb.yaml",
                   "results.csv, table1.md, table2.md",
                   "Paper 004's Tables 1-2 (resumable): results.csv, table1.md (modalities x encoders), table2.md (transcripts)."),
     "recovery": ("serkit.analysis.recovery", "load_recovery", "run_recovery", "configs/recovery.yaml",

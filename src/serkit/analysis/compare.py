@@ -21,7 +21,7 @@ import numpy as np
 from serkit.data.dataset import load_waves
 from serkit.data.manifest import Manifest
 from serkit.errors import SerkitError
-from serkit.inference import model_outputs
+from serkit.inference.predict import model_outputs
 from serkit.metrics import uar, war
 from serkit.models.modeldir import SavedModel
 
@@ -29,7 +29,7 @@ COVERAGE = 0.7  # the paper's threshold covers more than 70 % of the data
 
 
 def _outputs(saved: SavedModel, manifest: Manifest, layer: str, cache: dict) -> dict[str, np.ndarray]:
-    from serkit.embeddings import check_layer
+    from serkit.inference.embeddings import check_layer
 
     check_layer(saved, layer)
     key = saved.preprocessing

@@ -73,8 +73,8 @@ def linear_probe(x_train, y_train, x_test, y_test, groups=None, cs=DEFAULT_CS, f
 def model_features(saved, manifest, layers: list[str], batch_size: int = 16) -> dict[str, np.ndarray]:
     """Embeddings of every requested layer in one pass over the audio per kind of layer."""
     from serkit.data.dataset import load_waves
-    from serkit.embeddings import check_layer
-    from serkit.inference import model_outputs
+    from serkit.inference.embeddings import check_layer
+    from serkit.inference.predict import model_outputs
 
     for layer in layers:
         check_layer(saved, layer)
@@ -93,7 +93,7 @@ def model_features(saved, manifest, layers: list[str], batch_size: int = 16) -> 
 
 def default_probe_layers(saved) -> list[str]:
     """Every hidden state of a transformer, else the CNN's pooled and FC1 embeddings."""
-    from serkit.embeddings import available_layers
+    from serkit.inference.embeddings import available_layers
 
     names = available_layers(saved)
     hidden = [n for n in names if n.startswith("hidden:")]

@@ -210,7 +210,7 @@ def _probe_model(model_dir: str, layers: list[str] | None, train_rows, test_rows
 
 
 def _probe_handcrafted(kind: str, both, train_rows, test_rows, words: int) -> dict:
-    from serkit.features import bag_of_audio_words, opensmile_functionals
+    from serkit.analysis.features import bag_of_audio_words, opensmile_functionals
 
     quiet = lambda *a: None  # noqa: E731
     if kind == "boaw":

@@ -121,7 +121,7 @@ def register(app: typer.Typer, console) -> None:
         loaded = load_split(split, manifest)
         train_rows, test_rows = loaded.part("train"), loaded.part(part)
         if source.suffix == ".npy":
-            from serkit.embeddings import load_embeddings
+            from serkit.inference.embeddings import load_embeddings
 
             emb = load_embeddings(source)
             if emb.meta.get("manifest_sha256") and emb.meta["manifest_sha256"] != loaded.manifest.sha256:

@@ -13,7 +13,7 @@ def register(app: typer.Typer, console) -> None:
     app.add_typer(features_app, name="features")
 
     def _save(out: Path, array, meta: dict, rows) -> None:
-        from serkit.embeddings import save_embeddings
+        from serkit.inference.embeddings import save_embeddings
 
         meta = {**meta, "manifest": str(rows.file), "manifest_sha256": rows.sha256, "paths": list(rows.frame["path"])}
         save_embeddings(out, array, meta)
@@ -26,8 +26,8 @@ def register(app: typer.Typer, console) -> None:
         feature_set: str = typer.Option("eGeMAPSv02", "--set", help="ComParE_2016, eGeMAPSv02, ... (openSMILE's sets)"),
     ):
         """openSMILE functionals per utterance (research/education licence: see the note printed)."""
+        from serkit.analysis.features import LICENCE, opensmile_functionals
         from serkit.data.manifest import read_manifest
-        from serkit.features import LICENCE, opensmile_functionals
 
         rows = read_manifest(manifest)
         array, meta = opensmile_functionals(rows, feature_set, log=console.print)
@@ -44,8 +44,8 @@ def register(app: typer.Typer, console) -> None:
         manifest: Path | None = typer.Option(None, help="override the manifest the split names"),
     ):
         """Bags of audio words over openSMILE LLDs and deltas; codebooks from the training speakers only."""
+        from serkit.analysis.features import LICENCE, bag_of_audio_words
         from serkit.data.splits import load_split
-        from serkit.features import LICENCE, bag_of_audio_words
 
         loaded = load_split(split, manifest)
         rows = loaded.manifest

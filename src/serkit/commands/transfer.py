@@ -22,8 +22,8 @@ def register(app: typer.Typer, console) -> None:
         """Time-averaged embeddings of every utterance of a manifest, from any serkit model."""
         from serkit.data.manifest import read_manifest
         from serkit.data.splits import load_split
-        from serkit.embeddings import check_layer, embed, save_embeddings
         from serkit.errors import SerkitError
+        from serkit.inference.embeddings import check_layer, embed, save_embeddings
         from serkit.io import refuse_existing
         from serkit.models import load_model
 
@@ -58,7 +58,7 @@ def register(app: typer.Typer, console) -> None:
         """Similarity graph over embedded utterances: exact thresholded top-k cosine neighbours."""
         import time
 
-        from serkit.embeddings import load_embeddings
+        from serkit.inference.embeddings import load_embeddings
         from serkit.transfer.graph import build_graph, check_threshold, isolation_warning, save_graph, similarity_quantiles
 
         check_threshold(threshold)
@@ -106,8 +106,8 @@ def register(app: typer.Typer, console) -> None:
         int8: bool = typer.Option(False, "--int8", help="also write a dynamically quantised int8 model"),
     ):
         """Export a model for on-device use (ONNX, optionally int8), checked against PyTorch."""
-        from serkit.export import export_onnx
         from serkit.models import load_model
+        from serkit.transfer.export import export_onnx
 
         saved = load_model(model_dir)
         with console.status("exporting and checking"):

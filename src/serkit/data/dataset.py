@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from serkit import SAMPLE_RATE
-from serkit.audio import load_audio, trim_silence
+from serkit.data.audio import load_audio, trim_silence
 from serkit.data.manifest import Manifest
 
 
@@ -49,7 +49,7 @@ def repeat_to_length(wave: np.ndarray, length: int) -> np.ndarray:
 
 def load_waves(paths, preprocessing: Preprocessing, workers: int | None = None, named_in: str = "manifest") -> list[np.ndarray]:
     """Decode and preprocess every file (in parallel threads; libsndfile and soxr release the GIL).
-    `named_in`: where the paths come from, for what an error tells the user to do (see serkit.audio.FIXES)."""
+    `named_in`: where the paths come from, for what an error tells the user to do (see serkit.data.audio.FIXES)."""
 
     def one(path):
         return preprocessing(load_audio(path, preprocessing.sample_rate, named_in=named_in))

@@ -20,7 +20,7 @@ import pandas as pd
 import soundfile as sf
 
 from serkit import SAMPLE_RATE
-from serkit.audio import load_audio, write_flac
+from serkit.data.audio import load_audio, write_flac
 from serkit.data.manifest import write_manifest
 from serkit.errors import AudioError, ManifestError, SerkitError
 from serkit.io import OutputDir

@@ -9,6 +9,7 @@ manifest that changed since the split was made, is refused.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -260,3 +261,9 @@ def _speaker_genders(manifest: Manifest) -> dict[str, str]:
         values = set(group["gender"].str.lower().str.strip()) - {""}
         genders[speaker] = values.pop() if len(values) == 1 else "unknown"
     return genders
+
+
+def split_parts_sha256(parts: dict[str, list[str]]) -> str:
+    """One hash of a whole partition (never of one speaker), to check a split given back later."""
+    canonical = {p: sorted(str(s) for s in v) for p, v in sorted(parts.items()) if v}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

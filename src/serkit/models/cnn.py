@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from serkit.frontends import LogMel, LogMelConfig
+from serkit.models.frontends import LogMel, LogMelConfig
 from serkit.models.registry import SERModel, register
 
 

@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from serkit.errors import ConfigError, ModelDirError
-from serkit.frontends import WaveformNormalize
+from serkit.models.frontends import WaveformNormalize
 from serkit.models.registry import SERModel, register
 
 BACKBONES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {

@@ -193,7 +193,7 @@ class WhisperClassifier(SERModel):
         lengths = torch.div(frame_mask.sum(-1) + 1, 2, rounding_mode="floor")
         steps = x.shape[-1]
         if steps > enc.embed_positions.num_embeddings:
-            # the last line of defence: serkit.inference.check_lengths names the file before a batch gets here
+            # the last line of defence: serkit.inference.predict.check_lengths names the file before a batch gets here
             raise ConfigError(f"input longer than Whisper's {self.max_seconds:.0f} s window; crop or split the audio")
         enc_mask = torch.arange(steps, device=x.device)[None, :] < lengths[:, None]
         x = x.permute(0, 2, 1) + enc.embed_positions.weight[:steps]

@@ -9,7 +9,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from serkit.errors import ConfigError
-from serkit.evaluation import EvalResult, evaluate, recall_table, summary_table, write_predictions
+from serkit.evaluation.classification import EvalResult, evaluate, recall_table, summary_table, write_predictions
 from serkit.metrics import uar_from_confusion
 from serkit.plots import confusion_png, training_curve_png
 

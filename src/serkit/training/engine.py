@@ -52,7 +52,7 @@ class TrainResult:
     output_dir: Path
     model_dir: Path
     metrics: dict
-    evaluations: list  # serkit.evaluation.EvalResult, or RegressionEval for task: regression
+    evaluations: list  # serkit.evaluation: classification.EvalResult, or regression.RegressionEval for task: regression
 
 
 def task_for(recipe: Recipe):

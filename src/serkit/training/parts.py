@@ -8,7 +8,7 @@ from serkit.config import Recipe
 from serkit.data.dataset import Preprocessing, load_waves
 from serkit.data.splits import load_split
 from serkit.errors import SplitError
-from serkit.inference import check_lengths
+from serkit.inference.predict import check_lengths
 from serkit.models.registry import SERModel
 
 

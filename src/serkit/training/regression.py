@@ -1,7 +1,7 @@
 """Dimensional SER (paper 004) as a training task: arousal/valence/dominance, 1 − CCC, validation CCC.
 
-The targets, the proxy mapping from categories and the evaluation live in serkit.dimensional; this
-module is what the training engine needs to train on them."""
+The targets and the proxy mapping from categories live in serkit.dimensional, the evaluation in
+serkit.evaluation.regression; this module is what the training engine needs to train on them."""
 
 from __future__ import annotations
 
@@ -12,20 +12,24 @@ import numpy as np
 import torch
 import torchmetrics
 
-from serkit.dimensional import (
-    apply_proxy,
-    ccc_loss,
-    ccc_per_dimension,
-    collate_with_text,
-    dimension_targets,
-    evaluate_regression,
-    load_proxy,
-    manifest_texts,
-    reads_text,
-    summary_table,
-)
+from serkit.dimensional.targets import apply_proxy, dimension_targets, load_proxy
+from serkit.dimensional.text import collate_with_text, manifest_texts, reads_text
+from serkit.evaluation.regression import evaluate_regression, summary_table
 from serkit.io import atomic_file
 from serkit.plots import layer_weights_png
+
+
+def ccc_per_dimension(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Lin's concordance correlation coefficient of each column of (N, D) tensors (population moments)."""
+    mp, mt = pred.mean(0), target.mean(0)
+    vp, vt = pred.var(0, unbiased=False), target.var(0, unbiased=False)
+    cov = ((pred - mp) * (target - mt)).mean(0)
+    return 2 * cov / (vp + vt + (mp - mt) ** 2 + eps)
+
+
+def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 − CCC averaged over the dimensions (paper 004), computed over the batch."""
+    return 1 - ccc_per_dimension(pred, target).mean()
 
 
 class CCCMetric(torchmetrics.Metric):

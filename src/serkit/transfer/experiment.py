@@ -79,7 +79,7 @@ def _graphs(grid: TransferGrid, recipe, folds: list, upstream, out: Path, log) -
     """One graph per upstream layer (and fold) over the training utterances (made once, then reused).
     The upstream model embeds the union of the folds' training utterances once per layer."""
     from serkit.data.splits import load_split
-    from serkit.embeddings import check_layer, embed, load_embeddings, save_embeddings
+    from serkit.inference.embeddings import check_layer, embed, load_embeddings, save_embeddings
     from serkit.transfer.graph import build_graph, save_graph
 
     graphs = {}
@@ -163,7 +163,7 @@ def _folds(grid: TransferGrid, recipe) -> list:
 
 def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
     from serkit.config import load_recipe
-    from serkit.embeddings import check_layer
+    from serkit.inference.embeddings import check_layer
     from serkit.models import get_architecture, load_model
     from serkit.training import train
 

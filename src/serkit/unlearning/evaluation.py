@@ -23,7 +23,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from serkit.data.dataset import load_waves
 from serkit.data.manifest import Manifest
 from serkit.errors import SerkitError
-from serkit.inference import model_outputs
+from serkit.inference.predict import model_outputs
 from serkit.metrics import uar, war
 
 if TYPE_CHECKING:

@@ -65,8 +65,7 @@ def training_data(saved: SavedModel, manifest: Path | str | None = None, split: 
 
 
 def _from_split(saved: SavedModel, prov: dict, trained_on: list[str], split: Path | str, manifest) -> TrainingData:
-    from serkit.data.splits import load_split
-    from serkit.unlearning.redaction import split_parts_sha256
+    from serkit.data.splits import load_split, split_parts_sha256
 
     fold = ((prov.get("recipe") or {}).get("data") or {}).get("fold")
     loaded = load_split(split, manifest, fold)

@@ -13,18 +13,13 @@ given back and checked. Absolute paths (machine paths) are cut to their last com
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from serkit.data.splits import split_parts_sha256
+
 REMOVED = ("split_file", "manifest", "speakers", "unlearning", "unlearning_history")
-
-
-def split_parts_sha256(parts: dict[str, list[str]]) -> str:
-    """One hash of a whole partition (never of one speaker), to check a split given back later."""
-    canonical = {p: sorted(str(s) for s in v) for p, v in sorted(parts.items()) if v}
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def private_training_provenance(provenance: dict) -> dict:

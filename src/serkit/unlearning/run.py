@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from serkit.data.manifest import read_manifest
+from serkit.data.splits import split_parts_sha256
 from serkit.determinism import reproducible
 from serkit.errors import SerkitError
 from serkit.io import OutputDir, refuse_existing, sha256_file, write_text
@@ -47,7 +48,7 @@ from serkit.unlearning.receipts import (
     receipt_sha256,
     report_markdown,
 )
-from serkit.unlearning.redaction import find_traces, identifiers_of, private_training_provenance, split_parts_sha256
+from serkit.unlearning.redaction import find_traces, identifiers_of, private_training_provenance
 
 
 @dataclass

@@ -163,9 +163,9 @@ def check_forget_set(receipt: dict, forget_files: list[str], keys: Path | str) -
 
 
 def check_figures(receipt: dict, model_dir: Path, forget_files: list[str], split, manifest, tolerance: float) -> list[Check]:
+    from serkit.data.splits import split_parts_sha256
     from serkit.models.modeldir import load_model
     from serkit.unlearning.forget_set import build_forget_set, training_data
-    from serkit.unlearning.redaction import split_parts_sha256
 
     saved = load_model(model_dir)
     data = training_data(saved, manifest, split)

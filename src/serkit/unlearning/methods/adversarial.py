@@ -122,7 +122,7 @@ class AdversarialEWC(Adversarial):
         elif p.fisher_labels == "true":
             labels = ctx.forget_labels
         else:
-            from serkit.inference import predict_proba
+            from serkit.inference.predict import predict_proba
 
             labels = predict_proba(ctx.saved.model, ctx.forget_waves).argmax(1)
         fisher = fisher_diagonal(ctx.saved.model, ctx.forget_waves, labels, normalize=p.fisher_normalize)

@@ -268,7 +268,7 @@ def _check_fingerprint(grid: AudioTextGrid, raw: dict, out: Path, frame: pd.Data
 
 
 def summarise(grid: AudioTextGrid, manifest, out: Path) -> None:
-    from serkit.transcribe import word_error_rate
+    from serkit.dimensional.transcribe import word_error_rate
 
     frame = pd.read_csv(out / "results.csv", dtype={"audio": str, "text": str, "transcript": str, "layer_weights": str},
                         keep_default_na=False)

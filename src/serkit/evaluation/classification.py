@@ -11,7 +11,7 @@ import pandas as pd
 
 from serkit.data.dataset import load_waves
 from serkit.data.manifest import Manifest
-from serkit.inference import check_lengths, predict_proba
+from serkit.inference.predict import check_lengths, predict_proba
 from serkit.io import atomic_file, write_json, write_text
 from serkit.metrics import classification_summary
 from serkit.models.modeldir import SavedModel
@@ -73,7 +73,7 @@ def seen_speakers(saved: SavedModel, speakers, split_parts: dict | None = None) 
     """The speakers among `speakers` that the model was trained on, from its provenance; None when it
     does not list them (a model from elsewhere). A model after `serkit forget` keeps them private but
     records a hash of its split: `split_parts` of that same split tell them again."""
-    from serkit.unlearning.redaction import split_parts_sha256
+    from serkit.data.splits import split_parts_sha256
 
     provenance = saved.config.get("provenance") or {}
     parts = provenance.get("speakers")

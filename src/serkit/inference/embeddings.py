@@ -27,7 +27,7 @@ import torch
 from serkit.data.dataset import load_waves
 from serkit.data.manifest import Manifest
 from serkit.errors import SerkitError
-from serkit.inference import model_outputs
+from serkit.inference.predict import model_outputs
 from serkit.io import refuse_existing
 from serkit.models.modeldir import SavedModel
 

@@ -1,0 +1,1 @@
+"""Evaluation of a saved model on a manifest: classification (UAR, confusion) and regression (CCC)."""

@@ -1,0 +1,1 @@
+"""Inference with a saved model: predictions, raw outputs, layer embeddings over a manifest."""
