@@ -59,3 +59,88 @@ def test_one_run_has_no_spread_to_print():
     assert mean_std([0.6, 0.7]) == "0.650 ± 0.071"
     assert mean_std([12, 14], 0) == "13 ± 1"
     assert mean_std([]) == "–"
+
+
+# ------------------------------------------------------------------------------------------ executors
+
+def square_cell(payload) -> list[dict]:
+    """A cell for the executor tests: module-level, so worker processes can import it."""
+    import os
+
+    value, fail = payload
+    if fail:
+        raise ValueError(f"cell {value} cannot be computed")
+    return [{"x": value, "square": value * value, "pid": os.getpid()}]
+
+
+def _cells(values, fail=()):
+    from serkit.experiment import Cell
+
+    return [Cell(str(v), f"x{v}", (v, v in fail)) for v in values]
+
+
+def test_two_local_workers_run_every_cell_once_in_two_processes(tmp_path):
+    from serkit.experiment import ExecutorConfig, run_cells
+
+    table = ResultsTable(tmp_path / "results.csv", ["x", "square", "pid"])
+    lines = []
+    run_cells(_cells(range(6)), square_cell, table, ExecutorConfig(kind="pool", workers=2, threads=1), lines.append)
+    frame = table.read()
+    assert sorted(frame.x.astype(int)) == list(range(6)) and (frame.square.astype(int) == frame.x.astype(int) ** 2).all()
+    assert frame.pid.nunique() == 2 and str(__import__("os").getpid()) not in set(frame.pid)
+    assert sum("done" in line for line in lines) == 6
+    assert not list((tmp_path / "cells").iterdir())  # every cell's hand-over file taken in
+
+
+def test_a_failing_cell_stops_the_pool_after_the_running_cells_and_keeps_theirs(tmp_path):
+    from serkit.experiment import ExecutorConfig, run_cells
+
+    table = ResultsTable(tmp_path / "results.csv", ["x", "square", "pid"])
+    lines = []
+    with pytest.raises(ValueError, match="cell 1 cannot be computed"):
+        run_cells(_cells(range(4), fail={1}), square_cell, table, ExecutorConfig(kind="pool", workers=2, threads=1),
+                  lines.append)
+    kept = set(table.read().x.astype(int))
+    assert 0 in kept and 1 not in kept  # the cell run beside the failure is kept; the failed one is not
+    assert any("x1 FAILED: cell 1 cannot be computed" in line for line in lines)
+
+
+def test_rows_a_worker_left_after_the_driver_died_are_taken_in_once(tmp_path):
+    from serkit.experiment import take_in_finished
+    from serkit.experiment.executor import _cell_file, run_and_keep
+
+    table = ResultsTable(tmp_path / "results.csv", ["x", "square", "pid"])
+    (tmp_path / "cells").mkdir()
+    table.append(square_cell((1, False)))
+    for value in (1, 2):  # 1 was recorded before the driver died, 2 was not
+        run_and_keep(square_cell, (value, False), str(_cell_file(tmp_path / "cells", str(value))))
+    assert take_in_finished(table, lambda row: row["x"]) == 1
+    assert sorted(table.read().x) == ["1", "2"] and not list((tmp_path / "cells").iterdir())
+    assert take_in_finished(table, lambda row: row["x"]) == 0
+
+
+def test_slurm_cells_run_as_submitit_jobs_and_land_in_the_table(tmp_path):
+    pytest.importorskip("submitit")
+    from serkit.experiment import ExecutorConfig, run_cells
+
+    table = ResultsTable(tmp_path / "results.csv", ["x", "square", "pid"])
+    lines = []
+    config = ExecutorConfig(kind="slurm", workers=2, cluster="local", slurm={"timeout_min": 5})
+    run_cells(_cells(range(3)), square_cell, table, config, lines.append)
+    assert sorted(table.read().x.astype(int)) == [0, 1, 2]
+    assert "3 cells submitted to local" in lines[0] and (tmp_path / "slurm").is_dir()
+    with pytest.raises(ConfigError, match="cell x1 failed as job"):
+        run_cells(_cells([1], fail={1}), square_cell, ResultsTable(tmp_path / "other.csv", ["x", "square", "pid"]),
+                  config, lines.append)
+
+
+def test_workers_on_the_command_line_mean_a_pool_and_bad_executor_settings_name_the_field():
+    from serkit.experiment import ExecutorConfig, executor_config
+
+    assert executor_config(None, workers=2).kind == "pool"
+    assert executor_config(ExecutorConfig(kind="slurm"), workers=4).kind == "slurm"
+    assert executor_config(None).kind == "local"
+    with pytest.raises(ConfigError, match="use --executor pool or --executor slurm"):
+        executor_config(None, kind="local", workers=2)
+    with pytest.raises(ConfigError, match="executor.devices lists 1 devices for 2 workers"):
+        executor_config(ExecutorConfig(devices=["0"]), workers=2)

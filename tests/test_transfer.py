@@ -619,3 +619,29 @@ def test_results_from_before_folds_gain_an_empty_fold_column(tmp_path):
     assert list(frame.columns) == COLUMNS and list(frame.fold) == ["", ""] and list(frame.test_uar) == [0.5, 0.7]
     summarise(tmp_path)
     assert "| +0.200 |" in (tmp_path / "table3.md").read_text()
+
+
+def test_transfer_grid_on_two_worker_processes_gives_the_rows_of_one_process(cnn_dir, tiny_split, tmp_path):
+    """The same cells through a pool of two local workers: each trained once, in another process,
+    with the figures the in-process run gives (every cell is seeded; the workers use as many torch
+    threads as this process, so the sums run in the same order)."""
+    import torch
+
+    from serkit.experiment import ExecutorConfig
+    from serkit.transfer.experiment import load_transfer_grid, run_transfer_grid
+
+    recipe = tmp_path / "down.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_split, tmp_path / "unused", max_epochs=1)))
+    figures = ["model", "seed", "variant", "layer", "n", "alpha", "val_uar", "val_accuracy", "test_uar", "test_accuracy"]
+    tables = {}
+    for kind in ("local", "pool"):
+        grid = tmp_path / f"{kind}.yaml"
+        grid.write_text(yaml.safe_dump({"output_dir": str(tmp_path / kind), "recipe": str(recipe), "upstream": str(cnn_dir),
+                                        "models": ["cnn6"], "layers": ["fc1"], "neighbours": [2], "alphas": [0.1, 1.0],
+                                        "threshold": 0.0, "seeds": [0]}))
+        executor = ExecutorConfig(kind=kind, workers=1 if kind == "local" else 2, threads=torch.get_num_threads())
+        run_transfer_grid(load_transfer_grid(grid), log=lambda *a: None, executor=executor)
+        tables[kind] = pd.read_csv(tmp_path / kind / "results.csv").sort_values(["variant", "alpha"])[figures]
+    assert len(tables["pool"]) == 3
+    pd.testing.assert_frame_equal(tables["local"].reset_index(drop=True), tables["pool"].reset_index(drop=True))
+    assert (tmp_path / "pool" / "table3.md").is_file() and not list((tmp_path / "pool" / "cells").iterdir())

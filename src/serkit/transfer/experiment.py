@@ -27,7 +27,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serkit.errors import ConfigError
-from serkit.experiment import Fingerprint, ResultsTable, mean_std
+from serkit.experiment import Cell, ExecutorConfig, Fingerprint, ResultsTable, mean_std, run_cells, take_in_finished
 from serkit.io import write_text
 from serkit.metrics import paired_uar_test, significance_marker, z_test_one_tailed
 
@@ -55,6 +55,8 @@ class TransferGrid(BaseModel):
                                     "--folds K / --loso) to run; default: every fold. A hold-out split has none")
     keep_models: bool = False
     set: list[str] = Field(default_factory=list, description="recipe overrides for every training, e.g. train.max_epochs=5")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="where the trainings run: local "
+                                     "(default), pool (local processes), slurm (submitit)")
 
     @field_validator("models", "layers", "neighbours", "alphas", "seeds", "folds")
     @classmethod
@@ -161,11 +163,31 @@ def _folds(grid: TransferGrid, recipe) -> list:
     return folds
 
 
-def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
+def run_cell(payload) -> list[dict]:
+    """One training of the grid (in this process or a worker): its results.csv row."""
     from serkit.config import load_recipe
+    from serkit.training import train
+
+    raw, cell, keep_models = payload
+    recipe = load_recipe(raw=raw)
+    run_dir = Path(recipe.output_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted training of this cell
+    m = train(recipe, log=lambda *a: None).metrics
+    row = {**cell, "val_uar": m["val"]["uar"], "val_accuracy": m["val"]["war"], "test_uar": m["test"]["uar"],
+           "test_accuracy": m["test"]["war"], "n_val": m["val"]["n"], "n_test": m["test"]["n"],
+           "train_seconds": m["training"]["train_seconds"], "parameters": m["model"]["parameters"],
+           "run_dir": str(run_dir)}
+    if not keep_models:
+        shutil.rmtree(run_dir / "model", ignore_errors=True)
+    return [row]
+
+
+def run_transfer_grid(grid: TransferGrid, log=print, executor: ExecutorConfig | None = None) -> Path:
+    """Run the grid's missing trainings (through `executor`, default the grid's own), then summarise."""
+    from serkit.config import load_recipe, recipe_to_dict
     from serkit.inference.embeddings import check_layer
     from serkit.models import get_architecture, load_model
-    from serkit.training import train
 
     out = Path(grid.output_dir)
     base_recipe = load_recipe(grid.recipe, grid.set)
@@ -185,17 +207,18 @@ def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
     graphs = _graphs(grid, base_recipe, folds, upstream, out, log)
     del upstream
     table = ResultsTable(out / "results.csv", COLUMNS, "transfer grid")  # an older file gains the fold column
-    done = {_key(r["model"], r["seed"], r["fold"], r["variant"], r["layer"], r["n"], r["alpha"])
-            for r in table.read().to_dict("records")}
+    row_key = lambda r: _key(r["model"], r["seed"], r["fold"], r["variant"], r["layer"], r["n"], r["alpha"])  # noqa: E731
+    if take_in_finished(table, row_key):
+        log("took in cells that finished after the last run stopped")
+    done = {row_key(r) for r in table.read().to_dict("records")}
     cells = list(_cells(grid, folds))
     todo = [c for c in cells if _key(*c) not in done]
     log(f"{len(cells) - len(todo)} trainings done, {len(todo)} to go")
-    for i, (model, seed, fold, variant, layer, n, alpha) in enumerate(todo, 1):
+    jobs = []
+    for model, seed, fold, variant, layer, n, alpha in todo:
         tag = (f"{model}-s{seed}" + ("" if fold is None else f"-f{fold}") + f"-{variant}"
                + (f"-{layer}-n{n}-a{alpha:g}" if variant == "nsl" else ""))
         run_dir = out / "runs" / tag
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # an interrupted training of this cell
         overrides = [f"model.architecture={model}", "model.options={}", f"seed={seed}", f"output_dir={run_dir}",
                      "train.progress_bar=false", *grid.set]
         if fold is not None:
@@ -204,19 +227,11 @@ def run_transfer_grid(grid: TransferGrid, log=print) -> Path:
         raw["graph"] = None if variant == "base" else {"file": str(graphs[layer, fold]), "alpha": alpha,
                                                           "max_neighbours": n, "embedding": grid.embedding,
                                                           "reduction": grid.reduction}
-        recipe = load_recipe(raw=_apply(raw, overrides))
-        log(f"[{i}/{len(todo)}] {tag}")
-        result = train(recipe, log=lambda *a: None)
-        m = result.metrics
-        row = {"model": model, "seed": seed, "fold": _fold_text(fold), "variant": variant, "layer": layer, "n": n,
-               "alpha": alpha,
-               "val_uar": m["val"]["uar"], "val_accuracy": m["val"]["war"], "test_uar": m["test"]["uar"],
-               "test_accuracy": m["test"]["war"], "n_val": m["val"]["n"], "n_test": m["test"]["n"],
-               "train_seconds": m["training"]["train_seconds"], "parameters": m["model"]["parameters"],
-               "run_dir": str(run_dir)}
-        table.append([row])
-        if not grid.keep_models:
-            shutil.rmtree(run_dir / "model", ignore_errors=True)
+        recipe = load_recipe(raw=_apply(raw, overrides))  # every cell's recipe is checked before the first training
+        cell = {"model": model, "seed": seed, "fold": _fold_text(fold), "variant": variant, "layer": layer, "n": n,
+                "alpha": alpha}
+        jobs.append(Cell(_key(*cell.values()), tag, (recipe_to_dict(recipe), cell, grid.keep_models)))
+    run_cells(jobs, run_cell, table, executor or grid.executor, log)
     summarise(out)
     return out
 
