@@ -27,7 +27,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serkit.errors import ConfigError
-from serkit.experiment import Fingerprint, ResultsTable, mean_std
+from serkit.experiment import Cell, ExecutorConfig, Fingerprint, ResultsTable, mean_std, run_cells, take_in_finished
 from serkit.io import write_text
 
 MODES = ("audio", "text", "audio+text")
@@ -58,6 +58,8 @@ class AudioTextGrid(BaseModel):
                                     "weights and the head train there): at a fine-tuning rate such as 3e-5 the weights "
                                     "stay at 1/L and the figure shows nothing")
     keep_models: bool = False
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="where the trainings run: local "
+                                     "(default), pool (local processes), slurm (submitit)")
     set: list[str] = Field(default_factory=list, description="recipe overrides for every training, e.g. train.max_epochs=5")
 
     @field_validator("modes")
@@ -138,10 +140,36 @@ def latency_ms(model_dir: Path, text: str, repeats: int = 10) -> float:
     return 1000 * statistics.median(times)
 
 
-def run_audiotext_grid(grid: AudioTextGrid, log=print) -> Path:
+def run_cell(payload) -> list[dict]:
+    """One training of the grid (in this process or a worker): one results.csv row per dimension."""
+    from serkit.config import load_recipe
+    from serkit.training import train
+
+    raw, (mode, audio, text, transcript, seed), sample_text, keep_models = payload
+    recipe = load_recipe(raw=raw)
+    run_dir = Path(recipe.output_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted training of this cell
+    result = train(recipe, log=lambda *a: None)
+    m = result.metrics
+    latency = latency_ms(result.model_dir, sample_text)
+    weights = (m.get("layer_weights") or {}).get("weights")
+    rows = [{"mode": mode, "audio": audio, "text": text, "transcript": transcript, "seed": seed, "dimension": d,
+             "test_ccc": v["ccc"], "test_pearson": v["pearson_r"], "test_mae": v["mae"],
+             "val_mean_ccc": (m.get("val") or {}).get("mean_ccc", float("nan")), "parameters": m["model"]["parameters"],
+             "train_seconds": m["training"]["train_seconds"], "latency_ms": round(latency, 2),
+             "targets": m["test"].get("targets", "manifest columns"), "run_dir": str(run_dir),
+             "layer_weights": " ".join(f"{w:.5f}" for w in weights) if weights else ""}
+            for d, v in m["test"]["dimensions"].items()]
+    if not keep_models:
+        shutil.rmtree(run_dir / "model", ignore_errors=True)
+    return rows
+
+
+def run_audiotext_grid(grid: AudioTextGrid, log=print, executor: ExecutorConfig | None = None) -> Path:
+    """Run the grid's missing trainings (through `executor`, default the grid's own), then summarise."""
     from serkit.config import load_recipe, recipe_to_dict
     from serkit.data.splits import load_split
-    from serkit.training import train
 
     out = Path(grid.output_dir)
     base = load_recipe(grid.recipe, grid.set)
@@ -160,33 +188,18 @@ def run_audiotext_grid(grid: AudioTextGrid, log=print) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     _check_fingerprint(grid, recipe_to_dict(base), out, split.manifest.frame)
     table = ResultsTable(out / "results.csv", COLUMNS, "audiotext grid")
-    done = {_key(r["mode"], r["audio"], r["text"], r["transcript"], r["seed"]) for r in table.read().to_dict("records")}
+    row_key = lambda r: _key(r["mode"], r["audio"], r["text"], r["transcript"], r["seed"])  # noqa: E731
+    if take_in_finished(table, row_key):
+        log("took in cells that finished after the last run stopped")
+    done = {row_key(r) for r in table.read().to_dict("records")}
     cells = list(_cells(grid)) + list(_layer_cells(grid, list(base.dimensions.names)))
     todo = [c for c in cells if _key(*c) not in done]
     # every cell's recipe is validated before the first training, not halfway through the grid
     recipes = {c: _cell_recipe(grid, base, c, out) for c in todo}
     log(f"{len(cells) - len(todo)} trainings done, {len(todo)} to go")
     sample_text = str(split.manifest.frame[grid.transcripts[0]].iloc[0]) if grid.transcripts[0] in columns else ""
-    for i, (mode, audio, text, transcript, seed) in enumerate(todo, 1):
-        tag, run_dir = _tag(out, (mode, audio, text, transcript, seed))
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # an interrupted training of this cell
-        recipe = recipes[(mode, audio, text, transcript, seed)]
-        log(f"[{i}/{len(todo)}] {tag}")
-        result = train(recipe, log=lambda *a: None)
-        m = result.metrics
-        latency = latency_ms(result.model_dir, sample_text)
-        weights = (m.get("layer_weights") or {}).get("weights")
-        rows = [{"mode": mode, "audio": audio, "text": text, "transcript": transcript, "seed": seed, "dimension": d,
-                 "test_ccc": v["ccc"], "test_pearson": v["pearson_r"], "test_mae": v["mae"],
-                 "val_mean_ccc": (m.get("val") or {}).get("mean_ccc", float("nan")), "parameters": m["model"]["parameters"],
-                 "train_seconds": m["training"]["train_seconds"], "latency_ms": round(latency, 2),
-                 "targets": m["test"].get("targets", "manifest columns"), "run_dir": str(run_dir),
-                 "layer_weights": " ".join(f"{w:.5f}" for w in weights) if weights else ""}
-                for d, v in m["test"]["dimensions"].items()]
-        table.append(rows)
-        if not grid.keep_models:
-            shutil.rmtree(run_dir / "model", ignore_errors=True)
+    jobs = [Cell(_key(*c), _tag(out, c)[0], (recipe_to_dict(recipes[c]), c, sample_text, grid.keep_models)) for c in todo]
+    run_cells(jobs, run_cell, table, executor or grid.executor, log)
     summarise(grid, split.manifest, out)
     return out
 
