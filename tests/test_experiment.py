@@ -129,6 +129,9 @@ def test_slurm_cells_run_as_submitit_jobs_and_land_in_the_table(tmp_path):
     run_cells(_cells(range(3)), square_cell, table, config, lines.append)
     assert sorted(table.read().x.astype(int)) == [0, 1, 2]
     assert "3 cells submitted to local" in lines[0] and (tmp_path / "slurm").is_dir()
+    bad = ExecutorConfig(kind="slurm", cluster="local", slurm={"partition_name": "gpu"})
+    with pytest.raises(ConfigError, match="executor.slurm: Unknown executor 'partition' in parameter 'partition_name'"):
+        run_cells(_cells([5]), square_cell, ResultsTable(tmp_path / "bad.csv", ["x", "square", "pid"]), bad, lines.append)
     with pytest.raises(ConfigError, match="cell x1 failed as job"):
         run_cells(_cells([1], fail={1}), square_cell, ResultsTable(tmp_path / "other.csv", ["x", "square", "pid"]),
                   config, lines.append)

@@ -180,8 +180,8 @@ def _run_slurm(jobs, run_cell, table: ResultsTable, config: ExecutorConfig, log)
     try:
         executor.update_parameters(**config.slurm, **({"slurm_array_parallelism": config.workers}
                                                       if executor.cluster == "slurm" else {}))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"executor.slurm: {exc}") from None
+    except (TypeError, ValueError, NameError) as exc:  # submitit names an unknown parameter with a NameError
+        raise ConfigError(f"executor.slurm: {str(exc).splitlines()[0]}") from None
     with executor.batch():
         submitted = [(executor.submit(run_and_keep, run_cell, cell.payload, str(path)), cell, path) for cell, path in jobs]
     log(f"{len(submitted)} cells submitted to {executor.cluster} (logs in {folder})")
