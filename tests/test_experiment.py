@@ -105,6 +105,20 @@ def test_a_failing_cell_stops_the_pool_after_the_running_cells_and_keeps_theirs(
     assert any("x1 FAILED: cell 1 cannot be computed" in line for line in lines)
 
 
+@pytest.mark.parametrize("kind", ["local", "pool"])
+def test_a_grid_that_lists_failures_is_told_each_failed_cell_and_the_others_all_run(tmp_path, kind):
+    from serkit.experiment import ExecutorConfig, run_cells
+
+    table = ResultsTable(tmp_path / "results.csv", ["x", "square", "pid"])
+    failures, lines = [], []
+    run_cells(_cells(range(5), fail={1, 3}), square_cell, table,
+              ExecutorConfig(kind=kind, workers=1 if kind == "local" else 2, threads=1), lines.append,
+              on_failure=lambda cell, error: failures.append((cell.key, error)), numbered=(10, 20))
+    assert sorted(table.read().x.astype(int)) == [0, 2, 4]
+    assert sorted(failures) == [("1", "ValueError: cell 1 cannot be computed"), ("3", "ValueError: cell 3 cannot be computed")]
+    assert any(line.startswith("[11/20] ") for line in lines) and not any("/5]" in line for line in lines)
+
+
 def test_rows_a_worker_left_after_the_driver_died_are_taken_in_once(tmp_path):
     from serkit.experiment import take_in_finished
     from serkit.experiment.executor import _cell_file, run_and_keep

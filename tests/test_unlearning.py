@@ -365,6 +365,32 @@ def test_experiment_grid_goes_on_past_a_failed_run(model_dir, tmp_path, monkeypa
     assert json.loads((out / "grid.json").read_text())["methods"]["a"]["adv"]["pgd_steps"] == 3
 
 
+def test_experiment_grid_on_two_worker_processes_gives_the_rows_of_one_process(model_dir, tmp_path):
+    """The unlearning grid through a pool of two local workers: every run once, in another process, with the
+    figures of the in-process grid; the test runs still wait for validation to choose tau."""
+    import pandas as pd
+    import torch
+
+    from serkit.experiment import ExecutorConfig
+    from serkit.unlearning.experiment import load_grid, run_grid
+
+    recipe = tmp_path / "grid.yaml"
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'local'}\nbackbones:\n  a:\n    train->val: {model_dir}\n"
+        f"    train+val->test: {model_dir}\nspeakers: ['02']\nn: [2]\nseeds: [0]\ntaus: [0.001, 0.05]\n"
+        "methods:\n  adv: {epochs: 1, adversarial_per_sample: 2, pgd_steps: 2}\n  random-label: {epochs: 1}\n")
+    figures = ["setting", "method", "tau", "forget_uar", "unseen_uar", "kept", "mia_auc", "epochs_run"]
+    tables = {}
+    for kind in ("local", "pool"):
+        executor = ExecutorConfig(kind=kind, workers=1 if kind == "local" else 2, threads=torch.get_num_threads())
+        run_grid(load_grid(recipe, [f"output_dir={tmp_path / kind}"]), log=lambda *a: None, executor=executor)
+        tables[kind] = pd.read_csv(tmp_path / kind / "results.csv").sort_values(["setting", "method", "tau"])[figures]
+    assert len(tables["pool"]) == 5 and (tables["pool"].setting == "train+val->test").sum() == 2
+    pd.testing.assert_frame_equal(tables["local"].reset_index(drop=True), tables["pool"].reset_index(drop=True))
+    assert (tmp_path / "pool" / "table1.md").is_file() and not list((tmp_path / "pool" / "cells").iterdir())
+
+
+
 def test_experiment_grid_test_runs_wait_for_validation(model_dir, tmp_path, monkeypatch):
     """While the train->val runs of a cell fail, its test runs wait (listed, not run at a provisional tau);
     once they succeed, a rerun runs the test at the chosen tau and clears failed.csv."""
@@ -423,7 +449,7 @@ def test_experiment_grid_test_setting_uses_the_tau_chosen_on_validation(model_di
     assert messages[0] == "5 runs done, 0 to go"
     everything = load_grid(recipe, ["test_taus=all", f"output_dir={tmp_path / 'all'}"])
     from serkit.unlearning.experiment import _runs
-    assert sorted(str(r[9]) for r in _runs(everything) if r[1] == "train+val->test") == ["0.001", "0.05", "None"]
+    assert sorted(str(r.tau) for r in _runs(everything) if r.setting == "train+val->test") == ["0.001", "0.05", "None"]
     with pytest.raises(ConfigError, match="label 'adv' of backbone a has finished runs with epochs=1, but the grid "
                                           "now gives epochs=2: give the new parameters a new label"):
         run_grid(load_grid(recipe, ["methods.adv.epochs=2"]), log=messages.append)

@@ -78,23 +78,44 @@ class Cell:
     payload: Any  # run_cell's argument: picklable
 
 
+OnFailure = Callable[[Cell, str], None]
+
+
 def run_cells(cells: list[Cell], run_cell: Callable[[Any], list[dict]], table: ResultsTable, config: ExecutorConfig,
-              log=print) -> None:
-    """Run every cell through the configured executor; append each cell's rows as it finishes."""
+              log=print, on_failure: OnFailure | None = None, numbered: tuple[int, int] | None = None) -> None:
+    """Run every cell through the configured executor; append each cell's rows as it finishes.
+
+    A failing cell stops the grid (the cells already running still finish and are kept), unless
+    `on_failure(cell, "Type: message")` is given: then it is told and the other cells go on. A grid that
+    runs its cells in several calls numbers them on one count with `numbered=(cells before, all cells)`."""
     if not cells:
         return
+    before, total = numbered or (0, len(cells))
+    number = lambda i: f"[{before + i}/{total}]"  # noqa: E731
     if config.kind == "local":
         for i, cell in enumerate(cells, 1):
-            log(f"[{i}/{len(cells)}] {cell.tag}")
-            table.append(run_cell(cell.payload))
+            log(f"{number(i)} {cell.tag}")
+            try:
+                rows = run_cell(cell.payload)
+            except Exception as exc:
+                if on_failure is None:
+                    raise
+                log(f"  failed: {_describe(exc)}")
+                on_failure(cell, _describe(exc))
+                continue
+            table.append(rows)
         return
     folder = table.path.parent / "cells"
     folder.mkdir(exist_ok=True)
     jobs = [(cell, _cell_file(folder, cell.key)) for cell in cells]
     if config.kind == "pool":
-        _run_pool(jobs, run_cell, table, config, log)
+        _run_pool(jobs, run_cell, table, config, log, on_failure, number)
     else:
-        _run_slurm(jobs, run_cell, table, config, log)
+        _run_slurm(jobs, run_cell, table, config, log, on_failure, number)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def take_in_finished(table: ResultsTable, keys: Callable[[dict], str]) -> int:
@@ -139,7 +160,8 @@ def _init_worker(devices, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_pool(jobs, run_cell, table: ResultsTable, config: ExecutorConfig, log) -> None:
+def _run_pool(jobs, run_cell, table: ResultsTable, config: ExecutorConfig, log, on_failure: OnFailure | None,
+              number) -> None:
     context = multiprocessing.get_context("spawn")  # fork would copy the driver's torch threads and CUDA state
     devices = None
     if config.devices is not None:
@@ -157,12 +179,14 @@ def _run_pool(jobs, run_cell, table: ResultsTable, config: ExecutorConfig, log) 
             cell, path = futures[future]
             try:
                 _record(table, future.result(), path)
-                log(f"[{done}/{len(jobs)}] {cell.tag} done")
+                log(f"{number(done)} {cell.tag} done")
             except cf.CancelledError:
                 continue
             except Exception as exc:  # the cells already running still finish and are kept
-                log(f"[{done}/{len(jobs)}] {cell.tag} FAILED: {str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}")
-                if failure is None:
+                log(f"{number(done)} {cell.tag} FAILED: {str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}")
+                if on_failure is not None:
+                    on_failure(cell, _describe(exc))
+                elif failure is None:
                     failure = exc
                     for other in futures:
                         other.cancel()
@@ -170,7 +194,8 @@ def _run_pool(jobs, run_cell, table: ResultsTable, config: ExecutorConfig, log) 
         raise failure
 
 
-def _run_slurm(jobs, run_cell, table: ResultsTable, config: ExecutorConfig, log) -> None:
+def _run_slurm(jobs, run_cell, table: ResultsTable, config: ExecutorConfig, log, on_failure: OnFailure | None,
+              number) -> None:
     try:
         import submitit
     except ImportError:
@@ -191,10 +216,14 @@ def _run_slurm(jobs, run_cell, table: ResultsTable, config: ExecutorConfig, log)
         cell, path = by_job[job.job_id]
         try:
             _record(table, job.result(), path)
-            log(f"[{done}/{len(submitted)}] {cell.tag} done (job {job.job_id})")
+            log(f"{number(done)} {cell.tag} done (job {job.job_id})")
         except Exception as exc:  # a failed job: the others finish; resume re-runs it
-            log(f"[{done}/{len(submitted)}] {cell.tag} FAILED (job {job.job_id}): {str(exc).strip().splitlines()[-1]}")
-            failure = failure or (cell, job)
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            log(f"{number(done)} {cell.tag} FAILED (job {job.job_id}): {last}")
+            if on_failure is not None:
+                on_failure(cell, f"{last} (job {job.job_id}; its log: {job.paths.stderr})")
+            else:
+                failure = failure or (cell, job)
     if failure is not None:
         cell, job = failure
         raise ConfigError(f"cell {cell.tag} failed as job {job.job_id}; its log: {job.paths.stderr}; run the grid "

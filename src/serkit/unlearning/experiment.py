@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -46,7 +47,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serkit.errors import ConfigError, SerkitError
-from serkit.experiment import Fingerprint, ResultsTable, mean_std
+from serkit.experiment import Cell, ExecutorConfig, Fingerprint, ResultsTable, mean_std, run_cells, take_in_finished
 from serkit.io import write_text
 from serkit.metrics import significance_marker, z_test_one_tailed
 from serkit.unlearning.methods import get_method
@@ -82,7 +83,8 @@ class UnlearningGrid(BaseModel):
         "chosen", description="train+val->test runs of the adversarial methods: only the tau chosen on train->val "
         "(the papers' protocol; needs the backbone's train->val model in the grid), or every tau")
     keep_models: bool = False
-
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="where the runs go: local (in this "
+                                     "process), pool (local worker processes) or slurm (submitit)")
 
     @field_validator("backbones", mode="before")
     @classmethod
@@ -165,13 +167,44 @@ def _methods(grid: UnlearningGrid, backbone: str) -> dict[str, tuple[str, dict]]
 CHOSEN = "chosen"  # the tau of a train+val->test run that waits for the train->val runs to choose it
 
 
+@dataclass
+class Run:
+    """One `forget` call of the grid, under its row label (`method` is the registered method it runs)."""
+
+    backbone: str
+    setting: str
+    model_dir: Path
+    speaker: str
+    n: int
+    seed: int
+    label: str
+    method: str
+    params: dict
+    tau: float | str | None  # None for methods without tau; CHOSEN until validation has chosen it
+
+    @property
+    def key(self) -> str:
+        return _key(self.backbone, self.setting, self.speaker, self.n, self.seed, self.label, self.tau)
+
+    @property
+    def group(self) -> tuple:
+        """The runs validation chooses one tau for."""
+        return self.backbone, self.n, self.label
+
+    def resolved(self, chosen: dict) -> Run | None:
+        """This run with its tau filled in from the taus chosen on validation (None: none chosen yet)."""
+        if self.tau != CHOSEN:
+            return self
+        tau = chosen.get(self.group)
+        return None if tau is None else replace(self, tau=tau)
+
+
 def _runs(grid: UnlearningGrid):
     """Every run of the grid, train->val settings first; a train+val->test run of an adversarial method has
     tau CHOSEN when it is to use the tau that won on validation."""
     for backbone, settings in grid.backbones.items():
         methods = _methods(grid, backbone)
         for setting in sorted((s for s in settings if s in SETTINGS), key=list(SETTINGS).index):
-            model_dir = settings[setting]
             for n in grid.n:
                 for speaker in _speakers(grid, backbone):
                     for seed in grid.seeds:
@@ -183,7 +216,8 @@ def _runs(grid: UnlearningGrid):
                             else:
                                 taus = settings.get("taus") or grid.taus
                             for tau in taus:
-                                yield backbone, setting, Path(model_dir), speaker, n, seed, label, method, params, tau
+                                yield Run(backbone, setting, Path(settings[setting]), speaker, n, seed, label, method,
+                                          params, tau)
 
 
 def _key(backbone, setting, speaker, n, seed, method, tau) -> str:
@@ -191,18 +225,34 @@ def _key(backbone, setting, speaker, n, seed, method, tau) -> str:
     return f"{backbone}|{setting}|{speaker}|{n}|{seed}|{method}|{tau}"
 
 
-def _run_key(run) -> str:
-    backbone, setting, _, speaker, n, seed, label, _, _, tau = run
-    return _key(backbone, setting, speaker, n, seed, label, tau)
+def _row_key(row: dict) -> str:
+    """The key of a results row (its values as text, as ResultsTable reads them)."""
+    return _key(row["backbone"], row["setting"], row["speaker"], row["n"], row["seed"], row["method"],
+                float(row["tau"]) if row["tau"] else None)
 
 
-def _resolve(run, chosen: dict):
-    """A run with its tau filled in from the taus chosen on validation (None: none chosen yet)."""
-    if run[9] != CHOSEN:
-        return run
-    tau = chosen.get((run[0], run[4], run[6]))
-    return None if tau is None else (*run[:9], tau)
+@dataclass
+class Payload:
+    """What a worker needs to run one run: its parameters as run (tau and any target filled in)."""
 
+    run: Run
+    params: dict
+    run_dir: Path
+    keep_models: bool
+
+
+def run_cell(payload: Payload) -> list[dict]:
+    """One `forget` call and its results row (run in this process or in a worker)."""
+    run = payload.run
+    # a run folder without its results row is a run that died before the row was written: run it again
+    # (an experiment's request keys are worth nothing once its row is gone)
+    shutil.rmtree(payload.run_dir, ignore_errors=True)
+    result = forget(run.model_dir, payload.run_dir, speaker=run.speaker, n=run.n, seed=run.seed, method=run.method,
+                    params=payload.params, eval_part=SETTINGS[run.setting], log=lambda *a: None)
+    if not payload.keep_models:
+        shutil.rmtree(result.model_dir, ignore_errors=True)
+    row = _row(result.receipt, run.backbone, run.setting, run.speaker, run.n, run.seed, run.label, run.tau)
+    return [row | {"base_method": run.method}]
 
 def _read_results(results: Path) -> pd.DataFrame:
     frame = pd.read_csv(results, dtype={"backbone": str, "setting": str, "speaker": str, "method": str,
@@ -270,142 +320,161 @@ def _check_sizes(grid: UnlearningGrid, pairs: set) -> None:
                           f"{'; '.join(short)}: drop the larger n (RAVDESS actors have 60 utterances) or choose other speakers")
 
 
-def run_grid(grid: UnlearningGrid, log=print) -> Path:
+def run_grid(grid: UnlearningGrid, log=print, executor: ExecutorConfig | None = None) -> Path:
+    """Run the grid's missing runs (through `executor`, default the grid's own), then summarise."""
     out = Path(grid.output_dir)
     table = ResultsTable(out / "results.csv", COLUMNS, "unlearning grid", upgrade=_label_by_method)
-    results = table.path
-    done, finished = set(), set()
-    if table.exists():
-        methods = {b: _methods(grid, b) for b in grid.backbones}
-        for row in table.read().itertuples():
-            now = methods.get(row.backbone, {}).get(row.method)
-            if now and now[0] != row.base_method:
-                raise ConfigError(f"{results}: label '{row.method}' ran as method '{row.base_method}' there, but the grid "
-                                  f"now makes it '{now[0]}': use a new label or another output_dir")
-            done.add(_key(row.backbone, row.setting, row.speaker, row.n, row.seed, row.method,
-                          float(row.tau) if row.tau else None))
-            finished.add((row.backbone, row.method))
+    if take_in_finished(table, _row_key):
+        log("took in runs that finished after the last grid stopped")
+    done, finished = _finished(grid, table)
     recorded = _check_fingerprint(grid, out, finished)
     runs = list(_runs(grid))
-    known = _chosen_taus(results)
-    first = [r for r in runs if r[9] != CHOSEN and _run_key(r) not in done]
-    later = [r for r in runs if r[9] == CHOSEN]
-    waiting = [r for r in later if _resolve(r, known) is None or _run_key(_resolve(r, known)) not in done]
-    _check_sizes(grid, {(r[2], r[3]) for r in first + waiting})
+    known = _chosen_taus(table.path)
+    first = [r for r in runs if r.tau != CHOSEN and r.key not in done]
+    later = [r for r in runs if r.tau == CHOSEN]
+    waiting = [r for r in later if r.resolved(known) is None or r.resolved(known).key not in done]
+    _check_sizes(grid, {(r.model_dir, r.speaker) for r in first + waiting})
     out.mkdir(parents=True, exist_ok=True)  # only once the grid can run: a bad model path leaves no empty folder
-    log(f"{len(done)} runs done, {len(first) + len(waiting)} to go")
-    earlier = (pd.read_csv(out / "failed.csv", dtype=str, keep_default_na=False).to_dict("records")
-               if (out / "failed.csv").is_file() else [])
-    failed, attempted, count = [], set(), len(first) + len(waiting)
+    count = len(first) + len(waiting)
+    log(f"{len(done)} runs done, {count} to go")
+    for backbone in grid.backbones:  # each label's parameters, fixed by its first finished run
+        for label, (method, params) in _methods(grid, backbone).items():
+            if (backbone, label) not in finished or label not in recorded.get(backbone, {}):
+                recorded.setdefault(backbone, {})[label] = _fingerprint(method, params)
+    Fingerprint(out).save({"methods": recorded})
+    config = executor or grid.executor
+    failures = _FailedRuns(out / "failed.csv", done)
+    targets = _TargetAccuracy(grid, log)
+    cell = lambda run: Cell(run.key, run.key, Payload(run, _params(run, targets), out / "runs" / _slug(run.key),  # noqa: E731
+                                                      grid.keep_models))
+    try:
+        failures.attempted |= {r.key for r in first}
+        run_cells([cell(r) for r in first], run_cell, table, config, log, failures.add, (0, count))
+        # the train->val runs have finished: choose tau on them, then run each test cell at that tau
+        done |= _finished(grid, table)[0]
+        chosen = _chosen_taus(table.path)
+        expected = {}
+        for r in runs:
+            if r.setting == "train->val" and r.method in PROPOSED:
+                expected.setdefault(r.group, []).append(r.key)
+        ready = []
+        for run in later:
+            failures.attempted.add(run.key)  # an earlier "no tau chosen" entry is settled or replaced
+            resolved = run.resolved(chosen)
+            if resolved is not None and resolved.key in done:
+                continue
+            missing = [k for k in expected.get(run.group, []) if k not in done]
+            if resolved is None or missing:
+                why = (f"{len(missing)} of its train->val runs failed or are missing" if missing
+                       else "no train->val rows to choose from")
+                log(f"{run.key}: waiting for train->val ({why})")
+                failures.add(run.key, f"no tau chosen on validation for {run.backbone}, n={run.n}, {run.label}: "
+                                      f"{why}; rerun once they succeed")
+                continue
+            failures.attempted.add(resolved.key)
+            ready.append(cell(resolved))
+        run_cells(ready, run_cell, table, config, log, failures.add, (count - len(ready), count))
+    finally:
+        done |= _finished(grid, table)[0]
+        left = failures.write()
+    if len(left) > len(failures.failed):
+        log(f"{len(left) - len(failures.failed)} earlier failed runs were not retried this time (outside this grid's "
+            f"n/seeds/...): still listed in {failures.path}")
+    if table.exists():
+        summarise(out)
+    if failures.failed:
+        raise SerkitError(f"{len(failures.failed)} of {count} runs failed (each run and its error: {failures.path}); "
+                          f"the others are in {table.path}. Fix the cause and rerun: finished runs are skipped (changed "
+                          "parameters of a label with finished runs need a new label)")
+    return out
 
-    def write_failures():
-        rows = [f for f in earlier if f["key"] not in attempted and f["key"] not in done] + failed
-        if rows:
-            write_text(out / "failed.csv", pd.DataFrame(rows).to_csv(index=False), overwrite=True)
-        else:
-            (out / "failed.csv").unlink(missing_ok=True)
-        return rows
 
-    def attempt(i, run):
-        backbone, setting, model_dir, speaker, n, seed, label, method, params, tau = run
-        key = _run_key(run)
-        attempted.add(key)
-        slug = key.replace("|", "_").replace(">", "").replace("+", "p")
-        params = dict(params)
-        if tau is not None:
-            params["tau"] = tau
-        if setting == "train+val->test" and "target_accuracy" not in params:
-            unlearner = get_method(method, params)
-            if "target_accuracy" in unlearner.Params.model_fields and unlearner.params.target == "retrain-like":
-                reference = references(backbone)
-                if reference is not None:
-                    params["target_accuracy"] = reference
-        log(f"[{i}/{count}] {key}")
-        try:
-            # a run folder without its results row is a run that died before the row was written: run it again
-            # (an experiment's request keys are worth nothing once its row is gone)
-            shutil.rmtree(out / "runs" / slug, ignore_errors=True)
-            result = forget(model_dir, out / "runs" / slug, speaker=speaker, n=n, seed=seed, method=method,
-                            params=params, eval_part=SETTINGS[setting], log=lambda *a: None)
-        except Exception as err:  # e.g. no PGD sample reached its target: one run, not the whole grid
-            log(f"  failed: {type(err).__name__}: {err}")
-            failed.append({"key": key, "error": f"{type(err).__name__}: {err}"})
-            write_failures()
-            return
-        if not grid.keep_models:
-            shutil.rmtree(result.model_dir, ignore_errors=True)
-        row = _row(result.receipt, backbone, setting, speaker, n, seed, label, tau) | {"base_method": method}
-        table.append([row])
-        done.add(key)
-        if label not in recorded.setdefault(backbone, {}):  # the label's parameters, fixed by its first finished run
-            recorded[backbone][label] = _fingerprint(method, run[8])
-            Fingerprint(out).save({"methods": recorded})
+def _finished(grid: UnlearningGrid, table: ResultsTable) -> tuple[set, set]:
+    """The keys of the finished runs, and the (backbone, label) pairs that have any; a label whose method
+    changed under finished rows is refused."""
+    done, finished = set(), set()
+    if not table.exists():
+        return done, finished
+    methods = {b: _methods(grid, b) for b in grid.backbones}
+    for row in table.read().to_dict("records"):
+        now = methods.get(row["backbone"], {}).get(row["method"])
+        if now and now[0] != row["base_method"]:
+            raise ConfigError(f"{table.path}: label '{row['method']}' ran as method '{row['base_method']}' there, but the "
+                              f"grid now makes it '{now[0]}': use a new label or another output_dir")
+        done.add(_row_key(row))
+        finished.add((row["backbone"], row["method"]))
+    return done, finished
 
-    cache = {}
 
-    def references(backbone):
-        """The validation accuracy of the backbone's train->val model: the retrain-like stop of its
-        train+val->test runs (a model trained on train+val records none of its own)."""
-        if backbone in cache:
-            return cache[backbone]
+def _slug(key: str) -> str:
+    return key.replace("|", "_").replace(">", "").replace("+", "p")
+
+
+def _params(run: Run, targets: _TargetAccuracy) -> dict:
+    """The label's parameters with the run's tau, and for a train+val->test run with the retrain-like stop
+    the validation accuracy to stop at (unless the label sets one)."""
+    params = dict(run.params)
+    if run.tau is not None:
+        params["tau"] = run.tau
+    if run.setting == "train+val->test" and "target_accuracy" not in params:
+        unlearner = get_method(run.method, params)
+        if "target_accuracy" in unlearner.Params.model_fields and unlearner.params.target == "retrain-like":
+            reference = targets(run.backbone)
+            if reference is not None:
+                params["target_accuracy"] = reference
+    return params
+
+
+class _TargetAccuracy:
+    """The validation accuracy of a backbone's train->val model: the retrain-like stop of its train+val->test
+    runs (a model trained on train+val records none of its own). Read once per backbone."""
+
+    def __init__(self, grid: UnlearningGrid, log):
+        self.grid, self.log, self.cache = grid, log, {}
+
+    def __call__(self, backbone: str) -> float | None:
+        if backbone not in self.cache:
+            self.cache[backbone] = self._read(backbone)
+        return self.cache[backbone]
+
+    def _read(self, backbone: str) -> float | None:
         from serkit.models import load_model
         from serkit.unlearning.run import _reference_accuracy
 
-        value = None
         try:
-            value = _reference_accuracy(load_model(grid.backbones[backbone]["train->val"]))
+            value = _reference_accuracy(load_model(self.grid.backbones[backbone]["train->val"]))
         except (KeyError, SerkitError) as err:
-            log(f"{backbone}: no validation accuracy from a train->val model ({err})")
-        if value is not None:
-            value = round(value, 4)
-            log(f"{backbone}: train+val->test runs with the retrain-like target stop at {value:.3f}, the "
-                "validation accuracy of its train->val model (unless a label sets target_accuracy)")
-        cache[backbone] = value
+            self.log(f"{backbone}: no validation accuracy from a train->val model ({err})")
+            return None
+        if value is None:
+            return None
+        value = round(value, 4)
+        self.log(f"{backbone}: train+val->test runs with the retrain-like target stop at {value:.3f}, the "
+                 "validation accuracy of its train->val model (unless a label sets target_accuracy)")
         return value
 
-    try:
-        i = 0
-        for run in first:
-            i += 1
-            attempt(i, run)
-        # the train->val runs have finished: choose tau on them, then run each test cell at that tau
-        chosen = _chosen_taus(results)
-        expected = {}
-        for r in runs:
-            if r[1] == "train->val" and r[7] in PROPOSED:
-                expected.setdefault((r[0], r[4], r[6]), []).append(_run_key(r))
-        for run in later:
-            group = (run[0], run[4], run[6])
-            resolved = _resolve(run, chosen)
-            missing = [k for k in expected.get(group, []) if k not in done]
-            if resolved is not None and _run_key(resolved) in done:
-                attempted.add(_run_key(run))  # an earlier "no tau chosen" entry is settled
-                continue
-            i += 1
-            if resolved is None or missing:
-                key = _run_key(run)
-                attempted.add(key)
-                why = (f"{len(missing)} of its train->val runs failed or are missing" if missing
-                       else "no train->val rows to choose from")
-                log(f"[{i}/{count}] {key}: waiting for train->val ({why})")
-                failed.append({"key": key, "error": f"no tau chosen on validation for {run[0]}, n={run[4]}, {run[6]}: "
-                                                    f"{why}; rerun once they succeed"})
-                write_failures()
-                continue
-            attempted.add(_run_key(run))
-            attempt(i, resolved)
-    finally:
-        left = write_failures()
-    if len(left) > len(failed):
-        log(f"{len(left) - len(failed)} earlier failed runs were not retried this time (outside this grid's "
-            f"n/seeds/...): still listed in {out / 'failed.csv'}")
-    if results.is_file():
-        summarise(out)
-    if failed:
-        raise SerkitError(f"{len(failed)} of {count} runs failed (each run and its error: {out / 'failed.csv'}); "
-                          f"the others are in {results}. Fix the cause and rerun: finished runs are skipped (changed "
-                          "parameters of a label with finished runs need a new label)")
-    return out
+
+class _FailedRuns:
+    """failed.csv, kept current while the grid runs: this run's failures, and earlier ones it did not
+    attempt (outside this run's n, seeds, ...) that have not finished since."""
+
+    def __init__(self, path: Path, done: set):
+        self.path, self.done = path, done
+        self.earlier = pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records") if path.is_file() else []
+        self.failed, self.attempted = [], set()
+
+    def add(self, key, error: str) -> None:
+        key = getattr(key, "key", key)  # run_cells reports the Cell
+        self.failed.append({"key": key, "error": error})
+        self.write()
+
+    def write(self) -> list[dict]:
+        rows = [f for f in self.earlier if f["key"] not in self.attempted and f["key"] not in self.done] + self.failed
+        if rows:
+            write_text(self.path, pd.DataFrame(rows).to_csv(index=False), overwrite=True)
+        else:
+            self.path.unlink(missing_ok=True)
+        return rows
 
 
 def _label_by_method(frame: pd.DataFrame) -> pd.DataFrame:
