@@ -81,3 +81,30 @@ def test_recovery_study_tables_resume_and_refusal(tiny_checkpoint, tiny_split, t
     study.write_text(study.read_text().replace("attention_utterances: 4", "attention_utterances: 5"))
     assert run(["experiment", "recovery", str(study)]) == 2
     assert "other settings (attention_utterances)" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_recovery_study_on_two_worker_processes_gives_the_figures_of_one_process(tiny_checkpoint, tiny_split, tmp_path):
+    """Its trainings, then the encoders, then the probes and comparisons run as cells of a pool: each step
+    once, with the figures of the in-process study (seeded, same torch threads)."""
+    from serkit.analysis.recovery import load_recovery, run_recovery
+    from serkit.experiment import ExecutorConfig
+
+    recipe = tmp_path / "whisper.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "w", "seed": 0, "output_dir": str(tmp_path / "unused"),
+        "data": {"split": str(tiny_split), "trim_silence_db": 40, "max_seconds": 1.0},
+        "model": {"architecture": "whisper", "options": {"checkpoint": str(tiny_checkpoint)}},
+        "train": {"batch_size": 8, "max_epochs": 1, "progress_bar": False, "head_lr": 1e-3}}))
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "local"), "corpora": {"tiny": str(recipe)},
+                                     "seeds": [0], "handcrafted": [], "attention_utterances": 2}))
+    done = {}
+    for kind in ("local", "pool"):
+        executor = ExecutorConfig(kind=kind, workers=1 if kind == "local" else 2, threads=torch.get_num_threads())
+        out = run_recovery(load_recovery(study, [f"output_dir={tmp_path / kind}"]), log=lambda *a: None, executor=executor)
+        done[kind] = json.loads((out / "results.json").read_text())
+    assert set(done["pool"]) == set(done["local"]) and len(done["pool"]) == 9
+    figures = lambda d: {k: {f: v for f, v in r.items() if f not in ("seconds", "train_seconds", "model_dir", "model_a", "model_b")}  # noqa: E731
+                         for k, r in d.items()}
+    assert figures(done["pool"]) == figures(done["local"])
+    assert (tmp_path / "pool" / "tables.md").is_file() and not list((tmp_path / "pool" / "cells").iterdir())

@@ -23,17 +23,15 @@ done (resumable) and timed; `tables.md` reports the run time of every analysis.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serkit.errors import ConfigError
-from serkit.experiment import Fingerprint, mean_std
+from serkit.experiment import Cell, ExecutorConfig, Fingerprint, StepResults, mean_std, run_cells, take_in_finished
 from serkit.io import write_text
 
 ASR, SER = "asr", "ser-scratch"
@@ -64,6 +62,8 @@ class RecoveryExperiment(BaseModel):
     part: str = Field("test", description="the held-out part every analysis is scored on: test or val")
     attention_utterances: int = Field(50, ge=1, description="a seeded sample of the held-out part for attention maps")
     set: list[str] = Field(default_factory=list, description="recipe overrides for every training, e.g. train.max_epochs=5")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="where the steps run: local (in this "
+                                     "process), pool (local worker processes) or slurm (submitit)")
     scratch_set: list[str] = Field(["train.lr=1e-4"], description="further overrides for the from-scratch training only: "
                                    "random weights need a larger learning rate than fine-tuning's 3e-5")
 
@@ -94,26 +94,6 @@ def load_recovery(path: Path | str, overrides: list[str] | None = None) -> Recov
     from serkit.config import load_experiment
 
     return load_experiment(path, RecoveryExperiment, overrides)
-
-
-class _Steps:
-    """results.json: one entry per finished step, written atomically after each one."""
-
-    def __init__(self, file: Path):
-        self.file = file
-        self.done: dict = json.loads(file.read_text()) if file.is_file() else {}
-
-    def run(self, key: str, fn, log):
-        if key in self.done:
-            return self.done[key]
-        log(f"{key} ...")
-        t0 = time.perf_counter()
-        value = fn()
-        value["seconds"] = round(time.perf_counter() - t0, 2)
-        self.done[key] = value
-        write_text(self.file, json.dumps(self.done, indent=1) + "\n", overwrite=True)
-        log(f"{key}: done in {value['seconds']:.0f} s")
-        return value
 
 
 def _recipes(exp: RecoveryExperiment) -> dict:
@@ -200,18 +180,21 @@ def _probe(train_x: dict, test_x: dict, train_rows, test_rows) -> dict:
     return {"rows": [{**r, "dim": int(train_x[r["layer"]].shape[1])} for r in rows]}
 
 
-def _probe_model(model_dir: str, layers: list[str] | None, train_rows, test_rows) -> dict:
+def _probe_model(model_dir: str, layers: list[str] | None, recipe, part: str) -> dict:
     from serkit.analysis.probes import default_probe_layers, model_features
     from serkit.models import load_model
 
+    _, train_rows, test_rows = _rows(recipe, part)
     saved = load_model(model_dir)
     layers = layers or [*default_probe_layers(saved), "pooled"]
     return _probe(model_features(saved, train_rows, layers), model_features(saved, test_rows, layers), train_rows, test_rows)
 
 
-def _probe_handcrafted(kind: str, both, train_rows, test_rows, words: int) -> dict:
+def _probe_handcrafted(kind: str, recipe, part: str, words: int) -> dict:
     from serkit.analysis.features import bag_of_audio_words, opensmile_functionals
 
+    split, train_rows, test_rows = _rows(recipe, part)
+    both = split.manifest.subset(list(split.speakers("train")) + list(split.speakers(part)))
     quiet = lambda *a: None  # noqa: E731
     if kind == "boaw":
         array, _ = bag_of_audio_words(both, list(train_rows.frame["speaker"].unique()), "ComParE_2016", words, log=quiet)
@@ -222,67 +205,101 @@ def _probe_handcrafted(kind: str, both, train_rows, test_rows, words: int) -> di
     return _probe(pick(train_rows), pick(test_rows), train_rows, test_rows)
 
 
-def _compare(a: str, b: str, rows, npy: Path) -> dict:
+def _compare(a: str, b: str, recipe, part: str, npy: Path) -> dict:
     from serkit.analysis.compare import compare_models
     from serkit.models import load_model
 
+    rows = _rows(recipe, part)[2]
     result = compare_models(load_model(a), load_model(b), rows, layer="pooled")
     np.save(npy, np.array(result.pop("distances"), dtype=np.float32))
     return result
 
 
-def _attention(a: str, b: str, rows, n: int, png: Path, title: str) -> dict:
+def _attention(a: str, b: str, recipe, part: str, n: int, png: Path, title: str) -> dict:
     from serkit.analysis.attention import attention_distance, attention_png
     from serkit.models import load_model
 
+    rows = _rows(recipe, part)[2]
     result = attention_distance(load_model(a), load_model(b), rows, n)
     attention_png(png, result, title)
     return result
 
 
-def run_recovery(exp: RecoveryExperiment, log=print) -> Path:
+def run_recovery(exp: RecoveryExperiment, log=print, executor: ExecutorConfig | None = None) -> Path:
+    """Run the study's missing steps (through `executor`, default the study's own), then write its tables.
+
+    Three rounds, each one's steps independent of each other: the trainings; the frozen encoders (they
+    take the trained models' labels); the probes, comparisons and attention maps of every system."""
     out = Path(exp.output_dir)
     recipes = _recipes(exp)
     out.mkdir(parents=True, exist_ok=True)
     _check_fingerprint(exp, recipes, out)
-    steps = _Steps(out / "results.json")
-    for corpus, recipe in recipes.items():
-        _run_corpus(exp, corpus, recipe, steps, out / corpus, log)
+    steps = StepResults(out / "results.json")
+    if take_in_finished(steps, lambda row: row["step"]):
+        log("took in steps that finished after the last run stopped")
+    config = executor or exp.executor
+    for round_ in (_trainings, _encoders, _analyses):
+        cells = [Cell(key, key, (key, fn, args)) for key, fn, args in round_(exp, recipes, steps.done, out)
+                 if key not in steps.done]
+        run_cells(cells, run_cell, steps, config, log)
     summarise(exp, steps.done, out)
     return out
 
 
-def _run_corpus(exp: RecoveryExperiment, corpus: str, recipe, steps: _Steps, base: Path, log) -> None:
-    from serkit.data.splits import load_split
+def run_cell(payload) -> list[dict]:
+    """One step, timed (run in this process or in a worker)."""
+    key, fn, args = payload
+    t0 = time.perf_counter()
+    result = fn(*args)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return [{"step": key, "result": result}]
+
+
+def _trainings(exp: RecoveryExperiment, recipes: dict, done: dict, out: Path):
+    for corpus, recipe in recipes.items():
+        for seed in exp.seeds:
+            system = _seed_system(seed)
+            yield f"{corpus}/train/{system}", _train, (recipe, out / corpus / system, seed, True)
+        yield f"{corpus}/train/{SER}", _train, (recipe, out / corpus / SER, exp.seeds[0], False, exp.scratch_set)
+
+
+def _encoders(exp: RecoveryExperiment, recipes: dict, done: dict, out: Path):
     from serkit.models import load_model
 
+    for corpus, recipe in recipes.items():
+        first = done[f"{corpus}/train/{_seed_system(exp.seeds[0])}"]["model_dir"]
+        if not Path(first).is_dir():
+            raise ConfigError(f"{first} is gone: the study's results.json refers to a model that was deleted; "
+                              "delete the study's output_dir and run again")
+        if f"{corpus}/build/{ASR}" not in done:
+            yield f"{corpus}/build/{ASR}", _frozen_asr, (recipe, load_model(first).labels, out / corpus / ASR / "model")
+
+
+def _analyses(exp: RecoveryExperiment, recipes: dict, done: dict, out: Path):
+    for corpus, recipe in recipes.items():
+        base = out / corpus
+        systems = {s: done[f"{corpus}/{'build' if s == ASR else 'train'}/{s}"]["model_dir"]
+                   for s in [*map(_seed_system, exp.seeds), SER, ASR]}
+        for system, model_dir in systems.items():
+            layers = None if system == ASR else ["pooled"]  # the frozen encoder: every layer, and pooled
+            yield f"{corpus}/probe/{system}", _probe_model, (model_dir, layers, recipe, exp.part)
+        for kind in exp.handcrafted:
+            yield f"{corpus}/probe/{kind}", _probe_handcrafted, (kind, recipe, exp.part, exp.boaw_words)
+        for a, b in _pairs(exp.seeds, decisions=True):
+            yield f"{corpus}/compare/{a}|{b}", _compare, (systems[a], systems[b], recipe, exp.part,
+                                                          base / f"distances_{a}_{b}.npy")
+        for a, b in _pairs(exp.seeds, decisions=False):
+            yield (f"{corpus}/attention/{a}|{b}", _attention,
+                   (systems[a], systems[b], recipe, exp.part, exp.attention_utterances, base / f"attention_{a}_{b}.png",
+                    f"{corpus}: {_name(a)} vs {_name(b)}"))
+
+
+def _rows(recipe, part: str):
+    """The training speakers' rows and the held-out part's, from the recipe's split."""
+    from serkit.data.splits import load_split
+
     split = load_split(recipe.data.split, recipe.data.manifest, recipe.data.fold)
-    train_rows, test_rows = split.part("train"), split.part(exp.part)
-    both = split.manifest.subset(list(split.speakers("train")) + list(split.speakers(exp.part)))
-    base.mkdir(exist_ok=True)
-    systems = {}
-    for seed in exp.seeds:
-        system = _seed_system(seed)
-        systems[system] = steps.run(f"{corpus}/train/{system}", partial(_train, recipe, base / system, seed, True), log)
-    systems[SER] = steps.run(f"{corpus}/train/{SER}", partial(_train, recipe, base / SER, exp.seeds[0], False, exp.scratch_set), log)
-    first = systems[_seed_system(exp.seeds[0])]["model_dir"]
-    if not Path(first).is_dir():
-        raise ConfigError(f"{first} is gone: the study's results.json refers to a model that was deleted; "
-                          "delete the study's output_dir and run again")
-    labels = load_model(first).labels
-    systems[ASR] = steps.run(f"{corpus}/build/{ASR}", partial(_frozen_asr, recipe, labels, base / ASR / "model"), log)
-    for system, info in systems.items():
-        layers = None if system == ASR else ["pooled"]  # the frozen encoder: every layer, and pooled
-        steps.run(f"{corpus}/probe/{system}", partial(_probe_model, info["model_dir"], layers, train_rows, test_rows), log)
-    for kind in exp.handcrafted:
-        steps.run(f"{corpus}/probe/{kind}", partial(_probe_handcrafted, kind, both, train_rows, test_rows, exp.boaw_words), log)
-    for a, b in _pairs(exp.seeds, decisions=True):
-        steps.run(f"{corpus}/compare/{a}|{b}", partial(_compare, systems[a]["model_dir"], systems[b]["model_dir"], test_rows,
-                                                        base / f"distances_{a}_{b}.npy"), log)
-    for a, b in _pairs(exp.seeds, decisions=False):
-        steps.run(f"{corpus}/attention/{a}|{b}",
-                  partial(_attention, systems[a]["model_dir"], systems[b]["model_dir"], test_rows, exp.attention_utterances,
-                          base / f"attention_{a}_{b}.png", f"{corpus}: {_name(a)} vs {_name(b)}"), log)
+    return split, split.part("train"), split.part(part)
 
 
 def _pairs(seeds: list[int], decisions: bool) -> list[tuple[str, str]]:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serkit.errors import ConfigError
-from serkit.experiment.table import ResultsTable
+from serkit.experiment.table import ResultsTable, StepResults
 from serkit.io import write_text
 
 
@@ -81,7 +81,7 @@ class Cell:
 OnFailure = Callable[[Cell, str], None]
 
 
-def run_cells(cells: list[Cell], run_cell: Callable[[Any], list[dict]], table: ResultsTable, config: ExecutorConfig,
+def run_cells(cells: list[Cell], run_cell: Callable[[Any], list[dict]], table: ResultsTable | StepResults, config: ExecutorConfig,
               log=print, on_failure: OnFailure | None = None, numbered: tuple[int, int] | None = None) -> None:
     """Run every cell through the configured executor; append each cell's rows as it finishes.
 
@@ -118,13 +118,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def take_in_finished(table: ResultsTable, keys: Callable[[dict], str]) -> int:
+def take_in_finished(table: ResultsTable | StepResults, keys: Callable[[dict], str]) -> int:
     """Rows that workers left in cells/ and results.csv lacks (the driver was stopped first): appended,
     then their files removed. Returns how many cells were taken in."""
     folder = table.path.parent / "cells"
     if not folder.is_dir():
         return 0
-    done = {keys(r) for r in table.read().to_dict("records")}
+    done = table.finished(keys)
     taken = 0
     for path in sorted(folder.glob("*.json")):
         rows = json.loads(path.read_text())

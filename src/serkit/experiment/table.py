@@ -1,9 +1,13 @@
-"""A grid's results.csv: one row per finished cell, never half a row, every value read back as text."""
+"""A grid's results: one row per finished cell, never half a row.
+
+`ResultsTable` is results.csv (flat rows, every value read back as text); `StepResults` is results.json
+for a study whose steps return nested results (probe tables, distance summaries), keyed by step."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +52,10 @@ class ResultsTable:
         write_text(self.path, frame.to_csv(index=False), overwrite=True)
         return frame
 
+    def finished(self, key: Callable[[dict], str]) -> set[str]:
+        """The keys of the finished cells (`key` reads a row of text values)."""
+        return {key(r) for r in self.read().to_dict("records")}
+
     def append(self, rows: list[dict]) -> None:
         text = self.path.read_text() if self.exists() else ""
         buffer = io.StringIO()
@@ -56,3 +64,24 @@ class ResultsTable:
             writer.writeheader()
         writer.writerows(rows)
         write_text(self.path, text + buffer.getvalue(), overwrite=True)
+
+
+class StepResults:
+    """results.json: step key -> its result (a JSON object), rewritten atomically after each step.
+
+    Rows are `{"step": key, "result": {...}}`, as the executor hands them over."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.done: dict = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def finished(self, key: Callable[[dict], str] | None = None) -> set[str]:
+        return set(self.done)
+
+    def append(self, rows: list[dict]) -> None:
+        for row in rows:
+            self.done[row["step"]] = row["result"]
+        write_text(self.path, json.dumps(self.done, indent=1) + "\n", overwrite=True)
