@@ -14,7 +14,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 def test_shipped_config_validates(path):
     from serkit.analysis.recovery import load_recovery
     from serkit.config import load_recipe
-    from serkit.dimensional.experiment import load_audiotext_grid
+    from serkit.dimensional.experiment import load_dimensional_grid
     from serkit.transfer.experiment import load_transfer_grid
     from serkit.unlearning.experiment import load_grid
 
@@ -26,7 +26,7 @@ def test_shipped_config_validates(path):
     elif "corpora" in raw:
         load_recovery(path)
     elif "text_encoders" in raw:
-        load_audiotext_grid(path)
+        load_dimensional_grid(path)
     else:
         recipe = load_recipe(path)
         assert recipe.output_dir and recipe.data.split

@@ -1,4 +1,4 @@
-"""`serkit experiment audiotext`: paper 004's Tables 1 and 2, resumable, one CSV row per training.
+"""`serkit experiment dimensional`: paper 004's Tables 1 and 2, resumable, one CSV row per training.
 
 Grid: modality (audio, text, audio+text) x audio encoder x text encoder x transcript source x seed,
 over one `task: regression` recipe with the `audiotext` architecture (its data, dimensions, train).
@@ -35,10 +35,10 @@ COLUMNS = ["mode", "audio", "text", "transcript", "seed", "dimension", "test_ccc
            "val_mean_ccc", "parameters", "train_seconds", "latency_ms", "targets", "run_dir", "layer_weights"]
 
 
-class AudioTextGrid(BaseModel):
+class DimensionalGrid(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = "audiotext"
+    name: str = "dimensional"
     output_dir: Path
     recipe: Path = Field(description="a task: regression recipe with the audiotext architecture (data, dimensions, train)")
     modes: list[str] = list(MODES)
@@ -88,13 +88,13 @@ class AudioTextGrid(BaseModel):
         return self
 
 
-def load_audiotext_grid(path: Path | str, overrides: list[str] | None = None) -> AudioTextGrid:
+def load_dimensional_grid(path: Path | str, overrides: list[str] | None = None) -> DimensionalGrid:
     from serkit.config import load_experiment
 
-    return load_experiment(path, AudioTextGrid, overrides)
+    return load_experiment(path, DimensionalGrid, overrides)
 
 
-def _cells(grid: AudioTextGrid):
+def _cells(grid: DimensionalGrid):
     """(mode, audio, text, transcript, seed), each distinct model once."""
     seen = set()
     for mode in grid.modes:
@@ -108,7 +108,7 @@ def _cells(grid: AudioTextGrid):
                             yield cell
 
 
-def _layer_cells(grid: AudioTextGrid, dimensions: list[str]):
+def _layer_cells(grid: DimensionalGrid, dimensions: list[str]):
     """(mode 'weights:<dimension>', audio, '', '', seed) for the per-dimension layer-weight runs."""
     for audio in grid.layer_weights:
         for dimension in dimensions:
@@ -166,7 +166,7 @@ def run_cell(payload) -> list[dict]:
     return rows
 
 
-def run_audiotext_grid(grid: AudioTextGrid, log=print, executor: ExecutorConfig | None = None) -> Path:
+def run_dimensional_grid(grid: DimensionalGrid, log=print, executor: ExecutorConfig | None = None) -> Path:
     """Run the grid's missing trainings (through `executor`, default the grid's own), then summarise."""
     from serkit.config import load_recipe, recipe_to_dict
     from serkit.data.splits import load_split
@@ -174,7 +174,7 @@ def run_audiotext_grid(grid: AudioTextGrid, log=print, executor: ExecutorConfig 
     out = Path(grid.output_dir)
     base = load_recipe(grid.recipe, grid.set)
     if base.task != "regression" or base.model.architecture != "audiotext":
-        raise ConfigError(f"{grid.recipe}: the audiotext grid needs a task: regression recipe with the audiotext "
+        raise ConfigError(f"{grid.recipe}: the dimensional grid needs a task: regression recipe with the audiotext "
                           f"architecture, not {base.task} with {base.model.architecture}")
     split = load_split(base.data.split, base.data.manifest, base.data.fold)
     if not split.speakers("test") or "test" in base.data.train_parts:
@@ -187,7 +187,7 @@ def run_audiotext_grid(grid: AudioTextGrid, log=print, executor: ExecutorConfig 
                           f"{split.manifest.file} -o NEW.csv, then point the recipe's split at NEW.csv with data.manifest)")
     out.mkdir(parents=True, exist_ok=True)
     _check_fingerprint(grid, recipe_to_dict(base), out, split.manifest.frame)
-    table = ResultsTable(out / "results.csv", COLUMNS, "audiotext grid")
+    table = ResultsTable(out / "results.csv", COLUMNS, "dimensional grid")
     row_key = lambda r: _key(r["mode"], r["audio"], r["text"], r["transcript"], r["seed"])  # noqa: E731
     if take_in_finished(table, row_key):
         log("took in cells that finished after the last run stopped")
@@ -210,7 +210,7 @@ def _tag(out: Path, cell) -> tuple[str, Path]:
     return tag, out / "runs" / tag
 
 
-def _cell_recipe(grid: AudioTextGrid, base, cell, out: Path):
+def _cell_recipe(grid: DimensionalGrid, base, cell, out: Path):
     """The base recipe with this cell's modality, encoders and transcript column (the base's own audio
     side is dropped, so an encoder entry never inherits another architecture's options)."""
     from serkit.config import apply_overrides, load_recipe, recipe_to_dict
@@ -251,7 +251,7 @@ def _column_hashes(frame: pd.DataFrame, transcripts: list[str]) -> dict[str, str
     return {"utterances": digest(core), **{t: digest([t]) for t in transcripts if t in frame.columns}}
 
 
-def _check_fingerprint(grid: AudioTextGrid, raw: dict, out: Path, frame: pd.DataFrame) -> None:
+def _check_fingerprint(grid: DimensionalGrid, raw: dict, out: Path, frame: pd.DataFrame) -> None:
     """A resumed grid must be the same experiment: same recipe, encoders, utterances and transcripts.
     The manifest may move or gain columns (e.g. `asr_text` for Table 2); a transcript column whose
     content changed (re-transcribed) would mix old and new cells, and is refused."""
@@ -280,7 +280,7 @@ def _check_fingerprint(grid: AudioTextGrid, raw: dict, out: Path, frame: pd.Data
     fingerprint.save(now)
 
 
-def summarise(grid: AudioTextGrid, manifest, out: Path) -> None:
+def summarise(grid: DimensionalGrid, manifest, out: Path) -> None:
     from serkit.dimensional.transcribe import word_error_rate
 
     frame = pd.read_csv(out / "results.csv", dtype={"audio": str, "text": str, "transcript": str, "layer_weights": str},
@@ -356,3 +356,7 @@ def _layer_weights(frame: pd.DataFrame, targets: str, out: Path) -> None:
                           f"{audio}: layer weights per dimension (encoder frozen)")
         lines += ["", f"![layer weights]({png})", ""]
     write_text(out / "layer_weights.md", "\n".join(lines) + "\n", overwrite=True)
+
+
+# the names of serkit 0.1 (the grid was called after its architecture), kept for scripts that import them
+AudioTextGrid, load_audiotext_grid, run_audiotext_grid = DimensionalGrid, load_dimensional_grid, run_dimensional_grid
