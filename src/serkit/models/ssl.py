@@ -14,7 +14,6 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch import nn
 from transformers import (
     HubertConfig,
     HubertModel,
@@ -28,6 +27,7 @@ from transformers import (
 
 from serkit.errors import ConfigError, ModelDirError
 from serkit.models.frontends import WaveformNormalize
+from serkit.models.head import PooledHead
 from serkit.models.registry import SERModel, register
 
 BACKBONES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
@@ -89,7 +89,7 @@ def load_backbone(options: SSLOptions, saved_config: dict | None = None) -> PreT
 
 
 @register("ssl", "ssl", SSLOptions, "wav2vec 2.0 / HuBERT / WavLM / DistilHuBERT + mean pooling + 2-layer head", 3e-5)
-class SSLClassifier(SERModel):
+class SSLClassifier(PooledHead, SERModel):
     def __init__(self, options: SSLOptions, num_classes: int, saved_backbone_config: dict | None = None):
         super().__init__(options, num_classes)
         self.normalize = WaveformNormalize() if options.normalize_waveform else None
@@ -101,10 +101,7 @@ class SSLClassifier(SERModel):
             config.layerdrop = 0.0  # a dropped layer would shift the hidden-state indices
         if options.mask_time_prob is not None:
             config.mask_time_prob = options.mask_time_prob
-        n_states = config.num_hidden_layers + 1
-        if options.layer is not None and not 0 <= options.layer < n_states:
-            raise ConfigError(f"model.options.layer {options.layer} out of range: this backbone has hidden states 0..{n_states - 1}")
-        self.layer_logits = nn.Parameter(torch.zeros(n_states)) if options.layer_weights else None
+        self._hidden_state_choice(config.num_hidden_layers + 1, "backbone")
         if options.freeze_feature_encoder or options.freeze_backbone:
             # transformers' own freeze also stops the encoder from marking its input as needing
             # a gradient, which would fail when the waveform already carries one (PGD)
@@ -112,10 +109,7 @@ class SSLClassifier(SERModel):
         if options.freeze_backbone:
             for p in self.backbone.parameters():
                 p.requires_grad = False
-        hidden = self.backbone.config.hidden_size
-        self.dropout = nn.Dropout(options.dropout)
-        self.fc1 = nn.Linear(hidden, options.head_dim)
-        self.fc2 = nn.Linear(options.head_dim, num_classes)
+        self._add_head(self.backbone.config.hidden_size, num_classes)
 
     @property
     def uses_hidden_states(self) -> bool:
@@ -171,15 +165,7 @@ class SSLClassifier(SERModel):
             pooled = torch.einsum("l,lbd->bd", weights, torch.stack(states))
         else:
             pooled = last
-        fc1 = torch.relu(self.fc1(self.dropout(pooled)))
-        logits = self.fc2(self.dropout(fc1))
-        return {"pooled": pooled, "fc1": fc1, "fc2": logits, "logits": logits}
-
-    def embedding_layers(self) -> list[str]:
-        return ["pooled", "fc1", "fc2"]
-
-    def layer_weights(self) -> torch.Tensor | None:
-        return None if self.layer_logits is None else torch.softmax(self.layer_logits.detach(), 0)
+        return self._head(pooled)
 
     def extra_files(self) -> dict[str, dict]:
         return {"backbone_config.json": self.backbone.config.to_dict()}

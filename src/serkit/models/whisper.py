@@ -25,6 +25,7 @@ from transformers.audio_utils import mel_filter_bank
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from serkit.errors import ConfigError, ModelDirError
+from serkit.models.head import PooledHead
 from serkit.models.registry import SERModel, register
 
 BUILTIN_PREFIX = "builtin:"
@@ -145,17 +146,14 @@ def load_encoder(options: WhisperOptions, saved_config: dict | None = None) -> W
 
 
 @register("whisper", "ssl", WhisperOptions, "Whisper encoder (e.g. tiny.en, 4 layers, 384-d) on clips up to 30 s + 2-layer head", 3e-5)
-class WhisperClassifier(SERModel):
+class WhisperClassifier(PooledHead, SERModel):
     def __init__(self, options: WhisperOptions, num_classes: int, saved_backbone_config: dict | None = None):
         super().__init__(options, num_classes)
         self.encoder = load_encoder(options, saved_backbone_config)
         config = self.encoder.config
         config.layerdrop = 0.0  # hidden-state indices must stay put
         self.frontend = WhisperLogMel(config.num_mel_bins)
-        n_states = config.encoder_layers + 1
-        if options.layer is not None and not 0 <= options.layer < n_states:
-            raise ConfigError(f"model.options.layer {options.layer} out of range: this encoder has hidden states 0..{n_states - 1}")
-        self.layer_logits = nn.Parameter(torch.zeros(n_states)) if options.layer_weights else None
+        self._hidden_state_choice(config.encoder_layers + 1, "encoder")
         if options.freeze_feature_encoder or options.freeze_backbone:
             for module in (self.encoder.conv1, self.encoder.conv2):
                 for p in module.parameters():
@@ -171,9 +169,7 @@ class WhisperClassifier(SERModel):
         for module in frozen:
             for p in module.parameters():
                 p.requires_grad = False
-        self.dropout = nn.Dropout(options.dropout)
-        self.fc1 = nn.Linear(config.d_model, options.head_dim)
-        self.fc2 = nn.Linear(options.head_dim, num_classes)
+        self._add_head(config.d_model, num_classes)
 
     @property
     def max_seconds(self) -> float:
@@ -231,15 +227,7 @@ class WhisperClassifier(SERModel):
         pooled = (hidden * weight).sum(1) / torch.clamp(weight.sum(1), min=1.0)
         if self.options.pool_norm:
             pooled = nn.functional.layer_norm(pooled, pooled.shape[-1:])
-        fc1 = torch.relu(self.fc1(self.dropout(pooled)))
-        logits = self.fc2(self.dropout(fc1))
-        return {"pooled": pooled, "fc1": fc1, "fc2": logits, "logits": logits}
-
-    def embedding_layers(self) -> list[str]:
-        return ["pooled", "fc1", "fc2"]
-
-    def layer_weights(self) -> torch.Tensor | None:
-        return None if self.layer_logits is None else torch.softmax(self.layer_logits.detach(), 0)
+        return self._head(pooled)
 
     def extra_files(self) -> dict[str, dict]:
         return {"backbone_config.json": self.encoder.config.to_dict()}
