@@ -257,7 +257,7 @@ def test_experiment_grid_speakers_per_backbone(model_dir, tmp_path):
     assert sorted(zip(rows.backbone, rows.speaker)) == [("a", "02"), ("b", "01")]
     with pytest.raises(ConfigError, match="no forget speakers for backbone a"):
         load_grid(recipe, ["speakers=[]"])
-    with pytest.raises(ConfigError, match=r"backbones.b.speakers must be a non-empty list"):
+    with pytest.raises(ConfigError, match=r"backbones.b.speakers: must be a non-empty list"):
         load_grid(recipe, ["backbones.b.speakers=[]"])
     with pytest.raises(ConfigError, match=r"quote the speaker ids"):
         load_grid(recipe, ["backbones.b.speakers=[13]"])

@@ -176,7 +176,7 @@ def _validate(model: type[BaseModel], raw: dict, label: str):
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ConfigError(f"{label}: {where}: {first['msg']}") from None
+        raise ConfigError(f"{label}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def load_recipe(path: Path | str | None = None, overrides: list[str] | None = None, raw: dict | None = None) -> Recipe:

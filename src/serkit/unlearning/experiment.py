@@ -44,7 +44,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serkit.errors import ConfigError, SerkitError
 from serkit.experiment import Cell, ExecutorConfig, Fingerprint, ResultsTable, mean_std, run_cells, take_in_finished
@@ -58,8 +58,52 @@ COLUMNS = ["backbone", "setting", "speaker", "n", "seed", "method", "tau", "forg
            "unseen_uar_before", "unseen_uar", "kept", "other_accuracy", "mia_auc_before", "mia_auc", "n_unseen",
            "seconds", "pgd_success", "snr_db", "epochs_run", "stop_reason", "base_method"]
 PROPOSED = ("adv", "adv-ewc")
-BACKBONE_KEYS = ("speakers", "methods", "taus")
 LABEL = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class Backbone(BaseModel):
+    """One backbone: its model directory per setting, and what it sets differently from the grid."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    train_val: Path | None = Field(None, alias="train->val", description="model trained on train, tau chosen on val")
+    train_val_test: Path | None = Field(None, alias="train+val->test", description="model trained on train+val, "
+                                        "scored on test")
+    speakers: list[str] | None = Field(None, description="this backbone's forget speakers (e.g. when backbones are "
+                                       "trained on different corpora); wins over the grid's")
+    methods: dict[str, dict | None] | None = Field(None, description="label -> parameters merged over the grid's, per "
+                                                   "label; null leaves that label out for this backbone")
+    taus: list[float] | None = Field(None, description="this backbone's taus")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_settings(cls, value):
+        if isinstance(value, dict):
+            known = {*SETTINGS, *(n for n in cls.model_fields if n not in ("train_val", "train_val_test"))}
+            for key in value:
+                if key not in known:
+                    raise ValueError(f"unknown setting '{key}'; use {sorted(SETTINGS)} (or speakers, methods, taus)")
+        return value
+
+    @field_validator("speakers", mode="before")
+    @classmethod
+    def _speaker_ids(cls, value):
+        if isinstance(value, list) and not all(isinstance(s, str) for s in value):
+            raise ValueError("quote the speaker ids, e.g. ['13', '05'] (unquoted, 05 reads as 5)")
+        if value is not None and not value:
+            raise ValueError("must be a non-empty list of speaker ids")
+        return value
+
+    @field_validator("taus")
+    @classmethod
+    def _some_taus(cls, value):
+        if value is not None and not value:
+            raise ValueError("must be a non-empty list of numbers")
+        return value
+
+    def models(self) -> dict[str, Path]:
+        """setting -> model directory, train->val first (its runs choose the test runs' tau)."""
+        return {s: m for s, m in (("train->val", self.train_val), ("train+val->test", self.train_val_test)) if m}
 
 
 class UnlearningGrid(BaseModel):
@@ -67,10 +111,8 @@ class UnlearningGrid(BaseModel):
 
     name: str = "unlearning"
     output_dir: Path
-    backbones: dict[str, dict[str, Path | list[str] | list[float] | dict[str, dict | None]]] = Field(
-        description="backbone -> {setting: model dir, and optionally speakers: [..] (this backbone's forget speakers, "
-        "e.g. when backbones are trained on different corpora), methods: {label: {param: value}} (merged over the "
-        "top-level methods, per label), taus: [..]}")
+    backbones: dict[str, Backbone] = Field(description="backbone -> its model per setting (train->val, "
+                                           "train+val->test), and optionally its own speakers, methods, taus")
     speakers: list[str] = Field(default_factory=list, description="forget speakers of every backbone without its own "
                                 "list (a backbone's own `speakers:` wins over this one)")
     n: list[int] = [10, 30, 50, 100]
@@ -86,54 +128,23 @@ class UnlearningGrid(BaseModel):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="where the runs go: local (in this "
                                      "process), pool (local worker processes) or slurm (submitit)")
 
-    @field_validator("backbones", mode="before")
-    @classmethod
-    def _speaker_ids(cls, value):
-        for backbone, settings in (value or {}).items():
-            speakers = settings.get("speakers") if isinstance(settings, dict) else None
-            if isinstance(speakers, list) and not all(isinstance(s, str) for s in speakers):
-                raise ValueError(f"{backbone}.speakers: quote the speaker ids, e.g. ['13', '05'] (unquoted, 05 reads as 5)")
-        return value
-
 
 def load_grid(path: Path | str, overrides: list[str] | None = None) -> UnlearningGrid:
     from serkit.config import load_experiment
 
     grid = load_experiment(path, UnlearningGrid, overrides)
-    for backbone, settings in grid.backbones.items():
-        for setting, value in settings.items():
-            if setting == "speakers":
-                if not isinstance(value, list) or not value:
-                    raise ConfigError(f"{path}: backbones.{backbone}.speakers must be a non-empty list of speaker ids")
-                continue
-            if setting == "taus":
-                try:
-                    settings["taus"] = [float(t) for t in value]
-                except (TypeError, ValueError):
-                    settings["taus"] = []
-                if not settings["taus"]:
-                    raise ConfigError(f"{path}: backbones.{backbone}.taus must be a non-empty list of numbers")
-                continue
-            if setting == "methods":
-                if not isinstance(value, dict) or not all(v is None or isinstance(v, dict) for v in value.values()):
-                    raise ConfigError(f"{path}: backbones.{backbone}.methods must map a method label to its parameters "
-                                      "(or to null, to leave that label out for this backbone)")
-                continue
-            if setting not in SETTINGS:
-                raise ConfigError(f"{path}: backbones.{backbone}: unknown setting '{setting}'; use {sorted(SETTINGS)} "
-                                  f"(or {', '.join(BACKBONE_KEYS)})")
-            if not isinstance(value, (str, Path)):
-                raise ConfigError(f"{path}: backbones.{backbone}.{setting} must be a model directory")
-        if (grid.test_taus == "chosen" and "train+val->test" in settings and "train->val" not in settings
-                and any(m in PROPOSED for m, _ in _methods(grid, backbone).values())):
-            raise ConfigError(f"{path}: backbones.{backbone} has train+val->test but no train->val model: its tau cannot "
+    for name, backbone in grid.backbones.items():
+        if (grid.test_taus == "chosen" and backbone.train_val_test and not backbone.train_val
+                and any(m in PROPOSED for m, _ in _methods(grid, name).values())):
+            raise ConfigError(f"{path}: backbones.{name} has train+val->test but no train->val model: its tau cannot "
                               "be chosen on validation. Add the train->val model, or set test_taus: all")
-        if not _speakers(grid, backbone):
-            raise ConfigError(f"{path}: no forget speakers for backbone {backbone}: give speakers: [..] at the top level "
-                              f"or under backbones.{backbone}")
-        for label, (method, params) in _methods(grid, backbone).items():  # a typo fails now, not hours into the grid
-            where = (f"backbones.{backbone}.methods.{label}" if label in (settings.get("methods") or {})
-                     else f"methods.{label}")
+        if not backbone.models():
+            raise ConfigError(f"{path}: backbones.{name} names no model: give train->val and/or train+val->test")
+        if not _speakers(grid, name):
+            raise ConfigError(f"{path}: no forget speakers for backbone {name}: give speakers: [..] at the top level "
+                              f"or under backbones.{name}")
+        for label, (method, params) in _methods(grid, name).items():  # a typo fails now, not hours into the grid
+            where = f"backbones.{name}.methods.{label}" if label in (backbone.methods or {}) else f"methods.{label}"
             if not LABEL.fullmatch(label):
                 raise ConfigError(f"{path}: {where}: a method label names run folders: use letters, digits, '.', '_', '-'")
             if method == "remain":
@@ -141,23 +152,23 @@ def load_grid(path: Path | str, overrides: list[str] | None = None) -> Unlearnin
                                   "--remain); run it with serkit forget")
             if "tau" in params and method in PROPOSED:
                 raise ConfigError(f"{path}: {where}: tau is a grid dimension here: set taus: [..] at the top level or "
-                                  f"under backbones.{backbone}, not in the method's parameters")
+                                  f"under backbones.{name}, not in the method's parameters")
             try:
                 get_method(method, {**params, "tau": 0.01} if method in PROPOSED else params)
             except ConfigError as err:
-                raise ConfigError(f"{path}: {where} (backbone {backbone}): {err}") from None
+                raise ConfigError(f"{path}: {where} (backbone {name}): {err}") from None
     return grid
 
 
 def _speakers(grid: UnlearningGrid, backbone: str) -> list[str]:
-    return list(grid.backbones[backbone].get("speakers") or grid.speakers)
+    return list(grid.backbones[backbone].speakers or grid.speakers)
 
 
 def _methods(grid: UnlearningGrid, backbone: str) -> dict[str, tuple[str, dict]]:
     """label -> (registered method, parameters), with the backbone's own parameters merged in per label. A
     label set to null under the backbone is left out for it. When no top-level `methods:` is given and the
     backbone lists its own, only those run (the defaults do not sneak in)."""
-    own = grid.backbones[backbone].get("methods") or {}
+    own = grid.backbones[backbone].methods or {}
     shared = grid.methods if ("methods" in grid.model_fields_set or not own) else {}
     merged = {label: {**shared.get(label, {}), **(own.get(label) or {})} for label in {**shared, **own}
               if not (label in own and own[label] is None)}
@@ -204,7 +215,7 @@ def _runs(grid: UnlearningGrid):
     tau CHOSEN when it is to use the tau that won on validation."""
     for backbone, settings in grid.backbones.items():
         methods = _methods(grid, backbone)
-        for setting in sorted((s for s in settings if s in SETTINGS), key=list(SETTINGS).index):
+        for setting, model_dir in settings.models().items():
             for n in grid.n:
                 for speaker in _speakers(grid, backbone):
                     for seed in grid.seeds:
@@ -214,9 +225,9 @@ def _runs(grid: UnlearningGrid):
                             elif setting == "train+val->test" and grid.test_taus == "chosen":
                                 taus = [CHOSEN]
                             else:
-                                taus = settings.get("taus") or grid.taus
+                                taus = settings.taus or grid.taus
                             for tau in taus:
-                                yield Run(backbone, setting, Path(settings[setting]), speaker, n, seed, label, method,
+                                yield Run(backbone, setting, model_dir, speaker, n, seed, label, method,
                                           params, tau)
 
 
@@ -441,9 +452,13 @@ class _TargetAccuracy:
         from serkit.models import load_model
         from serkit.unlearning.run import _reference_accuracy
 
+        source = self.grid.backbones[backbone].train_val
+        if source is None:
+            self.log(f"{backbone}: no train->val model to take a validation accuracy from")
+            return None
         try:
-            value = _reference_accuracy(load_model(self.grid.backbones[backbone]["train->val"]))
-        except (KeyError, SerkitError) as err:
+            value = _reference_accuracy(load_model(source))
+        except SerkitError as err:
             self.log(f"{backbone}: no validation accuracy from a train->val model ({err})")
             return None
         if value is None:
