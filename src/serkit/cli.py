@@ -10,11 +10,11 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from serkit.commands import register_all
+from serkit.commands._shared import OutputFormat, console, err_console, print_error, print_note
 from serkit.errors import SerkitError
 
 app = typer.Typer(help="serkit: speech emotion recognition that respects privacy and small devices.",
@@ -25,8 +25,6 @@ app.add_typer(data_app, name="data")
 experiment_app = typer.Typer(help="The papers' experiment grids.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(experiment_app, name="experiment")
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True)
 
 
 class Corpus(str, Enum):
@@ -34,11 +32,6 @@ class Corpus(str, Enum):
     emodb = "emodb"
     emovo = "emovo"
     folder = "folder"
-
-
-class OutputFormat(str, Enum):
-    table = "table"
-    json = "json"
 
 
 @data_app.command("import")
@@ -69,8 +62,8 @@ def data_import(
     if report.unknown_labels:
         from serkit.data.importers import VOCABULARY
 
-        _print_note("warning", f"label(s) {', '.join(report.unknown_labels)} are not in serkit's vocabulary "
-                    f"({', '.join(VOCABULARY)}); kept in lower case: map them in the CSV if they mean one of those")
+        print_note("warning", f"label(s) {', '.join(report.unknown_labels)} are not in serkit's vocabulary "
+                   f"({', '.join(VOCABULARY)}); kept in lower case: map them in the CSV if they mean one of those")
     for bad in report.skipped:
         console.print(f"[yellow]skipped[/] {bad}")
 
@@ -220,15 +213,15 @@ def _check_unseen(saved, rows, source: str, allow_seen: bool, split_parts: dict 
 
     seen = seen_speakers(saved, rows.speakers, split_parts)
     if seen is None:
-        _print_note("note", f"model {saved.path} does not list the speakers it was trained on; serkit cannot check "
-                    "that the evaluated speakers are unseen")
+        print_note("note", f"model {saved.path} does not list the speakers it was trained on; serkit cannot check "
+                   "that the evaluated speakers are unseen")
     elif seen and not allow_seen:
         raise SerkitError(f"model {saved.path} was trained on speaker(s) {', '.join(seen)}, and the {source} includes them: "
                           "its figures on them are not speaker-independent; evaluate speakers it never heard (e.g. the test "
                           "part of its own split), or pass --allow-seen-speakers to evaluate them anyway")
     elif seen:
-        _print_note("warning", f"model {saved.path} was trained on speaker(s) {', '.join(seen)}: these figures include "
-                    "them and are NOT speaker-independent (marked in metrics.json and report.md)")
+        print_note("warning", f"model {saved.path} was trained on speaker(s) {', '.join(seen)}: these figures include "
+                   "them and are NOT speaker-independent (marked in metrics.json and report.md)")
     return seen
 
 
@@ -305,7 +298,7 @@ def models_list(classes: int = typer.Option(8, help="number of classes for the p
     console.print(table)
 
 
-register_all(app, console)
+register_all(app)
 
 
 class Interrupted(BaseException):
@@ -321,16 +314,6 @@ def _interrupt(signum, frame):
     raise Interrupted(signum)
 
 
-def _print_error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-
-
-def _print_note(kind: str, message: str) -> None:
-    """One line on stderr: 'warning: ...' (in yellow) or 'note: ...'."""
-    style = "bold yellow" if kind == "warning" else "bold"
-    err_console.print(f"[{style}]{kind}:[/] {escape(message)}", highlight=False, soft_wrap=True)
-
-
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI; a SerkitError becomes one red line on stderr and exit code 2."""
     handlers = {}
@@ -341,10 +324,10 @@ def run(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except SerkitError as exc:
-        _print_error(str(exc))
+        print_error(str(exc))
         return 2
     except OSError as exc:  # the last resort: each command turns the errors it expects into a SerkitError first
-        _print_error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc))
+        print_error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc))
         return 2
     except (Interrupted, KeyboardInterrupt) as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
