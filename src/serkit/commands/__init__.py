@@ -14,7 +14,8 @@ import typer
 
 # `serkit --help` lists the plain commands, then the sub-apps, each in the order they were added:
 # this order keeps the help as users know it (a module not listed here comes after, by name).
-ORDER = ("analysis", "features", "forget", "receipt", "transfer", "export")
+ORDER = ("data", "train", "evaluate", "predict", "models", "experiment", "analysis", "features", "forget", "receipt",
+         "transfer", "export", "dimensional")
 
 
 def command_modules() -> list[str]:
