@@ -109,68 +109,19 @@ def probe_cmd(
     manifest: Path | None = typer.Option(None, help="override the manifest the split names"),
 ):
     """Linear-SVM probes (C by 5-fold speaker-grouped search on training data): UAR and WAR per layer."""
-    import json
-
-    import numpy as np
-
-    from serkit.analysis.probes import default_probe_layers, model_features, probe_layers
+    from serkit.analysis.probes import probe_split, split_features
     from serkit.data.splits import load_split
-    from serkit.errors import SerkitError
-    from serkit.io import atomic_dir, refuse_existing
+    from serkit.io import refuse_existing
 
     refuse_existing(out, "output directory")
     loaded = load_split(split, manifest)
-    train_rows, test_rows = loaded.part("train"), loaded.part(part)
-    if source.suffix == ".npy":
-        from serkit.inference.embeddings import load_embeddings
-
-        emb = load_embeddings(source)
-        if emb.meta.get("manifest_sha256") and emb.meta["manifest_sha256"] != loaded.manifest.sha256:
-            raise SerkitError(f"{source} was computed from another manifest than the split's ({loaded.manifest.file})")
-        index = {p: i for i, p in enumerate(emb.paths)}
-        missing = [p for p in list(train_rows.frame["path"]) + list(test_rows.frame["path"]) if p not in index]
-        if missing:
-            raise SerkitError(f"{source} lacks {len(missing)} utterances of the split (e.g. {missing[0]}); "
-                              "embed the whole manifest (serkit embed MODEL MANIFEST -o ...)")
-        name = emb.meta.get("layer") or source.stem
-        pick = lambda rows: {name: emb.array[[index[p] for p in rows.frame["path"]]]}  # noqa: E731
-        train_x, test_x = pick(train_rows), pick(test_rows)
-        what = f"{source} ({emb.meta.get('model', 'features')})"
-    else:
-        from serkit.models import load_model
-
-        saved = load_model(source)
-        layers = layer or default_probe_layers(saved)
-        with console.status(f"embedding {len(train_rows) + len(test_rows)} utterances"):
-            train_x, test_x = model_features(saved, train_rows, layers), model_features(saved, test_rows, layers)
-        what = str(source)
+    with console.status(f"embedding {len(loaded.part('train')) + len(loaded.part(part))} utterances"):
+        features = split_features(source, loaded, part, layer)
     with console.status("probing"):
-        rows = probe_layers(train_x, np.array(train_rows.frame["emotion"]), np.array(train_rows.frame["speaker"]),
-                            test_x, np.array(test_rows.frame["emotion"]))
-    lines = [f"# Linear probes on {what}", "", f"Trained on {len(train_rows)} utterances ({train_rows.frame['speaker'].nunique()} "
-             f"speakers), scored on {len(test_rows)} {part} utterances ({test_rows.frame['speaker'].nunique()} speakers).", "",
-             f"| layer | C | CV UAR (train) | {part} UAR | {part} WAR |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['layer']} | {r['C']:g} | {r['cv_uar']:.3f} | {r['test_uar']:.3f} | {r['test_war']:.3f} |")
+        probes = probe_split(features)
+    for r in probes.rows:
         console.print(f"{r['layer']}: {part} UAR {r['test_uar']:.3f}, WAR {r['test_war']:.3f} (C={r['C']:g})")
-    with atomic_dir(out) as tmp:
-        (tmp / "probe.json").write_text(json.dumps({"source": what, "part": part, "rows": rows}, indent=2) + "\n")
-        (tmp / "probe.md").write_text("\n".join(lines) + "\n")
-        if len(rows) > 1:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots(figsize=(5, 3.2))
-            ax.plot(range(len(rows)), [r["test_uar"] for r in rows], "o-", label=f"{part} UAR")
-            ax.plot(range(len(rows)), [r["cv_uar"] for r in rows], "s--", label="CV UAR (train)")
-            ax.set_xticks(range(len(rows)), [r["layer"] for r in rows], rotation=30, fontsize=8)
-            ax.set_ylabel("UAR")
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(tmp / "probe.png", dpi=120)
-            plt.close(fig)
+    probes.save(out)
     console.print(f"wrote {out}/")
 
 
