@@ -182,3 +182,73 @@ def test_predict_speaks_of_the_files_given_not_of_a_manifest(emodb_run, tmp_path
         assert run(["predict", model, str(path)]) == 2
         err = _one_error_line(capsys)
         assert message in err and "manifest" not in err, err
+
+
+# ------------------------------------------------------------------------------ experiment executors
+def _transfer_grid(tmp_path, **extra):
+    import yaml
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "recipe": str(tmp_path / "recipe.yaml"),
+                                    "upstream": str(tmp_path / "model"), **extra}))
+    return grid
+
+
+def _record_runner(monkeypatch, tmp_path) -> list[dict]:
+    """Stand in for the transfer grid's runner: the grid is not run, the executor it is given is kept."""
+    calls = []
+
+    def runner(grid, log=print, **kwargs):
+        calls.append({"grid": grid, **kwargs})
+        return tmp_path / "out"
+
+    monkeypatch.setattr("serkit.transfer.experiment.run_transfer_grid", runner)
+    return calls
+
+
+def test_a_bad_executor_or_worker_count_is_one_line_that_names_the_option(tmp_path, monkeypatch, capsys):
+    calls = _record_runner(monkeypatch, tmp_path)
+    grid = str(_transfer_grid(tmp_path))
+    for options, message in ((["--workers", "0"], "--workers 0: give 1 or more"),
+                             (["--executor", "bogus"], "--executor bogus: give one of local, pool, slurm"),
+                             (["--executor", "local", "--workers", "2"], "use --executor pool or --executor slurm")):
+        assert run(["experiment", "transfer", grid, *options]) == 2, options
+        assert message in _one_error_line(capsys), options
+    assert calls == [] and not (tmp_path / "out").exists()
+
+
+def test_executor_options_reach_the_runner_over_the_yaml_section_and_without_them_the_grid_keeps_its_own(
+        tmp_path, monkeypatch, capsys):
+    calls = _record_runner(monkeypatch, tmp_path)
+    assert run(["experiment", "transfer", str(_transfer_grid(tmp_path)), "--workers", "2"]) == 0
+    assert (calls[-1]["executor"].kind, calls[-1]["executor"].workers) == ("pool", 2)  # --workers alone: a pool
+    slurm = _transfer_grid(tmp_path, executor={"kind": "slurm", "workers": 4, "slurm": {"slurm_partition": "gpu"}})
+    assert run(["experiment", "transfer", str(slurm), "--workers", "8"]) == 0
+    executor = calls[-1]["executor"]
+    assert (executor.kind, executor.workers, executor.slurm) == ("slurm", 8, {"slurm_partition": "gpu"})
+    assert run(["experiment", "transfer", str(slurm), "--executor", "local", "--workers", "1"]) == 0
+    assert (calls[-1]["executor"].kind, calls[-1]["executor"].slurm) == ("local", {"slurm_partition": "gpu"})
+    assert run(["experiment", "transfer", str(slurm)]) == 0
+    assert "executor" not in calls[-1] and calls[-1]["grid"].executor.kind == "slurm"
+    assert f"wrote {tmp_path / 'out'}/" in capsys.readouterr().out
+
+
+def test_a_grid_that_has_no_executor_section_refuses_the_executor_options(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    def run_recovery(exp, log=print):
+        raise AssertionError("ran a grid that cannot take the executor asked for")
+
+    monkeypatch.setattr("serkit.analysis.recovery.load_recovery", lambda path, overrides: SimpleNamespace())
+    monkeypatch.setattr("serkit.analysis.recovery.run_recovery", run_recovery)
+    assert run(["experiment", "recovery", str(tmp_path / "recovery.yaml"), "--executor", "pool"]) == 2
+    assert _one_error_line(capsys) == "error: the recovery grid runs its cells in this process only; drop --executor/--workers"
+
+
+def test_the_executor_kinds_the_command_line_offers_are_the_executor_configs():
+    from typing import get_args
+
+    from serkit.commands.experiment import EXECUTORS
+    from serkit.experiment import ExecutorConfig
+
+    assert EXECUTORS == get_args(ExecutorConfig.model_fields["kind"].annotation)

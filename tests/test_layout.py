@@ -89,3 +89,42 @@ def test_each_paper_system_is_one_folder_and_the_top_level_holds_shared_parts_on
     for folder in ("unlearning", "analysis", "transfer", "dimensional", "training", "evaluation", "experiment",
                    "inference", "data", "models", "commands"):
         assert (PACKAGE / folder / "__init__.py").is_file(), folder
+
+
+def _commands(typer_app, path: str = "serkit"):
+    """(command line, callback) of every command of a typer app, its sub-apps' included."""
+    for info in typer_app.registered_commands:
+        yield f"{path} {info.name or info.callback.__name__}", info.callback
+    for group in typer_app.registered_groups:
+        yield from _commands(group.typer_instance, f"{path} {group.name}")
+
+
+def test_every_command_lives_in_a_commands_module_at_module_level():
+    import importlib
+
+    from serkit.cli import app
+
+    commands = dict(_commands(app))
+    assert "serkit data import" in commands and "serkit experiment transfer" in commands  # the walk sees sub-apps
+    for line, callback in commands.items():
+        assert callback.__module__.startswith("serkit.commands."), (line, callback.__module__)
+        # module-level, not a closure made inside register(): one style, and each command importable by name
+        assert getattr(importlib.import_module(callback.__module__), callback.__qualname__, None) is callback, line
+
+
+def test_cli_py_holds_the_one_app_and_defines_no_commands():
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    calls = [node.func for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)]
+    assert [ast.unparse(f) for f in calls if f.attr == "Typer"] == ["typer.Typer"]
+    assert not [ast.unparse(f) for f in calls if f.attr in ("command", "add_typer", "callback")]
+    decorated = [node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.decorator_list]
+    assert decorated == []
+
+
+def test_each_command_module_registers_and_shared_parts_are_skipped():
+    from serkit.commands import ORDER, command_modules
+
+    names = command_modules()
+    assert names[:len(ORDER)] == list(ORDER) and "_shared" not in names
+    for name in names:
+        assert "def register(app: typer.Typer) -> None:" in (PACKAGE / "commands" / f"{name}.py").read_text(), name

@@ -1,10 +1,13 @@
-"""`serkit compare` and `serkit attention`: do two models decide and attend alike (paper 002)."""
+"""`serkit compare`, `serkit attention` and `serkit probe`: do two models decide and attend alike, and what
+the layers of one know (paper 002)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+
+from serkit.commands._shared import console
 
 
 def _rows(manifest: Path, split: Path | None, part: str | None):
@@ -17,157 +20,112 @@ def _rows(manifest: Path, split: Path | None, part: str | None):
     return load_split(split, manifest).part(part) if split is not None else read_manifest(manifest)
 
 
-def register(app: typer.Typer, console) -> None:
-    @app.command("compare")
-    def compare_cmd(
-        model_a: Path = typer.Argument(..., help="first serkit model directory"),
-        model_b: Path = typer.Argument(..., help="second serkit model directory"),
-        manifest: Path = typer.Argument(..., help="manifest.csv of the utterances to compare on"),
-        out: Path = typer.Option(..., "-o", "--out", help="new folder: compare.json, compare.md, distances.csv, cosine_distance.png"),
-        layer: str = typer.Option("fc1", help="embedding to compare: fc1 (last hidden layer), fc2, pooled, hidden:K"),
-        threshold: list[float] = typer.Option([], help="cosine-distance threshold(s) for the table (default: covers 70 % of the data)"),
-        split: Path | None = typer.Option(None, help="with --part: only the speakers of one part of this split"),
-        part: str | None = typer.Option(None, help="train, val or test"),
-    ):
-        """Decision mismatch and last-layer cosine distances between two models (paper 002, Tables II-III)."""
-        import json
+def compare_cmd(
+    model_a: Path = typer.Argument(..., help="first serkit model directory"),
+    model_b: Path = typer.Argument(..., help="second serkit model directory"),
+    manifest: Path = typer.Argument(..., help="manifest.csv of the utterances to compare on"),
+    out: Path = typer.Option(..., "-o", "--out", help="new folder: compare.json, compare.md, distances.csv, cosine_distance.png"),
+    layer: str = typer.Option("fc1", help="embedding to compare: fc1 (last hidden layer), fc2, pooled, hidden:K"),
+    threshold: list[float] = typer.Option([], help="cosine-distance threshold(s) for the table (default: covers 70 % of the data)"),
+    split: Path | None = typer.Option(None, help="with --part: only the speakers of one part of this split"),
+    part: str | None = typer.Option(None, help="train, val or test"),
+):
+    """Decision mismatch and last-layer cosine distances between two models (paper 002, Tables II-III)."""
+    import json
 
-        import numpy as np
-        import pandas as pd
+    import numpy as np
+    import pandas as pd
 
-        from serkit.analysis.compare import compare_models, comparison_markdown, distance_png
-        from serkit.io import atomic_dir, refuse_existing
-        from serkit.models import load_model
+    from serkit.analysis.compare import compare_models, comparison_markdown, distance_png
+    from serkit.io import atomic_dir, refuse_existing
+    from serkit.models import load_model
 
-        refuse_existing(out, "output directory")
-        rows = _rows(manifest, split, part)
-        a, b = load_model(model_a), load_model(model_b)
-        with console.status(f"running both models over {len(rows)} utterances"):
-            result = compare_models(a, b, rows, layer, threshold or None)
-        distances = result.pop("distances")
-        with atomic_dir(out) as tmp:
-            (tmp / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
-            (tmp / "compare.md").write_text(comparison_markdown(result))
-            pd.DataFrame({"path": rows.frame["path"], "cosine_distance": distances}).to_csv(tmp / "distances.csv", index=False)
-            distance_png(tmp / "cosine_distance.png", np.array(distances),
-                         result["table"][0]["threshold"] if len(result["table"]) == 1 else None,
-                         f"{Path(model_a).name} vs {Path(model_b).name}: {layer}")
-        if result.get("note"):
-            console.print(f"[yellow]note:[/] {result['note']}")
-        else:
-            console.print(f"decision mismatch {result['decision_mismatch']:.1%} over {result['n']} utterances")
-        for row in result["table"]:
-            match = "-" if row["decision_match"] is None else f"{row['decision_match']:.1%}"
-            console.print(f"cosine distance <= {row['threshold']:.3f}: {row['data_fraction']:.1%} of the data, decision match {match}")
-        console.print(f"wrote {out}/")
+    refuse_existing(out, "output directory")
+    rows = _rows(manifest, split, part)
+    a, b = load_model(model_a), load_model(model_b)
+    with console.status(f"running both models over {len(rows)} utterances"):
+        result = compare_models(a, b, rows, layer, threshold or None)
+    distances = result.pop("distances")
+    with atomic_dir(out) as tmp:
+        (tmp / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+        (tmp / "compare.md").write_text(comparison_markdown(result))
+        pd.DataFrame({"path": rows.frame["path"], "cosine_distance": distances}).to_csv(tmp / "distances.csv", index=False)
+        distance_png(tmp / "cosine_distance.png", np.array(distances),
+                     result["table"][0]["threshold"] if len(result["table"]) == 1 else None,
+                     f"{Path(model_a).name} vs {Path(model_b).name}: {layer}")
+    if result.get("note"):
+        console.print(f"[yellow]note:[/] {result['note']}")
+    else:
+        console.print(f"decision mismatch {result['decision_mismatch']:.1%} over {result['n']} utterances")
+    for row in result["table"]:
+        match = "-" if row["decision_match"] is None else f"{row['decision_match']:.1%}"
+        console.print(f"cosine distance <= {row['threshold']:.3f}: {row['data_fraction']:.1%} of the data, decision match {match}")
+    console.print(f"wrote {out}/")
 
-    @app.command("attention")
-    def attention_cmd(
-        model_a: Path = typer.Argument(..., help="first transformer model (whisper or ssl)"),
-        model_b: Path = typer.Argument(..., help="second model of the same architecture"),
-        manifest: Path = typer.Argument(..., help="manifest.csv of the utterances to compare on"),
-        out: Path = typer.Option(..., "-o", "--out", help="new folder: attention.json, attention.md, attention.png"),
-        max_utterances: int | None = typer.Option(100, help="a seeded sample of at most this many utterances (0: all)"),
-        split: Path | None = typer.Option(None, help="with --part: only the speakers of one part of this split"),
-        part: str | None = typer.Option(None, help="train, val or test"),
-    ):
-        """Bhattacharyya distance between two models' self-attention maps per layer and head (paper 002, Eq. 1)."""
-        import json
 
-        from serkit.analysis.attention import attention_distance, attention_png
-        from serkit.io import atomic_dir, refuse_existing
-        from serkit.models import load_model
+def attention_cmd(
+    model_a: Path = typer.Argument(..., help="first transformer model (whisper or ssl)"),
+    model_b: Path = typer.Argument(..., help="second model of the same architecture"),
+    manifest: Path = typer.Argument(..., help="manifest.csv of the utterances to compare on"),
+    out: Path = typer.Option(..., "-o", "--out", help="new folder: attention.json, attention.md, attention.png"),
+    max_utterances: int | None = typer.Option(100, help="a seeded sample of at most this many utterances (0: all)"),
+    split: Path | None = typer.Option(None, help="with --part: only the speakers of one part of this split"),
+    part: str | None = typer.Option(None, help="train, val or test"),
+):
+    """Bhattacharyya distance between two models' self-attention maps per layer and head (paper 002, Eq. 1)."""
+    import json
 
-        refuse_existing(out, "output directory")
-        rows = _rows(manifest, split, part)
-        a, b = load_model(model_a), load_model(model_b)
-        with console.status("comparing attention maps"):
-            result = attention_distance(a, b, rows, max_utterances or None)
-        title = f"{Path(model_a).parent.name}/{Path(model_a).name} vs {Path(model_b).parent.name}/{Path(model_b).name}"
-        with atomic_dir(out) as tmp:
-            (tmp / "attention.json").write_text(json.dumps(result, indent=2) + "\n")
-            attention_png(tmp / "attention.png", result, title)
-            lines = [f"# Attention distance: `{result['model_a']}` vs `{result['model_b']}`", "",
-                     f"Mean Bhattacharyya distance between corresponding attention rows, over {result['utterances']} utterances.",
-                     "", "| layer | " + " | ".join(f"head {h}" for h in range(result["heads"])) + " | mean |",
-                     "|---|" + "---|" * (result["heads"] + 1)]
-            for i, row in enumerate(result["distance"]):
-                lines.append(f"| {i + 1} | " + " | ".join(f"{v:.3f}" for v in row) + f" | {result['mean_per_layer'][i]:.3f} |")
-            (tmp / "attention.md").write_text("\n".join(lines + ["", "![heatmap](attention.png)"]) + "\n")
-        console.print("mean distance per layer: " + ", ".join(f"{i + 1}: {v:.3f}" for i, v in enumerate(result["mean_per_layer"])))
-        console.print(f"wrote {out}/")
+    from serkit.analysis.attention import attention_distance, attention_png
+    from serkit.io import atomic_dir, refuse_existing
+    from serkit.models import load_model
 
-    @app.command("probe")
-    def probe_cmd(
-        source: Path = typer.Argument(..., help="a serkit model directory, or an .npy of embeddings from `serkit embed`"),
-        split: Path = typer.Option(..., help="speaker split: probes train on its train part"),
-        out: Path = typer.Option(..., "-o", "--out", help="new folder: probe.json, probe.md (and probe.png over layers)"),
-        layer: list[str] = typer.Option([], help="layers to probe (repeat); default: every hidden state of a "
-                                        "transformer, or pooled and fc1 of a CNN"),
-        part: str = typer.Option("test", help="the part to score on: test or val"),
-        manifest: Path | None = typer.Option(None, help="override the manifest the split names"),
-    ):
-        """Linear-SVM probes (C by 5-fold speaker-grouped search on training data): UAR and WAR per layer."""
-        import json
+    refuse_existing(out, "output directory")
+    rows = _rows(manifest, split, part)
+    a, b = load_model(model_a), load_model(model_b)
+    with console.status("comparing attention maps"):
+        result = attention_distance(a, b, rows, max_utterances or None)
+    title = f"{Path(model_a).parent.name}/{Path(model_a).name} vs {Path(model_b).parent.name}/{Path(model_b).name}"
+    with atomic_dir(out) as tmp:
+        (tmp / "attention.json").write_text(json.dumps(result, indent=2) + "\n")
+        attention_png(tmp / "attention.png", result, title)
+        lines = [f"# Attention distance: `{result['model_a']}` vs `{result['model_b']}`", "",
+                 f"Mean Bhattacharyya distance between corresponding attention rows, over {result['utterances']} utterances.",
+                 "", "| layer | " + " | ".join(f"head {h}" for h in range(result["heads"])) + " | mean |",
+                 "|---|" + "---|" * (result["heads"] + 1)]
+        for i, row in enumerate(result["distance"]):
+            lines.append(f"| {i + 1} | " + " | ".join(f"{v:.3f}" for v in row) + f" | {result['mean_per_layer'][i]:.3f} |")
+        (tmp / "attention.md").write_text("\n".join(lines + ["", "![heatmap](attention.png)"]) + "\n")
+    console.print("mean distance per layer: " + ", ".join(f"{i + 1}: {v:.3f}" for i, v in enumerate(result["mean_per_layer"])))
+    console.print(f"wrote {out}/")
 
-        import numpy as np
 
-        from serkit.analysis.probes import default_probe_layers, model_features, probe_layers
-        from serkit.data.splits import load_split
-        from serkit.errors import SerkitError
-        from serkit.io import atomic_dir, refuse_existing
+def probe_cmd(
+    source: Path = typer.Argument(..., help="a serkit model directory, or an .npy of embeddings from `serkit embed`"),
+    split: Path = typer.Option(..., help="speaker split: probes train on its train part"),
+    out: Path = typer.Option(..., "-o", "--out", help="new folder: probe.json, probe.md (and probe.png over layers)"),
+    layer: list[str] = typer.Option([], help="layers to probe (repeat); default: every hidden state of a "
+                                    "transformer, or pooled and fc1 of a CNN"),
+    part: str = typer.Option("test", help="the part to score on: test or val"),
+    manifest: Path | None = typer.Option(None, help="override the manifest the split names"),
+):
+    """Linear-SVM probes (C by 5-fold speaker-grouped search on training data): UAR and WAR per layer."""
+    from serkit.analysis.probes import probe_split, split_features
+    from serkit.data.splits import load_split
+    from serkit.io import refuse_existing
 
-        refuse_existing(out, "output directory")
-        loaded = load_split(split, manifest)
-        train_rows, test_rows = loaded.part("train"), loaded.part(part)
-        if source.suffix == ".npy":
-            from serkit.inference.embeddings import load_embeddings
+    refuse_existing(out, "output directory")
+    loaded = load_split(split, manifest)
+    with console.status(f"embedding {len(loaded.part('train')) + len(loaded.part(part))} utterances"):
+        features = split_features(source, loaded, part, layer)
+    with console.status("probing"):
+        probes = probe_split(features)
+    for r in probes.rows:
+        console.print(f"{r['layer']}: {part} UAR {r['test_uar']:.3f}, WAR {r['test_war']:.3f} (C={r['C']:g})")
+    probes.save(out)
+    console.print(f"wrote {out}/")
 
-            emb = load_embeddings(source)
-            if emb.meta.get("manifest_sha256") and emb.meta["manifest_sha256"] != loaded.manifest.sha256:
-                raise SerkitError(f"{source} was computed from another manifest than the split's ({loaded.manifest.file})")
-            index = {p: i for i, p in enumerate(emb.paths)}
-            missing = [p for p in list(train_rows.frame["path"]) + list(test_rows.frame["path"]) if p not in index]
-            if missing:
-                raise SerkitError(f"{source} lacks {len(missing)} utterances of the split (e.g. {missing[0]}); "
-                                  "embed the whole manifest (serkit embed MODEL MANIFEST -o ...)")
-            name = emb.meta.get("layer") or source.stem
-            pick = lambda rows: {name: emb.array[[index[p] for p in rows.frame["path"]]]}  # noqa: E731
-            train_x, test_x = pick(train_rows), pick(test_rows)
-            what = f"{source} ({emb.meta.get('model', 'features')})"
-        else:
-            from serkit.models import load_model
 
-            saved = load_model(source)
-            layers = layer or default_probe_layers(saved)
-            with console.status(f"embedding {len(train_rows) + len(test_rows)} utterances"):
-                train_x, test_x = model_features(saved, train_rows, layers), model_features(saved, test_rows, layers)
-            what = str(source)
-        with console.status("probing"):
-            rows = probe_layers(train_x, np.array(train_rows.frame["emotion"]), np.array(train_rows.frame["speaker"]),
-                                test_x, np.array(test_rows.frame["emotion"]))
-        lines = [f"# Linear probes on {what}", "", f"Trained on {len(train_rows)} utterances ({train_rows.frame['speaker'].nunique()} "
-                 f"speakers), scored on {len(test_rows)} {part} utterances ({test_rows.frame['speaker'].nunique()} speakers).", "",
-                 f"| layer | C | CV UAR (train) | {part} UAR | {part} WAR |", "|---|---|---|---|---|"]
-        for r in rows:
-            lines.append(f"| {r['layer']} | {r['C']:g} | {r['cv_uar']:.3f} | {r['test_uar']:.3f} | {r['test_war']:.3f} |")
-            console.print(f"{r['layer']}: {part} UAR {r['test_uar']:.3f}, WAR {r['test_war']:.3f} (C={r['C']:g})")
-        with atomic_dir(out) as tmp:
-            (tmp / "probe.json").write_text(json.dumps({"source": what, "part": part, "rows": rows}, indent=2) + "\n")
-            (tmp / "probe.md").write_text("\n".join(lines) + "\n")
-            if len(rows) > 1:
-                import matplotlib
-
-                matplotlib.use("Agg")
-                import matplotlib.pyplot as plt
-
-                fig, ax = plt.subplots(figsize=(5, 3.2))
-                ax.plot(range(len(rows)), [r["test_uar"] for r in rows], "o-", label=f"{part} UAR")
-                ax.plot(range(len(rows)), [r["cv_uar"] for r in rows], "s--", label="CV UAR (train)")
-                ax.set_xticks(range(len(rows)), [r["layer"] for r in rows], rotation=30, fontsize=8)
-                ax.set_ylabel("UAR")
-                ax.legend(fontsize=8)
-                fig.tight_layout()
-                fig.savefig(tmp / "probe.png", dpi=120)
-                plt.close(fig)
-        console.print(f"wrote {out}/")
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare_cmd)
+    app.command("attention")(attention_cmd)
+    app.command("probe")(probe_cmd)

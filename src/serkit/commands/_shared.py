@@ -1,0 +1,27 @@
+"""What the command modules share: the consoles, how a note or an error is printed, output formats."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from rich.console import Console
+from rich.markup import escape
+
+# soft_wrap: long paths and tables of figures stay on one line when piped into a file or grep
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True)
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def print_error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def print_note(kind: str, message: str) -> None:
+    """One line on stderr: 'warning: ...' (in yellow) or 'note: ...'."""
+    style = "bold yellow" if kind == "warning" else "bold"
+    err_console.print(f"[{style}]{kind}:[/] {escape(message)}", highlight=False, soft_wrap=True)

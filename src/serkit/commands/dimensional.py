@@ -1,0 +1,31 @@
+"""`serkit transcribe`: ASR transcripts for the audio+text models of paper 004."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from serkit.commands._shared import console
+
+
+def transcribe(
+    manifest: Path = typer.Argument(..., help="manifest.csv of the utterances"),
+    out: Path = typer.Option(..., "-o", "--out", help="new manifest CSV: the input's columns plus the transcripts"),
+    model: str = typer.Option("builtin:whisper-tiny.en", help="local transformers Whisper directory (with its decoder "
+                              "and tokenizer.json), or builtin:whisper-tiny.en (English only)"),
+    column: str = typer.Option("asr_text", help="name of the new column"),
+    language: str | None = typer.Option(None, help="language code for multilingual models (e.g. de)"),
+    batch_size: int = 8,
+):
+    """ASR transcripts for a manifest (cached per model and audio file); WER against its `text` column if any."""
+    from serkit.dimensional.transcribe import transcribe as run_asr
+
+    report = run_asr(manifest, out, model=model, column=column, batch_size=batch_size, language=language, log=console.print)
+    wer = f"; WER against the manifest's text {report['wer_vs_text']:.3f}" if "wer_vs_text" in report else ""
+    console.print(f"{report['utterances']} transcripts ({report['decoded']} decoded in {report['seconds']:.0f} s){wer}")
+    console.print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("transcribe")(transcribe)

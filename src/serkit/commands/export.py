@@ -1,0 +1,37 @@
+"""`serkit export`: a model for on-device use, checked against PyTorch (paper 003's small models)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from serkit.commands._shared import console
+
+
+def export_cmd(
+    model_dir: Path = typer.Argument(..., help="a serkit model directory"),
+    out: Path = typer.Option(..., "-o", "--out", help="new folder: model.onnx (+ model.int8.onnx), serkit_model.json, export.json"),
+    onnx: bool = typer.Option(True, "--onnx", help="export to ONNX (the on-device format serkit writes)"),
+    int8: bool = typer.Option(False, "--int8", help="also write a dynamically quantised int8 model"),
+):
+    """Export a model for on-device use (ONNX, optionally int8), checked against PyTorch."""
+    from serkit.models import load_model
+    from serkit.transfer.export import export_onnx
+
+    saved = load_model(model_dir)
+    with console.status("exporting and checking"):
+        report = export_onnx(saved, out, int8=int8)
+    fp = report["fp32"]
+    console.print(f"model.onnx: {fp['bytes'] / 2**20:.1f} MB, max logit difference to PyTorch {fp['max_abs_logit_diff']:.2g} "
+                  f"(tolerance {fp['tolerance']:g}), {fp['latency_ms_3s']:.1f} ms per 3 s utterance "
+                  f"(PyTorch {report['torch']['latency_ms_3s']:.1f} ms); checked on {report['checked_on']}")
+    if "int8" in report:
+        q = report["int8"]
+        console.print(f"model.int8.onnx: {q['bytes'] / 2**20:.1f} MB, {q['prediction_agreement']:.0%} of predictions as PyTorch, "
+                      f"max probability difference {q['max_abs_prob_diff']:.3f}, {q['latency_ms_3s']:.1f} ms per 3 s utterance")
+    console.print(f"wrote {out}/")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export_cmd)
