@@ -233,18 +233,6 @@ def test_executor_options_reach_the_runner_over_the_yaml_section_and_without_the
     assert f"wrote {tmp_path / 'out'}/" in capsys.readouterr().out
 
 
-def test_a_grid_that_has_no_executor_section_refuses_the_executor_options(tmp_path, monkeypatch, capsys):
-    from types import SimpleNamespace
-
-    def run_recovery(exp, log=print):
-        raise AssertionError("ran a grid that cannot take the executor asked for")
-
-    monkeypatch.setattr("serkit.analysis.recovery.load_recovery", lambda path, overrides: SimpleNamespace())
-    monkeypatch.setattr("serkit.analysis.recovery.run_recovery", run_recovery)
-    assert run(["experiment", "recovery", str(tmp_path / "recovery.yaml"), "--executor", "pool"]) == 2
-    assert _one_error_line(capsys) == "error: the recovery grid runs its cells in this process only; drop --executor/--workers"
-
-
 def test_the_executor_kinds_the_command_line_offers_are_the_executor_configs():
     from typing import get_args
 

