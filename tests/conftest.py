@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _data_root() -> Path | None:
-    candidates = [os.environ.get("SERKIT_DATA"), REPO.parent / "shared" / "data", Path("/work/shared/data")]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "ravdess" / "manifest.csv").is_file():
-            return Path(candidate)
-    return None
-
-
-DATA_ROOT = _data_root()
-needs_data = pytest.mark.skipif(DATA_ROOT is None, reason="real corpora not found (set SERKIT_DATA to the folder holding ravdess/ and emodb/)")
+from tests.helpers import DATA_ROOT, write_tone
 
 
 @pytest.fixture(scope="session")
@@ -64,30 +49,6 @@ def tiny_split(tiny_manifest) -> Path:
     return out
 
 
-def write_tone(path: Path, seconds: float = 1.0, sr: int = 16000, channels: int = 1, freq: float = 220.0,
-               subtype: str = "PCM_16") -> Path:
-    """A short harmonic tone with a little noise: decodable, not silent."""
-    t = np.arange(int(seconds * sr)) / sr
-    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
-    wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.1 * np.sin(2 * np.pi * 2 * freq * t) + 0.01 * rng.standard_normal(t.size)
-    data = np.stack([wave] * channels, axis=1) if channels > 1 else wave
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), data, sr, subtype=subtype)
-    return path
-
-
 @pytest.fixture
 def tone():
     return write_tone
-
-
-def tiny_recipe(tiny_split: Path, output_dir: Path, **train) -> dict:
-    """A recipe dict that trains CNN-6 on the tiny manifest in a few seconds."""
-    return {
-        "name": "tiny",
-        "seed": 0,
-        "output_dir": str(output_dir),
-        "data": {"split": str(tiny_split), "trim_silence_db": 40, "max_seconds": 1.0},
-        "model": {"architecture": "cnn6", "options": {}},
-        "train": {"batch_size": 8, "max_epochs": 2, "progress_bar": False, **train},
-    }

@@ -128,3 +128,19 @@ def test_each_command_module_registers_and_shared_parts_are_skipped():
     assert names[:len(ORDER)] == list(ORDER) and "_shared" not in names
     for name in names:
         assert "def register(app: typer.Typer) -> None:" in (PACKAGE / "commands" / f"{name}.py").read_text(), name
+
+
+TESTS = Path(__file__).parent
+
+
+def test_tests_mirror_the_package_folders_and_import_shared_helpers_from_one_module():
+    folders = {p.name for p in TESTS.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    package = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert folders <= package, f"test folders without a package folder: {sorted(folders - package)}"
+    borrowed = []
+    for path in TESTS.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests."):
+                if node.module.rsplit(".", 1)[-1].startswith("test_") or node.module == "tests.conftest":
+                    borrowed.append(f"{path.relative_to(TESTS)} imports {node.module}")
+    assert borrowed == [], "tests share helpers through tests/helpers.py (fixtures through conftest.py): " + "; ".join(borrowed)

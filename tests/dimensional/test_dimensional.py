@@ -24,7 +24,7 @@ from serkit.errors import ConfigError, ManifestError
 from serkit.evaluation.regression import regression_summary
 from serkit.metrics import ccc
 from serkit.training.regression import ccc_loss, ccc_per_dimension
-from tests.test_whisper import TINY
+from tests.helpers import WHISPER_TINY as TINY
 
 
 def _manifest(tmp_path, rows: dict) -> "Manifest":  # noqa: F821

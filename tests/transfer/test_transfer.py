@@ -19,8 +19,8 @@ from serkit.inference.embeddings import available_layers, embed, load_embeddings
 from serkit.models import build_model, load_model, save_model
 from serkit.training import train
 from serkit.transfer.graph import build_graph, isolation_warning, load_graph, save_graph
-from tests.conftest import tiny_recipe
-from tests.test_whisper import TINY
+from tests.helpers import WHISPER_TINY as TINY
+from tests.helpers import tiny_recipe
 
 
 @pytest.fixture(scope="module")

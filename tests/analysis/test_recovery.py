@@ -12,7 +12,7 @@ from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from serkit.cli import run
-from tests.test_whisper import TINY
+from tests.helpers import WHISPER_TINY as TINY
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from serkit.unlearning.forget_set import build_forget_set
 from serkit.unlearning.methods import get_method
 from serkit.unlearning.pgd import TargetedPGD, draw_targets
 from serkit.unlearning.run import forget
-from tests.conftest import tiny_recipe
+from tests.helpers import tiny_recipe
 
 QUICK = {"adversarial_per_sample": 3, "pgd_steps": 8, "epochs": 2, "tau": 0.05}
 

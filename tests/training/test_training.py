@@ -14,7 +14,7 @@ from serkit.evaluation.classification import evaluate
 from serkit.inference.predict import predict_files
 from serkit.models import load_model
 from serkit.training import train
-from tests.conftest import tiny_recipe
+from tests.helpers import tiny_recipe
 
 
 @pytest.fixture(scope="module")

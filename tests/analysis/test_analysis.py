@@ -16,7 +16,7 @@ from serkit.data.dataset import Preprocessing, pad_batch
 from serkit.data.manifest import Manifest, read_manifest
 from serkit.errors import SerkitError
 from serkit.models import build_model, load_model, save_model
-from tests.test_whisper import TINY
+from tests.helpers import WHISPER_TINY as TINY
 
 LABELS = ["anger", "happiness", "neutral", "sadness"]
 

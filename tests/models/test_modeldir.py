@@ -8,7 +8,9 @@ from safetensors.torch import save_file
 from serkit.data.dataset import Preprocessing
 from serkit.errors import ModelDirError
 from serkit.models import build_model, load_model, save_model
-from tests.test_models import TINY, _batch, tiny_config
+from tests.helpers import SSL_TINY as TINY
+from tests.helpers import batch as _batch
+from tests.helpers import ssl_config as tiny_config
 
 LABELS = ["anger", "calm", "sadness"]
 
