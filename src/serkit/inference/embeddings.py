@@ -13,10 +13,7 @@ refused when used with another manifest.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +25,7 @@ from serkit.data.dataset import load_waves
 from serkit.data.manifest import Manifest
 from serkit.errors import SerkitError
 from serkit.inference.predict import model_outputs
-from serkit.io import refuse_existing
+from serkit.io import atomic_file, refuse_existing
 from serkit.models.modeldir import SavedModel
 
 FORMAT = "serkit-embeddings"
@@ -123,25 +120,11 @@ def save_embeddings(path: Path | str, array: np.ndarray, meta: dict) -> Path:
         raise ValueError("meta['paths'] must name every row")
     for target in (path, sidecar(path)):
         refuse_existing(target, "embedding file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmps = []
-    try:
-        fd, tmp_npy = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        tmps.append(tmp_npy)
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(array, dtype=np.float32))
-        fd, tmp_json = tempfile.mkstemp(prefix=f".{sidecar(path).name}.", suffix=".tmp", dir=path.parent)
-        tmps.append(tmp_json)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"format": FORMAT, "n": int(array.shape[0]), "dim": int(array.shape[1]), **meta}, handle, indent=1)
-            handle.write("\n")
-        os.replace(tmp_json, sidecar(path))
-        os.replace(tmp_npy, path)
-    except BaseException:
-        for tmp in tmps:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        raise
+    with atomic_file(path, "wb", what="embedding file") as npy, \
+            atomic_file(sidecar(path), "w", what="embedding file") as sidecar_file:  # renamed first, the .npy last
+        np.save(npy, np.ascontiguousarray(array, dtype=np.float32))
+        json.dump({"format": FORMAT, "n": int(array.shape[0]), "dim": int(array.shape[1]), **meta}, sidecar_file, indent=1)
+        sidecar_file.write("\n")
     return path
 
 

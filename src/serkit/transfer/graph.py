@@ -17,9 +17,6 @@ on another manifest.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +24,7 @@ import numpy as np
 import torch
 
 from serkit.errors import SerkitError
-from serkit.io import refuse_existing
+from serkit.io import atomic_file
 
 FORMAT = "serkit-graph"
 
@@ -130,26 +127,17 @@ def similarity_quantiles(embeddings: np.ndarray, sample: int = 2000, seed: int =
 
 
 def save_graph(path: Path | str, graph: SimilarityGraph) -> Path:
-    """Write the graph atomically (temp file, then rename); refused if `path` exists."""
+    """Write the graph atomically; refused if `path` exists."""
     path = Path(path)
     if path.suffix != ".npz":
         raise SerkitError(f"graph output {path} must end in .npz")
-    refuse_existing(path, "graph file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, format=np.array(FORMAT), neighbours=graph.neighbours, similarity=graph.similarity,
-                     candidates=graph.candidates, threshold=np.array(graph.threshold),
-                     max_neighbours=np.array(graph.max_neighbours), paths=np.array(graph.paths, dtype=str),
-                     manifest_sha256=np.array(graph.manifest_sha256),
-                     meta_keys=np.array(list(graph.meta), dtype=str),
-                     meta_values=np.array([str(v) for v in graph.meta.values()], dtype=str))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, "wb", what="graph file") as handle:
+        np.savez(handle, format=np.array(FORMAT), neighbours=graph.neighbours, similarity=graph.similarity,
+                 candidates=graph.candidates, threshold=np.array(graph.threshold),
+                 max_neighbours=np.array(graph.max_neighbours), paths=np.array(graph.paths, dtype=str),
+                 manifest_sha256=np.array(graph.manifest_sha256),
+                 meta_keys=np.array(list(graph.meta), dtype=str),
+                 meta_values=np.array([str(v) for v in graph.meta.values()], dtype=str))
     return path
 
 
