@@ -112,10 +112,10 @@ def test_fisher_and_ewc_penalty():
     assert max(float(f.max()) for f in normalized.values()) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("method", ["adv-ewc", "adv-ewc/successful-sgd", "random-label"])
+@pytest.mark.parametrize("method", ["adv-ewc", "adv-ewc/successful-sgd", "random-label", "neg-grad"])
 def test_forget_writes_a_new_model_and_a_receipt(model_dir, tmp_path, method):
     before = sha256_file(model_dir / "model.safetensors")
-    params = {"adv-ewc": QUICK, "random-label": {"epochs": 2},
+    params = {"adv-ewc": QUICK, "random-label": {"epochs": 2}, "neg-grad": {"epochs": 2},
               "adv-ewc/successful-sgd": {**QUICK, "adversarial_keep": "successful", "optimizer": "sgd", "lr": 1e-2}}[method]
     variant, method = method, method.split("/")[0]
     result = forget(model_dir, tmp_path / "out", speaker="02", n=6, method=method, params=params, log=lambda *a: None)
@@ -214,6 +214,22 @@ def test_remain_and_retrain_baselines(model_dir, tiny_manifest, tmp_path):
                       retrained=retrain.model_dir, log=lambda *a: None)
     assert 0 <= compared.receipt["evaluation"]["after"]["vs_retrained"]["agreement_unseen"] <= 1
     assert compared.receipt["timing"]["speedup_over_retraining"] > 0
+
+
+def test_neg_grad_raises_the_forget_loss_only_up_to_its_bound(model_dir, tmp_path):
+    """Gradient ascent on the true labels lowers forget-set accuracy; an utterance whose loss is past the
+    bound no longer pulls: with a bound below every utterance's loss, no weight moves at all."""
+    from safetensors.torch import load_file
+
+    result = forget(model_dir, tmp_path / "ga", speaker="02", n=6, method="neg-grad",
+                    params={"epochs": 3, "target": "misclassify"}, log=lambda *a: None)
+    receipt = result.receipt
+    assert receipt["stats"]["loss_bound"] == pytest.approx(np.log(4))  # ln K for the tiny model's 4 emotions
+    assert receipt["evaluation"]["after"]["forget"]["accuracy"] < receipt["evaluation"]["before"]["forget"]["accuracy"]
+    capped = forget(model_dir, tmp_path / "capped", speaker="02", n=6, method="neg-grad",
+                    params={"epochs": 1, "loss_bound": 1e-6, "stop_early": False}, log=lambda *a: None)
+    before, after = load_file(str(model_dir / "model.safetensors")), load_file(str(capped.model_dir / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_experiment_grid_runs_resumes_and_summarises(model_dir, tmp_path):

@@ -124,7 +124,7 @@ def register(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
 
 
 def get_method(name: str, params: dict | None = None) -> UnlearningMethod:
-    from serkit.unlearning.methods import adversarial, random_label, remain, retrain  # noqa: F401  (registers)
+    from serkit.unlearning.methods import adversarial, neg_grad, random_label, remain, retrain  # noqa: F401  (registers)
 
     if name not in METHODS:
         raise ConfigError(f"unknown unlearning method '{name}'; choose one of {sorted(METHODS)}")

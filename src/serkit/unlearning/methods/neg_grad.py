@@ -1,0 +1,55 @@
+"""NegGrad: gradient ascent on the forget set's own labels, with a bound, from the forget set alone.
+
+The oldest forget-only baseline (Golatkar et al., CVPR 2020; "NegGrad" in Kurmanji et al., NeurIPS
+2023, "Towards Unbounded Machine Unlearning"). UnSLU-BENCH (Koudounas et al., 2025: speaker unlearning
+for spoken-language understanding on wav2vec 2.0 / HuBERT) found a well-stopped gradient ascent at a
+small learning rate the best combined score there, at 200x the speed of retraining or more, so it is
+the bar every costlier forget-only method must clear.
+
+Unbounded ascent drives the loss to infinity and the model with it. Two bounds keep it in hand: the
+shared stop rule (retrain-like by default: stop once forget-set accuracy is down to what unseen
+speakers get), and a per-utterance cap on the loss being raised (`loss_bound`, default ln K, the loss
+of a uniform prediction): an utterance already pushed past chance stops pulling the weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from serkit.unlearning.methods.base import (
+    FinetuneParams,
+    UnlearnContext,
+    UnlearningMethod,
+    UnlearnOutcome,
+    default_lr,
+    finetune,
+    register,
+)
+
+
+class NegGradParams(FinetuneParams):
+    loss_bound: float | None = Field(None, gt=0, description="cap on each forget utterance's cross-entropy being "
+                                     "raised (default ln K, a uniform prediction's): past it an utterance stops pulling")
+
+
+@register
+class NegGrad(UnlearningMethod):
+    """L = -mean_e min(CE(f(x_e), y_e), bound): gradient ascent on the forget set's true labels."""
+
+    name = "neg-grad"
+    Params = NegGradParams
+
+    def unlearn(self, ctx: UnlearnContext) -> UnlearnOutcome:
+        bound = self.params.loss_bound or math.log(len(ctx.saved.labels))
+
+        def loss_fn(model, forget, extra):
+            x, mask, y = forget
+            ce = nn.functional.cross_entropy(model(x, mask), y, reduction="none")
+            return -torch.clamp(ce, max=bound).mean(), {"L_ce": ce.mean().detach()}
+
+        stats = finetune(ctx, self.params, ctx.forget_labels, None, loss_fn, self.params.lr or default_lr(ctx.saved))
+        return UnlearnOutcome({"method": self.name, "loss_bound": bound, **stats})
