@@ -27,13 +27,19 @@ def tiny_checkpoint(tmp_path):
     return path
 
 
-def test_recovery_study_tables_resume_and_refusal(tiny_checkpoint, tiny_split, tmp_path, capsys):
+def _whisper_recipe(tmp_path, tiny_split, checkpoint):
+    """A one-epoch Whisper recipe on the tiny split (the study's corpus)."""
     recipe = tmp_path / "whisper.yaml"
     recipe.write_text(yaml.safe_dump({
         "name": "w", "seed": 0, "output_dir": str(tmp_path / "unused"),
         "data": {"split": str(tiny_split), "trim_silence_db": 40, "max_seconds": 1.0},
-        "model": {"architecture": "whisper", "options": {"checkpoint": str(tiny_checkpoint)}},
+        "model": {"architecture": "whisper", "options": {"checkpoint": str(checkpoint)}},
         "train": {"batch_size": 8, "max_epochs": 1, "progress_bar": False, "head_lr": 1e-3}}))
+    return recipe
+
+
+def test_recovery_study_tables_resume_and_refusal(tiny_checkpoint, tiny_split, tmp_path, capsys):
+    recipe = _whisper_recipe(tmp_path, tiny_split, tiny_checkpoint)
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "study"), "corpora": {"tiny": str(recipe)},
                                      "seeds": [0, 1], "handcrafted": ["eGeMAPSv02"], "attention_utterances": 4}))
@@ -89,12 +95,7 @@ def test_recovery_study_on_two_worker_processes_gives_the_figures_of_one_process
     from serkit.analysis.recovery import load_recovery, run_recovery
     from serkit.experiment import ExecutorConfig
 
-    recipe = tmp_path / "whisper.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "name": "w", "seed": 0, "output_dir": str(tmp_path / "unused"),
-        "data": {"split": str(tiny_split), "trim_silence_db": 40, "max_seconds": 1.0},
-        "model": {"architecture": "whisper", "options": {"checkpoint": str(tiny_checkpoint)}},
-        "train": {"batch_size": 8, "max_epochs": 1, "progress_bar": False, "head_lr": 1e-3}}))
+    recipe = _whisper_recipe(tmp_path, tiny_split, tiny_checkpoint)
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "local"), "corpora": {"tiny": str(recipe)},
                                      "seeds": [0], "handcrafted": [], "attention_utterances": 2}))
