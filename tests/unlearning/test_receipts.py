@@ -347,9 +347,10 @@ def test_a_moved_manifest_is_pointed_at_with_an_option_forget_has(model_dir, tmp
     assert result.receipt["forget_set"]["n"] == 2
 
 
-@pytest.mark.parametrize("method", ["random-label", "neg-grad", "remain", "retrain"])
+@pytest.mark.parametrize("method", ["random-label", "neg-grad", "l2ul", "remain", "retrain"])
 def test_every_method_leaves_no_trace_of_the_training_speakers_or_files(method, model_dir, tiny_manifest, tmp_path):
-    params = {"random-label": FAST, "neg-grad": FAST, "remain": FAST, "retrain": {"max_epochs": 1}}[method]
+    params = {"random-label": FAST, "neg-grad": FAST, "remain": FAST, "retrain": {"max_epochs": 1},
+              "l2ul": {**FAST, "adversarial_per_sample": 2, "pgd_steps": 3}}[method]
     result = forget(model_dir, tmp_path / "out", speaker="03", n=3, method=method, params=params,
                     remain=tiny_manifest if method == "remain" else None, **quiet)
     speakers, paths = _training_identifiers(model_dir, tiny_manifest)

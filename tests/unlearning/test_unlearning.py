@@ -11,8 +11,8 @@ from serkit.errors import ConfigError, SerkitError
 from serkit.io import sha256_file
 from serkit.models import build_model, load_model
 from serkit.training import train
-from serkit.unlearning.ewc import EWCPenalty, fisher_diagonal
 from serkit.unlearning.forget_set import build_forget_set
+from serkit.unlearning.importance import AnchorPenalty, fisher_diagonal, mas_importance, min_max_per_tensor
 from serkit.unlearning.methods import get_method
 from serkit.unlearning.pgd import TargetedPGD, draw_targets
 from serkit.unlearning.run import forget
@@ -103,7 +103,7 @@ def test_fisher_and_ewc_penalty():
     waves = [np.random.default_rng(i).standard_normal(8000).astype(np.float32) * 0.1 for i in range(3)]
     fisher = fisher_diagonal(model, waves, np.array([0, 1, 2]))
     assert all((f >= 0).all() for f in fisher.values()) and sum(float(f.sum()) for f in fisher.values()) > 0
-    penalty = EWCPenalty(model, fisher)
+    penalty = AnchorPenalty(model, fisher)
     assert float(penalty(model).detach()) == 0.0
     with torch.no_grad():
         model.fc2.weight.add_(0.1)
@@ -112,10 +112,10 @@ def test_fisher_and_ewc_penalty():
     assert max(float(f.max()) for f in normalized.values()) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("method", ["adv-ewc", "adv-ewc/successful-sgd", "random-label", "neg-grad"])
+@pytest.mark.parametrize("method", ["adv-ewc", "adv-ewc/successful-sgd", "random-label", "neg-grad", "l2ul"])
 def test_forget_writes_a_new_model_and_a_receipt(model_dir, tmp_path, method):
     before = sha256_file(model_dir / "model.safetensors")
-    params = {"adv-ewc": QUICK, "random-label": {"epochs": 2}, "neg-grad": {"epochs": 2},
+    params = {"adv-ewc": QUICK, "random-label": {"epochs": 2}, "neg-grad": {"epochs": 2}, "l2ul": QUICK,
               "adv-ewc/successful-sgd": {**QUICK, "adversarial_keep": "successful", "optimizer": "sgd", "lr": 1e-2}}[method]
     variant, method = method, method.split("/")[0]
     result = forget(model_dir, tmp_path / "out", speaker="02", n=6, method=method, params=params, log=lambda *a: None)
@@ -230,6 +230,49 @@ def test_neg_grad_raises_the_forget_loss_only_up_to_its_bound(model_dir, tmp_pat
                     params={"epochs": 1, "loss_bound": 1e-6, "stop_early": False}, log=lambda *a: None)
     before, after = load_file(str(model_dir / "model.safetensors")), load_file(str(capped.model_dir / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_mas_importance_ranks_the_weights_an_utterance_uses_and_min_max_scales_each_tensor():
+    torch.manual_seed(0)
+    model = build_model("cnn6", {}, 3)
+    waves = [np.random.default_rng(i).standard_normal(8000).astype(np.float32) * 0.1 for i in range(3)]
+    with torch.no_grad():
+        model.fc2.weight[1].zero_()  # class 1's logit is now 0 for every input: its row has no say in the output
+        model.fc2.bias[1] = 0
+    importance = mas_importance(model, waves)
+    row = importance["fc2.weight"]
+    assert float(row[1].abs().max()) == 0 < float(row[0].sum())
+    scaled = min_max_per_tensor(importance)
+    assert all(float(w.min()) == 0 and float(w.max()) == pytest.approx(1) for w in scaled.values() if w.numel() > 1)
+
+
+def test_l2ul_anchor_holds_the_weights_the_forget_set_does_not_use_and_frees_those_it_does(model_dir, tmp_path):
+    """The inverted-importance anchor at its default weight, against the same run without it: the weights least
+    important to the forget set move far less, the most important ones about as much (EWC's anchor does the opposite)."""
+    from safetensors.torch import load_file
+
+    from serkit.data.dataset import load_waves
+
+    saved = load_model(model_dir)
+    forgotten = build_forget_set(saved, speaker="02", n=6, seed=0)
+    importance = min_max_per_tensor(mas_importance(saved.model, load_waves(forgotten.audio_paths(), saved.preprocessing)))
+    before = load_file(str(model_dir / "model.safetensors"))
+
+    def movement(reg_lamb):
+        result = forget(model_dir, tmp_path / f"l2ul-{reg_lamb}", speaker="02", n=6, method="l2ul",
+                        params={**QUICK, "stop_early": False, **({} if reg_lamb is None else {"reg_lamb": reg_lamb})},
+                        log=lambda *a: None)
+        after = load_file(str(result.model_dir / "model.safetensors"))
+        moved = {n: (after[n] - before[n]).abs() for n in importance}
+        important = torch.cat([moved[n][importance[n] > 0.9] for n in moved]).mean()
+        unimportant = torch.cat([moved[n][importance[n] < 0.1] for n in moved]).mean()
+        return float(important), float(unimportant), result.receipt["stats"]["anchor"]
+
+    free_important, free_unimportant, _ = movement(0.0)
+    important, unimportant, anchor = movement(None)
+    assert unimportant < 0.5 * free_unimportant
+    assert important > 0.8 * free_important
+    assert 0 < anchor["share_important"] < 0.5
 
 
 def test_experiment_grid_runs_resumes_and_summarises(model_dir, tmp_path):

@@ -1,5 +1,8 @@
 """The papers' method: random labels + targeted PGD samples (+ EWC with a forget-set Fisher).
 
+Ren, Rammohan, Scheck and Schultz, "Machine Unlearning in Speech Emotion Recognition via Forget Set
+Alone" (arXiv 2510.04251, 2025; papers 000/001), adapting L2UL (Cha et al., AAAI 2024; see l2ul.py).
+
 `adv`: L = l1 * L_mis + l2 * L_adv. `adv-ewc` (the default): + l3 * L_ewc.
 The adversarial set is generated ONCE from the original model, before any weight changes:
 M targets per forget utterance, each attacked with targeted PGD (see serkit.unlearning.pgd).
@@ -16,7 +19,7 @@ from pydantic import Field
 from torch import nn
 
 from serkit.errors import ConfigError
-from serkit.unlearning.ewc import EWCPenalty, fisher_diagonal
+from serkit.unlearning.importance import AnchorPenalty, fisher_diagonal
 from serkit.unlearning.methods.base import (
     FinetuneParams,
     UnlearnContext,
@@ -30,9 +33,9 @@ from serkit.unlearning.methods.base import (
 from serkit.unlearning.pgd import TargetedPGD, draw_targets
 
 
-class AdvParams(FinetuneParams):
-    lambda_mis: float = Field(0.1, ge=0, description="l1 (papers: 0.1)")
-    lambda_adv: float = Field(1.0, ge=0, description="l2 (papers: 1)")
+class PGDParams(FinetuneParams):
+    """The adversarial set's parameters, shared by every method that trains on targeted PGD samples."""
+
     adversarial_per_sample: int | None = Field(None, ge=1, description="M; default from the preset: 10 measured, "
                                                "20 paper")
     pgd_steps: int | None = Field(None, ge=1, description="P; default from the preset: 20 measured, 50 paper")
@@ -49,6 +52,11 @@ class AdvParams(FinetuneParams):
     PRESETS: ClassVar[dict[str, dict]] = {
         "measured": {**FinetuneParams.PRESETS["measured"], "adversarial_per_sample": 10, "pgd_steps": 20},
         "paper": {**FinetuneParams.PRESETS["paper"], "adversarial_per_sample": 20, "pgd_steps": 50}}
+
+
+class AdvParams(PGDParams):
+    lambda_mis: float = Field(0.1, ge=0, description="l1 (papers: 0.1)")
+    lambda_adv: float = Field(1.0, ge=0, description="l2 (papers: 1)")
 
 
 class AdvEWCParams(AdvParams):
@@ -126,5 +134,5 @@ class AdversarialEWC(Adversarial):
 
             labels = predict_proba(ctx.saved.model, ctx.forget_waves).argmax(1)
         fisher = fisher_diagonal(ctx.saved.model, ctx.forget_waves, labels, normalize=p.fisher_normalize)
-        penalty = EWCPenalty(ctx.saved.model, fisher)
+        penalty = AnchorPenalty(ctx.saved.model, fisher)
         return penalty, {"ewc": {"fisher_labels": p.fisher_labels, "fisher_normalize": p.fisher_normalize, **penalty.stats()}}

@@ -124,7 +124,7 @@ def register(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
 
 
 def get_method(name: str, params: dict | None = None) -> UnlearningMethod:
-    from serkit.unlearning.methods import adversarial, neg_grad, random_label, remain, retrain  # noqa: F401  (registers)
+    from serkit.unlearning.methods import adversarial, l2ul, neg_grad, random_label, remain, retrain  # noqa: F401  (registers)
 
     if name not in METHODS:
         raise ConfigError(f"unknown unlearning method '{name}'; choose one of {sorted(METHODS)}")
@@ -222,7 +222,7 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
         mean_parts = {k: float(np.mean([p[k] for p in losses])) for k in losses[0]} if losses else {}
         history.append({"epoch": epoch + 1, "forget_accuracy": acc, **mean_parts})
         ctx.log(f"unlearning epoch {epoch + 1}: forget-set accuracy {acc:.2f}, "
-                + ", ".join(f"{k} {v:.3f}" for k, v in mean_parts.items()))
+                + ", ".join(f"{k} {v:.3g}" for k, v in mean_parts.items()))
         if reached or (params.stop_early and acc <= goal):
             if not reached:
                 stop_reason = f"forget-set accuracy {acc:.2f} <= {goal:.2f} after epoch {epoch + 1}"
