@@ -95,3 +95,21 @@ def test_paired_uar_test_sees_a_consistent_gain_the_z_test_misses():
     assert p_z > 0.1
     with pytest.raises(ValueError, match="groups"):
         metrics.paired_uar_test(y, a, b, groups=[0, 1])
+
+
+def test_membership_auc_against_a_stored_profile_matches_the_auc_on_the_losses_themselves():
+    from sklearn.metrics import roc_auc_score
+
+    from serkit.metrics import auc_against_profile, loss_profile
+
+    rng = np.random.default_rng(0)
+    unseen, members = rng.exponential(1.0, 800), rng.exponential(0.5, 60)
+    profile = loss_profile(unseen, np.zeros(800, int), np.zeros(800, int))
+    exact = roc_auc_score(np.r_[np.ones(60), np.zeros(800)], -np.r_[members, unseen])
+    assert auc_against_profile(members, profile) == pytest.approx(exact, abs=0.01)
+    assert auc_against_profile(unseen, profile) == pytest.approx(0.5, abs=0.01)
+    assert auc_against_profile([0.0] * 5, loss_profile(np.zeros(10), np.zeros(10, int), np.zeros(10, int))) == 0.5
+    with pytest.raises(ValueError, match="no increasing loss_quantiles"):
+        auc_against_profile([1.0], {"loss_quantiles": [2.0, 1.0]})
+    with pytest.raises(ValueError, match="finite losses"):
+        loss_profile([np.inf], [0], [0])

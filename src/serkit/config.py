@@ -30,6 +30,10 @@ class DataConfig(_Strict):
     trim_silence_db: float | None = Field(None, gt=0, description="trim leading/trailing audio quieter than this (dB below peak)")
     fixed_seconds: float | None = Field(None, gt=0, description="make every utterance this long (repeat, then cut), in training and inference")
     max_seconds: float | None = Field(None, gt=0, description="random crop of training utterances to this length")
+    calibration: int = Field(0, ge=0, description="hold this many utterances of each training speaker out of training "
+                             "(the same ones in every retraining): how the model treats unseen utterances of speakers "
+                             "it knows, recorded in the model directory, is what a deletion request's calibrated stop "
+                             "aims for (bench/RESULTS.md 23)")
 
 
 class ModelConfig(_Strict):

@@ -1,6 +1,8 @@
 """Metrics, as pure functions over label arrays: UAR, WAR, macro-F1, confusion matrix, CCC and
-the one-tailed two-proportion z-test the papers use to mark significance, and a paired
-permutation test of a UAR gain for two models scored on the same utterances."""
+the one-tailed two-proportion z-test the papers use to mark significance, a paired
+permutation test of a UAR gain for two models scored on the same utterances, and loss profiles:
+a held-out part's per-utterance losses summarised by quantiles, against which a membership AUC
+can be measured later without the data."""
 
 from __future__ import annotations
 
@@ -154,3 +156,37 @@ def significance_marker(p_value: float) -> str:
     if p_value < 0.1:
         return "+"
     return ""
+
+
+PROFILE_QUANTILES = 101
+
+
+def loss_profile(losses, y_true, y_pred) -> dict:
+    """Per-utterance cross-entropy losses of a held-out part, summarised: n, accuracy, UAR, mean and 101
+    quantiles (0 %, 1 %, ... 100 %), enough to measure a membership AUC against it later."""
+    losses = np.asarray(losses, dtype=float)
+    if losses.ndim != 1 or losses.size == 0 or not np.isfinite(losses).all():
+        raise ValueError("loss_profile needs a non-empty 1-D array of finite losses")
+    y_true, y_pred = _check(y_true, y_pred)
+    if len(losses) != len(y_true):
+        raise ValueError(f"loss_profile: {len(losses)} losses but {len(y_true)} labels")
+    quantiles = np.quantile(losses, np.linspace(0, 1, PROFILE_QUANTILES))
+    return {"n": int(losses.size), "accuracy": war(y_true, y_pred), "uar": uar(y_true, y_pred),
+            "loss_mean": float(losses.mean()), "loss_quantiles": [float(f"{q:.6g}") for q in quantiles]}
+
+
+def auc_against_profile(member_losses, profile: dict) -> float:
+    """Loss-threshold membership AUC of `member_losses` against a stored profile's losses: the probability
+    that a member's loss is below a profiled utterance's (ties count half). 0.5: the members look like the
+    profiled part; above, they are fitted better (remembered); below, worse (over-forgotten)."""
+    losses = np.asarray(member_losses, dtype=float)
+    quantiles = np.asarray(profile.get("loss_quantiles") or [], dtype=float)
+    if losses.ndim != 1 or losses.size == 0:
+        raise ValueError("auc_against_profile needs a non-empty 1-D array of losses")
+    if quantiles.size < 2 or np.any(np.diff(quantiles) < 0):
+        raise ValueError("auc_against_profile: the profile has no increasing loss_quantiles (see loss_profile)")
+    levels = np.linspace(0, 1, quantiles.size)
+    left, right = np.searchsorted(quantiles, losses, "left"), np.searchsorted(quantiles, losses, "right")
+    # a loss equal to stored quantiles (a run of equal losses) is a tie with them: the middle of their levels
+    below = np.where(right > left, (left + right - 1) / 2 / (quantiles.size - 1), np.interp(losses, quantiles, levels))
+    return float(np.mean(1.0 - below))

@@ -581,3 +581,88 @@ def test_preset_retrain_like_without_a_reference_falls_back_and_says_so(model_di
     with pytest.raises(ConfigError, match="needs a reference accuracy"):
         forget(model_dir, tmp_path / "explicit", speaker="02", n=2, method="random-label",
                params={"epochs": 2, "target": "retrain-like"}, log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def calibrated_dir(tiny_split, tmp_path_factory):
+    """The tiny recipe holding 2 utterances of each training speaker out of training (data.calibration)."""
+    out = tmp_path_factory.mktemp("calibrated") / "run"
+    recipe = tiny_recipe(tiny_split, out, max_epochs=4)
+    recipe["data"]["calibration"] = 2
+    return train(load_recipe(raw=recipe), log=lambda *a: None).model_dir
+
+
+def test_calibration_utterances_are_held_out_of_training_and_profiled_in_the_model_directory(calibrated_dir):
+    saved = load_model(calibrated_dir)
+    provenance = saved.config["provenance"]
+    assert provenance["n_utterances"]["train"] == 4 * 12 - 4 * 2 and provenance["n_utterances"]["calibration"] == 8
+    profiles = provenance["calibration"]
+    assert profiles["per_speaker"] == 2 and profiles["unseen"]["part"] == "val" and profiles["known"]["n"] == 8
+    assert len(profiles["unseen"]["loss_quantiles"]) == 101 and 0 <= profiles["known"]["auc_vs_unseen"] <= 1
+    assert profiles["unseen"]["accuracy"] == pytest.approx(provenance["training"]["best_val_accuracy"])
+    assert "calibration" not in json.dumps(provenance["speakers"])  # a part of the training data, not of the split
+
+
+def test_a_forget_set_never_holds_an_utterance_the_model_did_not_train_on(calibrated_dir, tiny_manifest):
+    from serkit.unlearning.forget_set import training_data
+
+    saved = load_model(calibrated_dir)
+    data = training_data(saved)
+    frame = data.manifest.frame
+    held = set(frame["path"][data.calibration_mask()])
+    whole = build_forget_set(saved, speaker="02")
+    assert len(whole) == 10 and not held & set(whole.rows["path"])
+    held_02 = sorted(held & set(frame["path"][frame["speaker"] == "02"]))
+    warnings = []
+    listed = build_forget_set(saved, files=[held_02[0], whole.rows["path"].iloc[0]], warn=warnings.append)
+    assert len(listed) == 1 and listed.skipped == [held_02[0]] and "not in the model's training data" in warnings[0]
+
+
+def test_calibration_rows_do_not_depend_on_the_other_rows_or_where_the_manifest_is():
+    import pandas as pd
+
+    from serkit.data.splits import calibration_rows
+
+    frame = pd.DataFrame({"speaker": ["a"] * 6 + ["b"] * 6, "path": [f"x/{s}{i}.wav" for s in "ab" for i in range(6)]})
+    chosen = set(frame["path"][calibration_rows(frame, ["a", "b"], 2)])
+    assert len(chosen) == 4
+    moved = frame.assign(path=["/elsewhere/" + p.split("/")[1] for p in frame["path"]]).iloc[::-1]
+    fewer = moved[~moved["path"].str.endswith(tuple(p.split("/")[1] for p in frame["path"][:6] if p not in chosen)[:2])]
+    again = {p.split("/")[-1] for p in fewer["path"][calibration_rows(fewer.reset_index(drop=True), ["a", "b"], 2)]}
+    assert again == {p.split("/")[1] for p in chosen}
+    with pytest.raises(SerkitError, match="data.calibration 6: speaker 'a' has only 6 utterances"):
+        calibration_rows(frame, ["a"], 6)
+
+
+def test_calibrated_stop_ends_where_the_forget_set_scores_the_known_speakers_membership_auc(calibrated_dir, tmp_path):
+    """The default-free calibrated target stops once the forget set's membership AUC against the recorded
+    unseen-speaker profile is down to what held-out utterances of training speakers scored; the receipt says
+    what it aimed for and the history shows the figure falling to it."""
+    saved = load_model(calibrated_dir)
+    goal = saved.config["provenance"]["calibration"]["known"]["auc_vs_unseen"]
+    result = forget(calibrated_dir, tmp_path / "calibrated", speaker="02", n=6, method="neg-grad",
+                    params={"target": "calibrated", "epochs": 30, "check_every": 1}, log=lambda *a: None)
+    stats, outcome = result.receipt["stats"], result.receipt["outcome"]
+    assert stats["target"] == "calibrated" and outcome["target_measure"] == "membership_auc"
+    assert outcome["target_membership_auc"] == pytest.approx(goal) and outcome["target_reached"] is True
+    assert "membership AUC against unseen speakers" in stats["stop_reason"]
+    first = stats["history"][0]["forget_membership_auc"]
+    assert first > goal or stats["steps"] <= stats["history"][0]["epoch"]  # it had to fall, or fell within epoch 1
+    accuracy = forget(calibrated_dir, tmp_path / "accuracy", speaker="02", n=6, method="neg-grad",
+                      params={"target": "calibrated-accuracy", "epochs": 30, "check_every": 1}, log=lambda *a: None)
+    known = saved.config["provenance"]["calibration"]["known"]["accuracy"]
+    assert accuracy.receipt["outcome"]["target_accuracy"] == pytest.approx(known)
+
+
+def test_calibrated_target_on_a_model_without_profiles_is_refused_unless_a_preset_chose_it(model_dir, tmp_path):
+    from serkit.unlearning.stopping import stop_rule
+
+    with pytest.raises(ConfigError, match="target calibrated-accuracy needs a loss profile of held-out utterances"):
+        forget(model_dir, tmp_path / "x", speaker="02", n=2, method="random-label",
+               params={"epochs": 1, "target": "calibrated-accuracy"}, log=lambda *a: None)
+    assert not (tmp_path / "x").exists()
+    notes = []
+    rule = stop_rule("calibrated", None, None, 0.7, chosen_by_preset=True, log=notes.append)
+    assert (rule.target, rule.goal) == ("retrain-like", 0.7) and "stops retrain-like instead of calibrated" in notes[0]
+    unseen_only = stop_rule("calibrated", None, {"unseen": {"loss_quantiles": [0.0, 1.0]}}, 0.7, False, print)
+    assert unseen_only.goal == 0.5 and unseen_only.measure == "membership_auc"

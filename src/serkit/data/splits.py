@@ -267,3 +267,25 @@ def split_parts_sha256(parts: dict[str, list[str]]) -> str:
     """One hash of a whole partition (never of one speaker), to check a split given back later."""
     canonical = {p: sorted(str(s) for s in v) for p, v in sorted(parts.items()) if v}
     return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def calibration_rows(frame, speakers, per_speaker: int):
+    """Which rows hold out `per_speaker` utterances of each of `speakers` (a boolean mask over `frame`).
+
+    The choice depends on each utterance's speaker and file name alone, not on the other rows, the
+    manifest's location or its order: a model retrained without a forget set holds out the same
+    utterances as the original."""
+    mask = np.zeros(len(frame), dtype=bool)
+    if per_speaker <= 0:
+        return mask
+    names = [f"{s}/{Path(p).name}" for s, p in zip(frame["speaker"], frame["path"])]
+    order = {n: hashlib.sha256(n.encode()).hexdigest() for n in names}
+    wanted = set(speakers)
+    for speaker in wanted:
+        rows = [i for i, s in enumerate(frame["speaker"]) if s == speaker]
+        if len(rows) <= per_speaker:
+            raise SplitError(f"data.calibration {per_speaker}: speaker '{speaker}' has only {len(rows)} utterances, "
+                             "which would leave none to train on; lower data.calibration")
+        for i in sorted(rows, key=lambda i: order[names[i]])[:per_speaker]:
+            mask[i] = True
+    return mask

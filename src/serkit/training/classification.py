@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from serkit.errors import ConfigError
 from serkit.evaluation.classification import EvalResult, evaluate, recall_table, summary_table, write_predictions
-from serkit.metrics import uar_from_confusion
+from serkit.inference.predict import predict_proba
+from serkit.metrics import auc_against_profile, loss_profile, uar_from_confusion
 from serkit.plots import confusion_png, training_curve_png
 
 
@@ -82,6 +84,26 @@ class ClassificationTask:
     def record(self) -> dict | None:
         return None  # a classifier's model directory has labels and no task section
 
+    def held_out_profiles(self, model, parts: dict, waves: dict, recipe) -> dict | None:
+        """How the kept model treats what it never trained on, as loss profiles (serkit.metrics.loss_profile):
+        "unseen", the validation speakers, and with data.calibration "known", the held-out utterances of its
+        training speakers, with their membership AUC against the unseen ones. A model retrained without a
+        forget set treats the forgotten utterances like "known" ones (their speaker's other utterances stay in
+        its training): a deletion request's calibrated stop aims there (serkit.unlearning.methods.base). Test
+        speakers are never profiled: what a stop aims for must not be tuned on them."""
+        profiles, losses = {}, {}
+        for key, name in (("unseen", "val"), ("known", "calibration")):
+            if name in parts:
+                labels = np.array([self.names.index(e) for e in parts[name].frame["emotion"]])
+                probs = predict_proba(model, waves[name], recipe.train.eval_batch_size)
+                losses[key] = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))
+                profiles[key] = {"part": name, **loss_profile(losses[key], labels, probs.argmax(1))}
+        if "unseen" in profiles and "known" in profiles:
+            profiles["known"]["auc_vs_unseen"] = auc_against_profile(losses["known"], profiles["unseen"])
+        if not profiles:
+            return None
+        return {"per_speaker": recipe.data.calibration, **profiles}
+
     def evaluate(self, saved, work: Path, name: str, part, waves, recipe) -> EvalResult:
         result = evaluate(saved, part, name, recipe.train.eval_batch_size, waves)
         write_predictions(result, work / f"predictions_{name}.csv")
@@ -120,3 +142,4 @@ class ClassificationTask:
 
     def finished(self, evaluations: list, log=print) -> None:
         pass  # the CLI prints a classifier's figures
+

@@ -160,9 +160,12 @@ def _train(recipe: Recipe, task, output: OutputDir | None, log=print) -> TrainRe
         "learning_rate": lr,
         "graph": graph_stats,
     }
+    provenance = run_provenance(recipe, split, waves, init, training)
+    profiles = task.held_out_profiles(model, parts, waves, recipe)
+    if profiles is not None:
+        provenance["calibration"] = profiles
     work = output.staging()
-    save_model(work / "model", model, task.names, preprocessing, run_provenance(recipe, split, waves, init, training),
-               task=task.record())
+    save_model(work / "model", model, task.names, preprocessing, provenance, task=task.record())
     metrics, evaluations = _write_run(work, recipe, task, arch.name, split, parts, waves, training, keep_best.history)
     output_dir = output.commit()
     task.finished(evaluations, log)

@@ -6,21 +6,28 @@ import time
 
 from serkit.config import Recipe
 from serkit.data.dataset import Preprocessing, load_waves
-from serkit.data.splits import load_split
+from serkit.data.manifest import Manifest
+from serkit.data.splits import calibration_rows, load_split
 from serkit.errors import SplitError
 from serkit.inference.predict import check_lengths
 from serkit.models.registry import SERModel
 
 
 def load_parts(recipe: Recipe):
-    """The recipe's split and its manifest parts: train (train or train+val speakers), and the
-    held-out val/test parts. Also whether the model is selected on val."""
+    """The recipe's split and its manifest parts: train (train or train+val speakers), the held-out
+    val/test parts, and with data.calibration the utterances of training speakers held out of
+    training ("calibration"). Also whether the model is selected on val."""
     split = load_split(recipe.data.split, recipe.data.manifest, recipe.data.fold)
     select_on_val = "val" not in recipe.data.train_parts
     if select_on_val and not split.val:
         raise SplitError(f"split {split.file} has no validation speakers; model selection needs them (serkit data split --val N)")
     train_speakers = [s for part in recipe.data.train_parts for s in split.speakers(part)]
     parts = {"train": split.manifest.subset(train_speakers)}
+    if recipe.data.calibration:
+        train = parts["train"]
+        held = calibration_rows(train.frame, train_speakers, recipe.data.calibration)
+        parts["train"] = Manifest(train.frame[~held].reset_index(drop=True), train.file, train.sha256)
+        parts["calibration"] = Manifest(train.frame[held].reset_index(drop=True), train.file, train.sha256)
     for name in ("val", "test"):
         if split.speakers(name) and name not in recipe.data.train_parts:
             parts[name] = split.part(name)

@@ -118,6 +118,9 @@ class RegressionTask:
     def best_figures(self, keep_best) -> dict:
         return {"best_val_ccc": keep_best.best_value}
 
+    def held_out_profiles(self, model, parts: dict, waves: dict, recipe) -> dict | None:
+        return None  # loss profiles serve deletion requests' stop, which classifiers have
+
     def record(self) -> dict:
         task = {"type": "regression", "dimensions": self.names, "scale": list(self.scale), "loss": "1 - CCC"}
         if self.proxy:

@@ -92,12 +92,13 @@ def _eval_set(saved: SavedModel, name: str, manifest: Manifest) -> EvalSet:
 
 def evaluation_sets(saved: SavedModel, data: TrainingData, forget_set: ForgetSet,
                     part: str) -> tuple[EvalSet, EvalSet, EvalSet | None]:
-    """The forget set, the unseen speakers of `part`, and the forgotten speakers' other training utterances."""
+    """The forget set, the unseen speakers of `part`, and the forgotten speakers' other training utterances
+    (those held out of training for calibration are not training utterances)."""
     unseen_speakers = data.held_out.get(part)
     if not unseen_speakers:
         raise SerkitError(f"the model has no '{part}' speakers it never trained on to evaluate against "
                           f"(held out: {sorted(k for k, v in data.held_out.items() if v)})")
-    frame = data.manifest.frame
+    frame = data.train_rows()
     forget_eval = EvalSet("forget", load_waves(forget_set.audio_paths(), saved.preprocessing),
                           _label_indices(saved, forget_set.rows))
     unseen = _eval_set(saved, part, data.manifest.subset(unseen_speakers))

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from serkit.data.manifest import Manifest, read_manifest
+from serkit.data.splits import calibration_rows
 from serkit.errors import SerkitError
 from serkit.models.modeldir import SavedModel
 from serkit.unlearning.commitments import utterance_digest
@@ -28,9 +29,15 @@ class TrainingData:
     trained_speakers: list[str]
     held_out: dict[str, list[str]]  # part -> speakers the model never trained on
     parts: dict[str, list[str]] = field(default_factory=dict)  # every part of the split, trained on or not
+    calibration: int = 0  # utterances of each training speaker held out of training (data.calibration)
+
+    def calibration_mask(self) -> np.ndarray:
+        """Rows of the manifest held out of training although their speaker was trained on."""
+        return calibration_rows(self.manifest.frame, self.trained_speakers, self.calibration)
 
     def train_rows(self) -> pd.DataFrame:
-        return self.manifest.frame[self.manifest.frame["speaker"].isin(self.trained_speakers)]
+        frame = self.manifest.frame
+        return frame[frame["speaker"].isin(self.trained_speakers) & ~self.calibration_mask()]
 
 
 def training_data(saved: SavedModel, manifest: Path | str | None = None, split: Path | str | None = None) -> TrainingData:
@@ -61,7 +68,7 @@ def training_data(saved: SavedModel, manifest: Path | str | None = None, split: 
         raise SerkitError(f"model {saved.path} does not record its training speakers (provenance.speakers); "
                           "it was not trained by serkit train, so its forget set cannot be checked")
     held_out = {p: list(v) for p, v in speakers.items() if p not in trained_on}
-    return TrainingData(loaded, trained, held_out, {p: list(v) for p, v in speakers.items()})
+    return TrainingData(loaded, trained, held_out, {p: list(v) for p, v in speakers.items()}, _calibration(prov))
 
 
 def _from_split(saved: SavedModel, prov: dict, trained_on: list[str], split: Path | str, manifest) -> TrainingData:
@@ -83,7 +90,11 @@ def _from_split(saved: SavedModel, prov: dict, trained_on: list[str], split: Pat
                           "give the split file `serkit train` used")
     trained = sorted({s for part in trained_on for s in parts.get(part, [])})
     held_out = {p: list(v) for p, v in parts.items() if p not in trained_on}
-    return TrainingData(loaded.manifest, trained, held_out, parts)
+    return TrainingData(loaded.manifest, trained, held_out, parts, _calibration(prov))
+
+
+def _calibration(prov: dict) -> int:
+    return int((((prov.get("recipe") or {}).get("data") or {}).get("calibration")) or 0)
 
 
 @dataclass
@@ -122,7 +133,6 @@ def build_forget_set(saved: SavedModel, *, files: list[str] | None = None, speak
     if (files is None) == (speaker is None):
         raise SerkitError("name the forget set with exactly one of --forget FILES.txt or --speaker ID")
     data = data or training_data(saved, manifest)
-    frame = data.manifest.frame
     held = {s: part for part, speakers in data.held_out.items() for s in speakers}
     if speaker is not None:
         if speaker in held:
@@ -130,7 +140,8 @@ def build_forget_set(saved: SavedModel, *, files: list[str] | None = None, speak
                               "so there is nothing to forget")
         if speaker not in data.trained_speakers:
             raise SerkitError(f"speaker '{speaker}' is not among the model's training speakers {data.trained_speakers}")
-        rows = frame[frame["speaker"] == speaker]
+        rows = data.train_rows()
+        rows = rows[rows["speaker"] == speaker]
         mode = "speaker"
         if n is not None:
             if n < 1:
@@ -166,6 +177,7 @@ def read_file_list(path: Path | str) -> list[str]:
 
 def _from_files(files: list[str], data: TrainingData, held: dict, strict: bool, warn) -> ForgetSet:
     frame = data.manifest.frame
+    calibration = data.calibration_mask()
     resolved = {str(p.resolve()): i for i, p in enumerate(data.manifest.audio_paths())}
     by_column = {p: i for i, p in enumerate(frame["path"])}
     by_name: dict[str, list[int]] = {}
@@ -186,7 +198,7 @@ def _from_files(files: list[str], data: TrainingData, held: dict, strict: bool, 
         if spk in held:
             raise SerkitError(f"{entry} is in the {held[spk]} split (speaker {spk}): the model never trained on it, "
                               "so it cannot be forgotten; remove it from the list")
-        if spk not in data.trained_speakers:
+        if spk not in data.trained_speakers or calibration[index]:  # calibration: held out of training
             unknown.append(entry)
             continue
         chosen.append(index)

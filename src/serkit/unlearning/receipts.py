@@ -143,8 +143,12 @@ def report_markdown(receipt: dict) -> str:
         f"Reads remaining training data: {'yes' if receipt['method']['reads_remaining_data'] else 'no (forget set only)'}.",
     ]
     if outcome.get("target_reached") is False:
-        lines.append(f"**The target was not reached**: {outcome['target']} (forget-set accuracy "
-                     f"{a['forget']['accuracy']:.2f}, goal {outcome['target_accuracy']:.2f}). The model may still "
+        if outcome.get("target_measure") == "membership_auc":
+            figure = (f"membership AUC {a['membership']['auc']:.2f} against the whole unseen part, goal "
+                      f"{outcome['target_membership_auc']:.2f} against the recorded profile")
+        else:
+            figure = f"forget-set accuracy {a['forget']['accuracy']:.2f}, goal {outcome['target_accuracy']:.2f}"
+        lines.append(f"**The target was not reached**: {outcome['target']} ({figure}). The model may still "
                      "recognise the forget set as well as before.")
     stats = receipt["stats"]
     if "pgd" in stats:

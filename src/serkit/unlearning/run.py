@@ -141,6 +141,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             working.model.to(device)
             ctx = UnlearnContext(working, forget_set, forget_eval.waves, forget_eval.labels, seed, log,
                                  reference_accuracy=_reference_accuracy(original), remain=remain_manifest,
+                                 profiles=(original.config.get("provenance") or {}).get("calibration"),
                                  work_dir=staging / "work", device=str(device), data=data)
             start = time.perf_counter()
             outcome = unlearner.unlearn(ctx)
@@ -172,6 +173,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
                   "unseen_part": eval_part, "n_unseen": len(unseen)},
             evaluation=_shareable_evaluation(before, after, eval_part),
             outcome={"target": stats.get("target"), "target_accuracy": stats.get("target_accuracy"),
+                     **({k: stats[k] for k in ("target_measure", "target_membership_auc") if k in stats}),
                      "target_reached": reached, "stop_reason": stats.get("stop_reason")},
             timing=_timing(seconds, reference), stats=stats,
             chain={"index": index, "previous_receipt_sha256": lineage.requests[-1].receipt_sha256 if len(lineage) else None},
@@ -197,8 +199,12 @@ def _check_target(stats: dict, after: dict, require_target: bool, log) -> bool |
     """Whether the stop's target was reached (None: the method has none); a miss is said, or refused."""
     reached = stats.get("target_reached")
     if reached is False:
-        message = (f"the forget set is still recognised: forget-set accuracy {after['forget']['accuracy']:.2f} did not "
-                   f"reach the target {stats.get('target_accuracy', 0):.2f} ({stats.get('stop_reason')})")
+        if stats.get("target_measure") == "membership_auc":
+            figure = f"its membership AUC did not fall to the target {stats['target_membership_auc']:.2f}"
+        else:
+            figure = (f"forget-set accuracy {after['forget']['accuracy']:.2f} did not reach the target "
+                      f"{stats.get('target_accuracy', 0):.2f}")
+        message = f"the forget set is still recognised: {figure} ({stats.get('stop_reason')})"
         if require_target:
             raise SerkitError(f"{message}; nothing was written (--require-target). Raise epochs or lr, or try "
                               "another method")

@@ -2,12 +2,9 @@
 
 The loop draws a batch of the forget set together with a batch of any extra data (adversarial
 samples, remaining data) at every step, keeps batch-norm statistics frozen (a batch of ten
-forget utterances is no estimate of the training distribution), and stops by a rule:
-- target "misclassify" (the papers'): stop once no forget utterance is classified correctly;
-- target "retrain-like": stop once forget-set accuracy falls to a reference, by default the
-  original model's accuracy on validation speakers it never saw (a number from its provenance,
-  no extra data), so the forget set looks like unseen data rather than like a red flag;
-or after `epochs` epochs, whichever comes first.
+forget utterances is no estimate of the training distribution), and stops by a rule
+(serkit.unlearning.stopping: misclassify, retrain-like, calibrated, calibrated-accuracy), or after
+`epochs` epochs, whichever comes first.
 
 `preset` fills the parameters a user leaves unset: "measured" (the default; bench/RESULTS.md sections
 3, 11, 16: retrain-like, and for the adversarial methods P 20, M 10) or "paper" (papers 000/001:
@@ -34,6 +31,7 @@ from serkit.data.manifest import Manifest
 from serkit.errors import ConfigError
 from serkit.models.modeldir import SavedModel
 from serkit.unlearning.forget_set import ForgetSet, TrainingData
+from serkit.unlearning.stopping import stop_rule
 
 
 class FinetuneParams(BaseModel):
@@ -48,8 +46,10 @@ class FinetuneParams(BaseModel):
     preset: Literal["measured", "paper"] = Field(
         "measured", description="fills what is left unset: measured (target retrain-like; adversarial methods P 20, "
         "M 10; bench/RESULTS.md 16) or paper (misclassify; P 50, M 20)")
-    target: Literal["misclassify", "retrain-like"] | None = Field(
-        None, description="misclassify (the papers') or retrain-like; default from the preset")
+    target: Literal["misclassify", "retrain-like", "calibrated", "calibrated-accuracy"] | None = Field(
+        None, description="misclassify (the papers'), retrain-like (forget-set accuracy down to the validation "
+        "accuracy), calibrated (membership AUC down to what held-out utterances of training speakers scored at "
+        "training time) or calibrated-accuracy; default from the preset (serkit.unlearning.stopping)")
     stop_early: bool = Field(True, description="stop as soon as the target is reached (checked every `check_every` steps)")
     check_every: int = Field(5, ge=1)
     target_accuracy: float | None = Field(None, ge=0, le=1, description="retrain-like: forget-set accuracy to stop at "
@@ -83,6 +83,7 @@ class UnlearnContext:
     seed: int = 0
     log: Callable = print
     reference_accuracy: float | None = None
+    profiles: dict | None = None  # the loss profiles the model recorded at training time (provenance.calibration)
     remain: Manifest | None = None
     work_dir: Path | None = None
     device: str = "cpu"
@@ -143,19 +144,6 @@ def freeze_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
-@torch.no_grad()
-def accuracy_on(model: nn.Module, waves: list[np.ndarray], labels: np.ndarray, batch_size: int = 32) -> float:
-    was = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(waves), batch_size):
-        x, mask = pad_batch(waves[start:start + batch_size])
-        device = next(model.parameters()).device
-        correct += int((model(x.to(device), mask.to(device)).argmax(-1).cpu().numpy() == labels[start:start + batch_size]).sum())
-    model.train(was)
-    return correct / max(len(waves), 1)
-
-
 def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.ndarray,
              extra: tuple[list[np.ndarray], np.ndarray] | None, loss_fn: Callable, lr: float) -> dict:
     """The shared loop. `loss_fn(model, forget_batch, extra_batch)` returns (loss, parts dict)."""
@@ -170,18 +158,8 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
     forget_batch = max(1, math.ceil(n_forget / steps_per_epoch))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=lr) if params.optimizer == "adam" else torch.optim.SGD(trainable, lr=lr)
-    target = params.target
-    if target == "retrain-like":
-        goal = params.target_accuracy if params.target_accuracy is not None else ctx.reference_accuracy
-        if goal is None and params._preset_target:  # the preset's choice, not the user's: fall back, say so
-            ctx.log("note: the model records no validation accuracy to stop at (retrain-like), so this run stops "
-                    "once the forget set is misclassified; set target_accuracy for a retrain-like stop")
-            goal, target = 0.0, "misclassify (no reference accuracy for retrain-like)"
-        elif goal is None:
-            raise ConfigError("target retrain-like needs a reference accuracy: the model records no validation "
-                              "accuracy, so pass target_accuracy")
-    else:
-        goal = 0.0
+    rule = stop_rule(params.target, params.target_accuracy, ctx.profiles, ctx.reference_accuracy,
+                     params._preset_target, ctx.log)
     history, stop_reason, step = [], f"{params.epochs} epochs", 0
     start = time.perf_counter()
     model.train()
@@ -209,29 +187,31 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
             losses.append({k: float(v) for k, v in parts.items()})
             step += 1
             if params.stop_early and step % params.check_every == 0:
-                acc = accuracy_on(model, ctx.forget_waves, ctx.forget_labels)
-                model.train()
+                _, value = rule.check(model, ctx.forget_waves, ctx.forget_labels)
                 freeze_batchnorm(model)
-                if acc <= goal:
+                if rule.reached(value):
                     reached = True
-                    stop_reason = f"forget-set accuracy {acc:.2f} <= {goal:.2f} after {step} steps"
+                    stop_reason = f"{rule.describe(value)} after {step} steps"
                     break
-        acc = accuracy_on(model, ctx.forget_waves, ctx.forget_labels)
-        model.train()
+        acc, value = rule.check(model, ctx.forget_waves, ctx.forget_labels)
         freeze_batchnorm(model)
         mean_parts = {k: float(np.mean([p[k] for p in losses])) for k in losses[0]} if losses else {}
-        history.append({"epoch": epoch + 1, "forget_accuracy": acc, **mean_parts})
+        figure = {} if rule.measure == "accuracy" else {"forget_membership_auc": value}
+        history.append({"epoch": epoch + 1, "forget_accuracy": acc, **figure, **mean_parts})
         ctx.log(f"unlearning epoch {epoch + 1}: forget-set accuracy {acc:.2f}, "
+                + "".join(f"membership AUC {v:.2f}, " for v in figure.values())
                 + ", ".join(f"{k} {v:.3g}" for k, v in mean_parts.items()))
-        if reached or (params.stop_early and acc <= goal):
+        if reached or (params.stop_early and rule.reached(value)):
             if not reached:
-                stop_reason = f"forget-set accuracy {acc:.2f} <= {goal:.2f} after epoch {epoch + 1}"
+                stop_reason = f"{rule.describe(value)} after epoch {epoch + 1}"
+            reached = True
             break
     model.eval()
-    reached = reached or bool(history and history[-1]["forget_accuracy"] <= goal)
-    return {"epochs_run": len(history), "steps": step, "stop_reason": stop_reason, "target": target,
-            "target_accuracy": goal, "target_reached": reached, "lr": lr, "optimizer": params.optimizer, "history": history,
-            "finetune_seconds": round(time.perf_counter() - start, 2)}
+    reached = reached or bool(history and rule.reached(value))
+    goal = {"target_accuracy": rule.goal} if rule.measure == "accuracy" else {"target_membership_auc": rule.goal}
+    return {"epochs_run": len(history), "steps": step, "stop_reason": stop_reason, "target": rule.target,
+            "target_measure": rule.measure, **goal, "target_reached": reached, "lr": lr, "optimizer": params.optimizer,
+            "history": history, "finetune_seconds": round(time.perf_counter() - start, 2)}
 
 
 def default_lr(saved: SavedModel) -> float:

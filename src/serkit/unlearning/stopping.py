@@ -1,0 +1,103 @@
+"""When a deletion request's fine-tuning stops: the targets, and the one figure each one checks.
+
+- misclassify (papers 000/001): no forget utterance is classified correctly;
+- retrain-like: forget-set accuracy down to the original model's validation accuracy, a number its
+  provenance records (the forget set is recognised like speakers the model never heard);
+- calibrated: the forget set's loss-threshold membership AUC, measured against the loss profile of
+  the validation speakers that the model directory recorded at training time, down to what the
+  held-out utterances of its own training speakers scored there (`data.calibration`, the profile
+  "known"). That is where a model retrained without the forget set lands: it still knows the speaker
+  from their other utterances, so it fits the forgotten ones better than an unseen speaker's, and
+  a forget set pushed down to "unseen" stands out by being worse (an AUC below 0.5 betrays it as
+  surely as one above). Without a "known" profile the goal is 0.5;
+- calibrated-accuracy: forget-set accuracy down to the "known" utterances' accuracy.
+Each reads what the model directory recorded, never the training data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from serkit.data.dataset import pad_batch
+from serkit.errors import ConfigError
+from serkit.metrics import auc_against_profile
+
+TARGETS = ("misclassify", "retrain-like", "calibrated", "calibrated-accuracy")
+
+
+@dataclass
+class StopRule:
+    target: str  # as the receipt says it, with a fallback named
+    measure: str  # "accuracy" or "membership_auc"
+    goal: float
+    unseen: dict | None = None  # the stored loss profile a membership AUC is measured against
+
+    def check(self, model: nn.Module, waves: list[np.ndarray], labels: np.ndarray) -> tuple[float, float]:
+        """(forget-set accuracy, the rule's figure), in eval mode; the caller restores the training mode."""
+        accuracy, losses = forget_figures(model, waves, labels)
+        value = accuracy if self.measure == "accuracy" else auc_against_profile(losses, self.unseen)
+        return accuracy, value
+
+    def reached(self, value: float) -> bool:
+        return value <= self.goal
+
+    def describe(self, value: float) -> str:
+        name = "forget-set accuracy" if self.measure == "accuracy" else "membership AUC against unseen speakers"
+        return f"{name} {value:.2f} <= {self.goal:.2f}"
+
+
+@torch.no_grad()
+def forget_figures(model: nn.Module, waves: list[np.ndarray], labels: np.ndarray,
+                   batch_size: int = 32) -> tuple[float, np.ndarray]:
+    """Accuracy and per-utterance cross-entropy of the model on the forget set, in eval mode."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct, losses = 0, []
+    for start in range(0, len(waves), batch_size):
+        x, mask = pad_batch(waves[start:start + batch_size])
+        y = torch.as_tensor(labels[start:start + batch_size], device=device)
+        logits = model(x.to(device), mask.to(device))
+        correct += int((logits.argmax(-1) == y).sum())
+        losses.append(nn.functional.cross_entropy(logits, y, reduction="none").cpu().numpy())
+    model.train(was)
+    return correct / max(len(waves), 1), np.concatenate(losses) if losses else np.zeros(0)
+
+
+def stop_rule(target: str, target_accuracy: float | None, profiles: dict | None, reference_accuracy: float | None,
+              chosen_by_preset: bool, log=print) -> StopRule:
+    """The rule for `target`; where the model lacks what it needs, the preset's choice falls back (and says
+    so), an explicit choice is refused."""
+    profiles = profiles or {}
+    if target in ("calibrated", "calibrated-accuracy"):
+        unseen, known = profiles.get("unseen"), profiles.get("known")
+        if target == "calibrated" and unseen is not None:
+            goal = known.get("auc_vs_unseen") if known is not None else None
+            return StopRule("calibrated" if goal is not None else "calibrated (no known-speaker profile: goal 0.5)",
+                            "membership_auc", 0.5 if goal is None else float(goal), unseen)
+        if target == "calibrated-accuracy" and known is not None:
+            return StopRule(target, "accuracy", float(known["accuracy"]))
+        needs = "a loss profile of its validation speakers" if target == "calibrated" else \
+            "a loss profile of held-out utterances of its training speakers (data.calibration)"
+        if not chosen_by_preset:
+            raise ConfigError(f"target {target} needs {needs}, which the model directory does not record (it is written "
+                              "at training time by serkit train); choose target retrain-like or misclassify")
+        log(f"note: the model records no {needs.split(' (')[0]}, so this run stops retrain-like instead of {target}")
+        target = "retrain-like"
+    if target == "retrain-like":
+        goal = target_accuracy if target_accuracy is not None else reference_accuracy
+        if goal is None and chosen_by_preset:  # the preset's choice, not the user's: fall back, say so
+            log("note: the model records no validation accuracy to stop at (retrain-like), so this run stops "
+                "once the forget set is misclassified; set target_accuracy for a retrain-like stop")
+            return StopRule("misclassify (no reference accuracy for retrain-like)", "accuracy", 0.0)
+        if goal is None:
+            raise ConfigError("target retrain-like needs a reference accuracy: the model records no validation "
+                              "accuracy, so pass target_accuracy")
+        return StopRule("retrain-like", "accuracy", float(goal))
+    if target == "misclassify":
+        return StopRule("misclassify", "accuracy", 0.0)
+    raise ConfigError(f"unknown target '{target}'; choose one of {list(TARGETS)}")
