@@ -1,4 +1,5 @@
-"""`serkit models list|import-ct2`: the model registry, and Whisper checkpoints from CTranslate2."""
+"""`serkit models list|import-ct2|importances`: the model registry, Whisper checkpoints from CTranslate2, and
+a model's training importances (for SSD)."""
 
 from __future__ import annotations
 
@@ -43,8 +44,35 @@ def models_import_ct2(
     console.print(f"wrote {out} (use it as model.options.checkpoint of a whisper recipe)")
 
 
+def models_importances(
+    model_dir: Path = typer.Argument(..., help="a serkit model directory, while its training data still exists"),
+    split: Path | None = typer.Option(None, help="the split it was trained with (needed for a model that answered a "
+                                      "deletion request: it keeps its speakers private)"),
+    manifest: Path | None = typer.Option(None, help="its manifest, where the recorded one has moved"),
+    overwrite: bool = typer.Option(False, help="replace importances stored earlier"),
+):
+    """Store the model's training importances (the Fisher over its training utterances) for SSD."""
+    from serkit.models.modeldir import load_model
+    from serkit.unlearning.forget_set import training_data
+    from serkit.unlearning.importance import save_importances, training_importances
+
+    saved = load_model(model_dir)
+    data = training_data(saved, manifest, split)
+    if not overwrite:
+        from serkit.io import refuse_existing
+        from serkit.models.modeldir import IMPORTANCES
+
+        refuse_existing(model_dir / IMPORTANCES, "importances file")
+    with console.status("training importances") as status:
+        importance, n = training_importances(
+            saved, data, progress=lambda i, total: status.update(f"training importances: {i}/{total} utterances"))
+    path = save_importances(model_dir, importance, saved.weights_sha256, n, overwrite=overwrite)
+    console.print(f"wrote {path} (the Fisher over {n} training utterances; `serkit forget --method ssd` reads it)")
+
+
 def register(app: typer.Typer) -> None:
     models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
     models_app.command("list")(models_list)
     models_app.command("import-ct2")(models_import_ct2)
+    models_app.command("importances")(models_importances)
     app.add_typer(models_app, name="models")

@@ -30,6 +30,8 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
 REQUIRED_KEYS = ("architecture", "options", "labels", "sample_rate")
+IMPORTANCES = "importances.safetensors"  # the owner's training importances (serkit models importances)
+AUXILIARY = {IMPORTANCES}
 
 
 @dataclass
@@ -52,9 +54,12 @@ class SavedModel:
 
 def file_hashes(path: Path | str) -> dict[str, str]:
     """SHA-256 of every file of a model directory: the weights alone do not fix what a model predicts
-    (config.json's label order and preprocessing do too)."""
+    (config.json's label order and preprocessing do too). Files that change nothing it predicts and that
+    the owner may add later (AUXILIARY: training importances) are left out, so adding one keeps a
+    receipt's model check valid."""
     path = Path(path)
-    return {str(f.relative_to(path)): sha256_file(f) for f in sorted(path.rglob("*")) if f.is_file()}
+    return {str(f.relative_to(path)): sha256_file(f) for f in sorted(path.rglob("*"))
+            if f.is_file() and str(f.relative_to(path)) not in AUXILIARY}
 
 
 def save_model(path: Path | str, model: SERModel, labels: list[str], preprocessing: Preprocessing,

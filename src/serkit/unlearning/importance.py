@@ -10,22 +10,34 @@ as trained), so that an importance is a mean over utterances whatever the batch 
 
 `AnchorPenalty` is sum_k w_k (theta_k - theta*_k)^2 for any weights w: EWC's w = F holds the weights
 that matter for the forget set; L2UL's w = (1 - Omega~)/2 frees exactly those and holds the rest.
+
+A model's *training* importances (the Fisher over its own training utterances, which SSD compares a
+forget set's with) are computed once by the owner while the training data exists
+(`serkit models importances`) and stored beside the weights as `importances.safetensors`, bound
+to those weights by their hash: a deletion request then reads the forget set alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from serkit.data.dataset import pad_batch
+from serkit.errors import SerkitError
+from serkit.io import atomic_file
+from serkit.models.modeldir import IMPORTANCES as IMPORTANCES_FILE
 
 Importance = dict[str, torch.Tensor]
 
 
-def _per_utterance(model: nn.Module, waves: list[np.ndarray], objective: Callable, accumulate: Callable) -> Importance:
+def _per_utterance(model: nn.Module, waves: list[np.ndarray], objective: Callable, accumulate: Callable,
+                   progress: Callable | None = None) -> Importance:
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     total = {name: torch.zeros_like(p) for name, p in params.items()}
     was_training = model.training
@@ -39,12 +51,15 @@ def _per_utterance(model: nn.Module, waves: list[np.ndarray], objective: Callabl
             for (name, _), grad in zip(params.items(), grads):
                 if grad is not None:
                     total[name] += accumulate(grad.detach())
+            if progress is not None:
+                progress(index + 1, len(waves))
     finally:
         model.train(was_training)
     return {name: t / max(len(waves), 1) for name, t in total.items()}
 
 
-def fisher_diagonal(model: nn.Module, waves: list[np.ndarray], labels: np.ndarray, normalize: bool = False) -> Importance:
+def fisher_diagonal(model: nn.Module, waves: list[np.ndarray], labels: np.ndarray, normalize: bool = False,
+                    progress: Callable | None = None) -> Importance:
     """Diagonal empirical Fisher over trainable parameters.
 
     With `normalize`, F is divided by its largest entry, so lambda_3 means the same thing for
@@ -57,7 +72,7 @@ def fisher_diagonal(model: nn.Module, waves: list[np.ndarray], labels: np.ndarra
     def cross_entropy(logits, index):
         return nn.functional.cross_entropy(logits, torch.tensor([int(labels[index])], device=logits.device))
 
-    fisher = _per_utterance(model, waves, cross_entropy, lambda g: g ** 2)
+    fisher = _per_utterance(model, waves, cross_entropy, lambda g: g ** 2, progress)
     if normalize:
         peak = max(float(f.max()) for f in fisher.values()) or 1.0
         fisher = {name: f / peak for name, f in fisher.items()}
@@ -100,3 +115,62 @@ class AnchorPenalty(nn.Module):
         values = torch.cat([w.flatten() for w in self.weights.values()]) if self.weights else torch.zeros(1)
         return {f"{prefix}_sum": float(values.sum()), f"{prefix}_max": float(values.max()),
                 f"{prefix}_mean": float(values.mean())}
+
+
+def save_importances(model_dir: Path | str, importance: Importance, weights_sha256: str, n: int,
+                     overwrite: bool = False) -> Path:
+    """Store a model's training importances in its directory (written whole or not at all)."""
+    path = Path(model_dir) / IMPORTANCES_FILE
+    state = {name: value.detach().cpu().contiguous() for name, value in importance.items()}
+    meta = {"kind": "fisher-diagonal", "labels": "true", "per": "utterance", "n_utterances": str(n),
+            "weights_sha256": weights_sha256}
+    with atomic_file(path, "wb", overwrite=overwrite, what="importances file") as handle:
+        handle.write(_safetensors_bytes(state, meta))
+    return path
+
+
+def _safetensors_bytes(state: dict, meta: dict) -> bytes:
+    from safetensors.torch import save
+
+    return save(state, metadata=meta)
+
+
+def load_importances(saved, split_hint: str = "--split SPLIT.json") -> tuple[Importance, int]:
+    """The training importances stored in `saved`'s directory, checked to belong to its weights, and the
+    number of utterances they average over."""
+    path = Path(saved.path) / IMPORTANCES_FILE
+    fix = (f"compute them once, while the training data still exists: serkit models importances {saved.path} "
+           f"{split_hint}")
+    if not path.is_file():
+        raise SerkitError(f"model {saved.path} has no stored training importances ({IMPORTANCES_FILE}), which this "
+                          f"method compares the forget set with; {fix}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            meta = handle.metadata() or {}
+        values = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise SerkitError(f"cannot read {path} ({exc}); {fix} --overwrite") from None
+    if meta.get("weights_sha256") != saved.weights_sha256:
+        raise SerkitError(f"{path} was computed for other weights than model {saved.path}'s (a model that answered a "
+                          f"deletion request has new weights); {fix} --overwrite")
+    params = {name: p for name, p in saved.model.named_parameters() if p.requires_grad}
+    missing = sorted(set(params) - set(values))
+    if missing or any(values[n].shape != params[n].shape for n in params):
+        raise SerkitError(f"{path} does not cover the model's trainable parameters (e.g. {(missing or list(params))[0]}); "
+                          f"{fix} --overwrite")
+    return {name: values[name] for name in params}, int(meta.get("n_utterances") or 0)
+
+
+def training_importances(saved, data, progress: Callable | None = None) -> tuple[Importance, int]:
+    """The diagonal Fisher (true labels, one utterance at a time) over the utterances `saved` trained on."""
+    from serkit.data.dataset import load_waves
+    from serkit.data.manifest import Manifest
+
+    rows = Manifest(data.train_rows().reset_index(drop=True), data.manifest.file)
+    rows.check_labels(saved.labels, f"model {saved.path}")
+    waves = load_waves(rows.audio_paths(), saved.preprocessing)
+    index = {label: i for i, label in enumerate(saved.labels)}
+    labels = np.array([index[e] for e in rows.frame["emotion"]])
+    return fisher_diagonal(saved.model, waves, labels, progress=progress), len(waves)

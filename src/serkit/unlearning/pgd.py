@@ -1,5 +1,9 @@
-"""Targeted PGD in the waveform domain: the adversarial set that keeps a model's knowledge.
+"""PGD in the waveform domain: the adversarial sets that unlearning methods train on.
 
+`TargetedPGD` (papers 000/001, L2UL): samples pushed towards chosen wrong classes.
+`NearestAdversarial` (AMUN): for each utterance the closest misclassified waveform found.
+
+Targeted PGD:
 For each forget utterance x and each of its M targets y~ != y: start at x + U(-tau, tau), then P
 steps of x~ <- clip(x~ - sigma * sign(grad CE(f(x~), y~)), x - tau, x + tau), i.e. descend the loss
 toward the target (papers 000/001, Eq. 2, with the sign that makes a *targeted* attack). The model
@@ -39,11 +43,12 @@ class AdversarialSet:
         return len(self.waves)
 
     def summary(self) -> dict:
+        snr = self.snr_db[np.isfinite(self.snr_db)]  # an unchanged sample (nothing to attack) has no SNR
         return {
             "samples": len(self),
             "target_success_rate": float(self.success.mean()) if len(self) else 0.0,
-            "snr_db_median": float(np.median(self.snr_db)) if len(self) else None,
-            "snr_db_min": float(np.min(self.snr_db)) if len(self) else None,
+            "snr_db_median": float(np.median(snr)) if len(snr) else None,
+            "snr_db_min": float(np.min(snr)) if len(snr) else None,
             "mean_steps": float(self.steps_taken.mean()) if len(self) else 0.0,
             "seconds": round(self.seconds, 2),
             "utterance_steps_per_s": round(float(self.steps_taken.sum()) / self.seconds, 1) if self.seconds else None,
@@ -150,6 +155,96 @@ class TargetedPGD:
                 p.requires_grad_(on)
             model.train(was_training)
         return AdversarialSet(out_waves, flat_targets, flat_source, success, snr, steps_taken, time.perf_counter() - start)
+
+
+class NearestAdversarial:
+    """Untargeted L2 PGD with a growing radius: each utterance's nearest misclassified neighbour (AMUN).
+
+    Ebrahimpour-Boroojeny, Sundaram and Chandrasekaran (ICML 2025): raise the cross-entropy of the true
+    label with L2-normalised gradient steps of eps/10, projected onto the L2 ball of radius eps, no random
+    start; a sample leaves as soon as the model misclassifies it; after `steps` steps the radius of those
+    still classified correctly doubles and the attack goes on from where it is (at most `max_doublings`
+    times). The radius is relative to each utterance's L2 norm (eps 0.01: the perturbation is at least
+    40 dB below the speech), as the papers' tau is relative to its standard deviation."""
+
+    def __init__(self, eps: float = 0.005, steps: int = 50, max_doublings: int = 5, batch_size: int = 32):
+        if eps <= 0 or steps < 1 or max_doublings < 0:
+            raise ValueError("NearestAdversarial needs eps > 0, steps >= 1 and max_doublings >= 0")
+        self.eps, self.steps, self.max_doublings, self.batch_size = eps, steps, max_doublings, batch_size
+
+    def params(self) -> dict:
+        return {"norm": "l2", "eps": self.eps, "eps_mode": "relative", "steps": self.steps,
+                "max_doublings": self.max_doublings, "batch_size": self.batch_size}
+
+    def generate(self, model: nn.Module, waves: list[np.ndarray], labels: np.ndarray) -> AdversarialSet:
+        """One sample per utterance, labelled with the model's own prediction on it (`targets`)."""
+        labels = np.asarray(labels)
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        grads_on = [p.requires_grad for p in model.parameters()]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        n = len(waves)
+        out_waves: list[np.ndarray] = [None] * n
+        predicted, success = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        steps_taken, snr, radius = np.zeros(n, dtype=np.int64), np.zeros(n), np.zeros(n)
+        start = time.perf_counter()
+        order = sorted(range(n), key=lambda i: -waves[i].shape[0])
+        try:
+            for b in range(0, n, self.batch_size):
+                idx = order[b:b + self.batch_size]
+                clean, mask = pad_batch([waves[i] for i in idx])
+                clean, mask = clean.to(device), mask.to(device)
+                weight = mask.to(clean.dtype)
+                norm = torch.linalg.vector_norm(clean * weight, dim=-1, keepdim=True).clamp_min(1e-12)
+                eps = self.eps * norm
+                y = torch.as_tensor(labels[idx], device=device)
+                x, taken = clean.clone(), torch.zeros(len(idx), dtype=torch.long, device=device)
+                with torch.no_grad():
+                    active = torch.nonzero(model(x, mask).argmax(-1) == y).flatten()  # already wrong: kept as is
+                for _ in range(self.max_doublings + 1):
+                    for _ in range(self.steps):
+                        if not len(active):
+                            break
+                        xa = x[active].requires_grad_(True)
+                        logits = model(xa, mask[active])
+                        keep = logits.argmax(-1) == y[active]
+                        if not keep.any():
+                            active = active[keep]
+                            break
+                        loss = nn.functional.cross_entropy(logits[keep], y[active][keep], reduction="sum")
+                        (grad,) = torch.autograd.grad(loss, xa)
+                        active, grad = active[keep], grad[keep] * weight[active[keep]]
+                        with torch.no_grad():
+                            unit = grad / torch.linalg.vector_norm(grad, dim=-1, keepdim=True).clamp_min(1e-20)
+                            moved = x[active] + (eps[active] / 10) * unit - clean[active]
+                            length = torch.linalg.vector_norm(moved, dim=-1, keepdim=True)
+                            moved = moved * torch.clamp(eps[active] / length.clamp_min(1e-20), max=1.0)
+                            x[active] = (clean[active] + moved) * weight[active]
+                        taken[active] += 1
+                    if not len(active):
+                        break
+                    eps[active] *= 2  # still right: a larger ball, from where the attack stands
+                with torch.no_grad():
+                    final = model(x, mask).argmax(-1)
+                for row, i in enumerate(idx):
+                    length = int(mask[row].sum())
+                    adv, ref = x[row, :length].cpu().numpy(), clean[row, :length].cpu().numpy()
+                    noise_power = float(np.mean((adv - ref) ** 2))
+                    snr[i] = 10 * math.log10(float(np.mean(ref ** 2)) / noise_power) if noise_power > 0 else float("inf")
+                    out_waves[i], predicted[i] = adv, int(final[row])
+                    success[i] = predicted[i] != labels[i]
+                    steps_taken[i] = int(taken[row])
+                    radius[i] = float(eps[row] / norm[row])
+        finally:
+            for p, on in zip(model.parameters(), grads_on):
+                p.requires_grad_(on)
+            model.train(was_training)
+        found = radius[success]
+        stats = {"eps_median": float(np.median(found)) if len(found) else None}
+        return AdversarialSet(out_waves, predicted, np.arange(n), success, snr, steps_taken,
+                              time.perf_counter() - start, stats)
 
 
 def draw_targets(labels: np.ndarray, num_classes: int, per_sample: int, seed: int) -> np.ndarray:

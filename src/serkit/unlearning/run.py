@@ -147,6 +147,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             outcome = unlearner.unlearn(ctx)
             seconds = time.perf_counter() - start
             result_model = outcome.replacement or working
+            _refuse_diverged(result_model.model, unlearner)
             after = forget_report(result_model.model, forget_eval, unseen, other, reference.model if reference else None)
         env["nondeterministic_ops"] = sorted(set(determinism.nondeterministic_ops))
         if env["nondeterministic_ops"]:
@@ -193,6 +194,16 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
                 keys_out.unlink(missing_ok=True)
             raise
     return ForgetResult(out, out / "model", receipt, keys_out or out / KEYS_FILE)
+
+
+def _refuse_diverged(model, unlearner) -> None:
+    """A method that blew up leaves weights no model should carry; say so rather than fail on them later."""
+    bad = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        lr = getattr(unlearner.params, "lr", None)
+        raise SerkitError(f"method '{unlearner.name}' diverged: the unlearned model's weights are not finite (first in "
+                          f"{bad}); nothing was written. Lower its learning rate (--set lr=..."
+                          + (f", now {lr:g}" if lr else "") + ")")
 
 
 def _check_target(stats: dict, after: dict, require_target: bool, log) -> bool | None:

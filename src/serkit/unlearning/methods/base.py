@@ -125,7 +125,7 @@ def register(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
 
 
 def get_method(name: str, params: dict | None = None) -> UnlearningMethod:
-    from serkit.unlearning.methods import adversarial, l2ul, neg_grad, random_label, remain, retrain  # noqa: F401  (registers)
+    from serkit.unlearning.methods import adversarial, amun, jit, l2ul, neg_grad, random_label, remain, retrain, ssd  # noqa: F401  (registers)
 
     if name not in METHODS:
         raise ConfigError(f"unknown unlearning method '{name}'; choose one of {sorted(METHODS)}")
@@ -146,7 +146,8 @@ def freeze_batchnorm(model: nn.Module) -> None:
 
 def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.ndarray,
              extra: tuple[list[np.ndarray], np.ndarray] | None, loss_fn: Callable, lr: float) -> dict:
-    """The shared loop. `loss_fn(model, forget_batch, extra_batch)` returns (loss, parts dict)."""
+    """The shared loop. `loss_fn(model, forget_batch, extra_batch)` returns (loss, parts dict), or (None, parts)
+    when it has put the gradients in place itself."""
     model = ctx.saved.model
     device = next(model.parameters()).device
     rng = np.random.default_rng(ctx.seed)
@@ -180,9 +181,10 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
                 ei = extra_order[s * params.batch_size:(s + 1) * params.batch_size]
                 ex, em = pad_batch([extra[0][i] for i in ei])
                 ebatch = (ex.to(device), em.to(device), torch.as_tensor(extra[1][ei], device=device))
-            loss, parts = loss_fn(model, fbatch, ebatch)
             optimizer.zero_grad()
-            loss.backward()
+            loss, parts = loss_fn(model, fbatch, ebatch)
+            if loss is not None:  # None: loss_fn accumulated the gradients itself (an objective too large for one graph)
+                loss.backward()
             optimizer.step()
             losses.append({k: float(v) for k, v in parts.items()})
             step += 1
