@@ -14,7 +14,7 @@ import typer
 
 # `serkit --help` lists the plain commands, then the sub-apps, each in the order they were added:
 # this order keeps the help as users know it (a module not listed here comes after, by name).
-ORDER = ("data", "train", "evaluate", "predict", "models", "experiment", "analysis", "features", "forget", "receipt",
+ORDER = ("data", "train", "evaluate", "predict", "models", "experiment", "analysis", "features", "forget", "audit", "receipt",
          "transfer", "export", "dimensional")
 
 
