@@ -101,3 +101,20 @@ def test_audit_command_needs_two_retrained_models_and_names_what_is_missing(requ
                 str(tmp_path / "a")])
     assert code == 0 and (tmp_path / "a" / "audit.md").is_file()
     assert "AUC vs retrained" in capsys.readouterr().out
+
+
+def test_the_grid_audits_each_run_against_the_retrained_runs_of_its_forget_set(requests, tmp_path):
+    from serkit.unlearning.experiment import load_grid, run_grid
+
+    model = requests[0]
+    recipe = tmp_path / "grid.yaml"
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'grid'}\nbackbones:\n  cnn6:\n    train->val: {model}\nspeakers: ['02']\n"
+        "n: [4]\nseeds: [0]\naudit: true\nmethods:\n  neg-grad: {epochs: 2}\n"
+        "  retrain-s0: {method: retrain, seed: 0, max_epochs: 1}\n  retrain-s1: {method: retrain, seed: 1, max_epochs: 1}\n"
+        "  retrain-s2: {method: retrain, seed: 2, max_epochs: 1}\n")
+    out = run_grid(load_grid(recipe), **quiet)
+    audit = (out / "audit.csv").read_text().splitlines()
+    assert len(audit) == 2 and audit[1].startswith("cnn6,train->val,02,4,0,neg-grad,,3,")
+    table = (out / "table1.md").read_text()
+    assert "# Audit" in table and "| cnn6 | train->val | 4 | neg-grad | 1 | 3 |" in table

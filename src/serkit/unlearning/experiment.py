@@ -125,6 +125,9 @@ class UnlearningGrid(BaseModel):
         "chosen", description="train+val->test runs of the adversarial methods: only the tau chosen on train->val "
         "(the papers' protocol; needs the backbone's train->val model in the grid), or every tau")
     keep_models: bool = False
+    audit: bool = Field(False, description="audit every run against the runs of a `retrain` label (at least 2, e.g. "
+                        "seeds) of its forget set, utterance by utterance (serkit audit): audit.csv and a table in "
+                        "table1.md; the models are kept")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="where the runs go: local (in this "
                                      "process), pool (local worker processes) or slurm (submitit)")
 
@@ -357,7 +360,7 @@ def run_grid(grid: UnlearningGrid, log=print, executor: ExecutorConfig | None = 
     failures = _FailedRuns(out / "failed.csv", done)
     targets = _TargetAccuracy(grid, log)
     cell = lambda run: Cell(run.key, run.key, Payload(run, _params(run, targets), out / "runs" / _slug(run.key),  # noqa: E731
-                                                      grid.keep_models))
+                                                      grid.keep_models or grid.audit))
     try:
         failures.attempted |= {r.key for r in first}
         run_cells([cell(r) for r in first], run_cell, table, config, log, failures.add, (0, count))
@@ -391,6 +394,8 @@ def run_grid(grid: UnlearningGrid, log=print, executor: ExecutorConfig | None = 
     if len(left) > len(failures.failed):
         log(f"{len(left) - len(failures.failed)} earlier failed runs were not retried this time (outside this grid's "
             f"n/seeds/...): still listed in {failures.path}")
+    if table.exists() and grid.audit:
+        audit_grid(grid, out, log)
     if table.exists():
         summarise(out)
     if failures.failed:
@@ -415,6 +420,65 @@ def _finished(grid: UnlearningGrid, table: ResultsTable) -> tuple[set, set]:
         done.add(_row_key(row))
         finished.add((row["backbone"], row["method"]))
     return done, finished
+
+
+AUDIT_COLUMNS = ["backbone", "setting", "speaker", "n", "seed", "method", "tau", "retrained", "audit_auc",
+                 "audit_mean_z", "audit_share_p05"]
+
+
+def audit_grid(grid: UnlearningGrid, out: Path, log=print) -> None:
+    """serkit audit for every run whose forget set has at least 2 runs of a `retrain` label, against those runs;
+    one audit.csv row per run (redone when more retrained runs have come in)."""
+    from serkit.unlearning.audit import run_audit
+
+    frame = _read_results(out / "results.csv")
+    path = out / "audit.csv"
+    earlier = pd.read_csv(path, dtype={"speaker": str, "method": str}) if path.is_file() else pd.DataFrame(columns=AUDIT_COLUMNS)
+    done = {(_row_key(r), int(r["retrained"])) for r in earlier.fillna("").to_dict("records")}
+    rows = [r for r in earlier.to_dict("records")]
+    keyed = lambda r: _row_key({**r, "tau": "" if pd.isna(r["tau"]) else r["tau"]})  # noqa: E731
+    for (backbone, setting, speaker, n, seed), group in frame.groupby(["backbone", "setting", "speaker", "n", "seed"]):
+        records = group.to_dict("records")
+        folders = {keyed(r): out / "runs" / _slug(keyed(r)) for r in records}
+        retrained = [folders[keyed(r)] for r in records if r["base_method"] == "retrain" and
+                     (folders[keyed(r)] / "model").is_dir()]
+        if len(retrained) < 2:
+            continue
+        todo = [r for r in records if r["base_method"] != "retrain" and (keyed(r), len(retrained)) not in done
+                and (folders[keyed(r)] / "model").is_dir()]
+        if not todo:
+            continue
+        model_dir = grid.backbones[backbone].models()[setting] if backbone in grid.backbones else None
+        if model_dir is None:
+            continue
+        log(f"audit: {backbone} {setting} speaker {speaker} N={n} seed {seed}: {len(todo)} runs against "
+            f"{len(retrained)} retrained")
+        audit = run_audit(model_dir, [folders[keyed(r)] for r in todo], retrained, speaker=str(speaker), n=int(n),
+                          seed=int(seed), log=lambda *a: None)
+        rows = [r for r in rows if (keyed(r) not in {keyed(t) for t in todo})]
+        for r, result in zip(todo, audit.unlearned):
+            rows.append({**{c: r[c] for c in AUDIT_COLUMNS[:7]}, "retrained": len(retrained), "audit_auc": result["auc"],
+                         "audit_mean_z": result["mean_z"], "audit_share_p05": result["share_p_below_0_05"]})
+    if rows:
+        write_text(path, pd.DataFrame(rows, columns=AUDIT_COLUMNS).to_csv(index=False), overwrite=True)
+
+
+def _audit_table(out: Path) -> list[str]:
+    path = out / "audit.csv"
+    if not path.is_file():
+        return []
+    audit = pd.read_csv(path, dtype={"speaker": str, "method": str})
+    lines = ["", "# Audit: each forget utterance against the retrained runs of its forget set (serkit audit)", "",
+             "AUC of |z| between the run and the retrained models (0.5: indistinguishable from retraining); mean z > 0: "
+             "the forget set is remembered, < 0: forgotten harder than retraining does. Mean ± std over forget sets.", "",
+             "| backbone | setting | N | method | forget sets | retrained per set | AUC | mean z | utterances at p < 0.05 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (backbone, setting, n, method), group in audit.groupby(["backbone", "setting", "n", "method"]):
+        lines.append(f"| {backbone} | {setting} | {n} | {method} | {len(group)} | {group.retrained.min()}"
+                     f"{'' if group.retrained.nunique() == 1 else f'..{group.retrained.max()}'} | "
+                     f"{mean_std(group.audit_auc.dropna())} | {mean_std(group.audit_mean_z)} | "
+                     f"{mean_std(group.audit_share_p05)} |")
+    return lines
 
 
 def _slug(key: str) -> str:
@@ -591,7 +655,7 @@ def summarise(out: Path) -> None:
                 table2.append(f"| {backbone} | {setting} | {n} | {b_kept:.1%} ({b_method}) | {kept:.1%} "
                               f"| {method} | {p:.3g}{significance_marker(p)} |")
         privacy += _retrain_spread(block, ns, methods, base, lambda g, n, m, b=backbone: selected(g, b, n, m))
-    write_text(out / "table1.md", "\n".join(lines + [""] + privacy) + "\n", overwrite=True)
+    write_text(out / "table1.md", "\n".join(lines + [""] + privacy + _audit_table(out)) + "\n", overwrite=True)
     write_text(out / "table2.md", "\n".join(table2) + "\n", overwrite=True)
     write_text(out / "chosen_taus.json", json.dumps({"|".join(map(str, k)): v for k, v in taus.items()}, indent=2) + "\n",
                overwrite=True)
@@ -642,6 +706,7 @@ def _fig2(frame: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel("tau")
         ax.set_xscale("log")
     axes[0][0].set_ylabel("validation UAR after unlearning")
-    axes[0][-1].legend(fontsize=7)
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     save_png(fig, path)
