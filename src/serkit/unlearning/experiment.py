@@ -609,10 +609,10 @@ def summarise(out: Path) -> None:
              "mean ± std over speakers x seeds; tau of the adversarial methods chosen on validation (train->val); "
              "`*` etc.: one-tailed z-test of the best proposed method's unseen UAR against the best random-labelling "
              "row (+ p<.1, * p<.05, ** p<.01, *** p<.001)."]
-    privacy = ["# Forget-set accuracy and membership AUC (retrain-like target: both within the retrained models' "
-               "spread)", "", "mean ± std over speakers x seeds (same tau as Table 1). A membership AUC near 0.5 "
-               "means an attacker cannot tell the forget set from unseen speakers; far below 0.5, the forget set "
-               "stands out by being forgotten too well."]
+    privacy = ["# Forget-set accuracy and membership AUC (both within the retrained models' spread is the aim), unseen "
+               "UAR kept, the forgotten speaker's other training utterances, time", "", "mean ± std over speakers x "
+               "seeds (same tau as Table 1). A membership AUC near 0.5 means an attacker cannot tell the forget set from "
+               "unseen speakers; far below 0.5, the forget set stands out by being forgotten too well."]
     table2 = ["# Table 2: across backbones (unseen-speaker UAR kept, best proposed vs random labelling)", "",
               "| backbone | setting | N | random labelling | best proposed | method | p |", "|---|---|---|---|---|---|---|"]
     for (backbone, setting), block in frame.groupby(["backbone", "setting"]):
@@ -624,8 +624,9 @@ def summarise(out: Path) -> None:
                   "| method | " + " | ".join(f"N={n}: forget UAR | N={n}: {part} UAR" for n in ns) + " |",
                   "|---|" + "---|---|" * len(ns)]
         privacy += ["", f"## {backbone}, {setting}", "",
-                    "| method | " + " | ".join(f"N={n}: forget acc. | N={n}: membership AUC" for n in ns) + " |",
-                    "|---|" + "---|---|" * len(ns)]
+                    "| method | " + " | ".join(f"N={n}: forget acc. | N={n}: membership AUC | N={n}: {part} UAR kept | "
+                                                f"N={n}: speaker's other utts | N={n}: seconds" for n in ns) + " |",
+                    "|---|" + "---|---|---|---|---|" * len(ns)]
         best, baseline = {}, {}
         runs = {n: max(len(selected(block[(block.method == m) & (block.n == n)], backbone, n, m)) for m in methods)
                 for n in ns}
@@ -635,11 +636,13 @@ def summarise(out: Path) -> None:
                 group = selected(block[(block.method == method) & (block.n == n)], backbone, n, method)
                 if not len(group):
                     cells += ["-", "-"]
-                    cells_p += ["-", "-"]
+                    cells_p += ["-"] * 5
                     continue
                 short = f" ({len(group)} of {runs[n]} runs)" if len(group) < runs[n] else ""  # failed or still to run
                 cells += [mean_std(group.forget_uar), mean_std(group.unseen_uar) + short]
-                cells_p += [mean_std(group.forget_accuracy), mean_std(group.mia_auc) + short]
+                other = pd.to_numeric(group.other_accuracy, errors="coerce").dropna()
+                cells_p += [mean_std(group.forget_accuracy), mean_std(group.mia_auc), _percent(group.kept), mean_std(other, 2),
+                            f"{group.seconds.mean():.0f}" + short]
                 mean = group.unseen_uar.mean()
                 pick = best if base[method] in PROPOSED else baseline if base[method] == "random-label" else None
                 if pick is not None and mean > pick.get(n, (None, -1))[1]:
@@ -660,6 +663,11 @@ def summarise(out: Path) -> None:
     write_text(out / "chosen_taus.json", json.dumps({"|".join(map(str, k)): v for k, v in taus.items()}, indent=2) + "\n",
                overwrite=True)
     _fig2(frame, out / "fig2.png")
+
+
+def _percent(values) -> str:
+    values = np.asarray(values, dtype=float) * 100
+    return f"{values[0]:.1f} %" if len(values) == 1 else f"{values.mean():.1f} ± {values.std(ddof=1):.1f} %"
 
 
 def _retrain_spread(block, ns, methods, base, selected) -> list[str]:
