@@ -10,7 +10,14 @@ from serkit.config import load_recipe
 from serkit.errors import SerkitError
 from serkit.models import load_model
 from serkit.training import train
-from serkit.unlearning.audit import confidence_scores, distinguishability, likelihood_ratio, run_audit, write_audit
+from serkit.unlearning.audit import (
+    confidence_scores,
+    distinguishability,
+    likelihood_ratio,
+    per_example_epsilon,
+    run_audit,
+    write_audit,
+)
 from serkit.unlearning.forget_set import build_forget_set
 from serkit.unlearning.redaction import find_traces, identifiers_of
 from serkit.unlearning.run import forget
@@ -52,6 +59,19 @@ def test_likelihood_ratio_says_whether_a_model_looks_trained_on_the_utterances()
         likelihood_ratio(np.zeros(30), trained[:1], retrained)
 
 
+def test_per_example_epsilon_is_zero_for_models_alike_and_the_cap_for_models_told_apart():
+    rng = np.random.default_rng(2)
+    same = rng.normal(0, 1, (6, 5))
+    assert per_example_epsilon(same, same.copy()) == pytest.approx(np.zeros(5), abs=1e-3)
+    apart = per_example_epsilon(rng.normal(10, 1, (6, 5)), rng.normal(0, 1, (6, 5)))
+    assert np.all(apart == 50.0)
+    overlap = per_example_epsilon(np.array([[0.0], [1.0], [2.0], [3.0]]), np.array([[1.5], [2.5], [3.5], [4.5]]))
+    # the best threshold, 2.5: one unlearned run above it (FPR 1/4), one retrained below it (FNR 1/4)
+    assert overlap[0] == pytest.approx(np.log((1 - 1e-5 - 0.25) / 0.25), rel=1e-6)
+    with pytest.raises(SerkitError, match="at least 2 unlearned runs"):
+        per_example_epsilon(same[:1], same)
+
+
 @pytest.fixture(scope="module")
 def requests(tiny_split, tmp_path_factory):
     """A tiny model, one unlearned output and three retrained ones (one epoch each) of one forget set."""
@@ -66,8 +86,9 @@ def requests(tiny_split, tmp_path_factory):
 
 def test_the_audit_scores_every_utterance_and_writes_nothing_that_names_it(requests, tmp_path):
     model, unlearned, retrained, request = requests
-    audit = run_audit(model, [unlearned], retrained, **request, **quiet)
+    audit = run_audit(model, [unlearned, unlearned], retrained, **request, **quiet)  # two runs: an epsilon too
     row = audit.unlearned[0]
+    assert audit.epsilon["neg-grad"]["runs"] == 2 and len(audit.epsilon["neg-grad"]["epsilon"]) == 4
     assert audit.retrained == 3 and len(audit.commitments) == 4 and row["method"] == "neg-grad"
     assert 0 <= row["auc"] <= 1 and len(row["per_utterance_auc"]) == len(row["z"]) == len(row["p"]) == 4
     write_audit(audit, tmp_path / "audit")

@@ -20,7 +20,9 @@ Papernot, "Inexact unlearning needs more careful evaluations to avoid a false se
   than;
 - with models trained *with* the forget set (the original and other seeds of its recipe), LiRA's
   likelihood ratio log N(phi; in) - log N(phi; out) per utterance: above 0 the unlearned model looks
-  trained on that utterance.
+  trained on that utterance;
+- with several runs of one method on the forget set (a file list, other seeds), the NeurIPS 2023
+  unlearning challenge's per-example epsilon, as far as so few models can resolve it.
 
 The retrained models must have forgotten exactly this forget set: each one's receipt commits to it under
 its own key, and the audit checks every commitment before it reads any model. Per-utterance rows name an
@@ -126,6 +128,37 @@ def likelihood_ratio(unlearned: np.ndarray, trained: np.ndarray, retrained: np.n
             "share_looks_trained": float(np.mean(ratio > 0))}
 
 
+def per_example_epsilon(unlearned: np.ndarray, retrained: np.ndarray, delta: float = 1e-5, cap: float = 50.0) -> np.ndarray:
+    """The NeurIPS 2023 unlearning challenge's per-example epsilon (google-deepmind/unlearning_evaluation), from
+    several unlearned models (runs of one method on one forget set) and several retrained ones (rows: models).
+
+    Per utterance, every threshold between the two groups' scores is an attack; with its false positive and false
+    negative rates, epsilon = max(log(1 - delta - FPR) - log FNR, log(1 - delta - FNR) - log FPR), the largest over
+    thresholds, in [0, cap] (groups that never overlap give the cap). With K models a side, no finite epsilon above
+    about log(K) can be seen: the challenge used 512 of each."""
+    unlearned, retrained = np.asarray(unlearned, dtype=float), np.asarray(retrained, dtype=float)
+    if unlearned.shape[0] < 2 or retrained.shape[0] < 2:
+        raise SerkitError("a per-example epsilon needs at least 2 unlearned runs of one method on the forget set and 2 "
+                          "retrained models")
+    epsilons = np.zeros(unlearned.shape[1])
+    for e in range(unlearned.shape[1]):
+        u, r = unlearned[:, e], retrained[:, e]
+        positive, negative = (u, r) if np.median(u) >= np.median(r) else (r, u)
+        best = 0.0
+        for t in np.unique(np.r_[u, r]):
+            fpr, fnr = np.mean(negative >= t), np.mean(positive < t)
+            if fpr == 0 and fnr == 0:
+                best = cap
+                break
+            if fpr == 0 or fnr == 0:
+                continue  # one error rate 0: its log is unbounded; the challenge skips such thresholds
+            with np.errstate(divide="ignore", invalid="ignore"):
+                value = max(np.log(max(1 - delta - fpr, 0)) - np.log(fnr), np.log(max(1 - delta - fnr, 0)) - np.log(fpr))
+            best = max(best, float(value) if np.isfinite(value) else 0.0)
+        epsilons[e] = min(best, cap)
+    return epsilons
+
+
 @dataclass
 class AuditModel:
     name: str
@@ -140,11 +173,12 @@ class Audit:
     unlearned: list[dict] = field(default_factory=list)
     retrained: int = 0
     trained: int = 0
+    epsilon: dict = field(default_factory=dict)  # method -> per-example epsilon over its runs
 
     def to_json(self) -> dict:
         return {"format": "serkit-audit", "n": len(self.commitments), "retrained_models": self.retrained,
                 "trained_models": self.trained, "utterances": [c[:16] for c in self.commitments],
-                "unlearned": self.unlearned}
+                "unlearned": self.unlearned, "per_example_epsilon": self.epsilon}
 
 
 def _forget_output(folder: Path, what: str) -> tuple[dict, Path]:
@@ -229,6 +263,14 @@ def run_audit(original_dir: Path | str, unlearned: list[Path], retrained: list[P
             row["likelihood_ratio"] = _reorder(likelihood_ratio(item.scores, trained_scores, retrained_scores), order)
         row["receipt_membership_auc"] = item.receipt["evaluation"]["after"]["membership"]["auc"]
         audit.unlearned.append(row)
+    by_method: dict[str, list] = {}
+    for item in unlearned_models:
+        by_method.setdefault(item.receipt["method"]["name"], []).append(item.scores)
+    for method, scores in by_method.items():
+        if len(scores) >= 2:
+            eps = per_example_epsilon(np.array(scores), retrained_scores)[order]
+            audit.epsilon[method] = {"runs": len(scores), "epsilon": eps.tolist(), "median": float(np.median(eps)),
+                                     "max": float(eps.max())}
     return audit
 
 
@@ -251,6 +293,10 @@ def audit_markdown(audit: Audit) -> str:
         lira = f" {row['likelihood_ratio']['share_looks_trained']:.0%} |" if "likelihood_ratio" in row else ""
         lines.append(f"| {row['name']} | {row['method']} | {auc} | {row['mean_z']:+.2f} | {row['share_p_below_0_05']:.0%} "
                      f"| {row['receipt_membership_auc']:.3f} |{lira}")
+    for method, eps in audit.epsilon.items():
+        lines += ["", f"Per-example epsilon (the NeurIPS 2023 challenge's), {method} over {eps['runs']} runs against "
+                  f"{audit.retrained} retrained models: median {eps['median']:.2f}, max {eps['max']:.2f} (with so few "
+                  f"models no finite epsilon much above log {min(eps['runs'], audit.retrained)} can show)."]
     if audit.retrained < PER_UTTERANCE_VARIANCE_FROM:
         lines += ["", f"With {audit.retrained} retrained models the variance is pooled over the utterances (a "
                   f"per-utterance variance needs about {PER_UTTERANCE_VARIANCE_FROM})."]
