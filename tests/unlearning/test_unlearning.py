@@ -558,15 +558,15 @@ def test_grid_summary_tables_from_known_rows(tmp_path):
 
 
 def test_presets_fill_what_is_left_unset():
-    """The measured preset is the default (retrain-like, P 20, M 10); the papers' values stay one switch
+    """The measured preset is the default (the calibrated stop, P 20, M 10); the papers' values stay one switch
     away; a value set explicitly wins over either preset."""
     measured = get_method("adv-ewc").params
-    assert (measured.target, measured.pgd_steps, measured.adversarial_per_sample) == ("retrain-like", 20, 10)
+    assert (measured.target, measured.pgd_steps, measured.adversarial_per_sample) == ("calibrated", 20, 10)
     paper = get_method("adv-ewc", {"preset": "paper"}).params
     assert (paper.target, paper.pgd_steps, paper.adversarial_per_sample) == ("misclassify", 50, 20)
     mixed = get_method("adv", {"preset": "paper", "pgd_steps": 7, "target": "retrain-like"}).params
     assert (mixed.target, mixed.pgd_steps, mixed.adversarial_per_sample) == ("retrain-like", 7, 20)
-    assert get_method("random-label").params.target == "retrain-like"
+    assert get_method("random-label").params.target == "calibrated"
     assert get_method("random-label", {"preset": "paper"}).params.target == "misclassify"
     with pytest.raises(ConfigError, match="preset"):
         get_method("adv-ewc", {"preset": "fast"})
@@ -640,13 +640,13 @@ def test_calibration_rows_do_not_depend_on_the_other_rows_or_where_the_manifest_
 
 
 def test_calibrated_stop_ends_where_the_forget_set_scores_the_known_speakers_membership_auc(calibrated_dir, tmp_path):
-    """The default-free calibrated target stops once the forget set's membership AUC against the recorded
-    unseen-speaker profile is down to what held-out utterances of training speakers scored; the receipt says
-    what it aimed for and the history shows the figure falling to it."""
+    """The calibrated target, the default on a model with calibration profiles, stops once the forget set's
+    membership AUC against the recorded unseen-speaker profile is down to what held-out utterances of training
+    speakers scored; the receipt says what it aimed for and the history shows the figure falling to it."""
     saved = load_model(calibrated_dir)
     goal = saved.config["provenance"]["calibration"]["known"]["auc_vs_unseen"]
     result = forget(calibrated_dir, tmp_path / "calibrated", speaker="02", n=6, method="neg-grad",
-                    params={"target": "calibrated", "epochs": 30, "check_every": 1}, log=lambda *a: None)
+                    params={"epochs": 30, "check_every": 1}, log=lambda *a: None)
     stats, outcome = result.receipt["stats"], result.receipt["outcome"]
     assert stats["target"] == "calibrated" and outcome["target_measure"] == "membership_auc"
     assert outcome["target_membership_auc"] == pytest.approx(goal) and outcome["target_reached"] is True
@@ -671,6 +671,12 @@ def test_calibrated_target_on_a_model_without_profiles_is_refused_unless_a_prese
     assert (rule.target, rule.goal) == ("retrain-like", 0.7) and "stops retrain-like instead of calibrated" in notes[0]
     unseen_only = stop_rule("calibrated", None, {"unseen": {"loss_quantiles": [0.0, 1.0]}}, 0.7, False, print)
     assert unseen_only.goal == 0.5 and unseen_only.measure == "membership_auc"
+    # the default preset asks for calibrated: on a model without held-out utterances of its training speakers
+    # it stops retrain-like and says why, rather than pushing the forget set down to unseen speakers' losses
+    notes.clear()
+    preset = stop_rule("calibrated", None, {"unseen": {"loss_quantiles": [0.0, 1.0]}}, 0.7, True, notes.append)
+    assert (preset.target, preset.goal) == ("retrain-like", 0.7)
+    assert "no loss profile of held-out utterances of its training speakers" in notes[0]
 
 
 def test_ssd_dampens_exactly_the_weights_the_forget_set_needs_far_more_than_the_training_data(model_dir, tmp_path):

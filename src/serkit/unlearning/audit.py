@@ -263,10 +263,17 @@ def run_audit(original_dir: Path | str, unlearned: list[Path], retrained: list[P
             row["likelihood_ratio"] = _reorder(likelihood_ratio(item.scores, trained_scores, retrained_scores), order)
         row["receipt_membership_auc"] = item.receipt["evaluation"]["after"]["membership"]["auc"]
         audit.unlearned.append(row)
-    by_method: dict[str, list] = {}
+    # runs of one method with one set of parameters (seeds apart): an epsilon over a mix of settings says nothing
+    by_setting: dict[str, list] = {}
     for item in unlearned_models:
-        by_method.setdefault(item.receipt["method"]["name"], []).append(item.scores)
-    for method, scores in by_method.items():
+        method = item.receipt["method"]
+        by_setting.setdefault(json.dumps([method["name"], method["params"]], sort_keys=True, default=str), []).append(item)
+    names = [json.loads(setting)[0] for setting in by_setting]
+    for setting, items in by_setting.items():
+        method = json.loads(setting)[0]
+        if names.count(method) > 1:
+            method = f"{method} ({items[0].name})"
+        scores = [item.scores for item in items]
         if len(scores) >= 2:
             eps = per_example_epsilon(np.array(scores), retrained_scores)[order]
             audit.epsilon[method] = {"runs": len(scores), "epsilon": eps.tolist(), "median": float(np.median(eps)),

@@ -487,13 +487,15 @@ def _slug(key: str) -> str:
 
 def _params(run: Run, targets: _TargetAccuracy) -> dict:
     """The label's parameters with the run's tau, and for a train+val->test run with the retrain-like stop
-    the validation accuracy to stop at (unless the label sets one)."""
+    (named, or the preset's, which a model without validation speakers falls back to) the validation accuracy
+    to stop at (unless the label sets one)."""
     params = dict(run.params)
     if run.tau is not None:
         params["tau"] = run.tau
     if run.setting == "train+val->test" and "target_accuracy" not in params:
         unlearner = get_method(run.method, params)
-        if "target_accuracy" in unlearner.Params.model_fields and unlearner.params.target == "retrain-like":
+        if "target_accuracy" in unlearner.Params.model_fields and (unlearner.params.target == "retrain-like" or (
+                unlearner.params._preset_target and unlearner.params.target != "misclassify")):
             reference = targets(run.backbone)
             if reference is not None:
                 params["target_accuracy"] = reference

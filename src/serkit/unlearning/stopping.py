@@ -9,7 +9,9 @@
   "known"). That is where a model retrained without the forget set lands: it still knows the speaker
   from their other utterances, so it fits the forgotten ones better than an unseen speaker's, and
   a forget set pushed down to "unseen" stands out by being worse (an AUC below 0.5 betrays it as
-  surely as one above). Without a "known" profile the goal is 0.5;
+  surely as one above). Without a "known" profile the goal is 0.5 when asked for by name; the default
+  preset falls back to retrain-like instead (an AUC of 0.5 over-forgets as retrain-like does, and says so less
+  plainly);
 - calibrated-accuracy: forget-set accuracy down to the "known" utterances' accuracy.
 Each reads what the model directory recorded, never the training data.
 """
@@ -75,18 +77,18 @@ def stop_rule(target: str, target_accuracy: float | None, profiles: dict | None,
     profiles = profiles or {}
     if target in ("calibrated", "calibrated-accuracy"):
         unseen, known = profiles.get("unseen"), profiles.get("known")
-        if target == "calibrated" and unseen is not None:
+        if target == "calibrated" and unseen is not None and (known is not None or not chosen_by_preset):
             goal = known.get("auc_vs_unseen") if known is not None else None
             return StopRule("calibrated" if goal is not None else "calibrated (no known-speaker profile: goal 0.5)",
                             "membership_auc", 0.5 if goal is None else float(goal), unseen)
         if target == "calibrated-accuracy" and known is not None:
             return StopRule(target, "accuracy", float(known["accuracy"]))
-        needs = "a loss profile of its validation speakers" if target == "calibrated" else \
+        needs = "a loss profile of its validation speakers" if target == "calibrated" and unseen is None else \
             "a loss profile of held-out utterances of its training speakers (data.calibration)"
         if not chosen_by_preset:
             raise ConfigError(f"target {target} needs {needs}, which the model directory does not record (it is written "
                               "at training time by serkit train); choose target retrain-like or misclassify")
-        log(f"note: the model records no {needs.split(' (')[0]}, so this run stops retrain-like instead of {target}")
+        log(f"note: the model records no {needs.split(' (')[0].removeprefix('a ')}, so this run stops retrain-like instead of {target}")
         target = "retrain-like"
     if target == "retrain-like":
         goal = target_accuracy if target_accuracy is not None else reference_accuracy

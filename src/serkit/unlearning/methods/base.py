@@ -7,8 +7,9 @@ forget utterances is no estimate of the training distribution), and stops by a r
 `epochs` epochs, whichever comes first.
 
 `preset` fills the parameters a user leaves unset: "measured" (the default; bench/RESULTS.md sections
-3, 11, 16: retrain-like, and for the adversarial methods P 20, M 10) or "paper" (papers 000/001:
-misclassify, P 50, M 20). Values set explicitly always win.
+3, 11, 16, 23: the calibrated stop, retrain-like on a model trained without data.calibration, and for the
+adversarial methods P 20, M 10) or "paper" (papers 000/001: misclassify, P 50, M 20). Values set
+explicitly always win.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ class FinetuneParams(BaseModel):
         "step). On CNN-6 / EmoDB neither kept the model: bench/RESULTS.md section 14")
     batch_size: int = Field(16, ge=1, description="adversarial / remaining samples per step")
     preset: Literal["measured", "paper"] = Field(
-        "measured", description="fills what is left unset: measured (target retrain-like; adversarial methods P 20, "
-        "M 10; bench/RESULTS.md 16) or paper (misclassify; P 50, M 20)")
+        "measured", description="fills what is left unset: measured (target calibrated, or retrain-like on a model "
+        "without calibration profiles; adversarial methods P 20, M 10; bench/RESULTS.md 16, 23) or paper "
+        "(misclassify; P 50, M 20)")
     target: Literal["misclassify", "retrain-like", "calibrated", "calibrated-accuracy"] | None = Field(
         None, description="misclassify (the papers'), retrain-like (forget-set accuracy down to the validation "
         "accuracy), calibrated (membership AUC down to what held-out utterances of training speakers scored at "
@@ -57,7 +59,7 @@ class FinetuneParams(BaseModel):
 
     _preset_target: bool = PrivateAttr(False)
 
-    PRESETS: ClassVar[dict[str, dict]] = {"measured": {"target": "retrain-like"}, "paper": {"target": "misclassify"}}
+    PRESETS: ClassVar[dict[str, dict]] = {"measured": {"target": "calibrated"}, "paper": {"target": "misclassify"}}
 
     @model_validator(mode="after")
     def _sgd_lr(self):

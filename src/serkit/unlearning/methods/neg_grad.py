@@ -7,9 +7,10 @@ small learning rate the best combined score there, at 200x the speed of retraini
 the bar every costlier forget-only method must clear.
 
 Unbounded ascent drives the loss to infinity and the model with it. Two bounds keep it in hand: the
-shared stop rule (retrain-like by default: stop once forget-set accuracy is down to what unseen
-speakers get), and a per-utterance cap on the loss being raised (`loss_bound`, default ln K, the loss
-of a uniform prediction): an utterance already pushed past chance stops pulling the weights.
+shared stop rule (calibrated by default: stop once the forget set's membership AUC is down to what
+held-out utterances of training speakers scored at training time), and a per-utterance cap on the loss
+being raised (`loss_bound`, default ln K, the loss of a uniform prediction): an utterance already pushed
+past chance stops pulling the weights.
 """
 
 from __future__ import annotations
