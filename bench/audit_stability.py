@@ -1,9 +1,10 @@
 """How many retrained models does `serkit audit` need for a stable answer?
 
 Given one model, the unlearned outputs of one forget set and a pool of retrained outputs of the same forget
-set, the audit is repeated on every subset of K retrained models (K = 2 .. pool size): the spread of the AUC
-over subsets says how stable an answer from K models is. As a check of the test itself, each retrained model
-is also audited as if it were an unlearned one, against subsets of the others: its AUC should sit near 0.5.
+set, the audit is repeated on every subset of K retrained models (K = 3 .. pool size; its AUC holds one out
+against a fit of the others, so it needs 3): the spread of the AUC over subsets says how stable an answer from
+K models is. As a check of the test itself, each retrained model is also audited as if it were an unlearned
+one, against subsets of the others: its AUC should sit near 0.5.
 
     .venv/bin/python bench/audit_stability.py MODEL --unlearned OUT [OUT ...] --retrained R1 R2 R3 R4 R5 \
         --speaker 14 --n 10 --seed 0
