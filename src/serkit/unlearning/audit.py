@@ -264,13 +264,13 @@ def run_audit(original_dir: Path | str, unlearned: list[Path], retrained: list[P
         row["receipt_membership_auc"] = item.receipt["evaluation"]["after"]["membership"]["auc"]
         audit.unlearned.append(row)
     # runs of one method with one set of parameters (seeds apart): an epsilon over a mix of settings says nothing
-    by_setting: dict[str, list] = {}
+    by_setting: dict[tuple[str, str], list] = {}
     for item in unlearned_models:
         method = item.receipt["method"]
-        by_setting.setdefault(json.dumps([method["name"], method["params"]], sort_keys=True, default=str), []).append(item)
-    names = [json.loads(setting)[0] for setting in by_setting]
-    for setting, items in by_setting.items():
-        method = json.loads(setting)[0]
+        key = (method["name"], json.dumps(method["params"], sort_keys=True, default=str))
+        by_setting.setdefault(key, []).append(item)
+    names = [name for name, _ in by_setting]
+    for (method, _), items in by_setting.items():
         if names.count(method) > 1:
             method = f"{method} ({items[0].name})"
         scores = [item.scores for item in items]

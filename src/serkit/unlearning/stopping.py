@@ -83,12 +83,13 @@ def stop_rule(target: str, target_accuracy: float | None, profiles: dict | None,
                             "membership_auc", 0.5 if goal is None else float(goal), unseen)
         if target == "calibrated-accuracy" and known is not None:
             return StopRule(target, "accuracy", float(known["accuracy"]))
-        needs = "a loss profile of its validation speakers" if target == "calibrated" and unseen is None else \
-            "a loss profile of held-out utterances of its training speakers (data.calibration)"
+        missing = "loss profile of its validation speakers" if target == "calibrated" and unseen is None else \
+            "loss profile of held-out utterances of its training speakers"
         if not chosen_by_preset:
-            raise ConfigError(f"target {target} needs {needs}, which the model directory does not record (it is written "
-                              "at training time by serkit train); choose target retrain-like or misclassify")
-        log(f"note: the model records no {needs.split(' (')[0].removeprefix('a ')}, so this run stops retrain-like instead of {target}")
+            how = "" if unseen is None and target == "calibrated" else " (data.calibration)"
+            raise ConfigError(f"target {target} needs a {missing}{how}, which the model directory does not record (it is "
+                              "written at training time by serkit train); choose target retrain-like or misclassify")
+        log(f"note: the model records no {missing}, so this run stops retrain-like instead of {target}")
         target = "retrain-like"
     if target == "retrain-like":
         goal = target_accuracy if target_accuracy is not None else reference_accuracy
