@@ -49,6 +49,7 @@ from serkit.unlearning.receipts import (
     report_markdown,
 )
 from serkit.unlearning.redaction import find_traces, identifiers_of, private_training_provenance
+from serkit.unlearning.stopping import stop_rule
 
 
 @dataclass
@@ -110,6 +111,10 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
     unlearner = get_method(method, params)
     with OutputDir(out, overwrite, recognise=is_forget_output) as output:
         original = load_model(model_dir)
+        profiles = (original.config.get("provenance") or {}).get("calibration")
+        if getattr(unlearner.params, "target", None) is not None:  # a stop the model cannot serve: refused before PGD
+            stop_rule(unlearner.params.target, getattr(unlearner.params, "target_accuracy", None), profiles, _reference_accuracy(original),
+                      unlearner.params._preset_target, log=lambda *a: None)
         lineage = replay.keys_before if replay else lineage_keys(original, model_dir, keys, log)
         data = training_data(original, manifest, split)
         forget_set, digests, skipped = _forget_set(original, data, lineage, files, speaker, n, seed, strict,
@@ -141,7 +146,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             working.model.to(device)
             ctx = UnlearnContext(working, forget_set, forget_eval.waves, forget_eval.labels, seed, log,
                                  reference_accuracy=_reference_accuracy(original), remain=remain_manifest,
-                                 profiles=(original.config.get("provenance") or {}).get("calibration"),
+                                 profiles=profiles,
                                  work_dir=staging / "work", device=str(device), data=data)
             start = time.perf_counter()
             outcome = unlearner.unlearn(ctx)
