@@ -679,6 +679,39 @@ def test_calibrated_target_on_a_model_without_profiles_is_refused_unless_a_prese
     assert "no loss profile of held-out utterances of its training speakers" in notes[0]
 
 
+def test_a_train_val_model_stops_calibrated_against_the_profiles_its_train_val_sibling_recorded(
+        model_dir, calibrated_dir, tiny_split, tmp_path):
+    """A model trained on train+val has no unseen speakers to profile: its grid runs borrow the train->val
+    model's loss profiles, so the default calibrated stop is the one chosen on validation, not a fallback;
+    the receipt carries them (a replay needs them). Profiles without an unseen part are refused by name."""
+    import pandas as pd
+
+    from serkit.unlearning.experiment import load_grid, run_grid
+
+    raw = tiny_recipe(tiny_split, tmp_path / "trainval", max_epochs=2)
+    raw["data"].update(calibration=2, train_parts=["train", "val"])
+    trainval = train(load_recipe(raw=raw), log=lambda *a: None).model_dir
+    assert set(load_model(trainval).config["provenance"]["calibration"]) == {"per_speaker", "known"}
+    recipe = tmp_path / "grid.yaml"
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'grid'}\nbackbones:\n  a:\n    train->val: {calibrated_dir}\n"
+        f"    train+val->test: {trainval}\nspeakers: ['02']\nn: [2]\nseeds: [0]\n"
+        "methods:\n  neg-grad: {epochs: 2}\n")
+    messages = []
+    out = run_grid(load_grid(recipe), log=messages.append)
+    lent = load_model(calibrated_dir).config["provenance"]["calibration"]
+    receipt = json.loads(next((out / "runs").glob("a_trainpval-test_02_2_0_neg-grad*/receipt.json")).read_text())
+    assert receipt["method"]["params"]["profiles"] == lent and receipt["stats"]["target"] == "calibrated"
+    assert receipt["outcome"]["target_membership_auc"] == pytest.approx(lent["known"]["auc_vs_unseen"])
+    assert any("calibrated target stop against the loss profiles of its train->val model" in m for m in messages)
+    frame = pd.read_csv(out / "results.csv", dtype={"speaker": str})
+    assert sorted(frame.setting) == ["train+val->test", "train->val"]
+    with pytest.raises(ConfigError, match="method 'neg-grad': profiles: .*no 'unseen' profile"):
+        forget(model_dir, tmp_path / "x", speaker="02", n=2, method="neg-grad",
+               params={"profiles": {"known": lent["known"]}}, log=lambda *a: None)
+    assert not (tmp_path / "x").exists()
+
+
 def test_ssd_dampens_exactly_the_weights_the_forget_set_needs_far_more_than_the_training_data(model_dir, tmp_path):
     """SSD reads the training importances stored by `serkit models importances`: a weight whose forget-set Fisher
     exceeds alpha x its training Fisher is scaled by min(lambda I_D / I_f, 1); every other weight stays bit-identical.

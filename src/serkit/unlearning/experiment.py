@@ -19,9 +19,10 @@ A run that fails (say, no PGD sample reached its target under
 exits with an error naming the file, and a rerun retries only those runs (failures of runs a
 partial rerun did not attempt stay listed).
 
-A model trained on train+val has no validation accuracy for the retrain-like stop to aim at; its
-runs take the backbone's train->val model's validation accuracy (the same recipe's estimate of how
-unseen speakers are recognised) as `target_accuracy`, unless the label sets one.
+A model trained on train+val has no validation speakers: no validation accuracy for the retrain-like
+stop to aim at, no loss profile of unseen speakers for the calibrated one. Its runs take the backbone's
+train->val model's (the same recipe's estimate of how unseen speakers are treated) as `target_accuracy`
+and `profiles`, unless the label sets them.
 
 grid.json beside results.csv records each label's method and parameters: resuming with a label whose
 parameters changed is refused (its old and new rows would mix in one cell).
@@ -358,8 +359,8 @@ def run_grid(grid: UnlearningGrid, log=print, executor: ExecutorConfig | None = 
     Fingerprint(out).save({"methods": recorded})
     config = executor or grid.executor
     failures = _FailedRuns(out / "failed.csv", done)
-    targets = _TargetAccuracy(grid, log)
-    cell = lambda run: Cell(run.key, run.key, Payload(run, _params(run, targets), out / "runs" / _slug(run.key),  # noqa: E731
+    sibling = _Sibling(grid, log)
+    cell = lambda run: Cell(run.key, run.key, Payload(run, _params(run, sibling), out / "runs" / _slug(run.key),  # noqa: E731
                                                       grid.keep_models or grid.audit))
     try:
         failures.attempted |= {r.key for r in first}
@@ -485,54 +486,83 @@ def _slug(key: str) -> str:
     return key.replace("|", "_").replace(">", "").replace("+", "p")
 
 
-def _params(run: Run, targets: _TargetAccuracy) -> dict:
-    """The label's parameters with the run's tau, and for a train+val->test run with the retrain-like stop
-    (named, or the preset's, which a model without validation speakers falls back to) the validation accuracy
-    to stop at (unless the label sets one)."""
+def _params(run: Run, sibling: _Sibling) -> dict:
+    """The label's parameters with the run's tau. A train+val->test run borrows from the backbone's train->val
+    model what its own model cannot record, having no validation speakers (unless the label sets it): the
+    validation accuracy for the retrain-like stop (named, or the preset's fallback), and for the calibrated
+    stop the loss profiles."""
     params = dict(run.params)
     if run.tau is not None:
         params["tau"] = run.tau
-    if run.setting == "train+val->test" and "target_accuracy" not in params:
-        unlearner = get_method(run.method, params)
-        if "target_accuracy" in unlearner.Params.model_fields and (unlearner.params.target == "retrain-like" or (
-                unlearner.params._preset_target and unlearner.params.target != "misclassify")):
-            reference = targets(run.backbone)
-            if reference is not None:
-                params["target_accuracy"] = reference
+    if run.setting != "train+val->test":
+        return params
+    unlearner = get_method(run.method, params)
+    fields, target = unlearner.Params.model_fields, getattr(unlearner.params, "target", None)
+    if "target_accuracy" in fields and "target_accuracy" not in params and (
+            target == "retrain-like" or (unlearner.params._preset_target and target != "misclassify")):
+        reference = sibling.accuracy(run.backbone)
+        if reference is not None:
+            params["target_accuracy"] = reference
+    if "profiles" in fields and "profiles" not in params and target in ("calibrated", "calibrated-accuracy") \
+            and not (sibling.recorded(run.model_dir) or {}).get("unseen"):
+        lent = sibling.profiles(run.backbone)
+        if lent is not None:
+            params["profiles"] = lent
     return params
 
 
-class _TargetAccuracy:
-    """The validation accuracy of a backbone's train->val model: the retrain-like stop of its train+val->test
-    runs (a model trained on train+val records none of its own). Read once per backbone."""
+class _Sibling:
+    """What a backbone's train->val model recorded that its train+val->test model cannot (it trains on the
+    validation speakers): the validation accuracy (the retrain-like stop) and the loss profiles (the
+    calibrated stop), the same recipe's estimates of how unseen speakers are treated. Read once per backbone."""
 
     def __init__(self, grid: UnlearningGrid, log):
         self.grid, self.log, self.cache = grid, log, {}
 
-    def __call__(self, backbone: str) -> float | None:
+    def accuracy(self, backbone: str) -> float | None:
+        return self._read(backbone)[0]
+
+    def profiles(self, backbone: str) -> dict | None:
+        return self._read(backbone)[1]
+
+    @staticmethod
+    def recorded(model_dir: Path) -> dict | None:
+        """The model's own profiles; an unreadable model is left for its run to report."""
+        try:
+            config = json.loads((Path(model_dir) / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return (config.get("provenance") or {}).get("calibration")
+
+    def _read(self, backbone: str) -> tuple[float | None, dict | None]:
         if backbone not in self.cache:
-            self.cache[backbone] = self._read(backbone)
+            self.cache[backbone] = self._load(backbone)
         return self.cache[backbone]
 
-    def _read(self, backbone: str) -> float | None:
+    def _load(self, backbone: str) -> tuple[float | None, dict | None]:
         from serkit.models import load_model
         from serkit.unlearning.run import _reference_accuracy
 
         source = self.grid.backbones[backbone].train_val
         if source is None:
-            self.log(f"{backbone}: no train->val model to take a validation accuracy from")
-            return None
+            self.log(f"{backbone}: no train->val model to take a validation accuracy or loss profiles from")
+            return None, None
         try:
-            value = _reference_accuracy(load_model(source))
+            saved = load_model(source)
         except SerkitError as err:
-            self.log(f"{backbone}: no validation accuracy from a train->val model ({err})")
-            return None
-        if value is None:
-            return None
-        value = round(value, 4)
-        self.log(f"{backbone}: train+val->test runs with the retrain-like target stop at {value:.3f}, the "
-                 "validation accuracy of its train->val model (unless a label sets target_accuracy)")
-        return value
+            self.log(f"{backbone}: nothing to lend from its train->val model ({err})")
+            return None, None
+        value, profiles = _reference_accuracy(saved), (saved.config.get("provenance") or {}).get("calibration")
+        if value is not None:
+            value = round(value, 4)
+            self.log(f"{backbone}: train+val->test runs with the retrain-like target stop at {value:.3f}, the "
+                     "validation accuracy of its train->val model (unless a label sets target_accuracy)")
+        if not (profiles or {}).get("unseen"):
+            profiles = None
+        elif profiles.get("known"):
+            self.log(f"{backbone}: train+val->test runs with the calibrated target stop against the loss profiles "
+                     f"of its train->val model (membership AUC {profiles['known']['auc_vs_unseen']:.3f})")
+        return value, profiles
 
 
 class _FailedRuns:

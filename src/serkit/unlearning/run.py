@@ -111,7 +111,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
     unlearner = get_method(method, params)
     with OutputDir(out, overwrite, recognise=is_forget_output) as output:
         original = load_model(model_dir)
-        profiles = (original.config.get("provenance") or {}).get("calibration")
+        profiles = getattr(unlearner.params, "profiles", None) or (original.config.get("provenance") or {}).get("calibration")
         if getattr(unlearner.params, "target", None) is not None:  # a stop the model cannot serve: refused before PGD
             stop_rule(unlearner.params.target, getattr(unlearner.params, "target_accuracy", None), profiles, _reference_accuracy(original),
                       unlearner.params._preset_target, log=lambda *a: None)

@@ -24,7 +24,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from torch import nn
 
 from serkit.data.dataset import pad_batch
@@ -56,6 +56,10 @@ class FinetuneParams(BaseModel):
     check_every: int = Field(5, ge=1)
     target_accuracy: float | None = Field(None, ge=0, le=1, description="retrain-like: forget-set accuracy to stop at "
                                           "(default: the original model's validation accuracy)")
+    profiles: dict | None = Field(
+        None, description="calibrated: the loss profiles to stop against, in the form serkit train records them "
+        "(provenance.calibration), instead of the model's own. A model trained on train+val has no unseen speakers "
+        "to profile; the unlearning grid lends its runs those of the same recipe's train->val model")
 
     _preset_target: bool = PrivateAttr(False)
 
@@ -66,6 +70,19 @@ class FinetuneParams(BaseModel):
         if self.optimizer == "sgd" and self.lr is None:
             raise ValueError("optimizer sgd needs its own lr (the model's training lr is an Adam rate): set lr")
         return self
+
+    @field_validator("profiles")
+    @classmethod
+    def _profiles_have_quantiles(cls, value):
+        for key in ("unseen", "known"):
+            part = (value or {}).get(key)
+            if part is not None and not (isinstance(part, dict) and len(part.get("loss_quantiles") or []) >= 2):
+                raise ValueError(f"profiles.{key} has no loss_quantiles: pass provenance.calibration of a model "
+                                 "trained by serkit train with data.calibration")
+        if value is not None and value.get("unseen") is None:
+            raise ValueError("profiles has no 'unseen' profile: pass provenance.calibration of a model trained by "
+                             "serkit train with validation speakers")
+        return value
 
     @model_validator(mode="after")
     def _fill_from_preset(self):
