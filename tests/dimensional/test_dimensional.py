@@ -20,7 +20,7 @@ from serkit.config import load_recipe
 from serkit.data.manifest import read_manifest
 from serkit.data.splits import save_split
 from serkit.dimensional.targets import dimension_targets
-from serkit.errors import ConfigError, ManifestError
+from serkit.errors import ConfigError, ManifestError, SerkitError
 from serkit.evaluation.regression import regression_summary
 from serkit.metrics import ccc
 from serkit.training.regression import ccc_loss, ccc_per_dimension
@@ -288,6 +288,20 @@ def test_transcribe_real_speech_reports_wer_and_caches(ravdess_frame, tmp_path, 
     third = transcribe(tmp_path / "m3.csv", tmp_path / "asr3.csv", cache_dir=cache, log=lambda *_: None)
     assert third["decoded"] == 1  # the cache grows; the four known ones are not decoded again
     assert transcribe(tmp_path / "m3.csv", tmp_path / "asr4.csv", cache_dir=cache, log=lambda *_: None)["decoded"] == 0
+    assert report["engine"] == "ctranslate2"  # the bundled checkpoint is a faster-whisper one: it runs as such
+    # the same checkpoint on transformers: the reference runtime, its own cache, the same words on read speech
+    hf = transcribe(tmp_path / "m.csv", tmp_path / "hf.csv", cache_dir=cache, engine="transformers", log=lambda *_: None)
+    assert hf["engine"] == "transformers" and hf["decoded"] == 4
+    assert pd.read_csv(tmp_path / "hf.csv")["asr_text"].map(normalise).tolist() == out["asr_text"].map(normalise).tolist()
+    short = transcribe(tmp_path / "m.csv", tmp_path / "w15.csv", cache_dir=cache, window=15, log=lambda *_: None)
+    assert short["decoded"] == 4 and short["settings"]["window"] == 15  # another window: other transcripts, not the cache's
+    for kwargs, message in (({"engine": "transformers", "window": 15}, "window 15 s needs the ctranslate2 engine"),
+                            ({"window": 0.5}, "window 0.5 s: choose between 1 and 30 seconds"),
+                            ({"language": "de"}, "English-only model; it cannot transcribe language 'de'"),
+                            ({"model": str(tmp_path), "engine": "ctranslate2"}, "is not a CTranslate2 checkpoint")):
+        with pytest.raises(SerkitError, match=message):
+            transcribe(tmp_path / "m.csv", tmp_path / "bad.csv", cache_dir=cache, log=lambda *_: None, **kwargs)
+        assert not (tmp_path / "bad.csv").exists()
     # refused: an existing output, an existing column
     assert run(["transcribe", str(tmp_path / "m.csv"), "-o", str(tmp_path / "asr.csv")]) == 2
     assert "exists" in capsys.readouterr().err

