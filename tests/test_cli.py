@@ -42,7 +42,18 @@ def test_train_evaluate_predict(emodb_run, capsys):
     out = json.loads(capsys.readouterr().out)
     assert [r["file"] for r in out] == files and set(out[0]["probabilities"]) == set(metrics["test"]["labels"])
     assert run(["predict", str(model), *files]) == 0
-    assert "probabilit" not in capsys.readouterr().err
+    shown = capsys.readouterr()
+    assert "probabilit" not in shown.err
+    # an 80-column terminal shows each file's name and label whole, with the likeliest classes
+    assert max(len(line) for line in shown.out.splitlines()) <= 80
+    for r in out:
+        row = next(line for line in shown.out.splitlines() if r["file"].split("/")[-1] in line)
+        assert f"{r['label']} {r['confidence']:.2f}" in row
+    runner_up = sorted(out[0]["probabilities"].items(), key=lambda item: -item[1])[1][0]
+    assert runner_up in shown.out
+    assert run(["predict", str(model), *files, "--all"]) == 0
+    every = capsys.readouterr().out
+    assert all(label in every for label in metrics["test"]["labels"]), every
 
 
 def test_bad_input_gives_one_clear_line(emodb_run, tmp_path, capsys):

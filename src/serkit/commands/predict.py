@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.table import Table
 
 from serkit.commands._shared import OutputFormat, console
@@ -19,6 +20,8 @@ def predict(
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json"),
     batch_size: int = typer.Option(16, help="files per batch (1 or more)"),
     text: list[str] = typer.Option([], "--text", help="audio+text models: the transcript of each file, in order (repeat)"),
+    all_classes: bool = typer.Option(False, "--all", help="every class's probability (the table shows the 3 likeliest; "
+                                     "json always has all)"),
 ):
     """Predict the emotion of audio files: label and class probabilities (or dimensions)."""
     from serkit.inference.predict import check_batch_size, predict_files
@@ -33,13 +36,17 @@ def predict(
     if format == OutputFormat.json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
         return
-    table = Table()
-    table.add_column("file")
-    table.add_column("label")
-    for label in saved.labels:
-        table.add_column(label[:8], justify="right")
+    # file and label whole, in any terminal width: the probabilities wrap instead (an 80-column terminal
+    # cut both to "03-0…" and "happ…" when every class had a column)
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("file", overflow="fold")
+    table.add_column("label", no_wrap=True, min_width=max(len(lab) for lab in saved.labels) + 5)
+    table.add_column("probabilities" if all_classes else "likeliest 3", overflow="fold")
     for r in results:
-        table.add_row(Path(r["file"]).name, f"[bold]{r['label']}[/]", *(f"{r['probabilities'][lab]:.2f}" for lab in saved.labels))
+        ranked = sorted(r["probabilities"].items(), key=lambda item: -item[1])
+        shown = ranked if all_classes else ranked[:3]
+        table.add_row(Path(r["file"]).name, f"[bold]{r['label']}[/] {r['confidence']:.2f}",
+                      ", ".join(f"{label} {p:.2f}" for label, p in shown))
     console.print(table)
 
 
