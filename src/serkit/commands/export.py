@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from serkit.commands._shared import console
+from serkit.errors import SerkitError
 
 
 def export_cmd(
@@ -14,12 +15,23 @@ def export_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="new folder: model.onnx (+ model.int8.onnx), serkit_model.json, export.json"),
     onnx: bool = typer.Option(True, "--onnx", help="export to ONNX (the on-device format serkit writes)"),
     int8: bool = typer.Option(False, "--int8", help="also write a dynamically quantised int8 model"),
+    hf: bool = typer.Option(False, "--hf", help="instead, a transformers directory: pipeline('audio-classification', "
+                            "model=OUT) runs it after `import serkit`"),
 ):
-    """Export a model for on-device use (ONNX, optionally int8), checked against PyTorch."""
+    """Export a model for on-device use (ONNX, optionally int8) or for transformers (--hf), checked against PyTorch."""
     from serkit.models import load_model
     from serkit.transfer.export import export_onnx
 
     saved = load_model(model_dir)
+    if hf:
+        from serkit.hf.export import export_hf
+
+        if int8:
+            raise SerkitError("--int8 is an ONNX option; --hf writes the float model")
+        with console.status("exporting and checking through transformers' pipeline"):
+            export_hf(saved, out, log=console.print)
+        console.print(f"wrote {out}/: import serkit; transformers.pipeline('audio-classification', model='{out}')")
+        return
     with console.status("exporting and checking"):
         report = export_onnx(saved, out, int8=int8)
     fp = report["fp32"]

@@ -58,14 +58,21 @@ class LogMel(nn.Module):
         self.config = config = config or LogMelConfig()
         if config.normalize not in ("instance", "none"):
             raise ValueError(f"frontend.normalize must be 'instance' or 'none', not {config.normalize!r}")
-        f_max = config.f_max or config.sample_rate / 2
+        self.register_buffer("mel_filters", torch.empty(0), persistent=False)
+        self.register_buffer("window", torch.empty(0), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """The filters and window, computed, never saved (a loader that builds the model on the meta device
+        calls this once the weights are in: serkit.hf.auto)."""
+        config = self.config
         filters = mel_filter_bank(
             num_frequency_bins=config.n_fft // 2 + 1, num_mel_filters=config.n_mels,
-            min_frequency=config.f_min, max_frequency=f_max, sampling_rate=config.sample_rate,
-            norm="slaney", mel_scale="slaney",
+            min_frequency=config.f_min, max_frequency=config.f_max or config.sample_rate / 2,
+            sampling_rate=config.sample_rate, norm="slaney", mel_scale="slaney",
         )
-        self.register_buffer("mel_filters", torch.tensor(filters, dtype=torch.float32), persistent=False)
-        self.register_buffer("window", torch.hann_window(config.n_fft), persistent=False)
+        self.mel_filters = torch.tensor(filters, dtype=torch.float32)
+        self.window = torch.hann_window(config.n_fft)
 
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
         n_fft, hop = self.config.n_fft, self.config.hop_length

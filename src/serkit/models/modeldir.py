@@ -32,6 +32,7 @@ PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
 REQUIRED_KEYS = ("architecture", "options", "labels", "sample_rate")
 IMPORTANCES = "importances.safetensors"  # the owner's training importances (serkit models importances)
 AUXILIARY = {IMPORTANCES}
+BACKBONE_FILES = ("backbone_config.json", "upstream_backbone_config.json")  # what build_saved reads beside the config
 
 
 @dataclass
@@ -124,6 +125,22 @@ def _check_readable(file: Path) -> None:
         raise ModelDirError(f"cannot read {file} ({exc.strerror}); check its permissions (serkit needs to read it)") from None
 
 
+def build_saved(config: dict, files: dict[str, dict], where: Path | str = "the model") -> SERModel:
+    """The untrained model a saved config describes, with the JSON files saved beside its weights
+    (`SERModel.extra_files`: a transformers backbone is rebuilt from its saved config, never fetched)."""
+    arch = get_architecture(config["architecture"])
+    kwargs = {}
+    if arch.family == "ssl":
+        if "backbone_config.json" not in files:
+            raise ModelDirError(f"{where} has no backbone_config.json (needed for a {arch.name} model)")
+        kwargs["saved_backbone_config"] = files["backbone_config.json"]
+    elif arch.family == "audiotext":  # text encoder config + tokenizer, audio backbone config
+        kwargs["saved_files"] = dict(files)  # may be {}
+    elif arch.family == "fused" and "upstream_backbone_config.json" in files:
+        kwargs["saved_upstream_backbone_config"] = files["upstream_backbone_config.json"]
+    return build_model(config["architecture"], config["options"], len(config["labels"]), **kwargs)
+
+
 def load_model(path: Path | str, device: str | torch.device = "cpu") -> SavedModel:
     """Load a serkit model directory, checking every file it needs."""
     path = Path(path)
@@ -158,18 +175,9 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> SavedMod
             raise ModelDirError(_pickle_message(path / pickles[0]))
         raise ModelDirError(f"{path} has no {WEIGHTS}; the model directory is incomplete")
     try:
-        arch = get_architecture(config["architecture"])
-        kwargs = {}
-        if arch.family == "ssl":  # transformers backbones are rebuilt from the config saved beside the weights
-            backbone_file = path / "backbone_config.json"
-            if not backbone_file.is_file():
-                raise ModelDirError(f"{path} has no backbone_config.json (needed for a {arch.name} model)")
-            kwargs["saved_backbone_config"] = _read_json(backbone_file)
-        elif arch.family == "audiotext":  # text encoder config + tokenizer, audio backbone config
-            kwargs["saved_files"] = {f.name: _read_json(f) for f in path.glob("*.json") if f.name != CONFIG}  # may be {}
-        elif arch.family == "fused" and (path / "upstream_backbone_config.json").is_file():
-            kwargs["saved_upstream_backbone_config"] = _read_json(path / "upstream_backbone_config.json")
-        model = build_model(config["architecture"], config["options"], len(labels), **kwargs)
+        family = get_architecture(config["architecture"]).family
+        wanted = [f for f in path.glob("*.json") if f.name != CONFIG and (family == "audiotext" or f.name in BACKBONE_FILES)]
+        model = build_saved(config, {f.name: _read_json(f) for f in wanted}, where=path)
     except ConfigError as exc:
         raise ModelDirError(f"{config_file}: {exc}") from None
     _check_readable(weights)

@@ -69,10 +69,17 @@ class WhisperLogMel(nn.Module):
 
     def __init__(self, n_mels: int = 80, sample_rate: int = 16000, n_fft: int = 400, hop: int = 160):
         super().__init__()
-        self.n_fft, self.hop = n_fft, hop
-        filters = mel_filter_bank(n_fft // 2 + 1, n_mels, 0.0, 8000.0, sample_rate, norm="slaney", mel_scale="slaney")
-        self.register_buffer("mel_filters", torch.tensor(filters, dtype=torch.float32), persistent=False)
-        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.n_fft, self.hop, self.n_mels, self.sample_rate = n_fft, hop, n_mels, sample_rate
+        self.register_buffer("mel_filters", torch.empty(0), persistent=False)
+        self.register_buffer("window", torch.empty(0), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """The filters and window, computed, never saved (a loader that builds the model on the meta device
+        calls this once the weights are in: serkit.hf.auto)."""
+        filters = mel_filter_bank(self.n_fft // 2 + 1, self.n_mels, 0.0, 8000.0, self.sample_rate, norm="slaney", mel_scale="slaney")
+        self.mel_filters = torch.tensor(filters, dtype=torch.float32)
+        self.window = torch.hann_window(self.n_fft)
 
     def forward(self, waveform: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         half = self.n_fft // 2

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serkit.data.dataset import load_waves, pad_batch
+from serkit.data.dataset import Preprocessing, load_waves, pad_batch
 from serkit.errors import SerkitError
 from serkit.io import atomic_dir
 from serkit.models.modeldir import SavedModel
@@ -43,8 +43,9 @@ def _require():
         raise SerkitError(f"ONNX export needs {exc.name}: {INSTALL}") from None
 
 
-def check_waves(saved: SavedModel, n: int = 24, seed: int = 0) -> tuple[list[np.ndarray], str]:
-    """Up to n held-out utterances from the model's own manifest, else seeded noise of 1-4 s."""
+def check_waves(saved: SavedModel, n: int = 24, seed: int = 0, raw: bool = False) -> tuple[list[np.ndarray], str]:
+    """Up to n held-out utterances from the model's own manifest, else seeded noise of 1-4 s; preprocessed
+    as the model was trained, or only resampled (`raw`) for a runtime that preprocesses them itself."""
     provenance = saved.config.get("provenance") or {}
     manifest, speakers = provenance.get("manifest"), provenance.get("speakers") or {}
     held_out = (speakers.get("test") or []) + (speakers.get("val") or [])
@@ -54,7 +55,8 @@ def check_waves(saved: SavedModel, n: int = 24, seed: int = 0) -> tuple[list[np.
         try:
             rows = read_manifest(manifest).subset(held_out)
             rows.frame = rows.frame.sample(n=min(n, len(rows)), random_state=seed)
-            return load_waves(rows.audio_paths(), saved.preprocessing), f"{len(rows)} held-out utterances of {manifest}"
+            preprocessing = Preprocessing(sample_rate=saved.preprocessing.sample_rate) if raw else saved.preprocessing
+            return load_waves(rows.audio_paths(), preprocessing), f"{len(rows)} held-out utterances of {manifest}"
         except SerkitError:
             pass
     rng = np.random.default_rng(seed)
