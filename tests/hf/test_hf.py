@@ -104,3 +104,66 @@ def test_import_serkit_registers_with_transformers_whichever_comes_first():
     done = subprocess.run([sys.executable, "-c", "import sys, serkit; print('transformers' in sys.modules)"],
                           capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False"
+
+
+def _hf_checkpoint(folder, labels, weighted: bool):
+    """A tiny random Wav2Vec2ForSequenceClassification saved as transformers saves one (no real weights exist here)."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(**ssl_config("wav2vec2"), num_labels=len(labels), id2label=dict(enumerate(labels)),
+                            label2id={lab: i for i, lab in enumerate(labels)}, classifier_proj_size=16,
+                            use_weighted_layer_sum=weighted)
+    Wav2Vec2ForSequenceClassification(config).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(folder)
+    return folder
+
+
+@needs_data
+def test_a_transformers_classifier_imports_with_its_predictions_and_forgets_with_the_split_it_was_trained_on(
+        tiny_split, tiny_manifest, tmp_path, capsys):
+    import pandas as pd
+    from transformers import pipeline
+
+    labels = ["anger", "happiness", "neutral", "sadness"]  # the tiny manifest's emotions
+    hf = _hf_checkpoint(tmp_path / "hf", labels, weighted=True)
+    assert run(["models", "import-hf", str(hf), "-o", str(tmp_path / "m"), "--split", str(tiny_split)]) == 0
+    assert "logits within" in capsys.readouterr().out
+    files = pd.read_csv(tiny_manifest)["path"].iloc[[0, 30]].tolist()
+    assert run(["predict", str(tmp_path / "m"), *files, "--format", "json"]) == 0
+    ours = json.loads(capsys.readouterr().out)
+    classify = pipeline("audio-classification", model=str(hf))
+    for mine, path in zip(ours, files):
+        wave, rate = sf.read(path, dtype="float32")
+        theirs = {a["label"]: a["score"] for a in classify({"raw": wave, "sampling_rate": rate}, top_k=None)}
+        assert theirs == pytest.approx(mine["probabilities"], abs=1e-4)
+    # what serkit does with its own models it does with this one: here, answer a deletion request
+    assert run(["forget", str(tmp_path / "m"), "--speaker", "02", "--n", "2", "--method", "neg-grad", "--set", "epochs=1",
+                "-o", str(tmp_path / "forgot")]) == 0
+    assert (tmp_path / "forgot" / "receipt.json").is_file()
+    # without the split, the command that needs it says what to do
+    assert run(["models", "import-hf", str(hf), "-o", str(tmp_path / "bare")]) == 0
+    capsys.readouterr()
+    assert run(["forget", str(tmp_path / "bare"), "--speaker", "02", "--n", "2", "-o", str(tmp_path / "f2")]) == 2
+    assert "import it again with `serkit models import-hf" in capsys.readouterr().err.replace("\n", "")
+    assert not (tmp_path / "f2").exists()
+
+
+def test_checkpoints_serkit_cannot_import_exactly_are_refused_by_name(tmp_path, capsys):
+    hf = _hf_checkpoint(tmp_path / "hf", LABELS, weighted=False)
+    assert run(["models", "import-hf", str(hf), "-o", str(hf)]) == 2  # never over the source, nor any existing folder
+    assert "exists" in capsys.readouterr().err
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        (pickled / name).write_text((hf / name).read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    assert run(["models", "import-hf", str(pickled), "-o", str(tmp_path / "a")]) == 2
+    assert "never unpickles" in capsys.readouterr().err
+    whisper = tmp_path / "whisper"
+    whisper.mkdir()
+    (whisper / "config.json").write_text(json.dumps({"architectures": ["WhisperForAudioClassification"]}))
+    assert run(["models", "import-hf", str(whisper), "-o", str(tmp_path / "b")]) == 2
+    assert "averages over the whole 30 s window" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -1,5 +1,5 @@
-"""`serkit models list|import-ct2|importances`: the model registry, Whisper checkpoints from CTranslate2, and
-a model's training importances (for SSD)."""
+"""`serkit models list|import-ct2|import-hf|importances`: the model registry, Whisper checkpoints from CTranslate2,
+transformers audio classifiers, and a model's training importances (for SSD)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,23 @@ def models_import_ct2(
     console.print(f"wrote {out} (use it as model.options.checkpoint of a whisper recipe)")
 
 
+def models_import_hf(
+    hf_dir: Path = typer.Argument(..., help="local transformers checkpoint: Wav2Vec2 / HuBERT / WavLM ForSequenceClassification "
+                                  "(config.json, model.safetensors, preprocessor_config.json)"),
+    out: Path = typer.Option(..., "-o", "--out", help="new serkit model directory"),
+    split: Path | None = typer.Option(None, help="the split it was trained on (serkit data split): forget and importances "
+                                      "need it"),
+    manifest: Path | None = typer.Option(None, help="that split's manifest, where it has moved"),
+    trained_on: str = typer.Option("train", help="the split's parts it was trained on, comma-separated (e.g. train,val)"),
+):
+    """Import a transformers audio classifier as a serkit model with the same predictions."""
+    from serkit.hf.imports import import_hf
+
+    with console.status(f"importing {hf_dir}"):
+        path = import_hf(hf_dir, out, split, manifest, [p.strip() for p in trained_on.split(",") if p.strip()], log=console.print)
+    console.print(f"wrote {path}")
+
+
 def models_importances(
     model_dir: Path = typer.Argument(..., help="a serkit model directory, while its training data still exists"),
     split: Path | None = typer.Option(None, help="the split it was trained with (needed for a model that answered a "
@@ -74,5 +91,6 @@ def register(app: typer.Typer) -> None:
     models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
     models_app.command("list")(models_list)
     models_app.command("import-ct2")(models_import_ct2)
+    models_app.command("import-hf")(models_import_hf)
     models_app.command("importances")(models_importances)
     app.add_typer(models_app, name="models")

@@ -1,7 +1,9 @@
 """The head the transformer classifiers share (SSL backbones and Whisper, papers 000/001/002).
 
 One hidden state (`layer`), a learnt softmax-weighted mix of all of them (`layer_weights`), or the last;
-its time average goes through dropout -> fc1 -> ReLU -> dropout -> fc2. A mixin, not a submodule, so the
+its time average goes through dropout -> fc1 -> ReLU -> dropout -> fc2 (`head_activation: none`: no ReLU,
+the linear projector + classifier of transformers' `*ForSequenceClassification`, which `serkit models import-hf`
+brings in: pooling and a linear layer commute, so projecting after the time average is the same). A mixin, not a submodule, so the
 parameters keep the names saved model directories hold (`fc1.weight`, `layer_logits`)."""
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from serkit.errors import ConfigError
 
 
 class PooledHead:
-    """Mixed into an SERModel with `options.layer`, `options.layer_weights`, `options.dropout`, `options.head_dim`."""
+    """Mixed into an SERModel with `options.layer`, `options.layer_weights`, `options.dropout`, `options.head_dim`,
+    `options.head_activation`."""
 
     def _hidden_state_choice(self, n_states: int, what: str) -> None:
         layer = self.options.layer
@@ -27,7 +30,9 @@ class PooledHead:
         self.fc2 = nn.Linear(self.options.head_dim, num_classes)
 
     def _head(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
-        fc1 = torch.relu(self.fc1(self.dropout(pooled)))
+        fc1 = self.fc1(self.dropout(pooled))
+        if self.options.head_activation == "relu":
+            fc1 = torch.relu(fc1)
         logits = self.fc2(self.dropout(fc1))
         return {"pooled": pooled, "fc1": fc1, "fc2": logits, "logits": logits}
 

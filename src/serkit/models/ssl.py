@@ -52,6 +52,8 @@ class SSLOptions(BaseModel):
     layerdrop: float | None = Field(None, ge=0.0, lt=1.0, description="override the backbone's LayerDrop (forced to 0 with layer/layer_weights)")
     mask_time_prob: float | None = Field(None, ge=0.0, lt=1.0, description="override the backbone's SpecAugment time masking while training")
     head_dim: int = 256
+    head_activation: Literal["relu", "none"] = Field("relu", description="between the head's two layers (none: "
+                                                     "transformers' *ForSequenceClassification head)")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")

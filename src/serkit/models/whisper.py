@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -47,6 +48,8 @@ class WhisperOptions(BaseModel):
                             "probe standardises its features; intermediate hidden states have no final layer norm")
     freeze_layers: int = Field(0, ge=0, description="also freeze the positional embeddings and the first K transformer layers")
     head_dim: int = 256
+    head_activation: Literal["relu", "none"] = Field("relu", description="between the head's two layers (none: "
+                                                     "transformers' *ForSequenceClassification head)")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")

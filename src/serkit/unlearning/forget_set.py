@@ -48,6 +48,10 @@ def training_data(saved: SavedModel, manifest: Path | str | None = None, split: 
     split it was trained with can be given back (`split`) and checked."""
     prov = saved.config.get("provenance") or {}
     trained_on = prov.get("trained_on") or ["train"]
+    if prov.get("imported") and not prov.get("speakers"):
+        raise SerkitError(f"model {saved.path} was imported from {prov['imported'].get('format', 'another format')} without "
+                          "the data it was trained on: import it again with `serkit models import-hf HF_DIR -o DIR --split "
+                          "SPLIT.json` (the split it was trained on, made with serkit data split)")
     if split is not None:
         return _from_split(saved, prov, trained_on, split, manifest)
     if prov.get("private"):
