@@ -22,17 +22,39 @@ def predict(
     text: list[str] = typer.Option([], "--text", help="audio+text models: the transcript of each file, in order (repeat)"),
     all_classes: bool = typer.Option(False, "--all", help="every class's probability (the table shows the 3 likeliest; "
                                      "json always has all)"),
+    long_after: float = typer.Option(30.0, "--long-after", help="files longer than this (seconds) are long recordings: "
+                                     "predicted segment by segment, streamed"),
+    segments: str = typer.Option("fixed", "--segments", help="long recordings: fixed (windows) or vad (speech regions, "
+                                 "silero-vad)"),
+    window: float | None = typer.Option(None, help="long recordings: window seconds (default: the model's fixed length, "
+                                        "else 4)"),
+    hop: float | None = typer.Option(None, help="long recordings: seconds between windows (default: half a window)"),
+    out: Path | None = typer.Option(None, "-o", "--out", help="new folder for long recordings: per-segment CSV, timeline "
+                                    "PNG and summary JSON per file"),
 ):
-    """Predict the emotion of audio files: label and class probabilities (or dimensions)."""
+    """Predict the emotion of audio files: label and class probabilities (or dimensions); long recordings segment by segment."""
+    from serkit.data.audio import audio_info
     from serkit.inference.predict import check_batch_size, predict_files
     from serkit.models import load_model
 
     check_batch_size(batch_size)
+    if segments not in ("fixed", "vad"):
+        raise SerkitError(f"--segments {segments}: choose fixed or vad")
+    if out is not None:
+        from serkit.io import refuse_existing
+
+        refuse_existing(out, "output folder")
     saved = load_model(model_dir)
     if saved.task and saved.task.get("type") == "regression":
         _predict_dimensions(saved, files, format, batch_size, text)
         return
-    results = predict_files(saved, files, batch_size)
+    durations = [(lambda i: i.frames / i.samplerate)(audio_info(f, "command line")) for f in files]
+    long = {f for f, d in zip(files, durations) if d > long_after}
+    utterances = [f for f in files if f not in long]
+    short = predict_files(saved, utterances, batch_size) if utterances else []
+    recordings = _predict_recordings(saved, [f for f in files if f in long], segments, window, hop, batch_size, out)
+    by_file = {r["file"]: r for r in short + recordings}
+    results = [by_file[str(f)] for f in files]
     if format == OutputFormat.json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
         return
@@ -45,9 +67,52 @@ def predict(
     for r in results:
         ranked = sorted(r["probabilities"].items(), key=lambda item: -item[1])
         shown = ranked if all_classes else ranked[:3]
-        table.add_row(Path(r["file"]).name, f"[bold]{r['label']}[/] {r['confidence']:.2f}",
-                      ", ".join(f"{label} {p:.2f}" for label, p in shown))
+        name = Path(r["file"]).name + (f" ({len(r['segments'])} segments, {r['duration']:.0f} s)" if "segments" in r else "")
+        table.add_row(name, f"[bold]{r['label']}[/] {r['confidence']:.2f}", ", ".join(f"{label} {p:.2f}" for label, p in shown))
     console.print(table)
+    if recordings:
+        where = f"per-segment rows and timelines in {out}/" if out else "give -o DIR for the per-segment rows and a timeline"
+        console.print(f"long recordings: label and probabilities over all their segments (weighted by duration); {where}")
+
+
+def _predict_recordings(saved, files, segments, window, hop, batch_size, out) -> list[dict]:
+    """Each long file segment by segment (serkit.inference.long); with `out`, its rows, timeline and summary."""
+    if not files:
+        return []
+    from rich.progress import Progress
+
+    from serkit.inference.long import predict_long, timeline_png
+
+    window = window if window is not None else saved.preprocessing.fixed_seconds or 4.0
+    hop = hop if hop is not None else window / 2
+    results, predictions = [], []
+    with Progress(console=console, transient=True) as progress:
+        for f in files:
+            task = progress.add_task(Path(f).name, total=1.0)
+            pred = predict_long(saved, f, window, hop, segments, batch_size,
+                                progress=lambda done, total, t=task: progress.update(t, completed=done / max(total, 1e-9)))
+            predictions.append(pred)
+            agg = pred.aggregate
+            if agg["label"] is None:
+                raise SerkitError(f"{f}: no {'speech' if segments == 'vad' else 'window'} found to predict "
+                                  f"({pred.duration:.0f} s); try --segments fixed or a shorter --window")
+            results.append({"file": str(f), "label": agg["label"], "confidence": agg["probabilities"][agg["label"]],
+                            "probabilities": agg["probabilities"], "duration": round(pred.duration, 3),
+                            "time_share": agg["time_share"], "window": window, "hop": hop, "segmenter": segments,
+                            "segments": pred.rows()})
+    if out is not None:
+        import pandas as pd
+
+        from serkit.io import atomic_dir
+
+        with atomic_dir(out) as tmp:
+            for pred in predictions:
+                stem = Path(pred.file).stem
+                pd.DataFrame(pred.rows()).to_csv(tmp / f"{stem}.segments.csv", index=False)
+                timeline_png(tmp / f"{stem}.timeline.png", pred)
+            summary = [{k: v for k, v in r.items() if k != "segments"} | {"file": Path(r["file"]).name} for r in results]
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return results
 
 
 def _predict_dimensions(saved, files, format, batch_size, texts) -> None:
