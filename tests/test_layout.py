@@ -85,7 +85,7 @@ def test_the_cycle_check_finds_a_cycle_through_a_lazy_import():
 
 def test_each_paper_system_is_one_folder_and_the_top_level_holds_shared_parts_only():
     top = sorted(p.stem for p in PACKAGE.glob("*.py"))
-    assert top == ["__init__", "__main__", "cli", "config", "determinism", "errors", "io", "metrics", "plots"], top
+    assert top == ["__init__", "__main__", "api", "cli", "config", "determinism", "errors", "io", "metrics", "plots"], top
     for folder in ("unlearning", "analysis", "transfer", "dimensional", "training", "evaluation", "experiment",
                    "inference", "data", "models", "commands"):
         assert (PACKAGE / folder / "__init__.py").is_file(), folder
