@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch (a wheel on disk here); set TORCH=torch for a CUDA build elsewhere.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test docs bench clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+docs: install
+	DISABLE_MKDOCS_2_WARNING=true $(BIN)/python -m mkdocs build --strict    # site/ (make test builds it too)
 
 bench: install
 	$(BIN)/python bench/train_benchmark.py --corpus ravdess

@@ -69,7 +69,7 @@ def read_receipt(path: Path | str) -> dict:
 
 
 def environment(device: torch.device) -> dict:
-    """What a bit-identical re-run needs to match; see docs/deletion-requests.md for what may differ."""
+    """What a bit-identical re-run needs to match; see docs/guides/deletion-requests.md for what may differ."""
     return {
         "serkit": serkit.__version__, "torch": torch.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "platform": f"{platform.system()} {platform.machine()}",
