@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from serkit.commands._shared import console
+from serkit.commands._shared import console, progress_bar
 
 
 def transcribe(
@@ -28,8 +28,9 @@ def transcribe(
     """ASR transcripts for a manifest (cached per model and audio file); WER against its `text` column if any."""
     from serkit.dimensional.transcribe import transcribe as run_asr
 
-    report = run_asr(manifest, out, model=model, column=column, batch_size=batch_size, language=language,
-                     engine=engine, window=window, compute_type=compute_type, log=console.print)
+    with progress_bar("transcribing") as update:
+        report = run_asr(manifest, out, model=model, column=column, batch_size=batch_size, language=language,
+                         engine=engine, window=window, compute_type=compute_type, log=console.print, progress=update)
     wer = f"; WER against the manifest's text {report['wer_vs_text']:.3f}" if "wer_vs_text" in report else ""
     console.print(f"{report['utterances']} transcripts ({report['decoded']} decoded in {report['seconds']:.0f} s){wer}")
     console.print(f"wrote {out} and {out.with_suffix('.json')}")

@@ -10,7 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from serkit.commands._shared import OutputFormat, console
+from serkit.commands._shared import OutputFormat, console, progress_bar
 from serkit.errors import SerkitError
 
 
@@ -79,27 +79,23 @@ def _predict_recordings(saved, files, segments, window, hop, batch_size, out) ->
     """Each long file segment by segment (serkit.inference.long); with `out`, its rows, timeline and summary."""
     if not files:
         return []
-    from rich.progress import Progress
-
     from serkit.inference.long import predict_long, timeline_png
 
     window = window if window is not None else saved.preprocessing.fixed_seconds or 4.0
     hop = hop if hop is not None else window / 2
     results, predictions = [], []
-    with Progress(console=console, transient=True) as progress:
-        for f in files:
-            task = progress.add_task(Path(f).name, total=1.0)
-            pred = predict_long(saved, f, window, hop, segments, batch_size,
-                                progress=lambda done, total, t=task: progress.update(t, completed=done / max(total, 1e-9)))
-            predictions.append(pred)
-            agg = pred.aggregate
-            if agg["label"] is None:
-                raise SerkitError(f"{f}: no {'speech' if segments == 'vad' else 'window'} found to predict "
-                                  f"({pred.duration:.0f} s); try --segments fixed or a shorter --window")
-            results.append({"file": str(f), "label": agg["label"], "confidence": agg["probabilities"][agg["label"]],
-                            "probabilities": agg["probabilities"], "duration": round(pred.duration, 3),
-                            "time_share": agg["time_share"], "window": window, "hop": hop, "segmenter": segments,
-                            "segments": pred.rows()})
+    for f in files:
+        with progress_bar(f"{Path(f).name} (s)") as update:
+            pred = predict_long(saved, f, window, hop, segments, batch_size, progress=update)
+        predictions.append(pred)
+        agg = pred.aggregate
+        if agg["label"] is None:
+            raise SerkitError(f"{f}: no {'speech' if segments == 'vad' else 'window'} found to predict "
+                              f"({pred.duration:.0f} s); try --segments fixed or a shorter --window")
+        results.append({"file": str(f), "label": agg["label"], "confidence": agg["probabilities"][agg["label"]],
+                        "probabilities": agg["probabilities"], "duration": round(pred.duration, 3),
+                        "time_share": agg["time_share"], "window": window, "hop": hop, "segmenter": segments,
+                        "segments": pred.rows()})
     if out is not None:
         import pandas as pd
 

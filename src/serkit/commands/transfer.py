@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from serkit.commands._shared import console
+from serkit.commands._shared import console, progress_bar
 
 
 def embed_cmd(
@@ -37,10 +36,15 @@ def embed_cmd(
     if split is not None:
         loaded = load_split(split, manifest)
         rows = loaded.part(part)
-    with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as progress:
-        task = progress.add_task("embed", total=len(rows))
-        array = embed(saved, rows, layer, batch_size, progress=lambda k: progress.advance(task, k))
+    done = 0
+
+    def advance(k: int) -> None:
+        nonlocal done
+        done += k
+        update(done, len(rows))
+
+    with progress_bar("embedding") as update:
+        array = embed(saved, rows, layer, batch_size, progress=advance)
     meta = {"model": str(Path(model_dir).resolve()), "model_weights_sha256": saved.weights_sha256,
             "architecture": saved.config.get("architecture"), "layer": layer,
             "manifest": str(rows.file), "manifest_sha256": rows.sha256,

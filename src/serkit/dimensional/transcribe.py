@@ -45,7 +45,8 @@ def word_error_rate(hypotheses: list[str], references: list[str]) -> float:
 
 def transcribe(manifest_path: Path | str, out: Path | str, model: str = "builtin:whisper-tiny.en", column: str = "asr_text",
                batch_size: int = 8, language: str | None = None, cache_dir: Path | str | None = None,
-               engine: Engine = "auto", window: float = MAX_SECONDS, compute_type: str = "float32", log=print) -> dict:
+               engine: Engine = "auto", window: float = MAX_SECONDS, compute_type: str = "float32", log=print,
+               progress=None) -> dict:
     """Write OUT (a new manifest CSV: every column of the input plus `column`) and OUT.json (WER, timing).
     `engine`, `window`, `compute_type` (ctranslate2): serkit.dimensional.asr."""
     manifest = read_manifest(manifest_path)
@@ -89,6 +90,8 @@ def transcribe(manifest_path: Path | str, out: Path | str, model: str = "builtin
                 cache[keys[todo[j]]] = text
             if b % 10 == 0:  # an interrupted run keeps what it decoded
                 flush()
+            if progress:
+                progress(min(s + batch_size, len(order)), len(order))
         flush()
     seconds = time.perf_counter() - start
     frame = manifest.frame.copy()
