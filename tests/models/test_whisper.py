@@ -152,7 +152,10 @@ def test_a_clip_longer_than_the_window_is_named_with_what_to_do(tmp_path, tone, 
                                          r"crop it or split it into clips of at most 30 s$") as err:
         predict_files(load_model(model), [short, long])
     assert "max_seconds" not in str(err.value) and "manifest" not in str(err.value)
-    assert run(["predict", str(model), str(short), str(long)]) == 2
+    # the command treats a file over --long-after (30 s) as a recording, window by window; as one utterance it is refused
+    assert run(["predict", str(model), str(short), str(long)]) == 0
+    assert "long.wav (" in capsys.readouterr().out
+    assert run(["predict", str(model), str(short), str(long), "--long-after", "60"]) == 2
     assert capsys.readouterr().err.strip().startswith(f"error: audio file {long} is 31.0 s long")
     (tmp_path / "manifest.csv").write_text("path,speaker,emotion\nshort.wav,s1,a\nlong.wav,s1,b\n")
     with pytest.raises(AudioError, match=r"long\.wav is 31\.0 s long .*at most 30 s, or remove it from the manifest"):
