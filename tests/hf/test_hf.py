@@ -161,9 +161,82 @@ def test_checkpoints_serkit_cannot_import_exactly_are_refused_by_name(tmp_path, 
     (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04")
     assert run(["models", "import-hf", str(pickled), "-o", str(tmp_path / "a")]) == 2
     assert "never unpickles" in capsys.readouterr().err
-    whisper = tmp_path / "whisper"
-    whisper.mkdir()
-    (whisper / "config.json").write_text(json.dumps({"architectures": ["WhisperForAudioClassification"]}))
+    # a Whisper classifier whose feature extractor is not the log-Mel serkit's Whisper computes (here: it dithers)
+    whisper = _whisper_checkpoint(tmp_path / "whisper", LABELS, weighted=False)
+    extractor = json.loads((whisper / "preprocessor_config.json").read_text())
+    (whisper / "preprocessor_config.json").write_text(json.dumps(dict(extractor, dither=1e-5)))
     assert run(["models", "import-hf", str(whisper), "-o", str(tmp_path / "b")]) == 2
-    assert "averages over the whole 30 s window" in capsys.readouterr().err
+    assert "{'dither': 1e-05}; serkit's Whisper computes the log-Mel of" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _whisper_checkpoint(folder, labels, weighted: bool):
+    """A tiny random WhisperForAudioClassification (d_model 64, 2 layers, Whisper's 80 bins and 30-s window), saved as
+    transformers saves one; its classifier scaled up so that the random model's probabilities are far from uniform."""
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudioClassification
+
+    torch.manual_seed(0)
+    config = WhisperConfig(d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128, decoder_layers=1,
+                           decoder_attention_heads=4, decoder_ffn_dim=128, num_mel_bins=80, max_source_positions=1500,
+                           vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+                           num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
+                           classifier_proj_size=16, use_weighted_layer_sum=weighted)
+    model = WhisperForAudioClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.mul_(200.0)
+        if weighted:
+            model.layer_weights.copy_(torch.tensor([0.5, -1.0, 1.5]))
+    model.save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return folder
+
+
+def test_a_whisper_audio_classifier_imports_with_the_probabilities_transformers_gives_it(tmp_path, capsys):
+    """WhisperForAudioClassification averages over the whole padded 30-s window; the import reproduces that with the
+    whisper option input_window: full, checks it within 1e-4 and keeps a model that needs the checkpoint no more."""
+    import shutil
+
+    import torch
+    from transformers import pipeline
+
+    from serkit.models import load_model
+
+    hf = _whisper_checkpoint(tmp_path / "hf", LABELS, weighted=True)
+    assert run(["models", "import-hf", str(hf), "-o", str(tmp_path / "m")]) == 0
+    assert "imported WhisperForAudioClassification (3 classes): logits within" in capsys.readouterr().out
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["architecture"] == "whisper" and config["options"]["input_window"] == "full"
+    assert config["options"]["head_activation"] == "none" and config["options"]["checkpoint"] is None
+    assert config["provenance"]["imported"]["max_abs_logit_diff"] < 1e-4
+    rng = np.random.default_rng(1)
+    files = []
+    for name, seconds in (("short.wav", 1.7), ("long.wav", 4.2)):  # noisy chirps of two lengths
+        t = np.arange(int(16000 * seconds)) / 16000
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t) + 0.05 * rng.standard_normal(t.size)
+        sf.write(tmp_path / name, wave.astype(np.float32), 16000, subtype="FLOAT")
+        files.append(tmp_path / name)
+    classify = pipeline("audio-classification", model=str(hf))
+    theirs = []
+    for path in files:
+        wave, rate = sf.read(path, dtype="float32")
+        theirs.append({a["label"]: a["score"] for a in classify({"raw": wave, "sampling_rate": rate}, top_k=None)})
+    assert max(theirs[0].values()) - min(theirs[0].values()) > 0.05 and theirs[0] != pytest.approx(theirs[1], abs=1e-3)
+    shutil.rmtree(hf)  # the model directory holds everything: the encoder, the head, its config, as safetensors
+    assert not list((tmp_path / "m").glob("*.bin")) and str(hf) not in (tmp_path / "m" / "config.json").read_text()
+    assert run(["predict", str(tmp_path / "m"), *map(str, files), "--format", "json"]) == 0  # one padded batch of two
+    ours = json.loads(capsys.readouterr().out)
+    for mine, reference in zip(ours, theirs):
+        assert mine["label"] == max(reference, key=reference.get)
+        assert reference == pytest.approx(mine["probabilities"], abs=1e-5)
+    # an utterance gets the same logits alone as in a padded batch: each is padded to the 30-s window on its own
+    model = load_model(tmp_path / "m").model.eval()
+    waves = [torch.from_numpy(sf.read(f, dtype="float32")[0]) for f in files]
+    batch = torch.zeros(2, len(waves[1]))
+    mask = torch.zeros_like(batch, dtype=torch.bool)
+    for i, w in enumerate(waves):
+        batch[i, :len(w)], mask[i, :len(w)] = w, True
+    with torch.no_grad():
+        together = model(batch, mask)
+        alone = model(waves[0][None], torch.ones(1, len(waves[0]), dtype=torch.bool))
+    assert torch.allclose(together[0], alone[0], atol=1e-5)

