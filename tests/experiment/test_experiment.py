@@ -110,10 +110,12 @@ def test_a_grid_that_lists_failures_is_told_each_failed_cell_and_the_others_all_
     from serkit.experiment import ExecutorConfig, run_cells
 
     table = ResultsTable(tmp_path / "results.csv", ["x", "square", "pid"])
-    failures, lines = [], []
+    failures, lines, bar = [], [], []
     run_cells(_cells(range(5), fail={1, 3}), square_cell, table,
               ExecutorConfig(kind=kind, workers=1 if kind == "local" else 2, threads=1), lines.append,
-              on_failure=lambda cell, error: failures.append((cell.key, error)), numbered=(10, 20))
+              on_failure=lambda cell, error: failures.append((cell.key, error)), numbered=(10, 20),
+              progress=lambda done, total: bar.append((done, total)))
+    assert bar == [(n, 20) for n in range(10, 16)]  # the grid's bar counts failed cells as finished, on the grid's count
     assert sorted(table.read().x.astype(int)) == [0, 2, 4]
     assert sorted(failures) == [("1", "ValueError: cell 1 cannot be computed"), ("3", "ValueError: cell 3 cannot be computed")]
     assert any(line.startswith("[11/20] ") for line in lines) and not any("/5]" in line for line in lines)

@@ -83,8 +83,10 @@ def test_pgd_reaches_targets_inside_the_ball():
     targets = draw_targets(labels, 4, 3, seed=0)
     assert (targets != labels[:, None]).all()
     pgd = TargetedPGD(tau=0.1, steps=40, tau_mode="relative", batch_size=4)
-    adv = pgd.generate(model, waves, targets)
+    reported = []
+    adv = pgd.generate(model, waves, targets, progress=lambda done, total: reported.append((done, total)))
     assert len(adv) == 9 and adv.success.mean() >= 0.8
+    assert reported == [(4, 9), (8, 9), (9, 9)]  # the command line's bar: batch by batch, to the last sample
     for wave, src, target, ok in zip(adv.waves, adv.source_index, adv.targets, adv.success):
         assert wave.shape == waves[src].shape
         assert np.abs(wave - waves[src]).max() <= 0.1 * waves[src].std() * 1.001
@@ -179,8 +181,8 @@ def test_adversarial_keep_successful_drops_failed_samples(model_dir, tmp_path, m
     real = pgd.TargetedPGD.generate
     failed = {"every": slice(None)}
 
-    def some_failed(self, model, waves, targets):
-        made = real(self, model, waves, targets)
+    def some_failed(self, model, waves, targets, progress=None):
+        made = real(self, model, waves, targets, progress)
         made.success[failed["every"]] = False
         return made
 
@@ -392,8 +394,8 @@ def _pgd_never_reaches_its_target(monkeypatch):
 
     real = pgd.TargetedPGD.generate
 
-    def all_failed(self, model, waves, targets):
-        made = real(self, model, waves, targets)
+    def all_failed(self, model, waves, targets, progress=None):
+        made = real(self, model, waves, targets, progress)
         made.success[:] = False
         return made
 

@@ -37,11 +37,17 @@ def _smile(feature_set: str, level: str):
     return opensmile.Smile(getattr(opensmile.FeatureSet, feature_set), getattr(opensmile.FeatureLevel, level))
 
 
-def opensmile_functionals(manifest: Manifest, feature_set: str = "eGeMAPSv02", log=print) -> tuple[np.ndarray, dict]:
+def opensmile_functionals(manifest: Manifest, feature_set: str = "eGeMAPSv02", log=print,
+                          progress=None) -> tuple[np.ndarray, dict]:
+    """One row of functionals per manifest row; `progress(done, total)` after each utterance."""
     smile = _smile(feature_set, "Functionals")
     start = time.perf_counter()
     waves = load_waves(manifest.audio_paths(), Preprocessing())
-    rows = [smile.process_signal(w, 16000).values[0] for w in waves]
+    rows = []
+    for w in waves:
+        rows.append(smile.process_signal(w, 16000).values[0])
+        if progress is not None:
+            progress(len(rows), len(waves))
     array = np.nan_to_num(np.stack(rows).astype(np.float32))
     meta = {"features": f"openSMILE {feature_set} functionals", "names": list(smile.feature_names),
             "seconds": round(time.perf_counter() - start, 2), "licence": LICENCE}
@@ -49,7 +55,7 @@ def opensmile_functionals(manifest: Manifest, feature_set: str = "eGeMAPSv02", l
     return array, meta
 
 
-def _llds(waves: list[np.ndarray], feature_set: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _llds(waves: list[np.ndarray], feature_set: str, progress=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     lld = _smile(feature_set, "LowLevelDescriptors")
     delta = _smile(feature_set, "LowLevelDescriptors_Deltas") if feature_set == "ComParE_2016" else None
     streams_a, streams_b = [], []
@@ -60,12 +66,16 @@ def _llds(waves: list[np.ndarray], feature_set: str) -> tuple[list[np.ndarray], 
             else np.diff(a, axis=0, prepend=a[:1])
         streams_a.append(a)
         streams_b.append(b)
+        if progress is not None:
+            progress(len(streams_a), len(waves))
     return streams_a, streams_b
 
 
 def bag_of_audio_words(manifest: Manifest, train_speakers: list[str], feature_set: str = "ComParE_2016",
-                       words: int = 500, seed: int = 0, max_frames: int = 200_000, log=print) -> tuple[np.ndarray, dict]:
-    """One histogram row per manifest row; the codebooks see training speakers' frames only."""
+                       words: int = 500, seed: int = 0, max_frames: int = 200_000, log=print,
+                       progress=None) -> tuple[np.ndarray, dict]:
+    """One histogram row per manifest row; the codebooks see training speakers' frames only. `progress(done,
+    total)` follows the descriptor extraction, the long part."""
     from sklearn.cluster import MiniBatchKMeans
 
     if words < 2:
@@ -76,7 +86,7 @@ def bag_of_audio_words(manifest: Manifest, train_speakers: list[str], feature_se
                           "give the split the manifest belongs to")
     start = time.perf_counter()
     waves = load_waves(manifest.audio_paths(), Preprocessing())
-    streams = _llds(waves, feature_set)
+    streams = _llds(waves, feature_set, progress)
     rng = np.random.default_rng(seed)
     out, info = [], []
     for name, per_utt in zip(("lld", "delta"), streams):

@@ -225,7 +225,8 @@ def _attention(a: str, b: str, recipe, part: str, n: int, png: Path, title: str)
     return result
 
 
-def run_recovery(exp: RecoveryExperiment, log=print, executor: ExecutorConfig | None = None) -> Path:
+def run_recovery(exp: RecoveryExperiment, log=print, executor: ExecutorConfig | None = None,
+                 progress=None) -> Path:
     """Run the study's missing steps (through `executor`, default the study's own), then write its tables.
 
     Three rounds, each one's steps independent of each other: the trainings; the frozen encoders (they
@@ -241,7 +242,7 @@ def run_recovery(exp: RecoveryExperiment, log=print, executor: ExecutorConfig | 
     for round_ in (_trainings, _encoders, _analyses):
         cells = [Cell(key, key, (key, fn, args)) for key, fn, args in round_(exp, recipes, steps.done, out)
                  if key not in steps.done]
-        run_cells(cells, run_cell, steps, config, log)
+        run_cells(cells, run_cell, steps, config, log, progress=progress)
     summarise(exp, steps.done, out)
     return out
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from serkit.commands._shared import console
+from serkit.commands._shared import console, progress_bar
 from serkit.errors import SerkitError
 
 
@@ -56,7 +56,8 @@ def run_experiment(name: str, recipe: Path, overrides: list[str], kind: str | No
         from serkit.experiment.executor import executor_config
 
         options["executor"] = executor_config(grid.executor, kind, workers)
-    out = getattr(module, experiment.runner)(grid, log=console.print, **options)
+    with progress_bar("grid cells") as update:
+        out = getattr(module, experiment.runner)(grid, log=console.print, progress=update, **options)
     console.print(f"wrote {out}/ ({experiment.outputs})")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from serkit.commands._shared import console
+from serkit.commands._shared import console, progress_bar
 
 
 def _save(out: Path, array, meta: dict, rows) -> None:
@@ -27,7 +27,8 @@ def opensmile_cmd(
     from serkit.data.manifest import read_manifest
 
     rows = read_manifest(manifest)
-    array, meta = opensmile_functionals(rows, feature_set, log=console.print)
+    with progress_bar(f"{feature_set} functionals") as update:
+        array, meta = opensmile_functionals(rows, feature_set, log=console.print, progress=update)
     _save(out, array, meta, rows)
     console.print(f"note: {LICENCE}")
 
@@ -46,7 +47,9 @@ def boaw_cmd(
 
     loaded = load_split(split, manifest)
     rows = loaded.manifest
-    array, meta = bag_of_audio_words(rows, loaded.speakers("train"), feature_set, words, seed, log=console.print)
+    with progress_bar(f"{feature_set} descriptors") as update:
+        array, meta = bag_of_audio_words(rows, loaded.speakers("train"), feature_set, words, seed, log=console.print,
+                                         progress=update)
     _save(out, array, {**meta, "split": str(split.resolve())}, rows)
     console.print(f"note: {LICENCE}")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from serkit.commands._shared import console
+from serkit.commands._shared import console, progress_bar
 
 
 def forget_cmd(
@@ -57,7 +57,8 @@ def forget_cmd(
             raise SerkitError(f"--reproduce takes the method, parameters, seed and evaluation part from the receipt "
                               f"and writes no new request; drop {', '.join(given)}")
         result = rerun(model_dir, reproduce, files=files, speaker=speaker, n=n, keys=key, manifest=manifest,
-                       split=split, remain=remain, strict=strict, out=out, device=device, log=console.print)
+                       split=split, remain=remain, strict=strict, out=out, device=device, log=console.print,
+                           progress=progress_bar)
         for line in result.lines:
             console.print(line, highlight=False)
         console.print("reproduced: identical" if result.identical else "reproduced: NOT identical", highlight=False)
@@ -75,7 +76,8 @@ def forget_cmd(
     result = forget(model_dir, out, files=files, speaker=speaker, n=n, seed=seed, method=method, params=params,
                     eval_part=eval_part, manifest=manifest, split=split, remain=remain, strict=strict,
                     overwrite=overwrite, retrained=retrained, device=device, keys=key, keys_out=key_out,
-                    sign_key=sign_key, skip_forgotten=skip_forgotten, require_target=require_target, log=console.print)
+                    sign_key=sign_key, skip_forgotten=skip_forgotten, require_target=require_target, log=console.print,
+                    progress=progress_bar)
     receipt = result.receipt
     ev = receipt["evaluation"]
     part = ev["unseen_part"]

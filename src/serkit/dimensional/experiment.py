@@ -166,7 +166,8 @@ def run_cell(payload) -> list[dict]:
     return rows
 
 
-def run_dimensional_grid(grid: DimensionalGrid, log=print, executor: ExecutorConfig | None = None) -> Path:
+def run_dimensional_grid(grid: DimensionalGrid, log=print, executor: ExecutorConfig | None = None,
+                         progress=None) -> Path:
     """Run the grid's missing trainings (through `executor`, default the grid's own), then summarise."""
     from serkit.config import load_recipe, recipe_to_dict
     from serkit.data.splits import load_split
@@ -199,7 +200,7 @@ def run_dimensional_grid(grid: DimensionalGrid, log=print, executor: ExecutorCon
     log(f"{len(cells) - len(todo)} trainings done, {len(todo)} to go")
     sample_text = str(split.manifest.frame[grid.transcripts[0]].iloc[0]) if grid.transcripts[0] in columns else ""
     jobs = [Cell(_key(*c), _tag(out, c)[0], (recipe_to_dict(recipes[c]), c, sample_text, grid.keep_models)) for c in todo]
-    run_cells(jobs, run_cell, table, executor or grid.executor, log)
+    run_cells(jobs, run_cell, table, executor or grid.executor, log, progress=progress)
     summarise(grid, split.manifest, out)
     return out
 

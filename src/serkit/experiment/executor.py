@@ -82,16 +82,20 @@ OnFailure = Callable[[Cell, str], None]
 
 
 def run_cells(cells: list[Cell], run_cell: Callable[[Any], list[dict]], table: ResultsTable | StepResults, config: ExecutorConfig,
-              log=print, on_failure: OnFailure | None = None, numbered: tuple[int, int] | None = None) -> None:
+              log=print, on_failure: OnFailure | None = None, numbered: tuple[int, int] | None = None,
+              progress: Callable[[int, int], None] | None = None) -> None:
     """Run every cell through the configured executor; append each cell's rows as it finishes.
 
     A failing cell stops the grid (the cells already running still finish and are kept), unless
     `on_failure(cell, "Type: message")` is given: then it is told and the other cells go on. A grid that
-    runs its cells in several calls numbers them on one count with `numbered=(cells before, all cells)`."""
+    runs its cells in several calls numbers them on one count with `numbered=(cells before, all cells)`;
+    `progress(cells finished, all cells)` follows it (the command line's bar)."""
     if not cells:
         return
     before, total = numbered or (0, len(cells))
     number = lambda i: f"[{before + i}/{total}]"  # noqa: E731
+    finished = (lambda i: progress(before + i, total)) if progress is not None else (lambda i: None)  # noqa: E731
+    finished(0)
     if config.kind == "local":
         for i, cell in enumerate(cells, 1):
             log(f"{number(i)} {cell.tag}")
@@ -102,16 +106,18 @@ def run_cells(cells: list[Cell], run_cell: Callable[[Any], list[dict]], table: R
                     raise
                 log(f"  failed: {_describe(exc)}")
                 on_failure(cell, _describe(exc))
+                finished(i)
                 continue
             table.append(rows)
+            finished(i)
         return
     folder = table.path.parent / "cells"
     folder.mkdir(exist_ok=True)
     jobs = [(cell, _cell_file(folder, cell.key)) for cell in cells]
     if config.kind == "pool":
-        _run_pool(jobs, run_cell, table, config, log, on_failure, number)
+        _run_pool(jobs, run_cell, table, config, log, on_failure, number, finished)
     else:
-        _run_slurm(jobs, run_cell, table, config, log, on_failure, number)
+        _run_slurm(jobs, run_cell, table, config, log, on_failure, number, finished)
 
 
 def _describe(exc: BaseException) -> str:
@@ -161,7 +167,7 @@ def _init_worker(devices, threads: int) -> None:
 
 
 def _run_pool(jobs, run_cell, table: ResultsTable, config: ExecutorConfig, log, on_failure: OnFailure | None,
-              number) -> None:
+              number, finished) -> None:
     context = multiprocessing.get_context("spawn")  # fork would copy the driver's torch threads and CUDA state
     devices = None
     if config.devices is not None:
@@ -177,6 +183,7 @@ def _run_pool(jobs, run_cell, table: ResultsTable, config: ExecutorConfig, log, 
         futures = {pool.submit(run_and_keep, run_cell, cell.payload, str(path)): (cell, path) for cell, path in jobs}
         for done, future in enumerate(cf.as_completed(futures), 1):
             cell, path = futures[future]
+            finished(done)
             try:
                 _record(table, future.result(), path)
                 log(f"{number(done)} {cell.tag} done")
@@ -195,7 +202,7 @@ def _run_pool(jobs, run_cell, table: ResultsTable, config: ExecutorConfig, log, 
 
 
 def _run_slurm(jobs, run_cell, table: ResultsTable, config: ExecutorConfig, log, on_failure: OnFailure | None,
-              number) -> None:
+              number, finished) -> None:
     try:
         import submitit
     except ImportError:
@@ -214,6 +221,7 @@ def _run_slurm(jobs, run_cell, table: ResultsTable, config: ExecutorConfig, log,
     by_job = {job.job_id: (cell, path) for job, cell, path in submitted}
     for done, job in enumerate(submitit.helpers.as_completed([j for j, _, _ in submitted]), 1):
         cell, path = by_job[job.job_id]
+        finished(done)
         try:
             _record(table, job.result(), path)
             log(f"{number(done)} {cell.tag} done (job {job.job_id})")

@@ -183,7 +183,8 @@ def run_cell(payload) -> list[dict]:
     return [row]
 
 
-def run_transfer_grid(grid: TransferGrid, log=print, executor: ExecutorConfig | None = None) -> Path:
+def run_transfer_grid(grid: TransferGrid, log=print, executor: ExecutorConfig | None = None,
+                      progress=None) -> Path:
     """Run the grid's missing trainings (through `executor`, default the grid's own), then summarise."""
     from serkit.config import load_recipe, recipe_to_dict
     from serkit.inference.embeddings import check_layer
@@ -231,7 +232,7 @@ def run_transfer_grid(grid: TransferGrid, log=print, executor: ExecutorConfig | 
         cell = {"model": model, "seed": seed, "fold": _fold_text(fold), "variant": variant, "layer": layer, "n": n,
                 "alpha": alpha}
         jobs.append(Cell(_key(*cell.values()), tag, (recipe_to_dict(recipe), cell, grid.keep_models)))
-    run_cells(jobs, run_cell, table, executor or grid.executor, log)
+    run_cells(jobs, run_cell, table, executor or grid.executor, log, progress=progress)
     summarise(out)
     return out
 

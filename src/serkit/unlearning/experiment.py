@@ -335,7 +335,8 @@ def _check_sizes(grid: UnlearningGrid, pairs: set) -> None:
                           f"{'; '.join(short)}: drop the larger n (RAVDESS actors have 60 utterances) or choose other speakers")
 
 
-def run_grid(grid: UnlearningGrid, log=print, executor: ExecutorConfig | None = None) -> Path:
+def run_grid(grid: UnlearningGrid, log=print, executor: ExecutorConfig | None = None,
+             progress=None) -> Path:
     """Run the grid's missing runs (through `executor`, default the grid's own), then summarise."""
     out = Path(grid.output_dir)
     table = ResultsTable(out / "results.csv", COLUMNS, "unlearning grid", upgrade=_label_by_method)
@@ -364,7 +365,7 @@ def run_grid(grid: UnlearningGrid, log=print, executor: ExecutorConfig | None = 
                                                       grid.keep_models or grid.audit))
     try:
         failures.attempted |= {r.key for r in first}
-        run_cells([cell(r) for r in first], run_cell, table, config, log, failures.add, (0, count))
+        run_cells([cell(r) for r in first], run_cell, table, config, log, failures.add, (0, count), progress)
         # the train->val runs have finished: choose tau on them, then run each test cell at that tau
         done |= _finished(grid, table)[0]
         chosen = _chosen_taus(table.path)
@@ -388,7 +389,7 @@ def run_grid(grid: UnlearningGrid, log=print, executor: ExecutorConfig | None = 
                 continue
             failures.attempted.add(resolved.key)
             ready.append(cell(resolved))
-        run_cells(ready, run_cell, table, config, log, failures.add, (count - len(ready), count))
+        run_cells(ready, run_cell, table, config, log, failures.add, (count - len(ready), count), progress)
     finally:
         done |= _finished(grid, table)[0]
         left = failures.write()

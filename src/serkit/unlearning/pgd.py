@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,8 +76,10 @@ class TargetedPGD:
         return {"tau": self.tau, "tau_mode": self.tau_mode, "sigma": self.sigma, "steps": self.steps,
                 "random_start": self.random_start, "early_stop": self.early_stop, "batch_size": self.batch_size}
 
-    def generate(self, model: nn.Module, waves: list[np.ndarray], targets: np.ndarray) -> AdversarialSet:
-        """`targets` is (N, M): M target labels per utterance. Returns N * M adversarial samples."""
+    def generate(self, model: nn.Module, waves: list[np.ndarray], targets: np.ndarray,
+                 progress: Callable[[int, int], None] | None = None) -> AdversarialSet:
+        """`targets` is (N, M): M target labels per utterance. Returns N * M adversarial samples;
+        `progress(done, total)` after each batch."""
         targets = np.asarray(targets)
         n, m = targets.shape
         flat_source = np.repeat(np.arange(n), m)
@@ -150,6 +153,8 @@ class TargetedPGD:
                     out_waves[i] = adv
                     success[i] = bool(reached[row])
                     steps_taken[i] = int(taken[row])
+                if progress is not None:
+                    progress(min(b + self.batch_size, len(order)), len(order))
         finally:
             for p, on in zip(model.parameters(), grads_on):
                 p.requires_grad_(on)
@@ -176,8 +181,10 @@ class NearestAdversarial:
         return {"norm": "l2", "eps": self.eps, "eps_mode": "relative", "steps": self.steps,
                 "max_doublings": self.max_doublings, "batch_size": self.batch_size}
 
-    def generate(self, model: nn.Module, waves: list[np.ndarray], labels: np.ndarray) -> AdversarialSet:
-        """One sample per utterance, labelled with the model's own prediction on it (`targets`)."""
+    def generate(self, model: nn.Module, waves: list[np.ndarray], labels: np.ndarray,
+                 progress: Callable[[int, int], None] | None = None) -> AdversarialSet:
+        """One sample per utterance, labelled with the model's own prediction on it (`targets`);
+        `progress(done, total)` after each batch."""
         labels = np.asarray(labels)
         device = next(model.parameters()).device
         was_training = model.training
@@ -237,6 +244,8 @@ class NearestAdversarial:
                     success[i] = predicted[i] != labels[i]
                     steps_taken[i] = int(taken[row])
                     radius[i] = float(eps[row] / norm[row])
+                if progress is not None:
+                    progress(min(b + self.batch_size, n), n)
         finally:
             for p, on in zip(model.parameters(), grads_on):
                 p.requires_grad_(on)

@@ -91,9 +91,10 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
            retrained: Path | str | None = None, device: str = "auto", keys: Path | str | None = None,
            keys_out: Path | str | None = None, sign_key: Path | str | None = None, skip_forgotten: bool = False,
            require_target: bool = False, log=print, replay: Replay | None = None,
-           deterministic: bool = True) -> ForgetResult:
+           deterministic: bool = True, progress=None) -> ForgetResult:
     """Answer one deletion request; see the module's docstring. `deterministic=False` lets PyTorch choose
-    its fastest kernels (bench/determinism_benchmark.py measures what bit-identity costs)."""
+    its fastest kernels (bench/determinism_benchmark.py measures what bit-identity costs). `progress(label)`,
+    a context giving `update(done, total)`, reports the long steps (the command line's bar)."""
     model_dir, out = Path(model_dir), Path(out)
     check_output(out, model_dir)
     if overwrite and (out / KEYS_FILE).is_file():
@@ -147,7 +148,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             ctx = UnlearnContext(working, forget_set, forget_eval.waves, forget_eval.labels, seed, log,
                                  reference_accuracy=_reference_accuracy(original), remain=remain_manifest,
                                  profiles=profiles,
-                                 work_dir=staging / "work", device=str(device), data=data)
+                                 work_dir=staging / "work", device=str(device), data=data, progress=progress)
             start = time.perf_counter()
             outcome = unlearner.unlearn(ctx)
             seconds = time.perf_counter() - start
@@ -366,7 +367,8 @@ class Reproduction:
 def reproduce(model_dir: Path | str, receipt_path: Path | str, *, files: list[str] | None = None,
               speaker: str | None = None, n: int | None = None, keys: Path | str | None = None,
               manifest: Path | str | None = None, split: Path | str | None = None, remain: Path | str | None = None,
-              strict: bool = False, out: Path | str | None = None, device: str = "auto", log=print) -> Reproduction:
+              strict: bool = False, out: Path | str | None = None, device: str = "auto", log=print,
+              progress=None) -> Reproduction:
     """Re-run the request a receipt describes and say whether the result is identical.
 
     The method, parameters, seed, evaluation part and thread count come from the receipt; the forget
@@ -404,7 +406,7 @@ def reproduce(model_dir: Path | str, receipt_path: Path | str, *, files: list[st
                         params=method["params"], eval_part=receipt["evaluation"]["unseen_part"], manifest=manifest,
                         split=split, remain=remain, strict=strict, device=device,
                         skip_forgotten=receipt["forget_set"]["skipped_already_forgotten"] > 0, log=log, replay=replay,
-                        deterministic=theirs.get("deterministic_algorithms", True))
+                        deterministic=theirs.get("deterministic_algorithms", True), progress=progress)
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)

@@ -75,7 +75,8 @@ class Adversarial(UnlearningMethod):
         pgd = TargetedPGD(tau=p.tau, sigma=p.sigma, steps=p.pgd_steps, tau_mode=p.tau_mode,
                           early_stop=p.pgd_early_stop, batch_size=p.pgd_batch_size, seed=ctx.seed)
         targets = draw_targets(ctx.forget_labels, len(ctx.saved.labels), p.adversarial_per_sample, ctx.seed + 1)
-        adversarial = pgd.generate(ctx.saved.model, ctx.forget_waves, targets)
+        with ctx.steps("PGD samples") as update:
+            adversarial = pgd.generate(ctx.saved.model, ctx.forget_waves, targets, progress=update)
         summary = adversarial.summary()
         ctx.log(f"PGD: {summary['samples']} adversarial samples in {summary['seconds']:.0f} s, "
                 f"target success {summary['target_success_rate']:.0%}, median SNR {summary['snr_db_median']:.1f} dB")

@@ -53,7 +53,8 @@ class AMUN(UnlearningMethod):
     def unlearn(self, ctx: UnlearnContext) -> UnlearnOutcome:
         p = self.params
         attack = NearestAdversarial(p.eps, p.pgd_steps, p.max_doublings, p.pgd_batch_size)
-        adversarial = attack.generate(ctx.saved.model, ctx.forget_waves, ctx.forget_labels)
+        with ctx.steps("nearest adversarial examples") as update:
+            adversarial = attack.generate(ctx.saved.model, ctx.forget_waves, ctx.forget_labels, progress=update)
         summary = adversarial.summary()
         ctx.log(f"AMUN: {summary['samples']} nearest adversarial examples in {summary['seconds']:.0f} s, "
                 f"{summary['target_success_rate']:.0%} misclassified, median radius {summary['eps_median'] or 0:.4f} "

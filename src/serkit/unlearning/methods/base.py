@@ -18,6 +18,7 @@ import abc
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -107,6 +108,11 @@ class UnlearnContext:
     work_dir: Path | None = None
     device: str = "cpu"
     data: TrainingData | None = None  # where the model's training data is (retraining reads it)
+    progress: Callable | None = None  # progress(label): a context giving update(done, total); the CLI's bar
+
+    def steps(self, label: str):
+        """A progress report for a step of the request that takes a while (a bar on the command line)."""
+        return self.progress(label) if self.progress is not None else nullcontext(lambda done, total: None)
 
 
 @dataclass
