@@ -93,26 +93,33 @@ def predict(model: ModelLike, files: Sequence[str | Path], batch_size: int = 16)
 
 def evaluate(model: ModelLike, split: str | Path | None = None, part: str = "test", manifest: str | Path | None = None,
              fold: int | None = None, batch_size: int = 16, allow_seen_speakers: bool = False,
-             out: str | Path | None = None, note=None) -> Evaluation:
+             out: str | Path | None = None, note=None, long_after: float = 30.0, segments: str = "fixed",
+             window: float | None = None, hop: float | None = None) -> Evaluation:
     """`serkit evaluate` of a classifier: refuses speakers the model trained on unless `allow_seen_speakers`;
-    with `out`, writes the folder the command writes. `note(kind, text)` hears what the command would print."""
+    with `out`, writes the folder the command writes. `note(kind, text)` hears what the command would print.
+    Rows longer than `long_after` seconds are long recordings, scored by the duration-weighted mean over their
+    `segments` ("fixed" windows of `window` s every `hop` s, or "vad" speech regions), as `serkit predict` does."""
     from serkit.evaluation.classification import evaluate as run_eval
     from serkit.evaluation.classification import write_evaluation_files
     from serkit.evaluation.rows import check_unseen, rows_to_evaluate
+    from serkit.inference.long import check_segments, window_and_hop
     from serkit.inference.predict import check_batch_size
     from serkit.io import OutputDir
 
     check_batch_size(batch_size)
+    check_segments(segments)
     saved = load(model)
     if saved.task:
         raise ValueError("serkit.evaluate scores classifiers; for a dimensional model use `serkit evaluate` (CCC)")
+    window, hop = window_and_hop(saved, window, hop)
+    long = dict(long_after=long_after, segments=segments, window=window, hop=hop)
     rows, source, name, parts = rows_to_evaluate(split, manifest, part, fold)
     seen = check_unseen(saved, rows, source, allow_seen_speakers, parts, note=note)
     if out is None:
-        result = run_eval(saved, rows, name, batch_size)
+        result = run_eval(saved, rows, name, batch_size, **long)
     else:
         with OutputDir(Path(out), what="output folder") as output:
-            result = run_eval(saved, rows, name, batch_size)
+            result = run_eval(saved, rows, name, batch_size, **long)
             write_evaluation_files(output.staging(), result, saved.path, source, seen)
             output.commit()
     return Evaluation(result.name, result.summary, result.predictions, seen)

@@ -77,3 +77,139 @@ def test_a_long_recording_is_predicted_window_by_window_without_reading_it_whole
                           (["-o", str(tmp_path / "out")], "exists")):
         assert run(["predict", str(model_dir), str(call), *argv]) == 2
         assert message in capsys.readouterr().err
+
+
+# ---- serkit evaluate and serkit embed: a manifest that holds a long recording ----
+
+LABELS = ["anger", "happiness", "neutral", "sadness"]
+
+
+@pytest.fixture(scope="module")
+def whisper_model(tmp_path_factory):
+    """A tiny untrained Whisper classifier (seeded): a model with a 30-s input, which refuses a long file whole."""
+    import torch
+
+    from serkit.data.dataset import Preprocessing
+    from serkit.models import build_model, save_model
+    from tests.helpers import WHISPER_TINY
+
+    torch.manual_seed(0)
+    model = build_model("whisper", {"hf_config": WHISPER_TINY}, len(LABELS)).eval()
+    return save_model(tmp_path_factory.mktemp("whisper") / "model", model, LABELS, Preprocessing())
+
+
+def _manifests(tiny_manifest, long_file, folder, at: int = 5, **columns):
+    """The test speaker's 12 rows (short.csv), and the same with `long_file` inserted as row `at`, its duration_s
+    left empty so that serkit reads it from the file's header (long.csv)."""
+    short = pd.read_csv(tiny_manifest, dtype=str)
+    short = short[short.speaker == "06"].reset_index(drop=True).assign(**columns)
+    row = pd.DataFrame([{"path": str(long_file), "speaker": "06", "gender": "m", "emotion": "anger", "duration_s": "",
+                         **columns}])
+    long = pd.concat([short.iloc[:at], row, short.iloc[at:]], ignore_index=True)
+    short.to_csv(folder / "short.csv", index=False)
+    long.to_csv(folder / "long.csv", index=False)
+    return folder / "short.csv", folder / "long.csv"
+
+
+@needs_data
+def test_evaluate_scores_a_long_row_by_the_aggregate_of_its_windows_and_leaves_the_short_rows_unchanged(
+        call, tiny_manifest, whisper_model, tmp_path, capsys, monkeypatch):
+    import serkit
+    from serkit.inference.long import predict_long
+
+    short, long = _manifests(tiny_manifest, call, tmp_path)
+    assert run(["evaluate", str(whisper_model), "--manifest", str(short), "-o", str(tmp_path / "short")]) == 0
+    reads = []
+    real_read = sf.read
+    monkeypatch.setattr(sf, "read", lambda file, *a, **k: reads.append(str(file)) or real_read(file, *a, **k))
+    assert run(["evaluate", str(whisper_model), "--manifest", str(long), "-o", str(tmp_path / "long")]) == 0  # not refused
+    monkeypatch.undo()
+    assert str(call) not in reads and len(reads) == 12  # the long file streamed, never read whole
+    shown = capsys.readouterr().out
+    assert "1 row was a long recording (over 30 s), scored by its duration-weighted mean over fixed windows of 4 s " \
+           "every 2 s" in " ".join(shown.split())
+    # the short rows: the very same lines of predictions.csv, the long one's `segments` cell left empty
+    before = (tmp_path / "short" / "predictions.csv").read_text().splitlines()
+    after = (tmp_path / "long" / "predictions.csv").read_text().splitlines()
+    assert "segments" not in before[0] and after[0] == before[0] + ",segments"
+    assert after[1:6] + after[7:] == [line + "," for line in before[1:]]
+    # the long row: predict_long's aggregate on that file
+    expected = predict_long(load_model(whisper_model), call, 4.0, 2.0)
+    aggregate = expected.aggregate
+    row = pd.read_csv(tmp_path / "long" / "predictions.csv").iloc[5]
+    assert row["path"] == str(call) and row["predicted"] == aggregate["label"]
+    assert row["segments"] == len(expected.starts) == aggregate["segments"] > 15
+    assert row["confidence"] == pytest.approx(aggregate["probabilities"][aggregate["label"]], abs=1e-6)
+    assert [row[f"p_{lab}"] for lab in LABELS] == pytest.approx([aggregate["probabilities"][lab] for lab in LABELS], abs=1e-6)
+    metrics = json.loads((tmp_path / "long" / "metrics.json").read_text())["all"]
+    assert metrics["n"] == 13 and metrics["long_recordings"] == {
+        "rows": 1, "long_after": 30.0, "segments": "fixed", "window": 4.0, "hop": 2.0,
+        "scored_by": "duration-weighted mean over the segments"}
+    assert "1 row was a long recording" in (tmp_path / "long" / "report.md").read_text()
+    # the library: the same figures; below --long-after the file is one utterance, which Whisper refuses
+    api = serkit.evaluate(whisper_model, manifest=long)
+    assert list(api.predictions["predicted"]) == list(pd.read_csv(tmp_path / "long" / "predictions.csv")["predicted"])
+    assert run(["evaluate", str(whisper_model), "--manifest", str(long), "--long-after", "60"]) == 2
+    assert f"audio file {call} is" in capsys.readouterr().err
+
+
+@needs_data
+def test_embed_gives_a_long_row_the_duration_weighted_mean_of_its_windows_embeddings(call, tiny_manifest, whisper_model,
+                                                                                   tmp_path, capsys):
+    from serkit.inference.embeddings import layer_values, load_embeddings
+    from serkit.inference.long import segment_batches
+
+    short, long = _manifests(tiny_manifest, call, tmp_path)
+    assert run(["embed", str(whisper_model), str(short), "-o", str(tmp_path / "short.npy")]) == 0
+    assert run(["embed", str(whisper_model), str(long), "-o", str(tmp_path / "long.npy"), "--window", "5",
+                "--hop", "2.5"]) == 0
+    assert "1 row was a long recording" in capsys.readouterr().out
+    before, after = load_embeddings(tmp_path / "short.npy"), load_embeddings(tmp_path / "long.npy")
+    assert "long_recordings" not in before.meta and after.meta["long_recordings"]["window"] == 5.0
+    assert np.array_equal(np.delete(after.array, 5, axis=0), before.array)  # the short rows untouched
+    saved = load_model(whisper_model)
+    sums, weights = 0.0, 0.0
+    for starts, ends, values in segment_batches(saved, call, 5.0, 2.5, compute=lambda w: layer_values(saved, w, "fc1")):
+        w = np.array(ends) - np.array(starts)
+        sums, weights = sums + (values * w[:, None]).sum(0), weights + w.sum()
+    assert after.array[5] == pytest.approx(sums / weights, abs=1e-5)
+
+
+@needs_data
+def test_a_long_row_where_vad_finds_no_speech_is_an_error_naming_the_file_and_nothing_is_written(
+        tiny_manifest, whisper_model, tmp_path, capsys):
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(35 * 16000, dtype=np.float32), 16000)
+    _, long = _manifests(tiny_manifest, silence, tmp_path, at=0)
+    for argv in (["evaluate", str(whisper_model), "--manifest", str(long), "-o", str(tmp_path / "out")],
+                 ["embed", str(whisper_model), str(long), "-o", str(tmp_path / "out.npy")]):
+        assert run([*argv, "--segments", "vad"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after evaluate's note that it cannot check speakers
+        assert err == f"error: {silence}: no speech found to predict (35 s); try --segments fixed or a shorter --window"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.csv", "short.csv", "silence.wav"]  # no half-written output
+
+
+@needs_data
+def test_a_dimensional_model_scores_a_long_row_by_the_weighted_mean_of_its_windows_values(call, tiny_manifest, tmp_path):
+    import torch
+
+    from serkit.data.dataset import Preprocessing
+    from serkit.evaluation.regression import predict_dimensions
+    from serkit.inference.long import segment_batches
+    from serkit.models import build_model, save_model
+
+    torch.manual_seed(0)
+    task = {"type": "regression", "dimensions": ["arousal", "valence"], "scale": [1.0, 5.0]}
+    model_dir = save_model(tmp_path / "model", build_model("cnn6", {}, 2).eval(), ["arousal", "valence"], Preprocessing(),
+                           task=task)
+    _, long = _manifests(tiny_manifest, call, tmp_path, arousal="3", valence="2")
+    assert run(["evaluate", str(model_dir), "--manifest", str(long), "-o", str(tmp_path / "out")]) == 0
+    row = pd.read_csv(tmp_path / "out" / "predictions.csv").iloc[5]
+    saved = load_model(model_dir)
+    sums, weights = 0.0, 0.0
+    for starts, ends, values in segment_batches(saved, call, None, None, compute=lambda w: predict_dimensions(saved, w)):
+        w = np.array(ends) - np.array(starts)
+        sums, weights = sums + (values * w[:, None]).sum(0), weights + w.sum()
+    assert row["segments"] > 15 and [row["predicted_arousal"], row["predicted_valence"]] == \
+        pytest.approx(list(1 + 4 * sums / weights), abs=1e-5)
+    assert "1 row was a long recording" in (tmp_path / "out" / "report.md").read_text()

@@ -34,12 +34,12 @@ def predict(
 ):
     """Predict the emotion of audio files: label and class probabilities (or dimensions); long recordings segment by segment."""
     from serkit.data.audio import audio_info
+    from serkit.inference.long import check_segments
     from serkit.inference.predict import check_batch_size, predict_files
     from serkit.models import load_model
 
     check_batch_size(batch_size)
-    if segments not in ("fixed", "vad"):
-        raise SerkitError(f"--segments {segments}: choose fixed or vad")
+    check_segments(segments)
     if out is not None:
         from serkit.io import refuse_existing
 
@@ -79,10 +79,9 @@ def _predict_recordings(saved, files, segments, window, hop, batch_size, out) ->
     """Each long file segment by segment (serkit.inference.long); with `out`, its rows, timeline and summary."""
     if not files:
         return []
-    from serkit.inference.long import predict_long, timeline_png
+    from serkit.inference.long import no_segments, predict_long, timeline_png, window_and_hop
 
-    window = window if window is not None else saved.preprocessing.fixed_seconds or 4.0
-    hop = hop if hop is not None else window / 2
+    window, hop = window_and_hop(saved, window, hop)
     results, predictions = [], []
     for f in files:
         with progress_bar(f"{Path(f).name} (s)") as update:
@@ -90,8 +89,7 @@ def _predict_recordings(saved, files, segments, window, hop, batch_size, out) ->
         predictions.append(pred)
         agg = pred.aggregate
         if agg["label"] is None:
-            raise SerkitError(f"{f}: no {'speech' if segments == 'vad' else 'window'} found to predict "
-                              f"({pred.duration:.0f} s); try --segments fixed or a shorter --window")
+            raise no_segments(f, segments, pred.duration)
         results.append({"file": str(f), "label": agg["label"], "confidence": agg["probabilities"][agg["label"]],
                         "probabilities": agg["probabilities"], "duration": round(pred.duration, 3),
                         "time_share": agg["time_share"], "window": window, "hop": hop, "segmenter": segments,

@@ -18,20 +18,30 @@ def embed_cmd(
     split: Path | None = typer.Option(None, help="with --part: embed only the speakers of one part of this split"),
     part: str | None = typer.Option(None, help="train, val or test (needs --split)"),
     batch_size: int = typer.Option(16, min=1),
+    long_after: float = typer.Option(30.0, "--long-after", help="rows longer than this (seconds) are long recordings: "
+                                     "embedded segment by segment, streamed; their embedding is the duration-weighted mean"),
+    segments: str = typer.Option("fixed", "--segments", help="long recordings: fixed (windows) or vad (speech regions, "
+                                 "silero-vad)"),
+    window: float | None = typer.Option(None, help="long recordings: window seconds (default: the model's fixed length, "
+                                        "else 4)"),
+    hop: float | None = typer.Option(None, help="long recordings: seconds between windows (default: half a window)"),
 ):
-    """Time-averaged embeddings of every utterance of a manifest, from any serkit model."""
+    """Time-averaged embeddings of every utterance of a manifest, from any serkit model; long recordings window by window."""
     from serkit.data.manifest import read_manifest
     from serkit.data.splits import load_split
     from serkit.errors import SerkitError
     from serkit.inference.embeddings import check_layer, embed, save_embeddings
+    from serkit.inference.long import check_segments, long_note, long_rows, long_summary, window_and_hop
     from serkit.io import refuse_existing
     from serkit.models import load_model
 
     if (split is None) != (part is None):
         raise SerkitError("--split and --part go together: e.g. --split split.json --part train")
+    check_segments(segments)
     refuse_existing(out, "embedding file")
     saved = load_model(model_dir)
     check_layer(saved, layer)
+    window, hop = window_and_hop(saved, window, hop)
     rows = read_manifest(manifest)
     if split is not None:
         loaded = load_split(split, manifest)
@@ -43,15 +53,21 @@ def embed_cmd(
         done += k
         update(done, len(rows))
 
+    long = int(long_rows(rows, long_after).sum())
     with progress_bar("embedding") as update:
-        array = embed(saved, rows, layer, batch_size, progress=advance)
+        array = embed(saved, rows, layer, batch_size, progress=advance, long_after=long_after, segments=segments,
+                      window=window, hop=hop)
     meta = {"model": str(Path(model_dir).resolve()), "model_weights_sha256": saved.weights_sha256,
             "architecture": saved.config.get("architecture"), "layer": layer,
             "manifest": str(rows.file), "manifest_sha256": rows.sha256,
             "split": str(Path(split).resolve()) if split else None, "part": part,
             "paths": list(rows.frame["path"])}
+    if long:
+        meta["long_recordings"] = long_summary(long, long_after, segments, window, hop)
     save_embeddings(out, array, meta)
     console.print(f"wrote {out} ({array.shape[0]} utterances x {array.shape[1]}, layer {layer}) and {out.with_suffix('.json')}")
+    if long:
+        console.print(long_note(meta["long_recordings"]))
 
 
 def graph_cmd(

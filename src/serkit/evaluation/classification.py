@@ -11,6 +11,7 @@ import pandas as pd
 
 from serkit.data.dataset import load_waves
 from serkit.data.manifest import Manifest
+from serkit.inference.long import check_segments, long_note, long_rows, long_summary, no_segments, predict_long, window_and_hop
 from serkit.inference.predict import check_lengths, predict_proba
 from serkit.io import atomic_file, write_json, write_text
 from serkit.metrics import classification_summary
@@ -26,25 +27,65 @@ class EvalResult:
 
 
 def evaluate(saved: SavedModel, manifest: Manifest, name: str = "test", batch_size: int = 16,
-             waves: list | None = None) -> EvalResult:
+             waves: list | None = None, long_after: float | None = None, segments: str = "fixed",
+             window: float | None = None, hop: float | None = None) -> EvalResult:
+    """Score every row. With `long_after` (and no preloaded `waves`), a row longer than that is a long recording:
+    predicted segment by segment, streamed (serkit.inference.long.predict_long, `segments`, `window`, `hop`), and
+    scored by its duration-weighted mean probabilities; predictions then get a `segments` column."""
     manifest.check_labels(saved.labels, f"model {saved.path or ''}".strip())
+    long = long_rows(manifest, long_after) if waves is None else np.zeros(len(manifest), dtype=bool)
+    if long.any():
+        return _evaluate_with_long(saved, manifest, name, batch_size, long, long_after, segments, window, hop)
     if waves is None:
         waves = load_waves(manifest.audio_paths(), saved.preprocessing)
     check_lengths(saved.model, waves, manifest.audio_paths())
     start = time.perf_counter()
     probs = predict_proba(saved.model, waves, batch_size)
     seconds = time.perf_counter() - start
+    return _result(saved, manifest, name, probs, seconds)
+
+
+def _result(saved: SavedModel, manifest: Manifest, name: str, probs: np.ndarray, seconds: float) -> EvalResult:
     predicted = [saved.labels[i] for i in probs.argmax(1)]
     truth = list(manifest.frame["emotion"])
     summary = classification_summary(truth, predicted, saved.labels)
     summary["speakers"] = sorted(manifest.frame["speaker"].unique())
-    summary["inference_s_per_utterance"] = seconds / len(waves)
+    summary["inference_s_per_utterance"] = seconds / len(probs)
     frame = manifest.frame[[c for c in ("path", "speaker", "gender", "emotion") if c in manifest.frame.columns]].copy()
     frame["predicted"] = predicted
     frame["confidence"] = probs.max(1)
     for j, label in enumerate(saved.labels):
         frame[f"p_{label}"] = np.round(probs[:, j], 6)
     return EvalResult(name, summary, frame)
+
+
+def _evaluate_with_long(saved: SavedModel, manifest: Manifest, name: str, batch_size: int, long: np.ndarray,
+                        long_after: float, segments: str, window: float | None, hop: float | None) -> EvalResult:
+    """The long rows first (a file with nothing to predict fails before the short ones are read), each by the
+    aggregate of its segments; the short rows as `evaluate` scores them."""
+    window, hop = window_and_hop(saved, window, hop)
+    check_segments(segments)
+    paths = manifest.audio_paths()
+    start = time.perf_counter()
+    probs = np.zeros((len(manifest), len(saved.labels)), dtype=np.float32)  # what predict_proba gives the short rows
+    counts = pd.array([pd.NA] * len(manifest), dtype="Int64")
+    for i in np.flatnonzero(long):
+        pred = predict_long(saved, paths[i], window, hop, segments, batch_size)
+        aggregate = pred.aggregate
+        if aggregate["label"] is None:
+            raise no_segments(paths[i], segments, pred.duration)
+        probs[i] = [aggregate["probabilities"][label] for label in saved.labels]
+        counts[i] = aggregate["segments"]
+    short = np.flatnonzero(~long)
+    if short.size:
+        short_paths = [paths[i] for i in short]
+        waves = load_waves(short_paths, saved.preprocessing)
+        check_lengths(saved.model, waves, short_paths)
+        probs[short] = predict_proba(saved.model, waves, batch_size)
+    result = _result(saved, manifest, name, probs, time.perf_counter() - start)
+    result.predictions["segments"] = counts
+    result.summary["long_recordings"] = long_summary(int(long.sum()), long_after, segments, window, hop)
+    return result
 
 
 def write_predictions(result: EvalResult, path: Path) -> None:
@@ -111,6 +152,7 @@ def write_evaluation_files(folder: Path, result: EvalResult, model_path: Path | 
         f"# Evaluation of `{model_path}`",
         f"Data: {source}",
         *notes,
+        *([long_note(result.summary["long_recordings"])] if "long_recordings" in result.summary else []),
         summary_table([result]),
         "## Recall per class\n\n" + recall_table(result),
         "![confusion matrix](confusion.png)",

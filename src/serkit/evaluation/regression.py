@@ -16,6 +16,7 @@ from serkit.dimensional.targets import apply_proxy, dimension_targets
 from serkit.dimensional.text import manifest_texts, reads_text
 from serkit.errors import SerkitError
 from serkit.evaluation.classification import speaker_marks
+from serkit.inference.long import check_segments, long_note, long_rows, long_summary, weighted_mean, window_and_hop
 from serkit.inference.predict import check_lengths, model_outputs
 from serkit.io import atomic_file, write_json, write_text
 from serkit.metrics import ccc
@@ -80,7 +81,11 @@ def predict_dimensions(saved: SavedModel, waves: list[np.ndarray], batch_size: i
 
 
 def evaluate_regression(saved: SavedModel, manifest: Manifest, name: str = "test", batch_size: int = 16,
-                        waves: list | None = None) -> RegressionEval:
+                        waves: list | None = None, long_after: float | None = None, segments: str = "fixed",
+                        window: float | None = None, hop: float | None = None) -> RegressionEval:
+    """Score every row. With `long_after` (and no preloaded `waves`), a row longer than that is a long recording:
+    predicted segment by segment, streamed, and scored by the duration-weighted mean of its segments' values (see
+    serkit.inference.long); predictions then get a `segments` column. A model that reads transcripts refuses it."""
     task = task_of(saved)
     names, scale = task["dimensions"], task["scale"]
     dropped = 0
@@ -91,15 +96,20 @@ def evaluate_regression(saved: SavedModel, manifest: Manifest, name: str = "test
     texts = None
     if reads_text(saved.model):
         texts = manifest_texts(manifest, saved.model.options.text_column, saved.model.options.empty_text)
-    if waves is None:
-        waves = load_waves(manifest.audio_paths(), saved.preprocessing)
-    check_lengths(saved.model, waves, manifest.audio_paths())
+    long = long_rows(manifest, long_after) if waves is None else np.zeros(len(manifest), dtype=bool)
     start = time.perf_counter()
-    predicted = predict_dimensions(saved, waves, batch_size, texts)
+    if long.any():
+        predicted, counts = _predict_with_long(saved, manifest, batch_size, texts, long, long_after, segments, window, hop)
+    else:
+        if waves is None:
+            waves = load_waves(manifest.audio_paths(), saved.preprocessing)
+        check_lengths(saved.model, waves, manifest.audio_paths())
+        start = time.perf_counter()
+        predicted, counts = predict_dimensions(saved, waves, batch_size, texts), None
     seconds = time.perf_counter() - start
     summary = regression_summary(truth, predicted, names, scale)
     summary["speakers"] = sorted(manifest.frame["speaker"].unique())
-    summary["inference_s_per_utterance"] = seconds / max(len(waves), 1)
+    summary["inference_s_per_utterance"] = seconds / max(len(predicted), 1)
     if task.get("proxy"):
         summary["targets"] = f"PROXY from emotion categories ({task['proxy']['source']}); {dropped} unmapped utterances left out"
     low, high = scale
@@ -107,7 +117,36 @@ def evaluate_regression(saved: SavedModel, manifest: Manifest, name: str = "test
     for j, dim in enumerate(names):
         frame[dim] = np.round(low + truth[:, j] * (high - low), 6)
         frame[f"predicted_{dim}"] = np.round(low + predicted[:, j] * (high - low), 6)
+    if counts is not None:
+        frame["segments"] = counts
+        summary["long_recordings"] = long_summary(int(long.sum()), long_after, segments, *window_and_hop(saved, window, hop))
     return RegressionEval(name, summary, frame)
+
+
+def _predict_with_long(saved: SavedModel, manifest: Manifest, batch_size: int, texts, long: np.ndarray,
+                       long_after: float, segments: str, window: float | None, hop: float | None):
+    """Predictions of every row, the long ones first (each the duration-weighted mean over its segments), and the
+    number of segments of each long row (NA for the others)."""
+    paths = manifest.audio_paths()
+    if texts is not None:
+        i = int(np.flatnonzero(long)[0])
+        raise SerkitError(f"audio file {paths[i]} is longer than --long-after ({long_after:g} s), and this model reads a "
+                          "transcript per utterance, which the windows of a long recording do not have; split it into "
+                          "utterances with their transcripts, or raise --long-after to score it whole")
+    check_segments(segments)
+    window, hop = window_and_hop(saved, window, hop)
+    predicted = np.zeros((len(manifest), saved.model.num_classes), dtype=np.float32)
+    counts = pd.array([pd.NA] * len(manifest), dtype="Int64")
+    for i in np.flatnonzero(long):
+        predicted[i], counts[i] = weighted_mean(saved, paths[i], window, hop, segments, batch_size,
+                                                lambda waves: predict_dimensions(saved, waves, batch_size))
+    short = np.flatnonzero(~long)
+    if short.size:
+        short_paths = [paths[i] for i in short]
+        waves = load_waves(short_paths, saved.preprocessing)
+        check_lengths(saved.model, waves, short_paths)
+        predicted[short] = predict_dimensions(saved, waves, batch_size)
+    return predicted, counts
 
 
 def summary_table(results: list[RegressionEval]) -> str:
@@ -127,5 +166,6 @@ def write_regression_eval_files(folder: Path, result: RegressionEval, model_path
     write_json(folder / "metrics.json", {"model": str(model_path), "data": source, **marks, result.name: result.summary})
     with atomic_file(folder / "predictions.csv", "w") as handle:
         result.predictions.to_csv(handle, index=False)
-    write_text(folder / "report.md", "\n\n".join([f"# Evaluation of `{model_path}`", f"Data: {source}", *notes,
+    long = [long_note(result.summary["long_recordings"])] if "long_recordings" in result.summary else []
+    write_text(folder / "report.md", "\n\n".join([f"# Evaluation of `{model_path}`", f"Data: {source}", *notes, *long,
                                                    summary_table([result]), f"Scale: {result.summary['scale']} (MAE on it)."]) + "\n")

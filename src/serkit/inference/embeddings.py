@@ -24,6 +24,7 @@ import torch
 from serkit.data.dataset import load_waves
 from serkit.data.manifest import Manifest
 from serkit.errors import SerkitError
+from serkit.inference.long import check_segments, long_rows, weighted_mean, window_and_hop
 from serkit.inference.predict import model_outputs
 from serkit.io import atomic_file, refuse_existing
 from serkit.models.modeldir import SavedModel
@@ -63,22 +64,45 @@ def check_layer(saved: SavedModel, layer: str) -> None:
 
 @torch.no_grad()
 def embed(saved: SavedModel, manifest: Manifest, layer: str, batch_size: int = 16, chunk: int = 256,
-          progress: Callable[[int], None] | None = None) -> np.ndarray:
+          progress: Callable[[int], None] | None = None, long_after: float | None = None, segments: str = "fixed",
+          window: float | None = None, hop: float | None = None) -> np.ndarray:
     """(rows, dim) float32 embeddings of every manifest row, in manifest order. Audio is decoded
-    `chunk` utterances at a time, so memory does not grow with the corpus."""
+    `chunk` utterances at a time, so memory does not grow with the corpus. With `long_after`, a row longer than
+    that is a long recording: streamed segment by segment (serkit.inference.long: `segments`, `window`, `hop`), its
+    embedding the duration-weighted mean of its segments' embeddings."""
     check_layer(saved, layer)
     paths = manifest.audio_paths()
-    rows = []
-    for start in range(0, len(paths), chunk):
-        waves = load_waves(paths[start:start + chunk], saved.preprocessing)
-        if layer.startswith("hidden:"):
-            k = int(layer.split(":", 1)[1])
-            rows.append(_hidden_means(saved.model, waves, k, batch_size))
-        else:
-            rows.append(model_outputs(saved.model, waves, batch_size, layers=(layer,))[layer])
+    long = long_rows(manifest, long_after)
+    if long.any():
+        check_segments(segments)
+        window, hop = window_and_hop(saved, window, hop)
+    short = np.flatnonzero(~long)
+    parts: list[tuple[np.ndarray, np.ndarray]] = []  # (row indices, their embeddings)
+    for i in np.flatnonzero(long):  # first: a file with nothing to embed fails before the corpus is read
+        mean, _ = weighted_mean(saved, paths[i], window, hop, segments, batch_size,
+                                lambda waves: layer_values(saved, waves, layer, batch_size))
+        parts.append((np.array([i]), mean[None, :].astype(np.float32)))
+        if progress is not None:
+            progress(1)
+    for start in range(0, len(short), chunk):
+        rows = short[start:start + chunk]
+        waves = load_waves([paths[i] for i in rows], saved.preprocessing)
+        parts.append((rows, layer_values(saved, waves, layer, batch_size)))
         if progress is not None:
             progress(len(waves))
-    return np.concatenate(rows).astype(np.float32, copy=False)
+    if not long.any():  # as before long recordings: the chunks in manifest order
+        return np.concatenate([values for _, values in parts]).astype(np.float32, copy=False)
+    out = np.zeros((len(paths), parts[0][1].shape[1]), dtype=np.float32)
+    for rows, values in parts:
+        out[rows] = values
+    return out
+
+
+def layer_values(saved: SavedModel, waves: list[np.ndarray], layer: str, batch_size: int = 16) -> np.ndarray:
+    """(len(waves), dim) time-averaged outputs of `layer` (checked by `check_layer`) on preprocessed waveforms."""
+    if layer.startswith("hidden:"):
+        return _hidden_means(saved.model, waves, int(layer.split(":", 1)[1]), batch_size)
+    return model_outputs(saved.model, waves, batch_size, layers=(layer,))[layer]
 
 
 def _hidden_means(model, waves: list[np.ndarray], k: int, batch_size: int) -> np.ndarray:

@@ -134,38 +134,117 @@ def _cut(region: np.ndarray, start: int, window: float, hop: float, min_seconds:
         yield start / SAMPLE_RATE + at, piece
 
 
-def predict_long(saved: SavedModel, path: Path | str, window: float, hop: float, segments: str = "fixed",
-                 batch_size: int = 16, progress=None) -> LongPrediction:
-    """Predict every segment of a long recording (see the module's docstring)."""
-    from serkit.inference.predict import predict_proba
+def check_segments(segments: str) -> None:
+    if segments not in ("fixed", "vad"):
+        raise ConfigError(f"--segments {segments}: choose fixed or vad")
 
+
+def window_and_hop(saved: SavedModel, window: float | None, hop: float | None) -> tuple[float, float]:
+    """--window and --hop, their defaults filled in (the model's fixed length, else 4 s; half a window), checked."""
+    window = window if window is not None else saved.preprocessing.fixed_seconds or 4.0
+    hop = hop if hop is not None else window / 2
     if window <= 0 or hop <= 0 or hop > window:
         raise ConfigError(f"--window {window:g} / --hop {hop:g}: give a window > 0 and a hop between 0 and the window")
     if saved.model.max_seconds is not None and window > saved.model.max_seconds:
         raise ConfigError(f"--window {window:g} s is longer than this model's {saved.model.max_seconds:g}-s input")
+    return window, hop
+
+
+def no_segments(path: Path | str, segments: str, duration: float) -> ConfigError:
+    """What to say when a long recording has nothing to predict (vad on silence, a file under half a window)."""
+    return ConfigError(f"{path}: no {'speech' if segments == 'vad' else 'window'} found to predict ({duration:.0f} s); "
+                       "try --segments fixed or a shorter --window")
+
+
+def segment_batches(saved: SavedModel, path: Path | str, window: float | None, hop: float | None, segments: str = "fixed",
+                    batch_size: int = 16, compute=None) -> Iterator[tuple[list[float], list[float], np.ndarray]]:
+    """(starts, ends, outputs) of each batch of a long recording's segments, streamed: `compute(waves)` (default:
+    the class probabilities) on up to `batch_size` segments at a time, each after the model's own preprocessing."""
+    from serkit.inference.predict import predict_proba
+
+    check_segments(segments)
+    window, hop = window_and_hop(saved, window, hop)
+    compute = compute or (lambda waves: predict_proba(saved.model, waves, batch_size))
+
+    def run(batch: list[tuple[float, np.ndarray]]) -> tuple[list[float], list[float], np.ndarray]:
+        outputs = compute([saved.preprocessing(wave) for _, wave in batch])
+        return [s for s, _ in batch], [s + wave.shape[0] / SAMPLE_RATE for s, wave in batch], outputs
+
+    def batches():
+        blocks = stream_audio(path)
+        source = fixed_windows(blocks, window, hop) if segments == "fixed" else speech_regions(blocks, window, hop)
+        batch: list[tuple[float, np.ndarray]] = []
+        for item in source:
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield run(batch)
+                batch = []
+        if batch:
+            yield run(batch)
+
+    return batches()
+
+
+def weighted_mean(saved: SavedModel, path: Path | str, window: float | None, hop: float | None, segments: str = "fixed",
+                  batch_size: int = 16, compute=None) -> tuple[np.ndarray, int]:
+    """The duration-weighted mean of `compute`'s outputs over a long recording's segments, and how many there were;
+    streamed, with a running sum. No segment at all is an error naming the file."""
+    total, weight, count = None, 0.0, 0
+    for starts, ends, outputs in segment_batches(saved, path, window, hop, segments, batch_size, compute):
+        weights = np.array(ends) - np.array(starts)
+        part = (np.asarray(outputs, dtype=np.float64) * weights[:, None]).sum(0)
+        total = part if total is None else total + part
+        weight, count = weight + float(weights.sum()), count + len(starts)
+    if total is None:
+        info = sf.info(str(path))
+        raise no_segments(path, segments, info.frames / info.samplerate)
+    return total / weight, count
+
+
+def predict_long(saved: SavedModel, path: Path | str, window: float, hop: float, segments: str = "fixed",
+                 batch_size: int = 16, progress=None) -> LongPrediction:
+    """Predict every segment of a long recording (see the module's docstring)."""
+    batches = segment_batches(saved, path, window, hop, segments, batch_size)  # checks the options before reading
     info = sf.info(str(path))
     result = LongPrediction(str(path), info.frames / info.samplerate, segments, list(saved.labels))
-    blocks = stream_audio(path)
-    source = fixed_windows(blocks, window, hop) if segments == "fixed" else speech_regions(blocks, window, hop)
-    batch: list[tuple[float, np.ndarray]] = []
-
-    def flush():
-        probs = predict_proba(saved.model, [saved.preprocessing(w) for _, w in batch], batch_size)
-        for (start, wave), p in zip(batch, probs):
-            result.starts.append(start)
-            result.ends.append(start + wave.shape[0] / SAMPLE_RATE)
-            result.probabilities.append(p)
-        batch.clear()
+    for starts, ends, probs in batches:
+        result.starts += starts
+        result.ends += ends
+        result.probabilities += list(probs)
         if progress:
             progress(result.ends[-1], result.duration)
-
-    for start, wave in source:
-        batch.append((start, wave))
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
     return result
+
+
+def long_rows(manifest, long_after: float | None) -> np.ndarray:
+    """Which rows of a manifest are long recordings (over `long_after` seconds; None: none are): their
+    `duration_s` where the manifest has it, else the file's header (nothing is decoded)."""
+    import pandas as pd
+
+    from serkit.data.audio import audio_info
+
+    if long_after is None:
+        return np.zeros(len(manifest), dtype=bool)
+    listed = pd.to_numeric(manifest.frame["duration_s"], errors="coerce").to_numpy(dtype=float) \
+        if "duration_s" in manifest.frame.columns else np.full(len(manifest), np.nan)
+    durations = [d if np.isfinite(d) else (lambda i: i.frames / i.samplerate)(audio_info(path))
+                 for d, path in zip(listed, manifest.audio_paths())]
+    return np.array(durations, dtype=float) > long_after
+
+
+def long_summary(rows: int, long_after: float, segments: str, window: float, hop: float) -> dict:
+    """What metrics.json records when some rows were long recordings."""
+    return {"rows": int(rows), "long_after": long_after, "segments": segments, "window": window, "hop": hop,
+            "scored_by": "duration-weighted mean over the segments"}
+
+
+def long_note(summary: dict) -> str:
+    """One sentence for a report: how many rows were long recordings and how they were scored."""
+    n, w, h = summary["rows"], summary["window"], summary["hop"]
+    how = f"fixed windows of {w:g} s every {h:g} s" if summary["segments"] == "fixed" else \
+        f"the speech regions silero-vad found (vad), cut into windows of at most {w:g} s every {h:g} s"
+    return (f"{n} {'row was a long recording' if n == 1 else 'rows were long recordings'} (over {summary['long_after']:g} s), "
+            f"scored by {'its' if n == 1 else 'their'} duration-weighted mean over {how}.")
 
 
 def timeline_png(path: Path | str, result: LongPrediction) -> None:
