@@ -99,6 +99,48 @@ def test_pgd_reaches_targets_inside_the_ball():
     assert all(p.requires_grad for p in model.parameters())  # restored after the attack
 
 
+def test_pgd_samples_made_on_demand_are_the_ones_made_up_front_and_only_those_asked_for():
+    from serkit.unlearning.pgd import OnDemandAdversarial
+
+    torch.manual_seed(0)
+    model = build_model("cnn6", {}, 4).eval()
+    rng = np.random.default_rng(1)
+    waves = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (6000, 4000, 5000)]
+    targets = draw_targets(np.array([0, 1, 2]), 4, 3, seed=0)
+    pgd = TargetedPGD(tau=0.05, steps=6, batch_size=4, seed=3)
+    upfront = pgd.generate(model, waves, targets)
+    before = [p.detach().clone() for p in model.parameters()]
+    reported = []
+    lazy = OnDemandAdversarial(pgd, model, waves, targets, progress=lambda done, total: reported.append((done, total)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)  # the model trains meanwhile: the samples still come from the original
+    got, labels = lazy.take([7, 2, 7])
+    assert len(lazy.made) == 2 and reported == [(2, 9)]  # 7 once, 2: nothing else is attacked
+    assert (labels == upfront.targets[[7, 2, 7]]).all()
+    for wave, i in zip(got, [7, 2, 7]):
+        np.testing.assert_allclose(wave, upfront.waves[i], atol=1e-6)
+    assert lazy.summary()["samples"] == 2 and lazy.summary()["samples_planned"] == 9
+    for p, b in zip(model.parameters(), before):
+        p.data.copy_(b)
+
+
+def test_an_adversarial_request_stopped_early_makes_only_the_pgd_samples_its_steps_used(model_dir, tmp_path):
+    params = {**QUICK, "epochs": 1, "batch_size": 4, "check_every": 1, "target": "retrain-like", "target_accuracy": 1.0}
+    lazy = forget(model_dir, tmp_path / "lazy", speaker="02", n=6, params=params, log=lambda *a: None)
+    pgd = lazy.receipt["stats"]["pgd"]
+    assert (pgd["samples"], pgd["samples_planned"], lazy.receipt["stats"]["steps"]) == (4, 18, 1)  # one step of 4
+    full = {**params, "stop_early": False}
+    made = {g: forget(model_dir, tmp_path / g, speaker="02", n=6, params={**full, "adversarial_generation": g},
+                      log=lambda *a: None) for g in ("on-demand", "upfront")}
+    assert made["on-demand"].receipt["stats"]["pgd"]["samples"] == made["upfront"].receipt["stats"]["pgd"]["samples"] == 18
+    a, b = (load_model(made[g].model_dir).model.state_dict() for g in ("on-demand", "upfront"))
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)  # the same samples, the same model
+    with pytest.raises(ConfigError, match="adversarial_keep=successful.*use adversarial_generation=upfront"):
+        forget(model_dir, tmp_path / "x", speaker="02", n=6, log=lambda *a: None,
+               params={**QUICK, "adversarial_keep": "successful", "adversarial_generation": "on-demand"})
+
+
 def test_fisher_and_ewc_penalty():
     torch.manual_seed(0)
     model = build_model("cnn6", {}, 3)
@@ -136,11 +178,13 @@ def test_forget_writes_a_new_model_and_a_receipt(model_dir, tmp_path, method):
     assert receipt["method"]["reads_remaining_data"] is False
     if method == "adv-ewc":
         stats = receipt["stats"]
-        assert stats["pgd"]["samples"] == 18 and "fisher_sum" in stats["ewc"]
+        assert "fisher_sum" in stats["ewc"]
         if variant.endswith("successful-sgd"):  # only the samples that reached their target are trained on
+            assert stats["pgd"]["samples"] == 18 and stats["pgd"].get("generation") is None  # upfront: all made first
             assert stats["adversarial_used"] == round(18 * stats["pgd"]["target_success_rate"]) and stats["optimizer"] == "sgd"
-        else:
-            assert stats["adversarial_used"] == 18 and stats["optimizer"] == "adam"
+        else:  # made as the steps used them: at most the 18 planned
+            assert stats["pgd"]["samples_planned"] == 18 and stats["adversarial_used"] == stats["pgd"]["samples"] <= 18
+            assert stats["optimizer"] == "adam"
     new = load_model(result.model_dir)
     assert new.config["provenance"]["unlearning"]["method"] == method
     assert "forget set only" in (tmp_path / "out" / "report.md").read_text()

@@ -82,15 +82,20 @@ class TargetedPGD:
         `progress(done, total)` after each batch."""
         targets = np.asarray(targets)
         n, m = targets.shape
-        flat_source = np.repeat(np.arange(n), m)
-        flat_targets = targets.reshape(-1)
+        return self.attack(model, waves, np.repeat(np.arange(n), m), targets.reshape(-1), np.arange(n * m), progress)
+
+    def attack(self, model: nn.Module, waves: list[np.ndarray], flat_source: np.ndarray, flat_targets: np.ndarray,
+               ids: np.ndarray, progress: Callable[[int, int], None] | None = None) -> AdversarialSet:
+        """Attack `waves[flat_source[k]]` toward `flat_targets[k]`. Sample `ids[k]` always gets the same random
+        start (seeded by the attack's seed and the id), so a sample is the same whether it is made with all
+        the others or alone, when a training step first asks for it (OnDemandAdversarial)."""
+        flat_source, flat_targets, ids = np.asarray(flat_source), np.asarray(flat_targets), np.asarray(ids)
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
         grads_on = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():
             p.requires_grad_(False)  # only the input needs a gradient
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
         out_waves: list[np.ndarray] = [None] * len(flat_source)
         success = np.zeros(len(flat_source), dtype=bool)
         steps_taken = np.zeros(len(flat_source), dtype=np.int64)
@@ -115,8 +120,12 @@ class TargetedPGD:
                 y = torch.as_tensor(flat_targets[idx], device=device)
                 x = clean.clone()
                 if self.random_start:
-                    noise = (torch.rand(clean.shape, generator=gen) * 2 - 1).to(device)
-                    x = clean + noise * tau
+                    noise = torch.zeros(clean.shape)
+                    for row, i in enumerate(idx):
+                        gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + int(ids[i]))
+                        length = int(mask[row].sum())
+                        noise[row, :length] = torch.rand(length, generator=gen) * 2 - 1
+                    x = clean + noise.to(device) * tau
                 x = x * weight
                 active = torch.arange(len(idx), device=device)  # rows still short of their target
                 taken = torch.zeros(len(idx), dtype=torch.long, device=device)
@@ -160,6 +169,51 @@ class TargetedPGD:
                 p.requires_grad_(on)
             model.train(was_training)
         return AdversarialSet(out_waves, flat_targets, flat_source, success, snr, steps_taken, time.perf_counter() - start)
+
+
+class OnDemandAdversarial:
+    """Targeted PGD samples made when a training step first asks for them, from a frozen copy of the
+    original model: the same samples `TargetedPGD.generate` makes up front (each id keeps its random
+    start), but a request that stops after a few steps pays only for the samples those steps used (PGD is
+    80-94 % of a request made up front; bench/RESULTS.md 27). `take(indices)` gives (waves, targets)."""
+
+    def __init__(self, pgd: TargetedPGD, model: nn.Module, waves: list[np.ndarray], targets: np.ndarray,
+                 progress: Callable[[int, int], None] | None = None):
+        import copy
+
+        targets = np.asarray(targets)
+        n, m = targets.shape
+        self.pgd, self.waves, self.progress = pgd, waves, progress
+        self.model = copy.deepcopy(model).eval()  # the original stays the attacked model while the other one trains
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.source_index, self.targets = np.repeat(np.arange(n), m), targets.reshape(-1)
+        self.made: dict[int, np.ndarray] = {}
+        self.success = np.zeros(n * m, dtype=bool)
+        self.snr_db, self.steps_taken = np.full(n * m, np.nan), np.zeros(n * m, dtype=np.int64)
+        self.seconds = 0.0
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def take(self, indices) -> tuple[list[np.ndarray], np.ndarray]:
+        indices = np.asarray(indices)
+        missing = np.array(sorted({int(i) for i in indices} - self.made.keys()), dtype=np.int64)
+        if len(missing):
+            made = self.pgd.attack(self.model, self.waves, self.source_index[missing], self.targets[missing], missing)
+            for k, i in enumerate(missing):
+                self.made[int(i)] = made.waves[k]
+            self.success[missing], self.snr_db[missing], self.steps_taken[missing] = made.success, made.snr_db, made.steps_taken
+            self.seconds += made.seconds
+            if self.progress is not None:
+                self.progress(len(self.made), len(self))
+        return [self.made[int(i)] for i in indices], self.targets[indices]
+
+    def summary(self) -> dict:
+        done = np.array(sorted(self.made), dtype=np.int64)
+        made = AdversarialSet([self.made[int(i)] for i in done], self.targets[done], self.source_index[done],
+                              self.success[done], self.snr_db[done], self.steps_taken[done], self.seconds)
+        return {**made.summary(), "samples_planned": len(self), "generation": "on demand"}
 
 
 class NearestAdversarial:

@@ -4,8 +4,11 @@ Ren, Rammohan, Scheck and Schultz, "Machine Unlearning in Speech Emotion Recogni
 Alone" (arXiv 2510.04251, 2025; papers 000/001), adapting L2UL (Cha et al., AAAI 2024; see l2ul.py).
 
 `adv`: L = l1 * L_mis + l2 * L_adv. `adv-ewc` (the default): + l3 * L_ewc.
-The adversarial set is generated ONCE from the original model, before any weight changes:
-M targets per forget utterance, each attacked with targeted PGD (see serkit.unlearning.pgd).
+The adversarial set is generated from the original model, never from the one being changed:
+M targets per forget utterance, each attacked with targeted PGD (see serkit.unlearning.pgd). By
+default a sample is made when a training step first asks for it (`adversarial_generation:
+on-demand`; the same samples, paid for only when used: bench/RESULTS.md 27); `upfront` makes all
+N x M before the first step, as the papers describe it.
 Training on (x~, y~) pairs keeps the decision regions around the forget utterances populated
 by what the original model knew, without reading any remaining data.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from serkit.errors import ConfigError
@@ -30,7 +33,7 @@ from serkit.unlearning.methods.base import (
     random_wrong_labels,
     register,
 )
-from serkit.unlearning.pgd import TargetedPGD, draw_targets
+from serkit.unlearning.pgd import OnDemandAdversarial, TargetedPGD, draw_targets
 
 
 class PGDParams(FinetuneParams):
@@ -55,8 +58,22 @@ class PGDParams(FinetuneParams):
 
 
 class AdvParams(PGDParams):
+    adversarial_generation: Literal["on-demand", "upfront"] = Field(
+        "on-demand", description="on-demand: each PGD sample is made (from a frozen copy of the original model) when a "
+        "training step first uses it, so a request that stops early pays only for what it used; upfront: all N x M "
+        "before the first step (the papers). The same samples either way; adversarial_keep=successful needs upfront "
+        "(and gets it unless on-demand is asked for)")
     lambda_mis: float = Field(0.1, ge=0, description="l1 (papers: 0.1)")
     lambda_adv: float = Field(1.0, ge=0, description="l2 (papers: 1)")
+
+    @model_validator(mode="after")
+    def _successful_needs_upfront(self):
+        if self.adversarial_keep == "successful":
+            if "adversarial_generation" in self.model_fields_set and self.adversarial_generation == "on-demand":
+                raise ValueError("adversarial_keep=successful keeps the samples that reached their target, known only "
+                                 "once all are made: use adversarial_generation=upfront")
+            self.adversarial_generation = "upfront"
+        return self
 
 
 class AdvEWCParams(AdvParams):
@@ -70,11 +87,15 @@ class Adversarial(UnlearningMethod):
     name = "adv"
     Params = AdvParams
 
-    def _attack(self, ctx: UnlearnContext):
+    def _pgd(self, ctx: UnlearnContext) -> tuple[TargetedPGD, np.ndarray]:
         p = self.params
         pgd = TargetedPGD(tau=p.tau, sigma=p.sigma, steps=p.pgd_steps, tau_mode=p.tau_mode,
                           early_stop=p.pgd_early_stop, batch_size=p.pgd_batch_size, seed=ctx.seed)
-        targets = draw_targets(ctx.forget_labels, len(ctx.saved.labels), p.adversarial_per_sample, ctx.seed + 1)
+        return pgd, draw_targets(ctx.forget_labels, len(ctx.saved.labels), p.adversarial_per_sample, ctx.seed + 1)
+
+    def _attack(self, ctx: UnlearnContext):
+        p = self.params
+        pgd, targets = self._pgd(ctx)
         with ctx.steps("PGD samples") as update:
             adversarial = pgd.generate(ctx.saved.model, ctx.forget_waves, targets, progress=update)
         summary = adversarial.summary()
@@ -99,8 +120,13 @@ class Adversarial(UnlearningMethod):
     def unlearn(self, ctx: UnlearnContext) -> UnlearnOutcome:
         p = self.params
         wrong = random_wrong_labels(ctx.forget_labels, len(ctx.saved.labels), ctx.seed)
-        adversarial, stats = self._attack(ctx)
-        penalty, penalty_stats = self._penalty(ctx, wrong)
+        on_demand = getattr(p, "adversarial_generation", "upfront") == "on-demand"
+        if on_demand:
+            pgd, targets = self._pgd(ctx)
+            adversarial, stats = None, {"adversarial_keep": p.adversarial_keep}
+        else:
+            adversarial, stats = self._attack(ctx)
+        penalty, penalty_stats = self._penalty(ctx, wrong)  # before any weight changes, as the copy below
 
         def loss_fn(model, forget, extra):
             x, mask, y = forget
@@ -115,7 +141,16 @@ class Adversarial(UnlearningMethod):
                 parts["L_ewc"] = l_ewc.detach()
             return loss, parts
 
-        run = finetune(ctx, p, wrong, adversarial, loss_fn, p.lr or default_lr(ctx.saved))
+        if not on_demand:
+            run = finetune(ctx, p, wrong, adversarial, loss_fn, p.lr or default_lr(ctx.saved))
+            return UnlearnOutcome({"method": self.name, **stats, **penalty_stats, **run})
+        with ctx.steps("PGD samples (made as steps use them)") as update:
+            adversarial = OnDemandAdversarial(pgd, ctx.saved.model, ctx.forget_waves, targets, progress=update)
+            run = finetune(ctx, p, wrong, adversarial, loss_fn, p.lr or default_lr(ctx.saved))
+        summary = adversarial.summary()
+        ctx.log(f"PGD: {summary['samples']} of {summary['samples_planned']} adversarial samples made as the steps used "
+                f"them, in {summary['seconds']:.0f} s, target success {summary['target_success_rate']:.0%}")
+        stats = {**stats, "pgd": {**pgd.params(), **summary}, "adversarial_used": summary["samples"]}
         return UnlearnOutcome({"method": self.name, **stats, **penalty_stats, **run})
 
 

@@ -134,7 +134,9 @@ class UnlearningMethod(abc.ABC):
                 self.params = self.Params.model_validate(params or {})
             except ValidationError as exc:
                 first = exc.errors()[0]
-                raise ConfigError(f"method '{self.name}': {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+                where = ".".join(map(str, first["loc"]))
+                raise ConfigError(f"method '{self.name}': {where + ': ' if where else ''}"
+                                  f"{first['msg'].removeprefix('Value error, ')}") from None
 
     @abc.abstractmethod
     def unlearn(self, ctx: UnlearnContext) -> UnlearnOutcome:
@@ -169,16 +171,32 @@ def freeze_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
+@dataclass
+class _Pairs:
+    waves: list[np.ndarray]
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.waves)
+
+    def take(self, indices) -> tuple[list[np.ndarray], np.ndarray]:
+        return [self.waves[i] for i in indices], self.targets[indices]
+
+
 def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.ndarray,
              extra: tuple[list[np.ndarray], np.ndarray] | None, loss_fn: Callable, lr: float) -> dict:
     """The shared loop. `loss_fn(model, forget_batch, extra_batch)` returns (loss, parts dict), or (None, parts)
-    when it has put the gradients in place itself."""
+    when it has put the gradients in place itself. `extra`: (waves, targets), or a set that makes its pairs
+    when first asked (`len()` and `take(indices) -> (waves, targets)`, e.g. pgd.OnDemandAdversarial)."""
     model = ctx.saved.model
     device = next(model.parameters()).device
     rng = np.random.default_rng(ctx.seed)
     n_forget = len(ctx.forget_waves)
+    if isinstance(extra, tuple):
+        waves, targets = extra
+        extra = _Pairs(waves, np.asarray(targets))
     if extra is not None:
-        steps_per_epoch = max(1, math.ceil(len(extra[0]) / params.batch_size))
+        steps_per_epoch = max(1, math.ceil(len(extra) / params.batch_size))
     else:
         steps_per_epoch = max(1, math.ceil(n_forget / params.batch_size))
     forget_batch = max(1, math.ceil(n_forget / steps_per_epoch))
@@ -193,7 +211,7 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
     reached = False
     for epoch in range(params.epochs):
         forget_order = rng.permutation(n_forget)
-        extra_order = rng.permutation(len(extra[0])) if extra is not None else None
+        extra_order = rng.permutation(len(extra)) if extra is not None else None
         losses = []
         for s in range(steps_per_epoch):
             fi = forget_order[(s * forget_batch) % n_forget:][:forget_batch]
@@ -204,8 +222,9 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
             ebatch = None
             if extra is not None:
                 ei = extra_order[s * params.batch_size:(s + 1) * params.batch_size]
-                ex, em = pad_batch([extra[0][i] for i in ei])
-                ebatch = (ex.to(device), em.to(device), torch.as_tensor(extra[1][ei], device=device))
+                ewaves, etargets = extra.take(ei)
+                ex, em = pad_batch(ewaves)
+                ebatch = (ex.to(device), em.to(device), torch.as_tensor(etargets, device=device))
             optimizer.zero_grad()
             loss, parts = loss_fn(model, fbatch, ebatch)
             if loss is not None:  # None: loss_fn accumulated the gradients itself (an objective too large for one graph)
