@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -28,6 +29,12 @@ def print_note(kind: str, message: str) -> None:
     """One line on stderr: 'warning: ...' (in yellow) or 'note: ...'."""
     style = "bold yellow" if kind == "warning" else "bold"
     err_console.print(f"[{style}]{kind}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+# the long-recording options of predict, evaluate and embed
+SEGMENTS = typer.Option("fixed", "--segments", help="long recordings: fixed (windows) or vad (speech regions, silero-vad)")
+WINDOW = typer.Option(None, help="long recordings: window seconds (default: the model's fixed length, else 4)")
+HOP = typer.Option(None, help="long recordings: seconds between windows (default: half a window)")
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from serkit.commands._shared import console, print_note
+from serkit.commands._shared import HOP, SEGMENTS, WINDOW, console, print_note
 
 
 def evaluate(
@@ -21,11 +21,9 @@ def evaluate(
                                              "are then marked as not speaker-independent)"),
     long_after: float = typer.Option(30.0, "--long-after", help="rows longer than this (seconds) are long recordings: "
                                      "predicted segment by segment, streamed, and scored by the duration-weighted mean"),
-    segments: str = typer.Option("fixed", "--segments", help="long recordings: fixed (windows) or vad (speech regions, "
-                                 "silero-vad)"),
-    window: float | None = typer.Option(None, help="long recordings: window seconds (default: the model's fixed length, "
-                                        "else 4)"),
-    hop: float | None = typer.Option(None, help="long recordings: seconds between windows (default: half a window)"),
+    segments: str = SEGMENTS,
+    window: float | None = WINDOW,
+    hop: float | None = HOP,
 ):
     """Evaluate a model: metrics.json, predictions.csv, confusion.png and report.md."""
     from serkit.evaluation.rows import check_unseen, rows_to_evaluate

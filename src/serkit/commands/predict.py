@@ -10,7 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from serkit.commands._shared import OutputFormat, console, progress_bar
+from serkit.commands._shared import HOP, SEGMENTS, WINDOW, OutputFormat, console, progress_bar
 from serkit.errors import SerkitError
 
 
@@ -24,11 +24,9 @@ def predict(
                                      "json always has all)"),
     long_after: float = typer.Option(30.0, "--long-after", help="files longer than this (seconds) are long recordings: "
                                      "predicted segment by segment, streamed"),
-    segments: str = typer.Option("fixed", "--segments", help="long recordings: fixed (windows) or vad (speech regions, "
-                                 "silero-vad)"),
-    window: float | None = typer.Option(None, help="long recordings: window seconds (default: the model's fixed length, "
-                                        "else 4)"),
-    hop: float | None = typer.Option(None, help="long recordings: seconds between windows (default: half a window)"),
+    segments: str = SEGMENTS,
+    window: float | None = WINDOW,
+    hop: float | None = HOP,
     out: Path | None = typer.Option(None, "-o", "--out", help="new folder for long recordings: per-segment CSV, timeline "
                                     "PNG and summary JSON per file"),
 ):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from serkit.commands._shared import console, progress_bar
+from serkit.commands._shared import HOP, SEGMENTS, WINDOW, console, progress_bar
 
 
 def embed_cmd(
@@ -20,11 +20,9 @@ def embed_cmd(
     batch_size: int = typer.Option(16, min=1),
     long_after: float = typer.Option(30.0, "--long-after", help="rows longer than this (seconds) are long recordings: "
                                      "embedded segment by segment, streamed; their embedding is the duration-weighted mean"),
-    segments: str = typer.Option("fixed", "--segments", help="long recordings: fixed (windows) or vad (speech regions, "
-                                 "silero-vad)"),
-    window: float | None = typer.Option(None, help="long recordings: window seconds (default: the model's fixed length, "
-                                        "else 4)"),
-    hop: float | None = typer.Option(None, help="long recordings: seconds between windows (default: half a window)"),
+    segments: str = SEGMENTS,
+    window: float | None = WINDOW,
+    hop: float | None = HOP,
 ):
     """Time-averaged embeddings of every utterance of a manifest, from any serkit model; long recordings window by window."""
     from serkit.data.manifest import read_manifest
