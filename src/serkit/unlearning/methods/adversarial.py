@@ -6,9 +6,9 @@ Alone" (arXiv 2510.04251, 2025; papers 000/001), adapting L2UL (Cha et al., AAAI
 `adv`: L = l1 * L_mis + l2 * L_adv. `adv-ewc` (the default): + l3 * L_ewc.
 The adversarial set is generated from the original model, never from the one being changed:
 M targets per forget utterance, each attacked with targeted PGD (see serkit.unlearning.pgd). By
-default a sample is made when a training step first asks for it (`adversarial_generation:
-on-demand`; the same samples, paid for only when used: bench/RESULTS.md 27); `upfront` makes all
-N x M before the first step, as the papers describe it.
+default all N x M are made before the first step, as the papers describe it; `adversarial_generation:
+on-demand` makes each when a training step first asks for it (the same samples, paid for only when
+used, but in smaller, mixed-length batches: at N = 10 it was slower, bench/RESULTS.md 27).
 Training on (x~, y~) pairs keeps the decision regions around the forget utterances populated
 by what the original model knew, without reading any remaining data.
 """
@@ -58,21 +58,19 @@ class PGDParams(FinetuneParams):
 
 
 class AdvParams(PGDParams):
-    adversarial_generation: Literal["on-demand", "upfront"] = Field(
-        "on-demand", description="on-demand: each PGD sample is made (from a frozen copy of the original model) when a "
-        "training step first uses it, so a request that stops early pays only for what it used; upfront: all N x M "
-        "before the first step (the papers). The same samples either way; adversarial_keep=successful needs upfront "
-        "(and gets it unless on-demand is asked for)")
+    adversarial_generation: Literal["upfront", "on-demand"] = Field(
+        "upfront", description="upfront: all N x M PGD samples before the first step (the papers); on-demand: each is "
+        "made (from a frozen copy of the original model) when a training step first uses it, so a request that stops "
+        "early pays only for what it used, in smaller batches (at N = 10 slower: bench/RESULTS.md 27). The same samples "
+        "either way; adversarial_keep=successful needs upfront")
     lambda_mis: float = Field(0.1, ge=0, description="l1 (papers: 0.1)")
     lambda_adv: float = Field(1.0, ge=0, description="l2 (papers: 1)")
 
     @model_validator(mode="after")
     def _successful_needs_upfront(self):
-        if self.adversarial_keep == "successful":
-            if "adversarial_generation" in self.model_fields_set and self.adversarial_generation == "on-demand":
-                raise ValueError("adversarial_keep=successful keeps the samples that reached their target, known only "
-                                 "once all are made: use adversarial_generation=upfront")
-            self.adversarial_generation = "upfront"
+        if self.adversarial_keep == "successful" and self.adversarial_generation == "on-demand":
+            raise ValueError("adversarial_keep=successful keeps the samples that reached their target, known only "
+                             "once all are made: use adversarial_generation=upfront")
         return self
 
 
