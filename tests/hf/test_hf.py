@@ -142,6 +142,17 @@ def test_a_transformers_classifier_imports_with_its_predictions_and_forgets_with
     assert run(["forget", str(tmp_path / "m"), "--speaker", "02", "--n", "2", "--method", "neg-grad", "--set", "epochs=1",
                 "-o", str(tmp_path / "forgot")]) == 0
     assert (tmp_path / "forgot" / "receipt.json").is_file()
+    # ... and evaluate it on unseen speakers, probe its layers, compare it with its unlearned self
+    assert run(["evaluate", str(tmp_path / "m"), "--split", str(tiny_split), "--part", "test", "-o", str(tmp_path / "ev")]) == 0
+    # --split gave it provenance: evaluate checked that the test speakers are unseen (no "could not check" note)
+    assert "seen_speakers" not in json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert run(["probe", str(tmp_path / "m"), "--split", str(tiny_split), "-o", str(tmp_path / "probe")]) == 0
+    assert run(["compare", str(tmp_path / "m"), str(tmp_path / "forgot" / "model"), str(tiny_manifest),
+                "-o", str(tmp_path / "cmp")]) == 0
+    assert run(["attention", str(tmp_path / "m"), str(tmp_path / "forgot" / "model"), str(tiny_manifest),
+                "-o", str(tmp_path / "att")]) == 0
+    assert all(any((tmp_path / d).iterdir()) for d in ("probe", "cmp", "att"))
+    capsys.readouterr()
     # without the split, the command that needs it says what to do
     assert run(["models", "import-hf", str(hf), "-o", str(tmp_path / "bare")]) == 0
     capsys.readouterr()
