@@ -8,7 +8,7 @@ The adversarial set is generated from the original model, never from the one bei
 M targets per forget utterance, each attacked with targeted PGD (see serkit.unlearning.pgd). By
 default all N x M are made before the first step, as the papers describe it; `adversarial_generation:
 on-demand` makes each when a training step first asks for it (the same samples, paid for only when
-used, but in smaller, mixed-length batches: at N = 10 it was slower, bench/RESULTS.md 27).
+used, but in smaller, mixed-length batches: 1.22x the time at N = 10, 0.66x at N = 30, bench/RESULTS.md 27).
 Training on (x~, y~) pairs keeps the decision regions around the forget utterances populated
 by what the original model knew, without reading any remaining data.
 """
@@ -61,7 +61,7 @@ class AdvParams(PGDParams):
     adversarial_generation: Literal["upfront", "on-demand"] = Field(
         "upfront", description="upfront: all N x M PGD samples before the first step (the papers); on-demand: each is "
         "made (from a frozen copy of the original model) when a training step first uses it, so a request that stops "
-        "early pays only for what it used, in smaller batches (at N = 10 slower: bench/RESULTS.md 27). The same samples "
+        "early pays only for what it used, in smaller batches (1.22x the time at N = 10, 0.66x at N = 30: bench/RESULTS.md 27). The same samples "
         "either way; adversarial_keep=successful needs upfront")
     lambda_mis: float = Field(0.1, ge=0, description="l1 (papers: 0.1)")
     lambda_adv: float = Field(1.0, ge=0, description="l2 (papers: 1)")
