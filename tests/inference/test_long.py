@@ -189,6 +189,20 @@ def test_a_long_row_where_vad_finds_no_speech_is_an_error_naming_the_file_and_no
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.csv", "short.csv", "silence.wav"]  # no half-written output
 
 
+
+def test_a_long_row_that_cannot_be_decoded_is_one_line_naming_the_file_and_nothing_is_written(
+        tiny_manifest, whisper_model, tmp_path, capsys):
+    broken = tmp_path / "call.flac"
+    broken.write_bytes(b"not audio" * 500)
+    _, long = _manifests(tiny_manifest, broken, tmp_path, at=0)
+    frame = pd.read_csv(long, dtype=str)
+    frame.loc[0, "duration_s"] = "45"  # the manifest says long: the header is read only when predicting it
+    frame.to_csv(long, index=False)
+    assert run(["evaluate", str(whisper_model), "--manifest", str(long), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: cannot decode audio file {broken} (") and "remove it from the manifest" in err
+    assert not (tmp_path / "out").exists()
+
 @needs_data
 def test_a_dimensional_model_scores_a_long_row_by_the_weighted_mean_of_its_windows_values(call, tiny_manifest, tmp_path):
     import torch

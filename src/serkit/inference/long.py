@@ -22,6 +22,7 @@ import soundfile as sf
 import soxr
 
 from serkit import SAMPLE_RATE
+from serkit.data.audio import audio_info
 from serkit.errors import AudioError, ConfigError
 from serkit.models.modeldir import SavedModel
 
@@ -196,7 +197,7 @@ def weighted_mean(saved: SavedModel, path: Path | str, window: float | None, hop
         total = part if total is None else total + part
         weight, count = weight + float(weights.sum()), count + len(starts)
     if total is None:
-        info = sf.info(str(path))
+        info = audio_info(path)
         raise no_segments(path, segments, info.frames / info.samplerate)
     return total / weight, count
 
@@ -205,7 +206,7 @@ def predict_long(saved: SavedModel, path: Path | str, window: float, hop: float,
                  batch_size: int = 16, progress=None) -> LongPrediction:
     """Predict every segment of a long recording (see the module's docstring)."""
     batches = segment_batches(saved, path, window, hop, segments, batch_size)  # checks the options before reading
-    info = sf.info(str(path))
+    info = audio_info(path)  # a file that cannot be read is named, one line
     result = LongPrediction(str(path), info.frames / info.samplerate, segments, list(saved.labels))
     for starts, ends, probs in batches:
         result.starts += starts
@@ -216,19 +217,21 @@ def predict_long(saved: SavedModel, path: Path | str, window: float, hop: float,
     return result
 
 
+def _seconds(path) -> float:
+    info = audio_info(path)
+    return info.frames / info.samplerate
+
+
 def long_rows(manifest, long_after: float | None) -> np.ndarray:
     """Which rows of a manifest are long recordings (over `long_after` seconds; None: none are): their
     `duration_s` where the manifest has it, else the file's header (nothing is decoded)."""
     import pandas as pd
 
-    from serkit.data.audio import audio_info
-
     if long_after is None:
         return np.zeros(len(manifest), dtype=bool)
     listed = pd.to_numeric(manifest.frame["duration_s"], errors="coerce").to_numpy(dtype=float) \
         if "duration_s" in manifest.frame.columns else np.full(len(manifest), np.nan)
-    durations = [d if np.isfinite(d) else (lambda i: i.frames / i.samplerate)(audio_info(path))
-                 for d, path in zip(listed, manifest.audio_paths())]
+    durations = [d if np.isfinite(d) else _seconds(path) for d, path in zip(listed, manifest.audio_paths())]
     return np.array(durations, dtype=float) > long_after
 
 

@@ -118,7 +118,7 @@ class Adversarial(UnlearningMethod):
     def unlearn(self, ctx: UnlearnContext) -> UnlearnOutcome:
         p = self.params
         wrong = random_wrong_labels(ctx.forget_labels, len(ctx.saved.labels), ctx.seed)
-        on_demand = getattr(p, "adversarial_generation", "upfront") == "on-demand"
+        on_demand = p.adversarial_generation == "on-demand"
         if on_demand:
             pgd, targets = self._pgd(ctx)
             adversarial, stats = None, {"adversarial_keep": p.adversarial_keep}
@@ -139,16 +139,17 @@ class Adversarial(UnlearningMethod):
                 parts["L_ewc"] = l_ewc.detach()
             return loss, parts
 
+        lr = p.lr or default_lr(ctx.saved)
         if not on_demand:
-            run = finetune(ctx, p, wrong, adversarial, loss_fn, p.lr or default_lr(ctx.saved))
-            return UnlearnOutcome({"method": self.name, **stats, **penalty_stats, **run})
-        with ctx.steps("PGD samples (made as steps use them)") as update:
-            adversarial = OnDemandAdversarial(pgd, ctx.saved.model, ctx.forget_waves, targets, progress=update)
-            run = finetune(ctx, p, wrong, adversarial, loss_fn, p.lr or default_lr(ctx.saved))
-        summary = adversarial.summary()
-        ctx.log(f"PGD: {summary['samples']} of {summary['samples_planned']} adversarial samples made as the steps used "
-                f"them, in {summary['seconds']:.0f} s, target success {summary['target_success_rate']:.0%}")
-        stats = {**stats, "pgd": {**pgd.params(), **summary}, "adversarial_used": summary["samples"]}
+            run = finetune(ctx, p, wrong, adversarial, loss_fn, lr)
+        else:
+            with ctx.steps("PGD samples (made as steps use them)") as update:
+                adversarial = OnDemandAdversarial(pgd, ctx.saved.model, ctx.forget_waves, targets, progress=update)
+                run = finetune(ctx, p, wrong, adversarial, loss_fn, lr)
+            summary = adversarial.summary()
+            ctx.log(f"PGD: {summary['samples']} of {summary['samples_planned']} adversarial samples made as the steps "
+                    f"used them, in {summary['seconds']:.0f} s, target success {summary['target_success_rate']:.0%}")
+            stats = {**stats, "pgd": {**pgd.params(), **summary}, "adversarial_used": summary["samples"]}
         return UnlearnOutcome({"method": self.name, **stats, **penalty_stats, **run})
 
 
