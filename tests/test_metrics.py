@@ -113,3 +113,16 @@ def test_membership_auc_against_a_stored_profile_matches_the_auc_on_the_losses_t
         auc_against_profile([1.0], {"loss_quantiles": [2.0, 1.0]})
     with pytest.raises(ValueError, match="finite losses"):
         loss_profile([np.inf], [0], [0])
+
+
+def test_membership_auc_of_two_parts_says_which_one_the_model_fits_better():
+    from serkit.metrics import membership_auc
+
+    assert membership_auc([0.1, 0.2], [0.5, 0.9]) == 1.0  # every member fitted better: remembered
+    assert membership_auc([0.5, 0.9], [0.1, 0.2]) == 0.0  # every member fitted worse: over-forgotten
+    assert membership_auc([0.3, 0.3], [0.3, 0.3]) == 0.5
+    assert membership_auc([0.1, 0.4], [0.2, 0.3]) == 0.5
+    with pytest.raises(ValueError, match="other_losses must be a non-empty 1-D array of finite losses"):
+        membership_auc([0.1], [])
+    with pytest.raises(ValueError, match="member_losses must be"):
+        membership_auc([np.nan], [0.1])

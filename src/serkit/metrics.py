@@ -2,7 +2,7 @@
 the one-tailed two-proportion z-test the papers use to mark significance, a paired
 permutation test of a UAR gain for two models scored on the same utterances, and loss profiles:
 a held-out part's per-utterance losses summarised by quantiles, against which a membership AUC
-can be measured later without the data."""
+can be measured later without the data, or against another part's losses (membership_auc)."""
 
 from __future__ import annotations
 
@@ -190,3 +190,15 @@ def auc_against_profile(member_losses, profile: dict) -> float:
     # a loss equal to stored quantiles (a run of equal losses) is a tie with them: the middle of their levels
     below = np.where(right > left, (left + right - 1) / 2 / (quantiles.size - 1), np.interp(losses, quantiles, levels))
     return float(np.mean(1.0 - below))
+
+
+def membership_auc(member_losses, other_losses) -> float:
+    """Loss-threshold membership AUC of members against others, both measured by the same model: the
+    probability that a member's loss is below another's (ties count half). 0.5: the members look like
+    the others; above, they are fitted better (remembered); below, worse."""
+    members, others = np.asarray(member_losses, dtype=float), np.asarray(other_losses, dtype=float)
+    for name, losses in (("member_losses", members), ("other_losses", others)):
+        if losses.ndim != 1 or losses.size == 0 or not np.isfinite(losses).all():
+            raise ValueError(f"membership_auc: {name} must be a non-empty 1-D array of finite losses")
+    truth = np.r_[np.ones(members.size), np.zeros(others.size)]
+    return float(skm.roc_auc_score(truth, -np.r_[members, others]))

@@ -704,6 +704,65 @@ def test_calibrated_stop_ends_where_the_forget_set_scores_the_known_speakers_mem
     assert accuracy.receipt["outcome"]["target_accuracy"] == pytest.approx(known)
 
 
+def test_a_held_out_stop_measures_the_forget_set_against_the_current_models_losses_on_other_speakers_held_out_utterances(
+        calibrated_dir, tmp_path, monkeypatch):
+    """stop_reference held-out: each check scores the held-out calibration utterances of the OTHER training speakers
+    with the model as it is now (the stored profile goes stale as fine-tuning moves every loss), and stops at
+    target_membership_auc (0.5 unless set; this 4-epoch model fits its forget set no better than that, so the
+    test asks for less); the receipt and report say the request read them, never how many."""
+    import re
+
+    from serkit.data.manifest import Manifest
+    from serkit.metrics import membership_auc
+    from serkit.unlearning import evaluation
+    from serkit.unlearning.evaluation import outputs
+    from serkit.unlearning.forget_set import training_data
+    from serkit.unlearning.stopping import stop_rule
+
+    monkeypatch.setattr(evaluation, "MIN_REFERENCE", 4)  # the tiny corpus holds out 2 utterances of 4 speakers
+    result = forget(calibrated_dir, tmp_path / "held-out", speaker="02", n=6, method="random-label",
+                    params={"epochs": 30, "check_every": 1, "stop_reference": "held-out", "target_membership_auc": 0.2},
+                    log=lambda *a: None)
+    receipt = result.receipt
+    stats, outcome = receipt["stats"], receipt["outcome"]
+    assert stats["target"] == "calibrated (held-out reference)" and outcome["target_membership_auc"] == 0.2
+    assert outcome["target_reached"] is True and "against held-out utterances of trained speakers" in stats["stop_reason"]
+    assert "read at request time" in receipt["data"]["stop_reference"]
+    assert "read at request time" in (result.out_dir / "report.md").read_text()
+    # the figure it stopped at is the new model's forget-set AUC against speakers 01, 03 and 04's held-out utterances
+    saved, data = load_model(result.model_dir), training_data(load_model(calibrated_dir))
+    frame = data.manifest.frame
+    others = frame[data.calibration_mask() & (frame["speaker"] != "02")].reset_index(drop=True)
+    assert sorted(others["speaker"].unique()) == ["01", "03", "04"]
+    forgotten = build_forget_set(load_model(calibrated_dir), speaker="02", n=6)
+    forget_part = evaluation._eval_set(saved, "f", Manifest(forgotten.rows, data.manifest.file))
+    reference = evaluation._eval_set(saved, "r", Manifest(others, data.manifest.file))
+
+    def auc(model):
+        return membership_auc(outputs(model, forget_part)[1], outputs(model, reference)[1])
+
+    stopped_at = float(re.search(r"trained speakers (\d\.\d\d) <=", stats["stop_reason"]).group(1))
+    assert auc(saved.model) == pytest.approx(stopped_at, abs=0.006) and stopped_at <= 0.2
+    assert auc(load_model(calibrated_dir).model) > 0.2 and stats["steps"] > 1  # it had to fall
+    assert stop_rule("calibrated", None, None, None, True, reference=([], np.zeros(0))).goal == 0.5
+
+
+def test_a_held_out_stop_is_refused_before_any_output_where_the_model_holds_out_too_little(
+        model_dir, calibrated_dir, tmp_path):
+    from serkit.unlearning.stopping import stop_rule
+
+    with pytest.raises(ConfigError, match=r"stop_reference held-out needs utterances of the training speakers held out "
+                                          r"of training \(data.calibration\)"):
+        forget(model_dir, tmp_path / "x", speaker="02", n=2, method="neg-grad",
+               params={"epochs": 1, "stop_reference": "held-out"}, log=lambda *a: None)
+    with pytest.raises(ConfigError, match="holds out only 6 utterances of its other training speakers, too few"):
+        forget(calibrated_dir, tmp_path / "x", speaker="02", n=2, method="neg-grad",
+               params={"epochs": 1, "stop_reference": "held-out"}, log=lambda *a: None)
+    with pytest.raises(ConfigError, match="stop_reference held-out measures the calibrated stop; target misclassify"):
+        stop_rule("misclassify", None, None, None, False, reference=([], np.zeros(0)))
+    assert not (tmp_path / "x").exists()
+
+
 def test_calibrated_target_on_a_model_without_profiles_is_refused_unless_a_preset_chose_it(model_dir, tmp_path):
     from serkit.unlearning.stopping import stop_rule
 

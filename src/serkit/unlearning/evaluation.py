@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
 from serkit.data.dataset import load_waves
 from serkit.data.manifest import Manifest
-from serkit.errors import SerkitError
+from serkit.errors import ConfigError, SerkitError
 from serkit.inference.predict import model_outputs
-from serkit.metrics import uar, war
+from serkit.metrics import membership_auc, uar, war
 
 if TYPE_CHECKING:
     from serkit.models.modeldir import SavedModel
@@ -52,9 +52,8 @@ def membership_attack(member_loss: np.ndarray, nonmember_loss: np.ndarray) -> di
     """Loss-threshold membership inference: members are predicted where the loss is low."""
     scores = -np.concatenate([member_loss, nonmember_loss])
     truth = np.concatenate([np.ones(len(member_loss)), np.zeros(len(nonmember_loss))])
-    auc = float(roc_auc_score(truth, scores))
     fpr, tpr, _ = roc_curve(truth, scores)
-    return {"auc": auc, "attack_accuracy": float(np.max((tpr + 1 - fpr) / 2)),
+    return {"auc": membership_auc(member_loss, nonmember_loss), "attack_accuracy": float(np.max((tpr + 1 - fpr) / 2)),
             "forget_loss_mean": float(np.mean(member_loss)), "unseen_loss_mean": float(np.mean(nonmember_loss))}
 
 
@@ -106,3 +105,23 @@ def evaluation_sets(saved: SavedModel, data: TrainingData, forget_set: ForgetSet
     other = _eval_set(saved, "speaker_other_training", Manifest(others.reset_index(drop=True), data.manifest.file)) \
         if len(others) else None
     return forget_eval, unseen, other
+
+
+MIN_REFERENCE = 20  # below this a membership AUC against the reference moves by 0.05 per utterance
+
+
+def held_out_reference(saved: SavedModel, data: TrainingData, forget_set: ForgetSet) -> EvalSet:
+    """What a calibrated stop with stop_reference held-out measures against: the utterances of the model's
+    training speakers that data.calibration held out of training, less the forget set's speakers' own (their
+    speaker is the one being forgotten)."""
+    if not data.calibration:
+        raise ConfigError(f"stop_reference held-out needs utterances of the training speakers held out of training "
+                          f"(data.calibration), and model {saved.path} was trained without them: use stop_reference "
+                          "stored, or train with --set data.calibration=6")
+    frame = data.manifest.frame
+    rows = frame[data.calibration_mask() & ~frame["speaker"].isin(forget_set.speakers)]
+    if len(rows) < MIN_REFERENCE:
+        raise ConfigError(f"stop_reference held-out: the model holds out only {len(rows)} utterances of its other "
+                          f"training speakers, too few to measure a membership AUC against (at least {MIN_REFERENCE}); "
+                          "use stop_reference stored, or train with a larger data.calibration")
+    return _eval_set(saved, "held_out_reference", Manifest(rows.reset_index(drop=True), data.manifest.file))

@@ -142,10 +142,13 @@ def report_markdown(receipt: dict) -> str:
         + (f" ({timing['speedup_over_retraining']:.1f}x faster than retraining)" if "speedup_over_retraining" in timing else "") + ".",
         f"Reads remaining training data: {'yes' if receipt['method']['reads_remaining_data'] else 'no (forget set only)'}.",
     ]
+    if receipt["data"].get("stop_reference"):
+        lines.append(f"Its stop measured the forget set against {receipt['data']['stop_reference']}.")
     if outcome.get("target_reached") is False:
         if outcome.get("target_measure") == "membership_auc":
+            against = "held-out utterances" if receipt["data"].get("stop_reference") else "the recorded profile"
             figure = (f"membership AUC {a['membership']['auc']:.2f} against the whole unseen part, goal "
-                      f"{outcome['target_membership_auc']:.2f} against the recorded profile")
+                      f"{outcome['target_membership_auc']:.2f} against {against}")
         else:
             figure = f"forget-set accuracy {a['forget']['accuracy']:.2f}, goal {outcome['target_accuracy']:.2f}"
         lines.append(f"**The target was not reached**: {outcome['target']} ({figure}). The model may still "

@@ -1,7 +1,8 @@
 """`serkit forget`: one deletion request, end to end, with a receipt.
 
 Reads the model and the forget set only (plus the evaluation data named below, which never
-reaches the unlearning itself). Writes OUT/ whole or not at all, and never while another run
+reaches the unlearning itself, and with stop_reference held-out the held-out calibration utterances
+of the model's other training speakers, which its stop measures against). Writes OUT/ whole or not at all, and never while another run
 writes it: `model/` (a NEW model directory that says N utterances were forgotten, never which;
 the input is never touched), `receipt.json` (signed with `sign_key`), `report.md`, and
 `forget-keys.json`, the owner's secret (mode 0600; elsewhere with `keys_out`).
@@ -34,7 +35,7 @@ from serkit.errors import SerkitError
 from serkit.io import OutputDir, refuse_existing, sha256_file, write_text
 from serkit.models.modeldir import SavedModel, file_hashes, load_model, save_model
 from serkit.unlearning.commitments import commitments, new_key
-from serkit.unlearning.evaluation import evaluation_sets, forget_report
+from serkit.unlearning.evaluation import evaluation_sets, forget_report, held_out_reference
 from serkit.unlearning.forget_set import ForgetSet, TrainingData, build_forget_set, training_data
 from serkit.unlearning.keys import KEYS_FILE, RequestKey, RequestKeys, load_request_keys, load_signing_key, sign
 from serkit.unlearning.methods import UnlearnContext, get_method
@@ -113,13 +114,17 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
     with OutputDir(out, overwrite, recognise=is_forget_output) as output:
         original = load_model(model_dir)
         profiles = getattr(unlearner.params, "profiles", None) or (original.config.get("provenance") or {}).get("calibration")
-        if getattr(unlearner.params, "target", None) is not None:  # a stop the model cannot serve: refused before PGD
-            stop_rule(unlearner.params.target, getattr(unlearner.params, "target_accuracy", None), profiles, _reference_accuracy(original),
-                      unlearner.params._preset_target, log=lambda *a: None)
         lineage = replay.keys_before if replay else lineage_keys(original, model_dir, keys, log)
         data = training_data(original, manifest, split)
         forget_set, digests, skipped = _forget_set(original, data, lineage, files, speaker, n, seed, strict,
                                                    skip_forgotten, log)
+        held_out = None
+        if getattr(unlearner.params, "stop_reference", "stored") == "held-out":
+            held_out = held_out_reference(original, data, forget_set)
+        if getattr(unlearner.params, "target", None) is not None:  # a stop the model cannot serve: refused before PGD
+            stop_rule(unlearner.params.target, getattr(unlearner.params, "target_accuracy", None), profiles,
+                      _reference_accuracy(original), unlearner.params._preset_target, log=lambda *a: None,
+                      reference=None if held_out is None else (held_out.waves, held_out.labels))
         key = replay.key if replay else new_key()
         committed = commitments(key, digests)
         if replay and committed != replay.commitments:
@@ -147,8 +152,9 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             working.model.to(device)
             ctx = UnlearnContext(working, forget_set, forget_eval.waves, forget_eval.labels, seed, log,
                                  reference_accuracy=_reference_accuracy(original), remain=remain_manifest,
-                                 profiles=profiles,
-                                 work_dir=staging / "work", device=str(device), data=data, progress=progress)
+                                 profiles=profiles, work_dir=staging / "work", device=str(device), data=data,
+                                 progress=progress,
+                                 stop_reference=None if held_out is None else (held_out.waves, held_out.labels))
             start = time.perf_counter()
             outcome = unlearner.unlearn(ctx)
             seconds = time.perf_counter() - start
@@ -177,7 +183,10 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
                     "reads_remaining_data": unlearner.reads_remaining_data},
             seed=seed,
             data={"manifest_sha256": data.manifest.sha256, "split_parts_sha256": split_parts_sha256(data.parts),
-                  "unseen_part": eval_part, "n_unseen": len(unseen)},
+                  "unseen_part": eval_part, "n_unseen": len(unseen),
+                  # how many is left out: with a corpus' per-speaker counts it would say how many speakers were forgotten
+                  **({} if held_out is None else {"stop_reference": "held-out utterances of the model's other training "
+                                                  "speakers (data.calibration), read at request time"})},
             evaluation=_shareable_evaluation(before, after, eval_part),
             outcome={"target": stats.get("target"), "target_accuracy": stats.get("target_accuracy"),
                      **({k: stats[k] for k in ("target_measure", "target_membership_auc") if k in stats}),

@@ -57,6 +57,16 @@ class FinetuneParams(BaseModel):
     check_every: int = Field(5, ge=1)
     target_accuracy: float | None = Field(None, ge=0, le=1, description="retrain-like: forget-set accuracy to stop at "
                                           "(default: the original model's validation accuracy)")
+    target_membership_auc: float | None = Field(
+        None, ge=0, le=1, description="calibrated: the forget set's membership AUC to stop at (default: what the "
+        "model's held-out utterances of its training speakers scored against its unseen speakers at training time; "
+        "0.5 with stop_reference held-out)")
+    stop_reference: Literal["stored", "held-out"] = Field(
+        "stored", description="calibrated: what the forget set's losses are compared with at each check. stored: "
+        "the unseen speakers' loss profile the model recorded at training time (reads nothing but the forget set; "
+        "stale once fine-tuning moves every loss, bench/RESULTS.md 23g). held-out: the CURRENT model's losses on "
+        "the held-out utterances (data.calibration) of the model's other training speakers, read at request time "
+        "(the receipt says so)")
     profiles: dict | None = Field(
         None, description="calibrated: the loss profiles to stop against, in the form serkit train records them "
         "(provenance.calibration), instead of the model's own. A model trained on train+val has no unseen speakers "
@@ -109,6 +119,7 @@ class UnlearnContext:
     device: str = "cpu"
     data: TrainingData | None = None  # where the model's training data is (retraining reads it)
     progress: Callable | None = None  # progress(label): a context giving update(done, total); the CLI's bar
+    stop_reference: tuple[list[np.ndarray], np.ndarray] | None = None  # stop_reference held-out: (waves, labels)
 
     def steps(self, label: str):
         """A progress report for a step of the request that takes a while (a bar on the command line)."""
@@ -203,7 +214,8 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=lr) if params.optimizer == "adam" else torch.optim.SGD(trainable, lr=lr)
     rule = stop_rule(params.target, params.target_accuracy, ctx.profiles, ctx.reference_accuracy,
-                     params._preset_target, ctx.log)
+                     params._preset_target, ctx.log, reference=ctx.stop_reference,
+                     target_membership_auc=params.target_membership_auc)
     history, stop_reason, step = [], f"{params.epochs} epochs", 0
     start = time.perf_counter()
     model.train()

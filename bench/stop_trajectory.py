@@ -1,0 +1,86 @@
+"""Where each candidate stop would land (bench/RESULTS.md 23h): one adv-ewc request with gentle steps (lr 1e-5),
+run for a fixed number of steps without stopping, and after EVERY step what each stop signal reads and what the
+evaluation would say if the request stopped there.
+
+Stop signals (the forget set's membership AUC):
+- stale: against the unseen profile stored at training time (the default calibrated stop);
+- unseen-live: against the current model's losses on the validation speakers (what the evaluation measures, so
+  only a diagnosis);
+- known-live: against the current model's losses on the held-out calibration utterances of the model's OTHER
+  training speakers (data.calibration; never trained on, no validation or test speaker): the candidate.
+Evaluation at each step: validation UAR kept, forget-set accuracy, the forgotten speaker's other training
+utterances' accuracy, membership AUC against the validation losses.
+
+    .venv/bin/python bench/stop_trajectory.py runs/ravdess-whisper-cal/model SPEAKER N STEPS OUT.csv [SEED [LR]]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pandas as pd
+
+from serkit.data.manifest import Manifest
+from serkit.metrics import auc_against_profile, uar, war
+from serkit.models.modeldir import load_model
+from serkit.unlearning import stopping
+from serkit.unlearning.evaluation import _eval_set, evaluation_sets, membership_attack, outputs
+from serkit.unlearning.forget_set import build_forget_set, training_data
+from serkit.unlearning.run import forget
+
+
+def main() -> None:
+    model_dir, speaker, n, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    seed = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+    lr = float(sys.argv[7]) if len(sys.argv) > 7 else 1e-5
+    every = 4
+    saved = load_model(model_dir)
+    data = training_data(saved)
+    forget_set = build_forget_set(saved, speaker=speaker, n=n, seed=seed, data=data)
+    forget_eval, unseen, other = evaluation_sets(saved, data, forget_set, "val")
+    frame = data.manifest.frame
+    known_rows = frame[data.calibration_mask() & ~frame["speaker"].isin(forget_set.speakers)]
+    known = _eval_set(saved, "known", Manifest(known_rows.reset_index(drop=True), data.manifest.file))
+    stored = saved.config["provenance"]["calibration"]
+    rows = []
+
+    def record(model, step):
+        f_pred, f_loss = outputs(model, forget_eval)
+        _, k_loss = outputs(model, known)
+        row = {"step": step, "forget_acc": war(forget_eval.labels, f_pred),
+               "stale_auc": auc_against_profile(f_loss, stored["unseen"]),
+               "known_live_auc": membership_attack(f_loss, k_loss)["auc"],
+               "forget_loss_median": float(np.median(f_loss)), "known_loss_median": float(np.median(k_loss))}
+        if step % every == 0:  # the validation speakers cost 7 s a pass on 2 CPU cores: every `every` steps
+            u_pred, u_loss = outputs(model, unseen)
+            o_pred, _ = outputs(model, other) if other is not None else (None, None)
+            row.update({"val_uar": uar(unseen.labels, u_pred), "eval_auc": membership_attack(f_loss, u_loss)["auc"],
+                        "other_acc": war(other.labels, o_pred) if other is not None else np.nan,
+                        "known_vs_unseen_live": membership_attack(k_loss, u_loss)["auc"],
+                        "val_loss_median": float(np.median(u_loss))})
+        rows.append(row)
+        print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+        pd.DataFrame(rows).to_csv(out, index=False)
+
+    counter = {"step": 0}
+    record(saved.model, 0)
+
+    def trajectory_check(rule, model, waves, labels):
+        signature = float(sum(p.detach().double().sum() for p in model.parameters()))
+        if signature == counter.get("signature"):  # the end-of-epoch check right after a step's own
+            return 0.0, (-1.0 if counter["step"] >= steps else 1.0)
+        counter["signature"] = signature
+        counter["step"] += 1
+        record(model, counter["step"])
+        model.train()
+        return 0.0, (-1.0 if counter["step"] >= steps else 1.0)  # never reached until STEPS
+
+    stopping.StopRule.check = trajectory_check
+    forget(model_dir, out + ".run", speaker=speaker, n=n, seed=seed, method="adv-ewc", log=lambda *a: None,
+           overwrite=True, params={"target": "calibrated", "lr": lr, "check_every": 1})
+    print(f"known-utterance reference: {len(known)} utterances; stored goal {stored['known']['auc_vs_unseen']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
