@@ -11,12 +11,14 @@ Stop signals (the forget set's membership AUC):
 Evaluation at each step: validation UAR kept, forget-set accuracy, the forgotten speaker's other training
 utterances' accuracy, membership AUC against the validation losses.
 
-    .venv/bin/python bench/stop_trajectory.py runs/ravdess-whisper-cal/model SPEAKER N STEPS OUT.csv [SEED [LR]]
+    .venv/bin/python bench/stop_trajectory.py runs/ravdess-whisper-cal/model SPEAKER N STEPS OUT.csv [--seed S]
+        [--method adv-ewc] [--set lr=1e-5] [--set key=value ...]
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
 
 import numpy as np
 import pandas as pd
@@ -31,10 +33,20 @@ from serkit.unlearning.run import forget
 
 
 def main() -> None:
-    model_dir, speaker, n, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-    seed = int(sys.argv[6]) if len(sys.argv) > 6 else 0
-    lr = float(sys.argv[7]) if len(sys.argv) > 7 else 1e-5
-    every = 4
+    parser = argparse.ArgumentParser()
+    for name in ("model_dir", "speaker", "n", "steps", "out"):
+        parser.add_argument(name)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", default="adv-ewc")
+    parser.add_argument("--every", type=int, default=4, help="evaluate on the validation speakers every this many steps")
+    parser.add_argument("--set", action="append", default=[], help="a method parameter, key=value (JSON value)")
+    args = parser.parse_args()
+    model_dir, speaker, n, steps, out, seed, every = (args.model_dir, args.speaker, int(args.n), int(args.steps),
+                                                      args.out, args.seed, args.every)
+    params = {"target": "calibrated", "lr": 1e-5, "check_every": 1}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        params[key] = json.loads(value) if value[:1] in "0123456789-[{tfn" else value
     saved = load_model(model_dir)
     data = training_data(saved)
     forget_set = build_forget_set(saved, speaker=speaker, n=n, seed=seed, data=data)
@@ -77,8 +89,8 @@ def main() -> None:
         return 0.0, (-1.0 if counter["step"] >= steps else 1.0)  # never reached until STEPS
 
     stopping.StopRule.check = trajectory_check
-    forget(model_dir, out + ".run", speaker=speaker, n=n, seed=seed, method="adv-ewc", log=lambda *a: None,
-           overwrite=True, params={"target": "calibrated", "lr": lr, "check_every": 1})
+    forget(model_dir, out + ".run", speaker=speaker, n=n, seed=seed, method=args.method, log=lambda *a: None,
+           overwrite=True, params=params)
     print(f"known-utterance reference: {len(known)} utterances; stored goal {stored['known']['auc_vs_unseen']:.3f}")
 
 

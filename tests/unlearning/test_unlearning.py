@@ -708,8 +708,9 @@ def test_a_held_out_stop_measures_the_forget_set_against_the_current_models_loss
         calibrated_dir, tmp_path, monkeypatch):
     """stop_reference held-out: each check scores the held-out calibration utterances of the OTHER training speakers
     with the model as it is now (the stored profile goes stale as fine-tuning moves every loss), and stops at
-    target_membership_auc (0.5 unless set; this 4-epoch model fits its forget set no better than that, so the
-    test asks for less); the receipt and report say the request read them, never how many."""
+    target_membership_auc (by default where retraining puts the forget set; this 4-epoch model fits its forget
+    set no better than that, so the test asks for less); the receipt and report say the request read them,
+    never how many."""
     import re
 
     from serkit.data.manifest import Manifest
@@ -717,17 +718,20 @@ def test_a_held_out_stop_measures_the_forget_set_against_the_current_models_loss
     from serkit.unlearning import evaluation
     from serkit.unlearning.evaluation import outputs
     from serkit.unlearning.forget_set import training_data
-    from serkit.unlearning.stopping import stop_rule
+    from serkit.unlearning.stopping import HeldOutReference, stop_rule
 
     monkeypatch.setattr(evaluation, "MIN_REFERENCE", 4)  # the tiny corpus holds out 2 utterances of 4 speakers
     result = forget(calibrated_dir, tmp_path / "held-out", speaker="02", n=6, method="random-label",
-                    params={"epochs": 30, "check_every": 1, "stop_reference": "held-out", "target_membership_auc": 0.2},
+                    params={"epochs": 30, "stop_reference": "held-out", "target_membership_auc": 0.2},
                     log=lambda *a: None)
     receipt = result.receipt
     stats, outcome = receipt["stats"], receipt["outcome"]
     assert stats["target"] == "calibrated (held-out reference)" and outcome["target_membership_auc"] == 0.2
     assert outcome["target_reached"] is True and "against held-out utterances of trained speakers" in stats["stop_reason"]
     assert "read at request time" in receipt["data"]["stop_reference"]
+    # the steps it was measured with, unless set: checked after each, a third of the model's training rate
+    trained_lr = load_model(calibrated_dir).config["provenance"]["training"]["learning_rate"]
+    assert receipt["method"]["params"]["check_every"] == 1 and stats["lr"] == pytest.approx(trained_lr / 3)
     assert "read at request time" in (result.out_dir / "report.md").read_text()
     # the figure it stopped at is the new model's forget-set AUC against speakers 01, 03 and 04's held-out utterances
     saved, data = load_model(result.model_dir), training_data(load_model(calibrated_dir))
@@ -744,12 +748,17 @@ def test_a_held_out_stop_measures_the_forget_set_against_the_current_models_loss
     stopped_at = float(re.search(r"trained speakers (\d\.\d\d) <=", stats["stop_reason"]).group(1))
     assert auc(saved.model) == pytest.approx(stopped_at, abs=0.006) and stopped_at <= 0.2
     assert auc(load_model(calibrated_dir).model) > 0.2 and stats["steps"] > 1  # it had to fall
-    assert stop_rule("calibrated", None, None, None, True, reference=([], np.zeros(0))).goal == 0.5
+    # the default goal: where retraining puts the forget set, from a few of a speaker's utterances to all of them
+    known = {"known": {"auc_vs_unseen": 0.56}}
+    goals = [stop_rule("calibrated", None, known, None, True, reference=HeldOutReference([], np.zeros(0), share)).goal
+             for share in (0.0, 0.5, 1.0)]
+    assert goals == pytest.approx([0.5, 0.47, 0.44])
+    assert stop_rule("calibrated", None, None, None, True, reference=HeldOutReference([], np.zeros(0), 1.0)).goal == 0.5
 
 
 def test_a_held_out_stop_is_refused_before_any_output_where_the_model_holds_out_too_little(
         model_dir, calibrated_dir, tmp_path):
-    from serkit.unlearning.stopping import stop_rule
+    from serkit.unlearning.stopping import HeldOutReference, stop_rule
 
     with pytest.raises(ConfigError, match=r"stop_reference held-out needs utterances of the training speakers held out "
                                           r"of training \(data.calibration\)"):
@@ -759,7 +768,7 @@ def test_a_held_out_stop_is_refused_before_any_output_where_the_model_holds_out_
         forget(calibrated_dir, tmp_path / "x", speaker="02", n=2, method="neg-grad",
                params={"epochs": 1, "stop_reference": "held-out"}, log=lambda *a: None)
     with pytest.raises(ConfigError, match="stop_reference held-out measures the calibrated stop; target misclassify"):
-        stop_rule("misclassify", None, None, None, False, reference=([], np.zeros(0)))
+        stop_rule("misclassify", None, None, None, False, reference=HeldOutReference([], np.zeros(0)))
     assert not (tmp_path / "x").exists()
 
 

@@ -505,7 +505,6 @@ def _params(run: Run, sibling: _Sibling) -> dict:
         if reference is not None:
             params["target_accuracy"] = reference
     if "profiles" in fields and "profiles" not in params and target in ("calibrated", "calibrated-accuracy") \
-            and getattr(unlearner.params, "stop_reference", "stored") == "stored" \
             and not (sibling.recorded(run.model_dir) or {}).get("unseen"):
         lent = sibling.profiles(run.backbone)
         if lent is not None:

@@ -50,7 +50,7 @@ from serkit.unlearning.receipts import (
     report_markdown,
 )
 from serkit.unlearning.redaction import find_traces, identifiers_of, private_training_provenance
-from serkit.unlearning.stopping import stop_rule
+from serkit.unlearning.stopping import HeldOutReference, stop_rule
 
 
 @dataclass
@@ -120,11 +120,13 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
                                                    skip_forgotten, log)
         held_out = None
         if getattr(unlearner.params, "stop_reference", "stored") == "held-out":
-            held_out = held_out_reference(original, data, forget_set)
+            per_speaker = len(data.train_rows()) / max(len(data.trained_speakers), 1)
+            held_set = held_out_reference(original, data, forget_set)
+            held_out = HeldOutReference(held_set.waves, held_set.labels, min(1.0, len(forget_set) / per_speaker))
         if getattr(unlearner.params, "target", None) is not None:  # a stop the model cannot serve: refused before PGD
             stop_rule(unlearner.params.target, getattr(unlearner.params, "target_accuracy", None), profiles,
                       _reference_accuracy(original), unlearner.params._preset_target, log=lambda *a: None,
-                      reference=None if held_out is None else (held_out.waves, held_out.labels))
+                      reference=held_out)
         key = replay.key if replay else new_key()
         committed = commitments(key, digests)
         if replay and committed != replay.commitments:
@@ -154,7 +156,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
                                  reference_accuracy=_reference_accuracy(original), remain=remain_manifest,
                                  profiles=profiles, work_dir=staging / "work", device=str(device), data=data,
                                  progress=progress,
-                                 stop_reference=None if held_out is None else (held_out.waves, held_out.labels))
+                                 stop_reference=held_out)
             start = time.perf_counter()
             outcome = unlearner.unlearn(ctx)
             seconds = time.perf_counter() - start

@@ -20,8 +20,13 @@ grow too, so against the stale profile the forget set looks forgotten about twic
 (bench/RESULTS.md 23g). `stop_reference: held-out` measures the calibrated stop against the CURRENT
 model instead: the forget set's AUC against its losses on the held-out calibration utterances of the
 model's other training speakers (data.calibration; never trained on, read at request time, which the
-receipt says), down to `target_membership_auc` (default 0.5: the forget set looks like utterances
-of trained speakers the model never heard, where retraining puts it).
+receipt says), down to `target_membership_auc`. By default that is where retraining puts it: a model
+retrained without a few of a speaker's utterances treats them like those held-out ones (0.5); without
+all of them, like an unseen speaker's, which the "known" profile says scored 1 - auc_vs_unseen against
+them. Between the two the goal moves with the share f = N / (training utterances per speaker) of a
+speaker's utterances the request forgets: 0.5 - f (auc_vs_unseen - 0.5). N and the corpus-wide mean
+are all it reads, so the goal says nothing the receipt does not (a forget set of several speakers gets
+a lower goal than its share per speaker would give; bench/RESULTS.md 23h).
 """
 
 from __future__ import annotations
@@ -37,8 +42,25 @@ from serkit.errors import ConfigError
 from serkit.metrics import auc_against_profile, membership_auc
 
 TARGETS = ("misclassify", "retrain-like", "calibrated", "calibrated-accuracy")
-REFERENCES = ("stored", "held-out")
-HELD_OUT_GOAL = 0.5
+
+
+@dataclass
+class HeldOutReference:
+    """What stop_reference held-out measures against: held-out utterances of the other training speakers, and
+    the share of a speaker's training utterances the request forgets (min(1, N / mean per speaker))."""
+
+    waves: list[np.ndarray]
+    labels: np.ndarray
+    forget_share: float = 0.0
+
+
+def held_out_goal(forget_share: float, profiles: dict | None) -> float:
+    """Where a retrained model puts the forget set against held-out utterances of trained speakers (the module's
+    docstring): 0.5 for a small share of one speaker, down to an unseen speaker's 1 - auc_vs_unseen."""
+    known = (profiles or {}).get("known") or {}
+    if known.get("auc_vs_unseen") is None:
+        return 0.5
+    return 0.5 - min(max(forget_share, 0.0), 1.0) * max(float(known["auc_vs_unseen"]) - 0.5, 0.0)
 
 
 @dataclass
@@ -47,7 +69,7 @@ class StopRule:
     measure: str  # "accuracy" or "membership_auc"
     goal: float
     unseen: dict | None = None  # the stored loss profile a membership AUC is measured against
-    reference: tuple[list[np.ndarray], np.ndarray] | None = None  # or held-out utterances the current model scores
+    reference: HeldOutReference | None = None  # or held-out utterances the current model scores
 
     def check(self, model: nn.Module, waves: list[np.ndarray], labels: np.ndarray) -> tuple[float, float]:
         """(forget-set accuracy, the rule's figure), in eval mode; the caller restores the training mode."""
@@ -55,7 +77,7 @@ class StopRule:
         if self.measure == "accuracy":
             return accuracy, accuracy
         if self.reference is not None:
-            return accuracy, membership_auc(losses, forget_figures(model, *self.reference)[1])
+            return accuracy, membership_auc(losses, forget_figures(model, self.reference.waves, self.reference.labels)[1])
         return accuracy, auc_against_profile(losses, self.unseen)
 
     def reached(self, value: float) -> bool:
@@ -87,16 +109,17 @@ def forget_figures(model: nn.Module, waves: list[np.ndarray], labels: np.ndarray
 
 
 def stop_rule(target: str, target_accuracy: float | None, profiles: dict | None, reference_accuracy: float | None,
-              chosen_by_preset: bool, log=print, reference: tuple[list[np.ndarray], np.ndarray] | None = None,
+              chosen_by_preset: bool, log=print, reference: HeldOutReference | None = None,
               target_membership_auc: float | None = None) -> StopRule:
     """The rule for `target`; where the model lacks what it needs, the preset's choice falls back (and says
-    so), an explicit choice is refused. `reference`: the held-out utterances (waves, labels) a calibrated
-    stop measures against with the current model (stop_reference held-out)."""
+    so), an explicit choice is refused. `reference`: what a calibrated stop measures against with the current
+    model (stop_reference held-out)."""
     if reference is not None:
         if target != "calibrated":
             raise ConfigError(f"stop_reference held-out measures the calibrated stop; target {target} reads no loss "
                               "profile: set target calibrated, or leave stop_reference stored")
-        goal = HELD_OUT_GOAL if target_membership_auc is None else float(target_membership_auc)
+        goal = held_out_goal(reference.forget_share, profiles) if target_membership_auc is None \
+            else float(target_membership_auc)
         return StopRule("calibrated (held-out reference)", "membership_auc", goal, reference=reference)
     profiles = profiles or {}
     if target in ("calibrated", "calibrated-accuracy"):

@@ -28,7 +28,6 @@ from serkit.unlearning.methods.base import (
     UnlearnContext,
     UnlearningMethod,
     UnlearnOutcome,
-    default_lr,
     finetune,
     random_wrong_labels,
     register,
@@ -139,7 +138,7 @@ class Adversarial(UnlearningMethod):
                 parts["L_ewc"] = l_ewc.detach()
             return loss, parts
 
-        lr = p.lr or default_lr(ctx.saved)
+        lr = p.learning_rate(ctx.saved)
         if not on_demand:
             run = finetune(ctx, p, wrong, adversarial, loss_fn, lr)
         else:

@@ -25,7 +25,6 @@ from serkit.unlearning.methods.base import (
     UnlearnContext,
     UnlearningMethod,
     UnlearnOutcome,
-    default_lr,
     finetune,
     register,
 )
@@ -69,5 +68,5 @@ class AMUN(UnlearningMethod):
                           "L_adv": nn.functional.cross_entropy(logits_a, ay).detach()}
 
         run = finetune(ctx, p, ctx.forget_labels, (adversarial.waves, adversarial.targets), loss_fn,
-                       p.lr or default_lr(ctx.saved))
+                       p.learning_rate(ctx.saved))
         return UnlearnOutcome({"method": self.name, "attack": {**attack.params(), **summary}, **run})

@@ -33,7 +33,9 @@ from serkit.data.manifest import Manifest
 from serkit.errors import ConfigError
 from serkit.models.modeldir import SavedModel
 from serkit.unlearning.forget_set import ForgetSet, TrainingData
-from serkit.unlearning.stopping import stop_rule
+from serkit.unlearning.stopping import HeldOutReference, stop_rule
+
+HELD_OUT_LR_SHARE = 1 / 3  # Whisper's 3e-5 -> 1e-5 (RESULTS 23g/h); the CNN grids' 1e-4 is a third of its 3e-4 too
 
 
 class FinetuneParams(BaseModel):
@@ -54,13 +56,15 @@ class FinetuneParams(BaseModel):
         "accuracy), calibrated (membership AUC down to what held-out utterances of training speakers scored at "
         "training time) or calibrated-accuracy; default from the preset (serkit.unlearning.stopping)")
     stop_early: bool = Field(True, description="stop as soon as the target is reached (checked every `check_every` steps)")
-    check_every: int = Field(5, ge=1)
+    check_every: int | None = Field(None, ge=1, description="steps between the stop's checks (default 5; 1 with "
+                                    "stop_reference held-out, whose steps are smaller)")
     target_accuracy: float | None = Field(None, ge=0, le=1, description="retrain-like: forget-set accuracy to stop at "
                                           "(default: the original model's validation accuracy)")
     target_membership_auc: float | None = Field(
         None, ge=0, le=1, description="calibrated: the forget set's membership AUC to stop at (default: what the "
         "model's held-out utterances of its training speakers scored against its unseen speakers at training time; "
-        "0.5 with stop_reference held-out)")
+        "with stop_reference held-out, where retraining puts the forget set against held-out utterances, from 0.5 "
+        "for a few of a speaker's utterances down to an unseen speaker's: serkit.unlearning.stopping)")
     stop_reference: Literal["stored", "held-out"] = Field(
         "stored", description="calibrated: what the forget set's losses are compared with at each check. stored: "
         "the unseen speakers' loss profile the model recorded at training time (reads nothing but the forget set; "
@@ -101,7 +105,16 @@ class FinetuneParams(BaseModel):
         for name, value in self.PRESETS[self.preset].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
+        if self.check_every is None:
+            object.__setattr__(self, "check_every", 1 if self.stop_reference == "held-out" else 5)
         return self
+
+    def learning_rate(self, saved: SavedModel) -> float:
+        """lr, or the model's training rate; a third of it with stop_reference held-out, the steps it was measured
+        with (bench/RESULTS.md 23h: a stop that sees the drift can wait for smaller steps to land)."""
+        if self.lr is not None:
+            return self.lr
+        return default_lr(saved) * (HELD_OUT_LR_SHARE if self.stop_reference == "held-out" else 1.0)
 
 
 @dataclass
@@ -119,7 +132,7 @@ class UnlearnContext:
     device: str = "cpu"
     data: TrainingData | None = None  # where the model's training data is (retraining reads it)
     progress: Callable | None = None  # progress(label): a context giving update(done, total); the CLI's bar
-    stop_reference: tuple[list[np.ndarray], np.ndarray] | None = None  # stop_reference held-out: (waves, labels)
+    stop_reference: HeldOutReference | None = None  # what stop_reference held-out measures against
 
     def steps(self, label: str):
         """A progress report for a step of the request that takes a while (a bar on the command line)."""

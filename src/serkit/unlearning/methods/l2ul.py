@@ -25,7 +25,7 @@ from torch import nn
 
 from serkit.unlearning.importance import AnchorPenalty, mas_importance, min_max_per_tensor
 from serkit.unlearning.methods.adversarial import Adversarial, PGDParams
-from serkit.unlearning.methods.base import UnlearnContext, UnlearnOutcome, default_lr, finetune, register
+from serkit.unlearning.methods.base import UnlearnContext, UnlearnOutcome, finetune, register
 
 
 class L2ULParams(PGDParams):
@@ -56,6 +56,6 @@ class L2UL(Adversarial):
             loss = -l_forget * share + l_adv * (1 - share) + p.reg_lamb * l_reg
             return loss, {"L_forget": l_forget.detach(), "L_adv": l_adv.detach(), "L_reg": l_reg.detach()}
 
-        run = finetune(ctx, p, ctx.forget_labels, adversarial, loss_fn, p.lr or default_lr(ctx.saved))
+        run = finetune(ctx, p, ctx.forget_labels, adversarial, loss_fn, p.learning_rate(ctx.saved))
         return UnlearnOutcome({"method": self.name, **stats, "anchor": {**anchor.stats("weight"),
                                                                        "share_important": round(frees, 4)}, **run})

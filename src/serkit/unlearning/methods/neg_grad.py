@@ -26,7 +26,6 @@ from serkit.unlearning.methods.base import (
     UnlearnContext,
     UnlearningMethod,
     UnlearnOutcome,
-    default_lr,
     finetune,
     register,
 )
@@ -52,5 +51,5 @@ class NegGrad(UnlearningMethod):
             ce = nn.functional.cross_entropy(model(x, mask), y, reduction="none")
             return -torch.clamp(ce, max=bound).mean(), {"L_ce": ce.mean().detach()}
 
-        stats = finetune(ctx, self.params, ctx.forget_labels, None, loss_fn, self.params.lr or default_lr(ctx.saved))
+        stats = finetune(ctx, self.params, ctx.forget_labels, None, loss_fn, self.params.learning_rate(ctx.saved))
         return UnlearnOutcome({"method": self.name, "loss_bound": bound, **stats})

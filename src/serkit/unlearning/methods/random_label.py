@@ -9,7 +9,6 @@ from serkit.unlearning.methods.base import (
     UnlearnContext,
     UnlearningMethod,
     UnlearnOutcome,
-    default_lr,
     finetune,
     random_wrong_labels,
     register,
@@ -31,5 +30,5 @@ class RandomLabel(UnlearningMethod):
             loss = nn.functional.cross_entropy(model(x, mask), y)
             return loss, {"L_mis": loss.detach()}
 
-        stats = finetune(ctx, self.params, wrong, None, loss_fn, self.params.lr or default_lr(ctx.saved))
+        stats = finetune(ctx, self.params, wrong, None, loss_fn, self.params.learning_rate(ctx.saved))
         return UnlearnOutcome({"method": self.name, **stats})

@@ -16,7 +16,6 @@ from serkit.unlearning.methods.base import (
     UnlearnContext,
     UnlearningMethod,
     UnlearnOutcome,
-    default_lr,
     finetune,
     random_wrong_labels,
     register,
@@ -47,5 +46,5 @@ class RemainingData(UnlearningMethod):
             l_remain = nn.functional.cross_entropy(model(rx, rmask), ry)
             return l_mis + l_remain, {"L_mis": l_mis.detach(), "L_remain": l_remain.detach()}
 
-        stats = finetune(ctx, self.params, wrong, (waves, labels), loss_fn, self.params.lr or default_lr(ctx.saved))
+        stats = finetune(ctx, self.params, wrong, (waves, labels), loss_fn, self.params.learning_rate(ctx.saved))
         return UnlearnOutcome({"method": self.name, "remaining_utterances": len(waves), **stats})
