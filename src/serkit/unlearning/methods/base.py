@@ -114,7 +114,9 @@ class FinetuneParams(BaseModel):
         with (bench/RESULTS.md 23h: a stop that sees the drift can wait for smaller steps to land)."""
         if self.lr is not None:
             return self.lr
-        return default_lr(saved) * (HELD_OUT_LR_SHARE if self.stop_reference == "held-out" else 1.0)
+        if self.stop_reference != "held-out":
+            return default_lr(saved)
+        return float(f"{default_lr(saved) * HELD_OUT_LR_SHARE:.6g}")  # 1e-05, not 9.999999999999999e-06
 
 
 @dataclass
