@@ -110,6 +110,11 @@ def test_retrained_models_of_another_forget_set_are_refused_by_their_commitments
         run_audit(model, [unlearned], [retrained[0], other], **request, **quiet)
     with pytest.raises(SerkitError, match="made by method 'neg-grad', not by retraining"):
         run_audit(model, [unlearned], [retrained[0], unlearned], **request, **quiet)
+    receipt_only = tmp_path / "receipt-only"  # what an unlearning grid keeps of a run without keep_models
+    receipt_only.mkdir()
+    (receipt_only / "receipt.json").write_bytes((unlearned / "receipt.json").read_bytes())
+    with pytest.raises(SerkitError, match="receipt-only holds a receipt but no model/ .*run the request again"):
+        run_audit(model, [receipt_only], retrained[:2], **request, **quiet)
 
 
 def test_audit_command_needs_two_retrained_models_and_names_what_is_missing(requests, tmp_path, capsys):

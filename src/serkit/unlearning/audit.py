@@ -188,6 +188,10 @@ def _forget_output(folder: Path, what: str) -> tuple[dict, Path]:
         raise SerkitError(f"{what} {folder} is not an output of serkit forget (no {RECEIPT_FILE}); give the folder "
                           "serkit forget wrote")
     receipt = read_receipt(receipt_file)
+    if not (receipt_file.parent / "model").is_dir():
+        raise SerkitError(f"{what} {folder} holds a receipt but no model/ (serkit experiment unlearning deletes each "
+                          "run's model unless keep_models: true); run the request again (the same request gives the "
+                          "same model) and give that folder")
     return receipt, receipt_file.parent
 
 
@@ -207,7 +211,7 @@ def _check_same_forget_set(receipt: dict, folder: Path, digests: list[bytes], wh
 
 def score_models(models: list[AuditModel], waves: list[np.ndarray], labels: np.ndarray, device: str = "cpu") -> None:
     for item in models:
-        saved = load_model(item.folder / "model" if (item.folder / "model").is_dir() else item.folder)
+        saved = load_model(item.folder / "model" if (item.folder / "model").is_dir() else item.folder)  # trained: a model dir
         saved.model.to(device)
         item.scores = confidence_scores(model_outputs(saved.model, waves)["logits"], labels)
 
