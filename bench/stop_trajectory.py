@@ -23,11 +23,10 @@ import json
 import numpy as np
 import pandas as pd
 
-from serkit.data.manifest import Manifest
 from serkit.metrics import auc_against_profile, uar, war
 from serkit.models.modeldir import load_model
 from serkit.unlearning import stopping
-from serkit.unlearning.evaluation import _eval_set, evaluation_sets, membership_attack, outputs
+from serkit.unlearning.evaluation import EvalSet, evaluation_sets, held_out_reference, membership_attack, outputs
 from serkit.unlearning.forget_set import build_forget_set, training_data
 from serkit.unlearning.run import forget
 
@@ -51,9 +50,8 @@ def main() -> None:
     data = training_data(saved)
     forget_set = build_forget_set(saved, speaker=speaker, n=n, seed=seed, data=data)
     forget_eval, unseen, other = evaluation_sets(saved, data, forget_set, "val")
-    frame = data.manifest.frame
-    known_rows = frame[data.calibration_mask() & ~frame["speaker"].isin(forget_set.speakers)]
-    known = _eval_set(saved, "known", Manifest(known_rows.reset_index(drop=True), data.manifest.file))
+    reference = held_out_reference(saved, data, forget_set)  # what stop_reference held-out measures against
+    known = EvalSet("known", reference.waves, reference.labels)
     stored = saved.config["provenance"]["calibration"]
     rows = []
 

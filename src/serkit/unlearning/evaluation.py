@@ -25,6 +25,7 @@ from serkit.data.manifest import Manifest
 from serkit.errors import ConfigError, SerkitError
 from serkit.inference.predict import model_outputs
 from serkit.metrics import membership_auc, uar, war
+from serkit.unlearning.stopping import HeldOutReference
 
 if TYPE_CHECKING:
     from serkit.models.modeldir import SavedModel
@@ -110,10 +111,10 @@ def evaluation_sets(saved: SavedModel, data: TrainingData, forget_set: ForgetSet
 MIN_REFERENCE = 20  # below this a membership AUC against the reference moves by 0.05 per utterance
 
 
-def held_out_reference(saved: SavedModel, data: TrainingData, forget_set: ForgetSet) -> EvalSet:
+def held_out_reference(saved: SavedModel, data: TrainingData, forget_set: ForgetSet) -> HeldOutReference:
     """What a calibrated stop with stop_reference held-out measures against: the utterances of the model's
     training speakers that data.calibration held out of training, less the forget set's speakers' own (their
-    speaker is the one being forgotten)."""
+    speaker is the one being forgotten), and the share of a speaker's training utterances the request forgets."""
     if not data.calibration:
         raise ConfigError(f"stop_reference held-out needs utterances of the training speakers held out of training "
                           f"(data.calibration), and model {saved.path} was trained without them: use stop_reference "
@@ -124,4 +125,6 @@ def held_out_reference(saved: SavedModel, data: TrainingData, forget_set: Forget
         raise ConfigError(f"stop_reference held-out: the model holds out only {len(rows)} utterances of its other "
                           f"training speakers, too few to measure a membership AUC against (at least {MIN_REFERENCE}); "
                           "use stop_reference stored, or train with a larger data.calibration")
-    return _eval_set(saved, "held_out_reference", Manifest(rows.reset_index(drop=True), data.manifest.file))
+    reference = _eval_set(saved, "held_out_reference", Manifest(rows.reset_index(drop=True), data.manifest.file))
+    per_speaker = len(data.train_rows()) / max(len(data.trained_speakers), 1)
+    return HeldOutReference(reference.waves, reference.labels, min(1.0, len(forget_set) / per_speaker))

@@ -50,7 +50,7 @@ from serkit.unlearning.receipts import (
     report_markdown,
 )
 from serkit.unlearning.redaction import find_traces, identifiers_of, private_training_provenance
-from serkit.unlearning.stopping import HeldOutReference, stop_rule
+from serkit.unlearning.stopping import stop_rule
 
 
 @dataclass
@@ -120,9 +120,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
                                                    skip_forgotten, log)
         held_out = None
         if getattr(unlearner.params, "stop_reference", "stored") == "held-out":
-            per_speaker = len(data.train_rows()) / max(len(data.trained_speakers), 1)
-            held_set = held_out_reference(original, data, forget_set)
-            held_out = HeldOutReference(held_set.waves, held_set.labels, min(1.0, len(forget_set) / per_speaker))
+            held_out = held_out_reference(original, data, forget_set)
         if getattr(unlearner.params, "target", None) is not None:  # a stop the model cannot serve: refused before PGD
             stop_rule(unlearner.params.target, getattr(unlearner.params, "target_accuracy", None), profiles,
                       _reference_accuracy(original), unlearner.params._preset_target, log=lambda *a: None,
