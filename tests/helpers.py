@@ -27,9 +27,10 @@ def _data_root() -> Path | None:
 DATA_ROOT = _data_root()
 needs_data = pytest.mark.skipif(DATA_ROOT is None, reason="real corpora not found (set SERKIT_DATA to the folder holding ravdess/ and emodb/)")
 
-# A tiny transformers SSL config (hidden 32, 2 layers): the code paths of the real backbones, in ms.
+# A tiny transformers SSL config (hidden 32, 2 layers): the code paths of the real backbones, in ms. Its front end
+# strides 320 samples like theirs (50 frames a second): a finer one makes every attention map of a 3-s clip 16x larger.
 SSL_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                conv_dim=(32, 32, 32), conv_stride=(5, 8, 8), conv_kernel=(10, 8, 8), num_conv_pos_embeddings=16,
                 num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True)
 # A tiny Whisper config (d_model 32, 2 encoder layers), standing in for tiny.en.
 WHISPER_TINY = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,

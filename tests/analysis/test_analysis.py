@@ -17,6 +17,7 @@ from serkit.data.manifest import Manifest, read_manifest
 from serkit.errors import SerkitError
 from serkit.models import build_model, load_model, save_model
 from tests.helpers import WHISPER_TINY as TINY
+from tests.helpers import ssl_config
 
 LABELS = ["anger", "happiness", "neutral", "sadness"]
 
@@ -131,9 +132,7 @@ def test_attention_refuses_models_without_attention(cnn_pair, small, tmp_path):
     cnn = load_model(cnn_pair[0])
     with pytest.raises(SerkitError, match="'cnn6' model, which has no self-attention"):
         attention_distance(cnn, cnn, small)
-    wavlm = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(32, 32),
-                 conv_stride=(5, 5), conv_kernel=(10, 5), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    w = load_model(_save(build_model("ssl", {"backbone": "wavlm", "hf_config": wavlm}, 4), tmp_path / "wavlm"))
+    w = load_model(_save(build_model("ssl", {"backbone": "wavlm", "hf_config": ssl_config("wavlm")}, 4), tmp_path / "wavlm"))
     with pytest.raises(SerkitError, match="WavLM's attention does not expose per-head maps"):
         attention_distance(w, w, small)
     deeper = load_model(_save(build_model("whisper", {"hf_config": {**TINY, "encoder_layers": 3}}, 4), tmp_path / "deep"))
@@ -143,9 +142,7 @@ def test_attention_refuses_models_without_attention(cnn_pair, small, tmp_path):
 
 
 def test_ssl_attention_distance_runs_on_wav2vec2(small, tmp_path):
-    config = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(32, 32),
-                  conv_stride=(5, 5), conv_kernel=(10, 5), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-                  feat_extract_norm="layer", do_stable_layer_norm=True)
+    config = ssl_config("wav2vec2")
     torch.manual_seed(0)
     a = load_model(_save(build_model("ssl", {"backbone": "wav2vec2", "hf_config": config}, 4), tmp_path / "a"))
     torch.manual_seed(1)

@@ -282,6 +282,20 @@ def test_neg_grad_raises_the_forget_loss_only_up_to_its_bound(model_dir, tmp_pat
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+
+def test_a_head_only_request_moves_the_head_and_leaves_every_backbone_weight_as_trained(model_dir, tmp_path):
+    """update head: the fine-tuning steps change fc1 / fc2 only; the convolutional blocks and their batch-norm
+    statistics are bit for bit the trained ones, and the model still learns what the method asks of it."""
+    from safetensors.torch import load_file
+
+    result = forget(model_dir, tmp_path / "head", speaker="02", n=6, method="random-label",
+                    params={"epochs": 3, "update": "head", "lr": 1e-2, "stop_early": False}, log=lambda *a: None)
+    before, after = load_file(str(model_dir / "model.safetensors")), load_file(str(result.model_dir / "model.safetensors"))
+    head = [k for k in before if k.startswith(("fc1.", "fc2."))]
+    assert head and all(not torch.equal(before[k], after[k]) for k in head)
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in head)
+    assert result.receipt["method"]["params"]["update"] == "head"
+
 def test_mas_importance_ranks_the_weights_an_utterance_uses_and_min_max_scales_each_tensor():
     torch.manual_seed(0)
     model = build_model("cnn6", {}, 3)

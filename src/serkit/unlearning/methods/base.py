@@ -71,6 +71,11 @@ class FinetuneParams(BaseModel):
         "stale once fine-tuning moves every loss, bench/RESULTS.md 23g). held-out: the CURRENT model's losses on "
         "the held-out utterances (data.calibration) of the model's other training speakers, read at request time "
         "(the receipt says so)")
+    update: Literal["all", "head"] = Field(
+        "all", description="which weights the fine-tuning moves: all (the papers) or head (the classification head "
+        "only: fc1, fc2 and any layer weights; the backbone stays as trained, and its gradients are not computed). "
+        "On the BatchNorm CNNs a step any optimizer takes on the conv weights costs a third of the val UAR (bench/"
+        "RESULTS.md 23h-i)")
     profiles: dict | None = Field(
         None, description="calibrated: the loss profiles to stop against, in the form serkit train records them "
         "(provenance.calibration), instead of the model's own. A model trained on train+val has no unseen speakers "
@@ -215,6 +220,22 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
     when it has put the gradients in place itself. `extra`: (waves, targets), or a set that makes its pairs
     when first asked (`len()` and `take(indices) -> (waves, targets)`, e.g. pgd.OnDemandAdversarial)."""
     model = ctx.saved.model
+    frozen = [p for name, p in model.named_parameters()
+              if p.requires_grad and params.update == "head" and not model.is_head_parameter(name)]
+    trainable = [p for p in model.parameters() if p.requires_grad and not any(p is f for f in frozen)]
+    if not trainable:
+        raise ConfigError(f"update head: this {type(model).__name__} has no trainable head parameters "
+                          f"({', '.join(model.head_prefixes)}); use update all")
+    for p in frozen:
+        p.requires_grad_(False)  # no backbone gradients: a head-only step costs the forward pass and little else
+    try:
+        return _finetune(ctx, params, forget_targets, extra, loss_fn, lr, model, trainable)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _finetune(ctx, params, forget_targets, extra, loss_fn, lr, model, trainable) -> dict:
     device = next(model.parameters()).device
     rng = np.random.default_rng(ctx.seed)
     n_forget = len(ctx.forget_waves)
@@ -226,7 +247,6 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
     else:
         steps_per_epoch = max(1, math.ceil(n_forget / params.batch_size))
     forget_batch = max(1, math.ceil(n_forget / steps_per_epoch))
-    trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=lr) if params.optimizer == "adam" else torch.optim.SGD(trainable, lr=lr)
     rule = stop_rule(params.target, params.target_accuracy, ctx.profiles, ctx.reference_accuracy,
                      params._preset_target, ctx.log, reference=ctx.stop_reference,
