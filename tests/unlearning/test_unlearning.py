@@ -945,3 +945,12 @@ def test_nearest_adversarial_finds_misclassified_neighbours_labelled_as_the_mode
             assert np.array_equal(wave, adv)
         elif ok:
             assert np.linalg.norm(adv - wave) <= 0.002 * 2 ** 6 * np.linalg.norm(wave) * 1.0001
+
+
+def test_pgd_batches_close_where_padding_would_pass_its_share_of_the_longest_sample():
+    lengths = [100, 95, 80, 50, 49, 100, 10]
+    assert TargetedPGD(batch_size=3).batches(lengths) == [[0, 5, 1], [2, 3, 4], [6]]  # longest first, full batches
+    assert TargetedPGD(batch_size=3, max_padding=0.1).batches(lengths) == [[0, 5, 1], [2], [3, 4], [6]]
+    assert TargetedPGD(batch_size=8, max_padding=0.0).batches([7, 7, 7]) == [[0, 1, 2]]
+    with pytest.raises(ValueError, match="max_padding"):
+        TargetedPGD(max_padding=1.5)

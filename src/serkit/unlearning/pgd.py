@@ -61,7 +61,8 @@ class TargetedPGD:
     """Targeted projected gradient descent on waveforms (one small class, torchattacks-style)."""
 
     def __init__(self, tau: float = 0.01, sigma: float | None = None, steps: int = 50, tau_mode: str = "relative",
-                 random_start: bool = True, early_stop: bool = True, batch_size: int = 32, seed: int = 0):
+                 random_start: bool = True, early_stop: bool = True, batch_size: int = 32, seed: int = 0,
+                 max_padding: float = 1.0):
         if tau <= 0 or steps < 1:
             raise ValueError("PGD needs tau > 0 and steps >= 1")
         if tau_mode not in ("relative", "absolute"):
@@ -71,6 +72,9 @@ class TargetedPGD:
         self.sigma = sigma if sigma is not None else 2.5 * tau / steps
         self.random_start, self.early_stop = random_start, early_stop
         self.batch_size, self.seed = batch_size, seed
+        if not 0 <= max_padding <= 1:
+            raise ValueError("max_padding is a share of a batch's longest sample, between 0 and 1")
+        self.max_padding = max_padding
 
     def params(self) -> dict:
         return {"tau": self.tau, "tau_mode": self.tau_mode, "sigma": self.sigma, "steps": self.steps,
@@ -101,11 +105,9 @@ class TargetedPGD:
         steps_taken = np.zeros(len(flat_source), dtype=np.int64)
         snr = np.zeros(len(flat_source))
         start = time.perf_counter()
-        # longest first keeps padding small within each batch
-        order = sorted(range(len(flat_source)), key=lambda i: -waves[flat_source[i]].shape[0])
         try:
-            for b in range(0, len(order), self.batch_size):
-                idx = order[b:b + self.batch_size]
+            done = 0
+            for idx in self.batches([waves[i].shape[0] for i in flat_source]):
                 clean, mask = pad_batch([waves[flat_source[i]] for i in idx])
                 clean, mask = clean.to(device), mask.to(device)
                 weight = mask.to(clean.dtype)
@@ -162,13 +164,26 @@ class TargetedPGD:
                     out_waves[i] = adv
                     success[i] = bool(reached[row])
                     steps_taken[i] = int(taken[row])
+                done += len(idx)
                 if progress is not None:
-                    progress(min(b + self.batch_size, len(order)), len(order))
+                    progress(done, len(flat_source))
         finally:
             for p, on in zip(model.parameters(), grads_on):
                 p.requires_grad_(on)
             model.train(was_training)
         return AdversarialSet(out_waves, flat_targets, flat_source, success, snr, steps_taken, time.perf_counter() - start)
+
+    def batches(self, lengths: list[int]) -> list[list[int]]:
+        """Indices in batches of at most batch_size, longest first; a batch closes early where the next sample
+        would pad it by more than max_padding of its longest (every padded sample costs the longest's time)."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        out: list[list[int]] = []
+        for i in order:
+            if out and len(out[-1]) < self.batch_size and lengths[i] >= (1 - self.max_padding) * lengths[out[-1][0]]:
+                out[-1].append(i)
+            else:
+                out.append([i])
+        return out
 
 
 class OnDemandAdversarial:
