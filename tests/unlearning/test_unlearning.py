@@ -894,6 +894,46 @@ def test_ssd_refuses_importances_of_other_weights(model_dir, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_pgu_moves_the_head_only_off_the_directions_the_retained_training_utterances_use(model_dir, tmp_path):
+    """PGU reads the head layers' input moments `serkit models importances` stored, less the forget set's own: its
+    weight change is orthogonal to the protected directions (a retained input in them gets the same output), the
+    biases and the backbone stay bit for bit, and the forget set's true-class probability falls. An importances
+    file from before the moments were stored is refused with the command that adds them."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from serkit.cli import run
+    from serkit.data.dataset import load_waves
+    from serkit.unlearning.importance import head_moments, load_moments, save_importances
+    from serkit.unlearning.methods.pgu import protected_directions
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    saved = load_model(model)
+    save_importances(model, {n: torch.ones_like(p) for n, p in saved.model.named_parameters()}, saved.weights_sha256, 48)
+    with pytest.raises(SerkitError, match="no training moments of the head layers .*serkit models importances.*--overwrite"):
+        forget(model, tmp_path / "old", speaker="02", n=6, method="pgu", log=lambda *a: None)
+    assert not (tmp_path / "old").exists()
+    assert run(["models", "importances", str(model), "--overwrite"]) == 0
+    params = {"retained_var": 0.9, "lr": 1e-2, "epochs": 5, "stop_early": False}
+    result = forget(model, tmp_path / "pgu", speaker="02", n=6, method="pgu", params=params, log=lambda *a: None)
+    before, after = load_file(str(model / "model.safetensors")), load_file(str(result.model_dir / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith(("fc1.weight", "fc2.weight")))
+    forgotten = build_forget_set(saved, speaker="02", n=6, seed=0)
+    waves = load_waves(forgotten.audio_paths(), saved.preprocessing)
+    retained = {name: m - head_moments(saved.model, waves)[name] for name, m in load_moments(saved).items()}
+    kept = result.receipt["stats"]["protected_directions"]
+    for name in ("fc1", "fc2"):
+        projector, k = protected_directions(retained[name], 0.9)
+        change = after[f"{name}.weight"] - before[f"{name}.weight"]
+        assert k == kept[name] >= 1 and change.abs().max() > 1e-4
+        assert (change @ projector).abs().max() < 1e-5 * change.abs().max() + 1e-7
+    history = result.receipt["stats"]["history"]
+    assert result.receipt["evaluation"]["after"]["forget"]["accuracy"] <= result.receipt["evaluation"]["before"]["forget"]["accuracy"]
+    assert history[-1]["L_1"] < history[0]["L_1"]
+
+
 def test_jit_smooths_the_model_around_the_forget_utterances(model_dir, tmp_path):
     """After JiT the logits move less per unit of noise around the forget utterances than before."""
     from serkit.data.dataset import load_waves, pad_batch

@@ -68,7 +68,8 @@ def models_importances(
     manifest: Path | None = typer.Option(None, help="its manifest, where the recorded one has moved"),
     overwrite: bool = typer.Option(False, help="replace importances stored earlier"),
 ):
-    """Store the model's training importances (the Fisher over its training utterances) for SSD."""
+    """Store the model's training importances (the Fisher over its training utterances) for SSD, and its head
+    layers' input moments for PGU."""
     from serkit.models.modeldir import load_model
     from serkit.unlearning.forget_set import training_data
     from serkit.unlearning.importance import save_importances, training_importances
@@ -81,10 +82,11 @@ def models_importances(
 
         refuse_existing(model_dir / IMPORTANCES, "importances file")
     with console.status("training importances") as status:
-        importance, n = training_importances(
+        importance, n, moments = training_importances(
             saved, data, progress=lambda i, total: status.update(f"training importances: {i}/{total} utterances"))
-    path = save_importances(model_dir, importance, saved.weights_sha256, n, overwrite=overwrite)
-    console.print(f"wrote {path} (the Fisher over {n} training utterances; `serkit forget --method ssd` reads it)")
+    path = save_importances(model_dir, importance, saved.weights_sha256, n, overwrite=overwrite, moments=moments)
+    console.print(f"wrote {path} (the Fisher over {n} training utterances and the head layers' input moments; "
+                  "`serkit forget --method ssd` and `--method pgu` read it)")
 
 
 def register(app: typer.Typer) -> None:

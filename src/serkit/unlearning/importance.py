@@ -14,7 +14,9 @@ that matter for the forget set; L2UL's w = (1 - Omega~)/2 frees exactly those an
 A model's *training* importances (the Fisher over its own training utterances, which SSD compares a
 forget set's with) are computed once by the owner while the training data exists
 (`serkit models importances`) and stored beside the weights as `importances.safetensors`, bound
-to those weights by their hash: a deletion request then reads the forget set alone.
+to those weights by their hash: a deletion request then reads the forget set alone. Beside them it
+stores the second moments of the training utterances' features at the input of each head layer
+(sum_e x_e x_e^T, `moments.<layer>`), from which PGU finds the directions the training data uses.
 """
 
 from __future__ import annotations
@@ -117,11 +119,49 @@ class AnchorPenalty(nn.Module):
                 f"{prefix}_mean": float(values.mean())}
 
 
+MOMENTS = "moments."  # key prefix of the head layers' input second moments in the importances file
+
+
+def head_layers(model: nn.Module) -> dict[str, nn.Linear]:
+    """The linear layers of the model's classification head, by name (fc1, fc2)."""
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and model.is_head_parameter(f"{name}.weight")}
+
+
+@torch.no_grad()
+def head_moments(model: nn.Module, waves: list[np.ndarray], progress: Callable | None = None) -> dict[str, torch.Tensor]:
+    """sum_e x_e x_e^T of each head layer's input x_e over the utterances, one at a time in eval mode."""
+    layers = head_layers(model)
+    caught: dict[str, torch.Tensor] = {}
+    handles = [module.register_forward_hook(lambda m, inputs, out, name=name: caught.__setitem__(name, inputs[0]))
+               for name, module in layers.items()]
+    total = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in layers.items()}
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for index, wave in enumerate(waves):
+            x, mask = pad_batch([wave])
+            model(x.to(device), mask.to(device))
+            for name, value in caught.items():
+                row = value.detach().double().reshape(-1, value.shape[-1]).cpu()
+                total[name] += row.T @ row
+            if progress is not None:
+                progress(index + 1, len(waves))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return total
+
+
 def save_importances(model_dir: Path | str, importance: Importance, weights_sha256: str, n: int,
-                     overwrite: bool = False) -> Path:
-    """Store a model's training importances in its directory (written whole or not at all)."""
+                     overwrite: bool = False, moments: dict[str, torch.Tensor] | None = None) -> Path:
+    """Store a model's training importances (and its head layers' input moments) in its directory (written whole
+    or not at all)."""
     path = Path(model_dir) / IMPORTANCES_FILE
     state = {name: value.detach().cpu().contiguous() for name, value in importance.items()}
+    state.update({MOMENTS + name: value.detach().cpu().contiguous() for name, value in (moments or {}).items()})
     meta = {"kind": "fisher-diagonal", "labels": "true", "per": "utterance", "n_utterances": str(n),
             "weights_sha256": weights_sha256}
     with atomic_file(path, "wb", overwrite=overwrite, what="importances file") as handle:
@@ -138,6 +178,27 @@ def _safetensors_bytes(state: dict, meta: dict) -> bytes:
 def load_importances(saved, split_hint: str = "--split SPLIT.json") -> tuple[Importance, int]:
     """The training importances stored in `saved`'s directory, checked to belong to its weights, and the
     number of utterances they average over."""
+    values, meta, path, fix = _read_stored(saved, split_hint)
+    params = {name: p for name, p in saved.model.named_parameters() if p.requires_grad}
+    missing = sorted(set(params) - set(values))
+    if missing or any(values[n].shape != params[n].shape for n in params):
+        raise SerkitError(f"{path} does not cover the model's trainable parameters (e.g. {(missing or list(params))[0]}); "
+                          f"{fix} --overwrite")
+    return {name: values[name] for name in params}, int(meta.get("n_utterances") or 0)
+
+
+def load_moments(saved, split_hint: str = "--split SPLIT.json") -> dict[str, torch.Tensor]:
+    """The head layers' input second moments over the training utterances, stored beside the importances."""
+    values, _, path, fix = _read_stored(saved, split_hint)
+    layers = head_layers(saved.model)
+    moments = {name: values.get(MOMENTS + name) for name in layers}
+    if any(m is None or m.shape != (layers[n].in_features,) * 2 for n, m in moments.items()):
+        raise SerkitError(f"{path} holds no training moments of the head layers ({', '.join(layers)}), which this "
+                          f"method projects its steps off (stored since 2026-12-05); {fix} --overwrite")
+    return moments
+
+
+def _read_stored(saved, split_hint: str):
     path = Path(saved.path) / IMPORTANCES_FILE
     fix = (f"compute them once, while the training data still exists: serkit models importances {saved.path} "
            f"{split_hint}")
@@ -155,16 +216,12 @@ def load_importances(saved, split_hint: str = "--split SPLIT.json") -> tuple[Imp
     if meta.get("weights_sha256") != saved.weights_sha256:
         raise SerkitError(f"{path} was computed for other weights than model {saved.path}'s (a model that answered a "
                           f"deletion request has new weights); {fix} --overwrite")
-    params = {name: p for name, p in saved.model.named_parameters() if p.requires_grad}
-    missing = sorted(set(params) - set(values))
-    if missing or any(values[n].shape != params[n].shape for n in params):
-        raise SerkitError(f"{path} does not cover the model's trainable parameters (e.g. {(missing or list(params))[0]}); "
-                          f"{fix} --overwrite")
-    return {name: values[name] for name in params}, int(meta.get("n_utterances") or 0)
+    return values, meta, path, fix
 
 
-def training_importances(saved, data, progress: Callable | None = None) -> tuple[Importance, int]:
-    """The diagonal Fisher (true labels, one utterance at a time) over the utterances `saved` trained on."""
+def training_importances(saved, data, progress: Callable | None = None) -> tuple[Importance, int, dict]:
+    """The diagonal Fisher (true labels, one utterance at a time) over the utterances `saved` trained on, their
+    number, and the head layers' input moments over them."""
     from serkit.data.dataset import load_waves
     from serkit.data.manifest import Manifest
 
@@ -173,4 +230,4 @@ def training_importances(saved, data, progress: Callable | None = None) -> tuple
     waves = load_waves(rows.audio_paths(), saved.preprocessing)
     index = {label: i for i, label in enumerate(saved.labels)}
     labels = np.array([index[e] for e in rows.frame["emotion"]])
-    return fisher_diagonal(saved.model, waves, labels, progress=progress), len(waves)
+    return fisher_diagonal(saved.model, waves, labels, progress=progress), len(waves), head_moments(saved.model, waves)

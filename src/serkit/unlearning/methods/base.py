@@ -183,7 +183,7 @@ def register(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
 
 
 def get_method(name: str, params: dict | None = None) -> UnlearningMethod:
-    from serkit.unlearning.methods import adversarial, amun, jit, l2ul, neg_grad, random_label, remain, retrain, ssd  # noqa: F401  (registers)
+    from serkit.unlearning.methods import adversarial, amun, jit, l2ul, neg_grad, pgu, random_label, remain, retrain, ssd  # noqa: F401  (registers)
 
     if name not in METHODS:
         raise ConfigError(f"unknown unlearning method '{name}'; choose one of {sorted(METHODS)}")
@@ -215,10 +215,12 @@ class _Pairs:
 
 
 def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.ndarray,
-             extra: tuple[list[np.ndarray], np.ndarray] | None, loss_fn: Callable, lr: float) -> dict:
+             extra: tuple[list[np.ndarray], np.ndarray] | None, loss_fn: Callable, lr: float,
+             after_step: Callable | None = None) -> dict:
     """The shared loop. `loss_fn(model, forget_batch, extra_batch)` returns (loss, parts dict), or (None, parts)
     when it has put the gradients in place itself. `extra`: (waves, targets), or a set that makes its pairs
-    when first asked (`len()` and `take(indices) -> (waves, targets)`, e.g. pgd.OnDemandAdversarial)."""
+    when first asked (`len()` and `take(indices) -> (waves, targets)`, e.g. pgd.OnDemandAdversarial).
+    `after_step(model)` runs after every optimizer step (e.g. a projection of the weights' change)."""
     model = ctx.saved.model
     frozen = [p for name, p in model.named_parameters()
               if p.requires_grad and params.update == "head" and not model.is_head_parameter(name)]
@@ -229,13 +231,13 @@ def finetune(ctx: UnlearnContext, params: FinetuneParams, forget_targets: np.nda
     for p in frozen:
         p.requires_grad_(False)  # no backbone gradients: a head-only step costs the forward pass and little else
     try:
-        return _finetune(ctx, params, forget_targets, extra, loss_fn, lr, model, trainable)
+        return _finetune(ctx, params, forget_targets, extra, loss_fn, lr, model, trainable, after_step)
     finally:
         for p in frozen:
             p.requires_grad_(True)
 
 
-def _finetune(ctx, params, forget_targets, extra, loss_fn, lr, model, trainable) -> dict:
+def _finetune(ctx, params, forget_targets, extra, loss_fn, lr, model, trainable, after_step) -> dict:
     device = next(model.parameters()).device
     rng = np.random.default_rng(ctx.seed)
     n_forget = len(ctx.forget_waves)
@@ -277,6 +279,8 @@ def _finetune(ctx, params, forget_targets, extra, loss_fn, lr, model, trainable)
             if loss is not None:  # None: loss_fn accumulated the gradients itself (an objective too large for one graph)
                 loss.backward()
             optimizer.step()
+            if after_step is not None:
+                after_step(model)
             losses.append({k: float(v) for k, v in parts.items()})
             step += 1
             if params.stop_early and step % params.check_every == 0:
