@@ -915,6 +915,8 @@ def test_pgu_moves_the_head_only_off_the_directions_the_retained_training_uttera
     with pytest.raises(SerkitError, match="no training moments of the head layers .*serkit models importances.*--overwrite"):
         forget(model, tmp_path / "old", speaker="02", n=6, method="pgu", log=lambda *a: None)
     assert not (tmp_path / "old").exists()
+    with pytest.raises(ConfigError, match="method 'pgu': pgu moves the head's linear layers only.*leave update at head"):
+        forget(model, tmp_path / "all", speaker="02", n=6, method="pgu", params={"update": "all"}, log=lambda *a: None)
     assert run(["models", "importances", str(model), "--overwrite"]) == 0
     params = {"retained_var": 0.9, "lr": 1e-2, "epochs": 5, "stop_early": False}
     result = forget(model, tmp_path / "pgu", speaker="02", n=6, method="pgu", params=params, log=lambda *a: None)

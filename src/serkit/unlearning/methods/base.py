@@ -74,8 +74,7 @@ class FinetuneParams(BaseModel):
     update: Literal["all", "head"] = Field(
         "all", description="which weights the fine-tuning moves: all (the papers) or head (the classification head "
         "only: fc1, fc2 and any layer weights; the backbone stays as trained, and its gradients are not computed). "
-        "On the BatchNorm CNNs a step any optimizer takes on the conv weights costs a third of the val UAR (bench/"
-        "RESULTS.md 23h-i)")
+        "Alone it forgets no better on either testbed (bench/RESULTS.md 23i); pgu projects head-only steps")
     profiles: dict | None = Field(
         None, description="calibrated: the loss profiles to stop against, in the form serkit train records them "
         "(provenance.calibration), instead of the model's own. A model trained on train+val has no unseen speakers "

@@ -25,9 +25,8 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from serkit.errors import ConfigError
 from serkit.unlearning.importance import head_layers, head_moments, load_moments
 from serkit.unlearning.methods.base import (
     FinetuneParams,
@@ -47,6 +46,13 @@ class PGUParams(FinetuneParams):
     offset: float = Field(0.05, ge=0, lt=1, description="loss1 = -ln(1 - (p_true - offset)) (the paper: 0.05)")
     loss1_w: float = Field(1.0, ge=0, description="weight of the true-class term (the paper: 1)")
     loss2_w: float = Field(0.2, ge=0, description="weight of the entropy term (the paper's configs: 0.2)")
+
+    @model_validator(mode="after")
+    def _head_only(self):
+        if self.update != "head":
+            raise ValueError("pgu moves the head's linear layers only (the stored moments are theirs): leave update "
+                             "at head")
+        return self
 
 
 def protected_directions(retained: torch.Tensor, retained_var: float) -> tuple[torch.Tensor, int]:
@@ -71,9 +77,6 @@ class PGU(UnlearningMethod):
 
     def unlearn(self, ctx: UnlearnContext) -> UnlearnOutcome:
         p = self.params
-        if p.update != "head":
-            raise ConfigError("method 'pgu': update: it moves the head's linear layers only (the stored moments are "
-                              "theirs); leave update at head")
         model = ctx.saved.model
         stored = load_moments(ctx.saved)
         forgotten = head_moments(model, ctx.forget_waves)
