@@ -38,25 +38,30 @@ from serkit.models.modeldir import IMPORTANCES as IMPORTANCES_FILE
 Importance = dict[str, torch.Tensor]
 
 
-def _per_utterance(model: nn.Module, waves: list[np.ndarray], objective: Callable, accumulate: Callable,
-                   progress: Callable | None = None) -> Importance:
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    total = {name: torch.zeros_like(p) for name, p in params.items()}
+def _each_utterance(model: nn.Module, waves: list[np.ndarray], progress: Callable | None = None):
+    """(index, x, mask) for each utterance alone, in eval mode; the model's mode is restored afterwards."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     try:
         for index, wave in enumerate(waves):
             x, mask = pad_batch([wave])
-            value = objective(model(x.to(device), mask.to(device)), index)
-            grads = torch.autograd.grad(value, list(params.values()), allow_unused=True)
-            for (name, _), grad in zip(params.items(), grads):
-                if grad is not None:
-                    total[name] += accumulate(grad.detach())
+            yield index, x.to(device), mask.to(device)
             if progress is not None:
                 progress(index + 1, len(waves))
     finally:
         model.train(was_training)
+
+
+def _per_utterance(model: nn.Module, waves: list[np.ndarray], objective: Callable, accumulate: Callable,
+                   progress: Callable | None = None) -> Importance:
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    total = {name: torch.zeros_like(p) for name, p in params.items()}
+    for index, x, mask in _each_utterance(model, waves, progress):
+        grads = torch.autograd.grad(objective(model(x, mask), index), list(params.values()), allow_unused=True)
+        for (name, _), grad in zip(params.items(), grads):
+            if grad is not None:
+                total[name] += accumulate(grad.detach())
     return {name: t / max(len(waves), 1) for name, t in total.items()}
 
 
@@ -136,22 +141,15 @@ def head_moments(model: nn.Module, waves: list[np.ndarray], progress: Callable |
     handles = [module.register_forward_hook(lambda m, inputs, out, name=name: caught.__setitem__(name, inputs[0]))
                for name, module in layers.items()]
     total = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in layers.items()}
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     try:
-        for index, wave in enumerate(waves):
-            x, mask = pad_batch([wave])
-            model(x.to(device), mask.to(device))
+        for _, x, mask in _each_utterance(model, waves, progress):
+            model(x, mask)
             for name, value in caught.items():
                 row = value.detach().double().reshape(-1, value.shape[-1]).cpu()
                 total[name] += row.T @ row
-            if progress is not None:
-                progress(index + 1, len(waves))
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return total
 
 
