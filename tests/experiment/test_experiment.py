@@ -66,10 +66,18 @@ def test_one_run_has_no_spread_to_print():
 def square_cell(payload) -> list[dict]:
     """A cell for the executor tests: module-level, so worker processes can import it."""
     import os
+    import time
+    from pathlib import Path
 
-    value, fail = payload
+    value, fail, *meet = payload
     if fail:
         raise ValueError(f"cell {value} cannot be computed")
+    if meet:  # a folder where each worker leaves its pid: wait (up to 20 s a cell) until two have, so both take cells
+        folder = Path(meet[0])
+        (folder / str(os.getpid())).touch()
+        deadline = time.monotonic() + 20
+        while len(list(folder.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
     return [{"x": value, "square": value * value, "pid": os.getpid()}]
 
 
@@ -80,11 +88,14 @@ def _cells(values, fail=()):
 
 
 def test_two_local_workers_run_every_cell_once_in_two_processes(tmp_path):
-    from serkit.experiment import ExecutorConfig, run_cells
+    from serkit.experiment import Cell, ExecutorConfig, run_cells
 
     table = ResultsTable(tmp_path / "results.csv", ["x", "square", "pid"])
     lines = []
-    run_cells(_cells(range(6)), square_cell, table, ExecutorConfig(kind="pool", workers=2, threads=1), lines.append)
+    meet = tmp_path / "workers"
+    meet.mkdir()
+    cells = [Cell(c.key, c.tag, (*c.payload, str(meet))) for c in _cells(range(6))]
+    run_cells(cells, square_cell, table, ExecutorConfig(kind="pool", workers=2, threads=1), lines.append)
     frame = table.read()
     assert sorted(frame.x.astype(int)) == list(range(6)) and (frame.square.astype(int) == frame.x.astype(int) ** 2).all()
     assert frame.pid.nunique() == 2 and str(__import__("os").getpid()) not in set(frame.pid)
