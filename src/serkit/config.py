@@ -66,6 +66,10 @@ class TrainConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     deterministic: bool = True
     progress_bar: bool = True
+    importances: bool = Field(True, description="store in the model directory what forget-only methods read from the "
+                              "training data (the Fisher over the training utterances for ssd, the head layers' input "
+                              "moments for pgu), so a deletion request reads the forget set alone: one more pass over "
+                              "the training utterances (classifiers; `serkit models importances` does it later)")
 
 
 class GraphConfig(_Strict):

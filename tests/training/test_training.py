@@ -39,6 +39,11 @@ def test_run_folder_is_complete(trained):
     assert prov["speakers"]["test"] == ["06"] and prov["seed"] == 0 and len(prov["manifest_sha256"]) == 64
     assert config["preprocessing"]["trim_silence_db"] == 40
     assert "UAR" in (out / "report.md").read_text()
+    from safetensors import safe_open  # what a deletion request's ssd / pgu read, stored while the data exists
+
+    with safe_open(str(out / "model" / "importances.safetensors"), "pt") as stored:
+        assert stored.metadata()["n_utterances"] == "48" and "moments.fc1" in stored.keys()
+        assert stored.metadata()["weights_sha256"] == load_model(out / "model").weights_sha256
 
 
 def test_model_selection_keeps_the_best_validation_epoch(trained):
@@ -134,7 +139,9 @@ def test_ddp_on_two_cpu_processes(tiny_split, tmp_path):
 def test_train_plus_val_setting_keeps_the_last_epoch(tiny_split, tmp_path):
     raw = tiny_recipe(tiny_split, tmp_path / "tv", max_epochs=2)
     raw["data"]["train_parts"] = ["train", "val"]
+    raw["train"]["importances"] = False
     result = train(load_recipe(raw=raw), log=lambda *a: None)
+    assert not (result.model_dir / "importances.safetensors").exists()
     assert set(result.metrics) == {"test", "training", "model"}
     assert result.metrics["training"]["best_epoch"] == 2 and result.metrics["training"]["best_val_uar"] is None
     config = json.loads((result.model_dir / "config.json").read_text())

@@ -840,9 +840,10 @@ def test_a_train_val_model_stops_calibrated_against_the_profiles_its_train_val_s
 
 
 def test_ssd_dampens_exactly_the_weights_the_forget_set_needs_far_more_than_the_training_data(model_dir, tmp_path):
-    """SSD reads the training importances stored by `serkit models importances`: a weight whose forget-set Fisher
-    exceeds alpha x its training Fisher is scaled by min(lambda I_D / I_f, 1); every other weight stays bit-identical.
-    Adding the importances file leaves the model's file hashes (a receipt's model check) as they were."""
+    """SSD reads the training importances that training stored (or `serkit models importances` later, the same
+    figures): a weight whose forget-set Fisher exceeds alpha x its training Fisher is scaled by
+    min(lambda I_D / I_f, 1); every other weight stays bit-identical. Adding the importances file leaves the model's
+    file hashes (a receipt's model check) as they were."""
     import shutil
 
     from safetensors.torch import load_file
@@ -854,11 +855,16 @@ def test_ssd_dampens_exactly_the_weights_the_forget_set_needs_far_more_than_the_
 
     model = tmp_path / "model"
     shutil.copytree(model_dir, model)
+    stored_by_training = load_file(str(model / "importances.safetensors"))
+    (model / "importances.safetensors").unlink()
     hashes = file_hashes(model)
     with pytest.raises(SerkitError, match="no stored training importances .*serkit models importances"):
         forget(model, tmp_path / "none", speaker="02", n=6, method="ssd", log=lambda *a: None)
     assert run(["models", "importances", str(model)]) == 0
     assert file_hashes(model) == hashes and (model / "importances.safetensors").is_file()
+    recomputed = load_file(str(model / "importances.safetensors"))
+    assert set(recomputed) == set(stored_by_training) and any(k.startswith("moments.") for k in recomputed)
+    assert all(torch.allclose(recomputed[k], stored_by_training[k], rtol=1e-4, atol=1e-10) for k in recomputed)
     assert run(["models", "importances", str(model)]) == 2  # never overwritten without --overwrite
     alpha = 2.0  # below N_D / N_f = 48 / 6; at the paper's 10 no weight can be selected here
     result = forget(model, tmp_path / "ssd", speaker="02", n=6, method="ssd", params={"selection_weighting": alpha},
@@ -888,7 +894,8 @@ def test_ssd_refuses_importances_of_other_weights(model_dir, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(model_dir, model)
     saved = load_model(model)
-    save_importances(model, {n: torch.ones_like(p) for n, p in saved.model.named_parameters()}, "0" * 64, 10)
+    save_importances(model, {n: torch.ones_like(p) for n, p in saved.model.named_parameters()}, "0" * 64, 10,
+                     overwrite=True)
     with pytest.raises(SerkitError, match="computed for other weights .*--overwrite"):
         forget(model, tmp_path / "x", speaker="02", n=2, method="ssd", log=lambda *a: None)
     assert not (tmp_path / "x").exists()
@@ -911,7 +918,8 @@ def test_pgu_moves_the_head_only_off_the_directions_the_retained_training_uttera
     model = tmp_path / "model"
     shutil.copytree(model_dir, model)
     saved = load_model(model)
-    save_importances(model, {n: torch.ones_like(p) for n, p in saved.model.named_parameters()}, saved.weights_sha256, 48)
+    save_importances(model, {n: torch.ones_like(p) for n, p in saved.model.named_parameters()}, saved.weights_sha256, 48,
+                     overwrite=True)  # as `serkit models importances` wrote them before 2026-12-05
     with pytest.raises(SerkitError, match="no training moments of the head layers .*serkit models importances.*--overwrite"):
         forget(model, tmp_path / "old", speaker="02", n=6, method="pgu", log=lambda *a: None)
     assert not (tmp_path / "old").exists()

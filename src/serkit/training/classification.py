@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,20 @@ class ClassificationTask:
         if not profiles:
             return None
         return {"per_speaker": recipe.data.calibration, **profiles}
+
+    def store_importances(self, model_dir: Path, model, parts: dict, waves: dict, log=print) -> None:
+        """The training importances and head moments forget-only methods read (serkit.unlearning.importance),
+        bound to the weights just written."""
+        from serkit.io import sha256_file
+        from serkit.models.modeldir import WEIGHTS
+        from serkit.unlearning.importance import importances_over, save_importances
+
+        labels = np.array([self.names.index(e) for e in parts["train"].frame["emotion"]])
+        start = time.perf_counter()
+        importance, n, moments = importances_over(model, waves["train"], labels)
+        save_importances(model_dir, importance, sha256_file(model_dir / WEIGHTS), n, moments=moments)
+        log(f"stored the training importances and head moments for deletion requests ({n} utterances, "
+            f"{time.perf_counter() - start:.0f} s)")
 
     def evaluate(self, saved, work: Path, name: str, part, waves, recipe) -> EvalResult:
         result = evaluate(saved, part, name, recipe.train.eval_batch_size, waves)

@@ -166,6 +166,8 @@ def _train(recipe: Recipe, task, output: OutputDir | None, log=print) -> TrainRe
         provenance["calibration"] = profiles
     work = output.staging()
     save_model(work / "model", model, task.names, preprocessing, provenance, task=task.record())
+    if recipe.train.importances:
+        task.store_importances(work / "model", model, parts, waves, log)
     metrics, evaluations = _write_run(work, recipe, task, arch.name, split, parts, waves, training, keep_best.history)
     output_dir = output.commit()
     task.finished(evaluations, log)

@@ -121,6 +121,9 @@ class RegressionTask:
     def held_out_profiles(self, model, parts: dict, waves: dict, recipe) -> dict | None:
         return None  # loss profiles serve deletion requests' stop, which classifiers have
 
+    def store_importances(self, model_dir: Path, model, parts: dict, waves: dict, log=print) -> None:
+        return None  # as the profiles: deletion requests' methods serve classifiers
+
     def record(self) -> dict:
         task = {"type": "regression", "dimensions": self.names, "scale": list(self.scale), "loss": "1 - CCC"}
         if self.proxy:

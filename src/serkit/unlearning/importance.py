@@ -228,4 +228,11 @@ def training_importances(saved, data, progress: Callable | None = None) -> tuple
     waves = load_waves(rows.audio_paths(), saved.preprocessing)
     index = {label: i for i, label in enumerate(saved.labels)}
     labels = np.array([index[e] for e in rows.frame["emotion"]])
-    return fisher_diagonal(saved.model, waves, labels, progress=progress), len(waves), head_moments(saved.model, waves)
+    return importances_over(saved.model, waves, labels, progress)
+
+
+def importances_over(model: nn.Module, waves: list[np.ndarray], labels: np.ndarray,
+                     progress: Callable | None = None) -> tuple[Importance, int, dict]:
+    """What a model's directory stores of its training utterances: the diagonal Fisher (true labels), their number,
+    and the head layers' input moments."""
+    return fisher_diagonal(model, waves, labels, progress=progress), len(waves), head_moments(model, waves)

@@ -9,8 +9,9 @@ step lowers the forget set's true-class probability and raises its entropy:
 L = loss1_w * mean_e -ln(1 - (p_e - offset)) - loss2_w * mean_e H(p(x_e)).
 
 The forget set alone: the training inputs' second moments sum_e x_e x_e^T are stored in the model
-directory at training time (`serkit models importances`), and a request subtracts the forget set's own
-(from the original model) to get the retained ones, as the paper's code downdates its stored SVD.
+directory at training time (`serkit train`; `serkit models importances` for an older model), and a
+request subtracts the forget set's own (from the original model) to get the retained ones, as the
+paper's code downdates its stored SVD.
 Differences: only the head's linear layers (fc1, fc2) move, biases stay (a bias moves every input
 alike; the code leaves every unprojected parameter too), so the conv or transformer blocks keep their
 trained weights; the step is projected after the optimizer's update as well as before, so Adam (whose
