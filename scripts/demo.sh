@@ -46,12 +46,13 @@ echo "== 5/6 predict two test utterances"
 FILES=$(awk -F, 'NR>1 && $2=="01" && ($4=="anger" || $4=="sadness") {print $1}' "$RUN/data/manifest.csv" | sed -n '1p;$p')
 $SERKIT predict "$RUN/ravdess-$MODEL/model" $FILES
 SPEAKER=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['parts']['train'][0])" "$RUN/data/split.json")
-echo "== 6/6 a deletion request: forget 10 utterances of training actor $SPEAKER, using those 10 alone (adv-ewc)"
-# serkit's measured defaults (bench/RESULTS.md sections 3, 11, 16, 23): PGD 20 steps, 10 adversarial samples per
-# utterance, and stop once the forget set is recognised as well as the held-out utterances of training actors
-# were at training time (the recipe's data.calibration): where a model retrained without it lands, since it
-# still knows the actor from their other utterances (the paper's target drives it to 0). ~5x faster than the
-# paper's P 50 / M 20 at the same kept UAR. The paper's setting: add --set preset=paper.
+echo "== 6/6 a deletion request: forget 10 utterances of training actor $SPEAKER, using those 10 alone (pgu)"
+# serkit's measured default (bench/RESULTS.md 23k): PGU, projected gradient unlearning in the classification head.
+# The head's weights move only in directions the rest of the training data does not use (from the moments serkit
+# train stored beside the weights), until the forget set is recognised as well as held-out utterances of training
+# actors were at training time (the recipe's data.calibration): where a model retrained without it lands, since it
+# still knows the actor from their other utterances. The papers' method: --method adv-ewc (--set preset=paper for
+# their setting, which drives the forget set's accuracy to 0).
 # The receipt is signed with a key made for the demo; the forgotten model names no speaker or file, and the
 # receipt identifies the 10 utterances only by keyed commitments (the key: forget-keys.json, mode 600).
 $SERKIT keys new -o "$RUN/keys"

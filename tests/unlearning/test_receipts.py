@@ -44,7 +44,7 @@ def signing(tmp_path_factory):
 def signed_request(model_dir, signing, tmp_path_factory):
     """One default-method request (adv-ewc, quick settings), signed."""
     out = tmp_path_factory.mktemp("signed") / "forget-02"
-    result = forget(model_dir, out, speaker="02", n=4, seed=1, params=QUICK, sign_key=signing[0], **quiet)
+    result = forget(model_dir, out, speaker="02", n=4, seed=1, method="adv-ewc", params=QUICK, sign_key=signing[0], **quiet)
     return result
 
 
@@ -87,8 +87,8 @@ def test_a_forgotten_model_and_its_receipt_hold_no_trace_of_any_training_speaker
 
 
 def test_the_same_request_twice_gives_a_bit_identical_model_and_the_same_figures(model_dir, tmp_path):
-    first = forget(model_dir, tmp_path / "a", speaker="03", n=4, seed=2, params=QUICK, **quiet)
-    second = forget(model_dir, tmp_path / "b", speaker="03", n=4, seed=2, params=QUICK, **quiet)
+    first = forget(model_dir, tmp_path / "a", speaker="03", n=4, seed=2, method="adv-ewc", params=QUICK, **quiet)
+    second = forget(model_dir, tmp_path / "b", speaker="03", n=4, seed=2, method="adv-ewc", params=QUICK, **quiet)
     assert first.receipt["model_after"]["weights_sha256"] == second.receipt["model_after"]["weights_sha256"]
     assert first.receipt["evaluation"] == second.receipt["evaluation"]
     assert first.receipt["forget_set"]["commitments"] != second.receipt["forget_set"]["commitments"]  # fresh keys
@@ -97,11 +97,11 @@ def test_the_same_request_twice_gives_a_bit_identical_model_and_the_same_figures
     # another process, another hash seed: the same bits
     quick = [x for k, v in QUICK.items() for x in ("--set", f"{k}={v}")]
     subprocess.run([sys.executable, "-m", "serkit.cli", "forget", str(model_dir), "-o", str(tmp_path / "p"), "--speaker",
-                    "03", "--n", "4", "--seed", "2", *quick], check=True, capture_output=True,
+                    "03", "--n", "4", "--seed", "2", "--method", "adv-ewc", *quick], check=True, capture_output=True,
                    env={**os.environ, "PYTHONHASHSEED": "12345"})
     assert json.loads((tmp_path / "p" / "receipt.json").read_text())["model_after"]["weights_sha256"] == \
         first.receipt["model_after"]["weights_sha256"]
-    other_seed = forget(model_dir, tmp_path / "c", speaker="03", n=4, seed=3, params=QUICK, **quiet)
+    other_seed = forget(model_dir, tmp_path / "c", speaker="03", n=4, seed=3, method="adv-ewc", params=QUICK, **quiet)
     assert other_seed.receipt["model_after"]["weights_sha256"] != first.receipt["model_after"]["weights_sha256"]
 
 
@@ -260,7 +260,7 @@ def test_sequential_requests_chain_and_refuse_what_was_already_forgotten(model_d
 
 
 def test_reproduce_reruns_a_request_from_its_receipt(model_dir, tmp_path, capsys):
-    original = forget(model_dir, tmp_path / "req", speaker="04", n=3, seed=5, params=QUICK, **quiet)
+    original = forget(model_dir, tmp_path / "req", speaker="04", n=3, seed=5, method="adv-ewc", params=QUICK, **quiet)
     again = reproduce(model_dir, original.out_dir / "receipt.json", speaker="04", n=3, **quiet)
     assert again.identical and again.lines[0].startswith("OK    model_after") and "(identical)" in again.lines[0]
     with pytest.raises(SerkitError, match="not the one the receipt commits to"):
@@ -319,7 +319,7 @@ def test_sigterm_during_forget_leaves_nothing_and_says_so(model_dir, tmp_path):
     slow = ["--set", "pgd_steps=50", "--set", "adversarial_per_sample=20", "--set", "epochs=15", "--set", "stop_early=false"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "serkit.cli", "forget", str(model_dir), "-o", str(out), "--speaker",
-                             "02", "--n", "6", *slow], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             "02", "--n", "6", "--method", "adv-ewc", *slow], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stdout:
         if line.startswith("forgetting"):
             break
@@ -347,9 +347,9 @@ def test_a_moved_manifest_is_pointed_at_with_an_option_forget_has(model_dir, tmp
     assert result.receipt["forget_set"]["n"] == 2
 
 
-@pytest.mark.parametrize("method", ["random-label", "neg-grad", "l2ul", "remain", "retrain"])
+@pytest.mark.parametrize("method", ["pgu", "random-label", "neg-grad", "l2ul", "remain", "retrain"])
 def test_every_method_leaves_no_trace_of_the_training_speakers_or_files(method, model_dir, tiny_manifest, tmp_path):
-    params = {"random-label": FAST, "neg-grad": FAST, "remain": FAST, "retrain": {"max_epochs": 1},
+    params = {"pgu": FAST, "random-label": FAST, "neg-grad": FAST, "remain": FAST, "retrain": {"max_epochs": 1},
               "l2ul": {**FAST, "adversarial_per_sample": 2, "pgd_steps": 3}}[method]
     result = forget(model_dir, tmp_path / "out", speaker="03", n=3, method=method, params=params,
                     remain=tiny_manifest if method == "remain" else None, **quiet)

@@ -128,17 +128,17 @@ def test_pgd_samples_made_on_demand_are_the_ones_made_up_front_and_only_those_as
 def test_an_adversarial_request_stopped_early_makes_only_the_pgd_samples_its_steps_used(model_dir, tmp_path):
     params = {**QUICK, "epochs": 1, "batch_size": 4, "check_every": 1, "target": "retrain-like", "target_accuracy": 1.0,
               "adversarial_generation": "on-demand"}
-    lazy = forget(model_dir, tmp_path / "lazy", speaker="02", n=6, params=params, log=lambda *a: None)
+    lazy = forget(model_dir, tmp_path / "lazy", speaker="02", n=6, method="adv-ewc", params=params, log=lambda *a: None)
     pgd = lazy.receipt["stats"]["pgd"]
     assert (pgd["samples"], pgd["samples_planned"], lazy.receipt["stats"]["steps"]) == (4, 18, 1)  # one step of 4
     full = {**params, "stop_early": False}
-    made = {g: forget(model_dir, tmp_path / g, speaker="02", n=6, params={**full, "adversarial_generation": g},
+    made = {g: forget(model_dir, tmp_path / g, speaker="02", n=6, method="adv-ewc", params={**full, "adversarial_generation": g},
                       log=lambda *a: None) for g in ("on-demand", "upfront")}
     assert made["on-demand"].receipt["stats"]["pgd"]["samples"] == made["upfront"].receipt["stats"]["pgd"]["samples"] == 18
     a, b = (load_model(made[g].model_dir).model.state_dict() for g in ("on-demand", "upfront"))
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)  # the same samples, the same model
     with pytest.raises(ConfigError, match="adversarial_keep=successful.*use adversarial_generation=upfront"):
-        forget(model_dir, tmp_path / "x", speaker="02", n=6, log=lambda *a: None,
+        forget(model_dir, tmp_path / "x", speaker="02", n=6, method="adv-ewc", log=lambda *a: None,
                params={**QUICK, "adversarial_keep": "successful", "adversarial_generation": "on-demand"})
 
 
@@ -191,14 +191,14 @@ def test_forget_writes_a_new_model_and_a_receipt(model_dir, tmp_path, method):
 
 def test_output_rules_and_interrupted_runs(model_dir, tmp_path, monkeypatch):
     with pytest.raises(SerkitError, match="overwrite or sit inside the input model"):
-        forget(model_dir, model_dir, speaker="02", n=2, params=QUICK, log=lambda *a: None)
+        forget(model_dir, model_dir, speaker="02", n=2, method="adv-ewc", params=QUICK, log=lambda *a: None)
     with pytest.raises(SerkitError, match="overwrite or sit inside the input model"):
-        forget(model_dir, model_dir / "sub", speaker="02", n=2, params=QUICK, log=lambda *a: None)
+        forget(model_dir, model_dir / "sub", speaker="02", n=2, method="adv-ewc", params=QUICK, log=lambda *a: None)
     (tmp_path / "exists").mkdir()
     with pytest.raises(SerkitError, match="already exists.*--overwrite"):
-        forget(model_dir, tmp_path / "exists", speaker="02", n=2, params=QUICK, log=lambda *a: None)
+        forget(model_dir, tmp_path / "exists", speaker="02", n=2, method="adv-ewc", params=QUICK, log=lambda *a: None)
     with pytest.raises(SerkitError, match="exists and is not a serkit output of this kind, so --overwrite will not delete it"):
-        forget(model_dir, tmp_path / "exists", speaker="02", n=2, params=QUICK, overwrite=True, log=lambda *a: None)
+        forget(model_dir, tmp_path / "exists", speaker="02", n=2, method="adv-ewc", params=QUICK, overwrite=True, log=lambda *a: None)
     first = forget(model_dir, tmp_path / "done", speaker="02", n=2, method="random-label", params={"epochs": 1},
                    log=lambda *a: None)
     first.keys_file.rename(tmp_path / "first-keys.json")  # the owner keeps the first request's key; then may replace it
@@ -232,14 +232,14 @@ def test_adversarial_keep_successful_drops_failed_samples(model_dir, tmp_path, m
     monkeypatch.setattr(pgd.TargetedPGD, "generate", some_failed)
     params = {**QUICK, "adversarial_keep": "successful"}
     with pytest.raises(ConfigError, match="none of the 6 PGD samples reached its target.*raise tau or pgd_steps"):
-        forget(model_dir, tmp_path / "out", speaker="02", n=2, params=params, log=lambda *a: None)
+        forget(model_dir, tmp_path / "out", speaker="02", n=2, method="adv-ewc", params=params, log=lambda *a: None)
     assert not (tmp_path / "out").exists()
     failed["every"] = slice(None, None, 2)  # samples 0, 2, 4 failed: at most 3 of 6 are trained on
-    result = forget(model_dir, tmp_path / "half", speaker="02", n=2, params=params, log=lambda *a: None)
+    result = forget(model_dir, tmp_path / "half", speaker="02", n=2, method="adv-ewc", params=params, log=lambda *a: None)
     stats = result.receipt["stats"]
     assert stats["adversarial_used"] == round(6 * stats["pgd"]["target_success_rate"]) <= 3
     with pytest.raises(ConfigError, match="optimizer sgd needs its own lr"):
-        forget(model_dir, tmp_path / "sgd", speaker="02", n=2, params={**QUICK, "optimizer": "sgd"}, log=lambda *a: None)
+        forget(model_dir, tmp_path / "sgd", speaker="02", n=2, method="adv-ewc", params={**QUICK, "optimizer": "sgd"}, log=lambda *a: None)
 
 
 def test_method_errors_are_clear(model_dir, tmp_path):
@@ -942,6 +942,25 @@ def test_pgu_moves_the_head_only_off_the_directions_the_retained_training_uttera
     history = result.receipt["stats"]["history"]
     assert result.receipt["evaluation"]["after"]["forget"]["accuracy"] <= result.receipt["evaluation"]["before"]["forget"]["accuracy"]
     assert history[-1]["L_1"] < history[0]["L_1"]
+
+
+def test_a_request_naming_no_method_runs_pgu_where_the_model_stores_its_head_moments_and_adv_ewc_where_not(
+        model_dir, tiny_split, tmp_path):
+    """serkit train stores the head moments, so its models answer with pgu; a model without them (here the output of
+    that request, which carries none: they would tell the forget set's moments) with adv-ewc, and the log says why
+    and how to get pgu. Parameters of another method name the default they were checked against."""
+    logs = []
+    first = forget(model_dir, tmp_path / "first", speaker="02", n=4, params={"epochs": 2}, log=logs.append)
+    assert first.receipt["method"]["name"] == "pgu" and any(line.startswith("method pgu: the default") for line in logs)
+    assert not (first.model_dir / "importances.safetensors").exists()
+    logs.clear()
+    second = forget(first.model_dir, tmp_path / "second", speaker="03", n=2, split=tiny_split, log=logs.append,
+                    params={"epochs": 1, "adversarial_per_sample": 2, "pgd_steps": 2})
+    assert second.receipt["method"]["name"] == "adv-ewc"
+    assert any(line.startswith("method adv-ewc: the default") and "serkit models importances" in line for line in logs)
+    with pytest.raises(ConfigError, match="method 'pgu': tau: .*pgu is the default method for this model.*--method"):
+        forget(model_dir, tmp_path / "x", speaker="02", n=2, params={"tau": 0.02}, log=lambda *a: None)
+    assert not (tmp_path / "x").exists()
 
 
 def test_jit_smooths_the_model_around_the_forget_utterances(model_dir, tmp_path):

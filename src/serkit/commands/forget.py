@@ -17,8 +17,9 @@ def forget_cmd(
     speaker: str | None = typer.Option(None, help="forget this training speaker (all utterances, or --n of them)"),
     n: int | None = typer.Option(None, "--n", help="with --speaker: forget N utterances drawn at random"),
     seed: int = typer.Option(0, help="seed for drawing utterances, wrong labels, PGD and batch order"),
-    method: str = typer.Option("adv-ewc", help="adv-ewc, adv, random-label, neg-grad, l2ul, ssd, pgu, jit, amun, "
-                                "remain, retrain"),
+    method: str | None = typer.Option(None, help="pgu, adv-ewc, adv, random-label, neg-grad, l2ul, ssd, jit, amun, "
+                                       "remain, retrain (default: pgu where the model stores its training head "
+                                       "moments, as serkit train does; adv-ewc otherwise)"),
     set_: list[str] = typer.Option([], "--set", help="method parameter, e.g. --set tau=0.02 --set epochs=10"),
     eval_part: str | None = typer.Option(None, help="unseen speakers to evaluate on: val or test (default val if held out)"),
     split: Path | None = typer.Option(None, help="the split the model was trained with (needed once a model has "
@@ -49,7 +50,7 @@ def forget_cmd(
 
     files = read_file_list(forget_list) if forget_list else None
     if reproduce is not None:
-        given = [name for name, value in (("--set", set_), ("--method", method != "adv-ewc"), ("--eval-part", eval_part),
+        given = [name for name, value in (("--set", set_), ("--method", method is not None), ("--eval-part", eval_part),
                                           ("--seed", seed != 0), ("--sign-key", sign_key), ("--key-out", key_out),
                                           ("--skip-forgotten", skip_forgotten), ("--require-target", require_target),
                                           ("--retrained", retrained), ("--overwrite", overwrite)) if value]

@@ -196,6 +196,23 @@ def load_moments(saved, split_hint: str = "--split SPLIT.json") -> dict[str, tor
     return moments
 
 
+def stores_moments(model_dir: Path | str) -> bool:
+    """Whether the model directory holds head moments computed for its own weights (what pgu reads): from the
+    file's header and the weights' hash, without loading the model."""
+    from safetensors import safe_open
+
+    from serkit.io import sha256_file
+    from serkit.models.modeldir import WEIGHTS
+
+    path = Path(model_dir) / IMPORTANCES_FILE
+    try:
+        with safe_open(str(path), "pt") as handle:
+            meta, keys = handle.metadata() or {}, list(handle.keys())
+        return any(k.startswith(MOMENTS) for k in keys) and meta.get("weights_sha256") == sha256_file(Path(model_dir) / WEIGHTS)
+    except (SafetensorError, OSError):
+        return False
+
+
 def _read_stored(saved, split_hint: str):
     path = Path(saved.path) / IMPORTANCES_FILE
     fix = (f"compute them once, while the training data still exists: serkit models importances {saved.path} "

@@ -31,7 +31,7 @@ import torch
 from serkit.data.manifest import read_manifest
 from serkit.data.splits import split_parts_sha256
 from serkit.determinism import reproducible
-from serkit.errors import SerkitError
+from serkit.errors import ConfigError, SerkitError
 from serkit.io import OutputDir, refuse_existing, sha256_file, write_text
 from serkit.models.modeldir import SavedModel, file_hashes, load_model, save_model
 from serkit.unlearning.commitments import commitments, new_key
@@ -79,6 +79,22 @@ def is_forget_output(path: Path) -> bool:
         return False
 
 
+DEFAULT_METHOD, FALLBACK_METHOD = "pgu", "adv-ewc"  # bench/RESULTS.md 23k
+
+
+def default_method(model_dir: Path) -> tuple[str, str]:
+    """The method a request runs when none is named, and why: pgu where the model directory holds the head moments
+    of its own training utterances (serkit train stores them), adv-ewc, the papers' method, where it cannot."""
+    from serkit.unlearning.importance import stores_moments
+
+    if stores_moments(model_dir):
+        return DEFAULT_METHOD, ("the default for a model that stores its training head moments (bench/RESULTS.md "
+                                "23k)")
+    return FALLBACK_METHOD, ("the default for a model without its training head moments (trained before serkit "
+                             "stored them, or the output of an earlier request); pgu, which keeps more of the "
+                             "model, needs `serkit models importances` while the training data still exists")
+
+
 def check_output(out: Path, model_dir: Path) -> None:
     out_r, model_r = out.resolve(), model_dir.resolve()
     if out_r == model_r or out_r in model_r.parents or model_r in out_r.parents:
@@ -86,7 +102,7 @@ def check_output(out: Path, model_dir: Path) -> None:
 
 
 def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = None, speaker: str | None = None,
-           n: int | None = None, seed: int = 0, method: str = "adv-ewc", params: dict | None = None,
+           n: int | None = None, seed: int = 0, method: str | None = None, params: dict | None = None,
            eval_part: str | None = None, manifest: Path | str | None = None, split: Path | str | None = None,
            remain: Path | str | None = None, strict: bool = False, overwrite: bool = False,
            retrained: Path | str | None = None, device: str = "auto", keys: Path | str | None = None,
@@ -110,7 +126,15 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
                               "the output: choose a path outside it")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any CUDA work, or cuBLAS ignores it
     device = resolve_device(device)
-    unlearner = get_method(method, params)
+    chosen = method is None
+    if chosen:
+        method, why = default_method(model_dir)
+        log(f"method {method}: {why}")
+    try:
+        unlearner = get_method(method, params)
+    except ConfigError as err:
+        raise ConfigError(f"{err} ({method} is the default method for this model: name the one these parameters "
+                          "are for with --method)" if chosen else str(err)) from None
     with OutputDir(out, overwrite, recognise=is_forget_output) as output:
         original = load_model(model_dir)
         profiles = getattr(unlearner.params, "profiles", None) or (original.config.get("provenance") or {}).get("calibration")
