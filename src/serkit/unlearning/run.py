@@ -92,7 +92,8 @@ def default_method(model_dir: Path) -> tuple[str, str]:
                                 "23k)")
     return FALLBACK_METHOD, ("the default for a model without its training head moments (trained before serkit "
                              "stored them, or the output of an earlier request); pgu, which keeps more of the "
-                             "model, needs `serkit models importances` while the training data still exists")
+                             f"model, needs `serkit models importances {model_dir}` while the training data still "
+                             "exists")
 
 
 def check_output(out: Path, model_dir: Path) -> None:

@@ -8,8 +8,8 @@ the data as a whole (`I_f > selection_weighting * I_D`, alpha) is dampened towar
 theta <- min(dampening_constant * I_D / I_f, 1) * theta (lambda). The rest are left exactly as they
 were.
 
-I_D is stored in the model directory at training time (`serkit train`, or `serkit models importances` later), so a request
-reads the forget set alone. Differences from the code: both importances are per-utterance Fisher
+I_D is stored in the model directory at training time (`serkit train`, or `serkit models importances`
+later), so a request reads the forget set alone. Differences from the code: both importances are per-utterance Fisher
 means (the code squares the gradient of each batch's mean loss, so its I_D and I_f depend on the
 batch sizes, and a forget set of ten is a single batch); only trainable parameters are dampened (a
 frozen front end has no importance); SSD has no stop rule, so the receipt records no target.
