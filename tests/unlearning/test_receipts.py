@@ -42,7 +42,7 @@ def signing(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def signed_request(model_dir, signing, tmp_path_factory):
-    """One default-method request (adv-ewc, quick settings), signed."""
+    """One adv-ewc request (quick settings), signed."""
     out = tmp_path_factory.mktemp("signed") / "forget-02"
     result = forget(model_dir, out, speaker="02", n=4, seed=1, method="adv-ewc", params=QUICK, sign_key=signing[0], **quiet)
     return result

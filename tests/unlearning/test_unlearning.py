@@ -902,7 +902,7 @@ def test_ssd_refuses_importances_of_other_weights(model_dir, tmp_path):
 
 
 def test_pgu_moves_the_head_only_off_the_directions_the_retained_training_utterances_use(model_dir, tmp_path):
-    """PGU reads the head layers' input moments `serkit models importances` stored, less the forget set's own: its
+    """PGU reads the head layers' input moments stored with the model, less the forget set's own: its
     weight change is orthogonal to the protected directions (a retained input in them gets the same output), the
     biases and the backbone stay bit for bit, and the forget set's true-class probability falls. An importances
     file from before the moments were stored is refused with the command that adds them."""
@@ -946,18 +946,37 @@ def test_pgu_moves_the_head_only_off_the_directions_the_retained_training_uttera
 
 def test_a_request_naming_no_method_runs_pgu_where_the_model_stores_its_head_moments_and_adv_ewc_where_not(
         model_dir, tiny_split, tmp_path):
-    """serkit train stores the head moments, so its models answer with pgu; a model without them (here the output of
-    that request, which carries none: they would tell the forget set's moments) with adv-ewc, and the log says why
-    and how to get pgu. Parameters of another method name the default they were checked against."""
+    """serkit train stores the head moments, so its models answer with pgu (its lr and the stored file's hash in the
+    receipt); the output of a request carries none (beside the original's they would tell the forget set's
+    moments) and answers with adv-ewc, and `serkit models importances` refuses to add them (its recorded training
+    data still holds what it forgot); a model trained before the moments were stored answers with adv-ewc too,
+    and the log names the command that adds them. Parameters of another method name the default they were checked
+    against."""
+    import shutil
+
+    from serkit.cli import run
+
     logs = []
     first = forget(model_dir, tmp_path / "first", speaker="02", n=4, params={"epochs": 2}, log=logs.append)
     assert first.receipt["method"]["name"] == "pgu" and any(line.startswith("method pgu: the default") for line in logs)
+    assert first.receipt["method"]["params"]["lr"] == 1e-2
+    assert first.receipt["stats"]["importances_sha256"] == sha256_file(model_dir / "importances.safetensors")
     assert not (first.model_dir / "importances.safetensors").exists()
     logs.clear()
+    quick = {"epochs": 1, "adversarial_per_sample": 2, "pgd_steps": 2}
     second = forget(first.model_dir, tmp_path / "second", speaker="03", n=2, split=tiny_split, log=logs.append,
-                    params={"epochs": 1, "adversarial_per_sample": 2, "pgd_steps": 2})
+                    params=quick)
     assert second.receipt["method"]["name"] == "adv-ewc"
-    assert any(line.startswith("method adv-ewc: the default") and "serkit models importances" in line for line in logs)
+    assert any(line.startswith("method adv-ewc: the default for the output of an earlier request") for line in logs)
+    assert run(["models", "importances", str(first.model_dir), "--split", str(tiny_split)]) == 2
+    assert not (first.model_dir / "importances.safetensors").exists()
+    older = tmp_path / "older"
+    shutil.copytree(model_dir, older)
+    (older / "importances.safetensors").unlink()
+    logs.clear()
+    assert forget(older, tmp_path / "third", speaker="02", n=2, params=quick, log=logs.append).receipt["method"]["name"] == "adv-ewc"
+    assert any(line.startswith("method adv-ewc: the default") and f"serkit models importances {older}`" in line
+               for line in logs)
     with pytest.raises(ConfigError, match="method 'pgu': tau: .*pgu is the default method for this model.*--method"):
         forget(model_dir, tmp_path / "x", speaker="02", n=2, params={"tau": 0.02}, log=lambda *a: None)
     assert not (tmp_path / "x").exists()

@@ -1,5 +1,6 @@
 """`serkit models list|import-ct2|import-hf|importances`: the model registry, Whisper checkpoints from CTranslate2,
-transformers audio classifiers, and a model's training importances (for SSD)."""
+transformers audio classifiers, and a model's training importances (for ssd and pgu, on a model trained before
+`serkit train` stored them)."""
 
 from __future__ import annotations
 
@@ -70,11 +71,16 @@ def models_importances(
 ):
     """Store the model's training importances (the Fisher over its training utterances) for SSD, and its head
     layers' input moments for PGU."""
+    from serkit.errors import SerkitError
     from serkit.models.modeldir import load_model
     from serkit.unlearning.forget_set import training_data
     from serkit.unlearning.importance import save_importances, training_importances
 
     saved = load_model(model_dir)
+    if (saved.config.get("provenance") or {}).get("unlearning_history"):
+        raise SerkitError(f"model {model_dir} has answered a deletion request: its recorded training data still holds "
+                          "the utterances it forgot, so importances computed now would count them again (and, beside "
+                          "the original model's, tell them apart); its next request runs adv-ewc, which needs none")
     data = training_data(saved, manifest, split)
     if not overwrite:
         from serkit.io import refuse_existing

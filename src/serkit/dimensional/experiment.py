@@ -258,6 +258,7 @@ def _check_fingerprint(grid: DimensionalGrid, raw: dict, out: Path, frame: pd.Da
     content changed (re-transcribed) would mix old and new cells, and is refused."""
     for key in ("output_dir", "seed", "name"):
         raw.pop(key, None)
+    raw.get("train", {}).pop("importances", None)  # what the model directory stores besides, not how it trains
     raw["model"]["options"] = {k: v for k, v in raw["model"]["options"].items()
                                if k not in ("mode", "audio", "audio_options", "text_encoder", "text_column")}
     raw["data"].pop("manifest", None)  # the path may move; its content is what counts

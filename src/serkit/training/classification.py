@@ -105,16 +105,25 @@ class ClassificationTask:
             return None
         return {"per_speaker": recipe.data.calibration, **profiles}
 
-    def store_importances(self, model_dir: Path, model, parts: dict, waves: dict, log=print) -> None:
+    def store_importances(self, model_dir: Path, model, parts: dict, waves: dict, log=print, device: str = "cpu") -> None:
         """The training importances and head moments forget-only methods read (serkit.unlearning.importance),
-        bound to the weights just written."""
+        bound to the weights just written, one whole utterance at a time on the training device."""
+        from serkit import SAMPLE_RATE
         from serkit.io import sha256_file
         from serkit.models.modeldir import WEIGHTS
         from serkit.unlearning.importance import importances_over, save_importances
 
+        limit = model.max_seconds
+        if limit is not None and any(w.shape[0] > limit * SAMPLE_RATE for w in waves["train"]):
+            log(f"note: no training importances stored: some training utterances are longer than the model's {limit:g}-s "
+                "input window (data.max_seconds crops them in training only); a deletion request runs adv-ewc")
+            return
         labels = np.array([self.names.index(e) for e in parts["train"].frame["emotion"]])
         start = time.perf_counter()
-        importance, n, moments = importances_over(model, waves["train"], labels)
+        try:
+            importance, n, moments = importances_over(model.to(device), waves["train"], labels)
+        finally:
+            model.cpu()
         save_importances(model_dir, importance, sha256_file(model_dir / WEIGHTS), n, moments=moments)
         log(f"stored the training importances and head moments for deletion requests ({n} utterances, "
             f"{time.perf_counter() - start:.0f} s)")

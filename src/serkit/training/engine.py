@@ -167,7 +167,7 @@ def _train(recipe: Recipe, task, output: OutputDir | None, log=print) -> TrainRe
     work = output.staging()
     save_model(work / "model", model, task.names, preprocessing, provenance, task=task.record())
     if recipe.train.importances:
-        task.store_importances(work / "model", model, parts, waves, log)
+        task.store_importances(work / "model", model, parts, waves, log, device=str(trainer.strategy.root_device))
     metrics, evaluations = _write_run(work, recipe, task, arch.name, split, parts, waves, training, keep_best.history)
     output_dir = output.commit()
     task.finished(evaluations, log)

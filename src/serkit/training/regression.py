@@ -121,7 +121,7 @@ class RegressionTask:
     def held_out_profiles(self, model, parts: dict, waves: dict, recipe) -> dict | None:
         return None  # loss profiles serve deletion requests' stop, which classifiers have
 
-    def store_importances(self, model_dir: Path, model, parts: dict, waves: dict, log=print) -> None:
+    def store_importances(self, model_dir: Path, model, parts: dict, waves: dict, log=print, device: str = "cpu") -> None:
         return None  # as the profiles: deletion requests' methods serve classifiers
 
     def record(self) -> dict:

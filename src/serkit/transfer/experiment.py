@@ -245,6 +245,7 @@ def _check_fingerprint(grid: TransferGrid, recipe, out: Path) -> None:
     raw = recipe_to_dict(recipe)
     for key in ("output_dir", "seed", "model", "graph", "name"):
         raw.pop(key, None)
+    raw["train"].pop("importances", None)  # what the model directory stores besides, not how it trains
     weights = Path(grid.upstream) / "model.safetensors"
     now = {"recipe": raw, "upstream_weights_sha256": sha256_file(weights) if weights.is_file() else str(grid.upstream),
            "split_sha256": sha256_file(recipe.data.split), "threshold": grid.threshold, "reduction": grid.reduction,

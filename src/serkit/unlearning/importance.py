@@ -12,8 +12,8 @@ as trained), so that an importance is a mean over utterances whatever the batch 
 that matter for the forget set; L2UL's w = (1 - Omega~)/2 frees exactly those and holds the rest.
 
 A model's *training* importances (the Fisher over its own training utterances, which SSD compares a
-forget set's with) are computed once by the owner while the training data exists
-(`serkit models importances`) and stored beside the weights as `importances.safetensors`, bound
+forget set's with) are computed once while the training data exists (at the end of `serkit train`, or by
+`serkit models importances` for an older model) and stored beside the weights as `importances.safetensors`, bound
 to those weights by their hash: a deletion request then reads the forget set alone. Beside them it
 stores the second moments of the training utterances' features at the input of each head layer
 (sum_e x_e x_e^T, `moments.<layer>`), from which PGU finds the directions the training data uses.
@@ -194,6 +194,14 @@ def load_moments(saved, split_hint: str = "--split SPLIT.json") -> dict[str, tor
         raise SerkitError(f"{path} holds no training moments of the head layers ({', '.join(layers)}), which this "
                           f"method projects its steps off (stored since 2026-12-05); {fix} --overwrite")
     return moments
+
+
+def importances_sha256(saved) -> str:
+    """The hash of the stored importances a request read, for its receipt: recomputed ones differ in the last bits,
+    and a reproduction that reads other figures gives another model."""
+    from serkit.io import sha256_file
+
+    return sha256_file(Path(saved.path) / IMPORTANCES_FILE)
 
 
 def stores_moments(model_dir: Path | str) -> bool:

@@ -85,15 +85,23 @@ DEFAULT_METHOD, FALLBACK_METHOD = "pgu", "adv-ewc"  # bench/RESULTS.md 23k
 def default_method(model_dir: Path) -> tuple[str, str]:
     """The method a request runs when none is named, and why: pgu where the model directory holds the head moments
     of its own training utterances (serkit train stores them), adv-ewc, the papers' method, where it cannot."""
+    from serkit.models.modeldir import IMPORTANCES
     from serkit.unlearning.importance import stores_moments
 
     if stores_moments(model_dir):
         return DEFAULT_METHOD, ("the default for a model that stores its training head moments (bench/RESULTS.md "
                                 "23k)")
+    try:
+        answered = bool((json.loads((Path(model_dir) / "config.json").read_text()).get("provenance") or {})
+                        .get("unlearning_history"))
+    except (OSError, ValueError, AttributeError):
+        answered = False  # loading the model says what is wrong with it
+    if answered:
+        return FALLBACK_METHOD, "the default for the output of an earlier request, which carries no training moments"
+    overwrite = " --overwrite" if (Path(model_dir) / IMPORTANCES).exists() else ""
     return FALLBACK_METHOD, ("the default for a model without its training head moments (trained before serkit "
-                             "stored them, or the output of an earlier request); pgu, which keeps more of the "
-                             f"model, needs `serkit models importances {model_dir}` while the training data still "
-                             "exists")
+                             "stored them); pgu, which keeps more of the model, needs `serkit models importances "
+                             f"{model_dir}{overwrite}` while the training data still exists")
 
 
 def check_output(out: Path, model_dir: Path) -> None:
@@ -454,6 +462,10 @@ def reproduce(model_dir: Path | str, receipt_path: Path | str, *, files: list[st
     detail = "identical" if same_figures else "; ".join(
         f"{k} {figures[k]:.4f} -> {again.get(k, float('nan')):.4f}" for k in figures if figures[k] != again.get(k))
     lines.append(("OK  " if same_figures else "DIFF") + f"  figures: {len(figures)} {detail}")
+    read, stored = ours["stats"].get("importances_sha256"), receipt.get("stats", {}).get("importances_sha256")
+    if read != stored and stored is not None:
+        lines.append(f"DIFF  stored importances: {(read or 'none')[:16]}… vs the receipt's {stored[:16]}… (recomputed "
+                     "since the request: the method read other figures)")
     lines.append(f"--    time: unlearning took {ours['timing']['unlearn_seconds']:.0f} s here, "
                  f"{receipt['timing']['unlearn_seconds']:.0f} s in the receipt")
     return Reproduction(same_model and same_figures, lines, ours)

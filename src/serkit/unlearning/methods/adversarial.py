@@ -3,7 +3,7 @@
 Ren, Rammohan, Scheck and Schultz, "Machine Unlearning in Speech Emotion Recognition via Forget Set
 Alone" (arXiv 2510.04251, 2025; papers 000/001), adapting L2UL (Cha et al., AAAI 2024; see l2ul.py).
 
-`adv`: L = l1 * L_mis + l2 * L_adv. `adv-ewc` (the default): + l3 * L_ewc.
+`adv`: L = l1 * L_mis + l2 * L_adv. `adv-ewc` (the default for a model without stored head moments; else pgu.py): + l3 * L_ewc.
 The adversarial set is generated from the original model, never from the one being changed:
 M targets per forget utterance, each attacked with targeted PGD (see serkit.unlearning.pgd). By
 default all N x M are made before the first step, as the papers describe it; `adversarial_generation:

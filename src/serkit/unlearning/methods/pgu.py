@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from serkit.unlearning.importance import head_layers, head_moments, load_moments
+from serkit.unlearning.importance import head_layers, head_moments, importances_sha256, load_moments
 from serkit.unlearning.methods.base import (
     FinetuneParams,
     UnlearnContext,
@@ -58,14 +58,13 @@ class PGUParams(FinetuneParams):
     loss1_w: float = Field(1.0, ge=0, description="weight of the true-class term (the paper: 1)")
     loss2_w: float = Field(0.2, ge=0, description="weight of the entropy term (the paper's configs: 0.2)")
 
-    def learning_rate(self, saved) -> float:
-        return self.lr if self.lr is not None else PGU_LR
-
     @model_validator(mode="after")
     def _head_only(self):
         if self.update != "head":
             raise ValueError("pgu moves the head's linear layers only (the stored moments are theirs): leave update "
                              "at head")
+        if self.lr is None:
+            object.__setattr__(self, "lr", PGU_LR)  # in the receipt's parameters, not a constant of this version
         return self
 
 
@@ -93,6 +92,7 @@ class PGU(UnlearningMethod):
         p = self.params
         model = ctx.saved.model
         stored = load_moments(ctx.saved)
+        stored_sha256 = importances_sha256(ctx.saved)
         forgotten = head_moments(model, ctx.forget_waves)
         layers = head_layers(model)
         projectors, kept = {}, {}
@@ -130,4 +130,5 @@ class PGU(UnlearningMethod):
                     module.weight.copy_(start[name] + project(module.weight - start[name], name))
 
         stats = finetune(ctx, p, ctx.forget_labels, None, loss_fn, p.learning_rate(ctx.saved), after_step=after_step)
-        return UnlearnOutcome({"method": self.name, "protected_directions": kept, **stats})
+        return UnlearnOutcome({"method": self.name, "protected_directions": kept, "importances_sha256": stored_sha256,
+                               **stats})

@@ -45,7 +45,8 @@ def retrain_without(ctx: UnlearnContext, out_dir: Path, seed: int | None = None,
     raw["output_dir"] = str(out_dir / "run")
     raw["seed"] = prov.get("seed", 0) if seed is None else seed
     accelerator = "gpu" if str(ctx.device).startswith("cuda") else "cpu"  # where `forget --device` put the work
-    raw["train"] = {**raw["train"], "progress_bar": False, "accelerator": accelerator, "devices": 1, "strategy": "auto"}
+    raw["train"] = {**raw["train"], "progress_bar": False, "accelerator": accelerator, "devices": 1, "strategy": "auto",
+                    "importances": False}  # the request keeps the weights alone: the pass would only add to its time
     if max_epochs:
         raw["train"]["max_epochs"] = max_epochs
     return train(load_recipe(raw=raw), log=ctx.log)

@@ -22,7 +22,7 @@ import time
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from serkit.unlearning.importance import fisher_diagonal, load_importances
+from serkit.unlearning.importance import fisher_diagonal, importances_sha256, load_importances
 from serkit.unlearning.methods.base import UnlearnContext, UnlearningMethod, UnlearnOutcome, register
 
 
@@ -69,4 +69,5 @@ class SSD(UnlearningMethod):
         ctx.log(f"SSD: dampened {selected} of {total} weights ({selected / max(total, 1):.3%}), "
                 f"median factor {float(betas.median()):.3f}")
         return UnlearnOutcome({"method": self.name, "dampened": selected, "dampened_share": round(selected / max(total, 1), 6),
-                               "dampening_median": float(betas.median()), "seconds": round(time.perf_counter() - start, 2)})
+                               "dampening_median": float(betas.median()), "importances_sha256": importances_sha256(ctx.saved),
+                               "seconds": round(time.perf_counter() - start, 2)})
