@@ -82,12 +82,15 @@ def is_forget_output(path: Path) -> bool:
 DEFAULT_METHOD, FALLBACK_METHOD = "pgu", "adv-ewc"  # bench/RESULTS.md 23k
 
 
-def default_method(model_dir: Path) -> tuple[str, str]:
-    """The method a request runs when none is named, and why: pgu where the model directory holds the head moments
-    of its own training utterances (serkit train stores them), adv-ewc, the papers' method, where it cannot."""
-    from serkit.models.modeldir import IMPORTANCES
+def default_method(model_dir: Path) -> tuple[str, str | None]:
+    """The method a request runs when none is named, and why (None where there is no model to say it of: loading it
+    names what is wrong): pgu where the model directory holds the head moments of its own training utterances
+    (serkit train stores them), adv-ewc, the papers' method, where it cannot."""
+    from serkit.models.modeldir import CONFIG, IMPORTANCES
     from serkit.unlearning.importance import stores_moments
 
+    if not (Path(model_dir) / CONFIG).is_file():
+        return FALLBACK_METHOD, None
     if stores_moments(model_dir):
         return DEFAULT_METHOD, ("the default for a model that stores its training head moments (bench/RESULTS.md "
                                 "23k)")
@@ -138,7 +141,8 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
     chosen = method is None
     if chosen:
         method, why = default_method(model_dir)
-        log(f"method {method}: {why}")
+        if why is not None:
+            log(f"method {method}: {why}")
     try:
         unlearner = get_method(method, params)
     except ConfigError as err:
