@@ -15,7 +15,7 @@ from serkit.unlearning.forget_set import build_forget_set
 from serkit.unlearning.importance import AnchorPenalty, fisher_diagonal, mas_importance, min_max_per_tensor
 from serkit.unlearning.methods import get_method
 from serkit.unlearning.pgd import TargetedPGD, draw_targets
-from serkit.unlearning.run import forget
+from serkit.unlearning.run import forget, reproduce
 from tests.helpers import tiny_recipe
 
 QUICK = {"adversarial_per_sample": 3, "pgd_steps": 8, "epochs": 2, "tau": 0.05}
@@ -24,7 +24,7 @@ QUICK = {"adversarial_per_sample": 3, "pgd_steps": 8, "epochs": 2, "tau": 0.05}
 @pytest.fixture(scope="module")
 def model_dir(tiny_split, tmp_path_factory):
     out = tmp_path_factory.mktemp("unlearn") / "run"
-    return train(load_recipe(raw=tiny_recipe(tiny_split, out, max_epochs=4)), log=lambda *a: None).model_dir
+    return train(load_recipe(raw=tiny_recipe(tiny_split, out, importances=True, max_epochs=4)), log=lambda *a: None).model_dir
 
 
 def test_forget_set_by_speaker_random_and_files(model_dir, tiny_manifest, tmp_path):
@@ -947,14 +947,20 @@ def test_pgu_moves_the_head_only_off_the_directions_the_retained_training_uttera
 def test_a_request_naming_no_method_runs_pgu_where_the_model_stores_its_head_moments_and_adv_ewc_where_not(
         model_dir, tiny_split, tmp_path):
     """serkit train stores the head moments, so its models answer with pgu (its lr and the stored file's hash in the
-    receipt); the output of a request carries none (beside the original's they would tell the forget set's
-    moments) and answers with adv-ewc, and `serkit models importances` refuses to add them (its recorded training
-    data still holds what it forgot); a model trained before the moments were stored answers with adv-ewc too,
-    and the log names the command that adds them. Parameters of another method name the default they were checked
-    against."""
+    receipt). The output of a request carries none in its model directory (beside the original's they would tell the
+    forget set's moments): a request that moved only the head leaves the retained ones beside its keys, private as
+    they are, and the next request of the lineage answers with pgu from them; a request that moved the backbone
+    leaves none, and the next answers with adv-ewc, while `serkit models importances` refuses to add them (its
+    recorded training data still holds what it forgot). A model trained before the moments were stored answers with
+    adv-ewc too, and the log names the command that adds them. Parameters of another method name the default they
+    were checked against."""
     import shutil
 
+    from safetensors import safe_open
+
     from serkit.cli import run
+    from serkit.data.dataset import load_waves
+    from serkit.unlearning.importance import head_moments, load_moments
 
     logs = []
     first = forget(model_dir, tmp_path / "first", speaker="02", n=4, params={"epochs": 2}, log=logs.append)
@@ -962,12 +968,42 @@ def test_a_request_naming_no_method_runs_pgu_where_the_model_stores_its_head_mom
     assert first.receipt["method"]["params"]["lr"] == 1e-2
     assert first.receipt["stats"]["importances_sha256"] == sha256_file(model_dir / "importances.safetensors")
     assert not (first.model_dir / "importances.safetensors").exists()
+    assert (first.out_dir / "forget-keys.moments.safetensors").is_file()
+    logs.clear()
+    second = forget(first.model_dir, tmp_path / "second", speaker="03", n=2, split=tiny_split, params={"epochs": 2},
+                    keys_out=tmp_path / "second-keys.json", log=logs.append)
+    assert second.receipt["method"]["name"] == "pgu"
+    assert any(line.startswith("method pgu: the default: the head moments of the training utterances this model "
+                               "still holds") for line in logs)
+    assert "importances_sha256" not in second.receipt["stats"]  # an unkeyed hash would confirm a guessed forget set
+    saved = load_model(model_dir)
+    waves = {speaker: load_waves(build_forget_set(saved, speaker=speaker, n=k, seed=0).audio_paths(), saved.preprocessing)
+             for speaker, k in (("02", 4), ("03", 2))}
+    expected = load_moments(saved)["fc1"] - head_moments(saved.model, waves["02"])["fc1"] \
+        - head_moments(saved.model, waves["03"])["fc1"]
+    retained = tmp_path / "second-keys.moments.safetensors"  # with the keys, wherever --key-out puts them
+    assert not (second.out_dir / "forget-keys.moments.safetensors").exists()
+    with safe_open(str(retained), "pt") as handle:
+        assert handle.metadata()["weights_sha256"] == second.receipt["model_after"]["weights_sha256"]
+        assert handle.metadata()["n_utterances"] == "42"  # 48 trained on, 6 forgotten
+        assert torch.allclose(handle.get_tensor("moments.fc1"), expected.double(), rtol=1e-6, atol=1e-6)
+    assert not list(second.model_dir.glob("*moments*")) and not (second.model_dir / "importances.safetensors").exists()
+    again = reproduce(first.model_dir, second.out_dir, speaker="03", n=2, split=tiny_split,
+                      keys=tmp_path / "second-keys.json", log=lambda *a: None)
+    assert again.identical, again.lines  # it reads the retained moments beside the first request's keys again
+
     logs.clear()
     quick = {"epochs": 1, "adversarial_per_sample": 2, "pgd_steps": 2}
-    second = forget(first.model_dir, tmp_path / "second", speaker="03", n=2, split=tiny_split, log=logs.append,
-                    params=quick)
-    assert second.receipt["method"]["name"] == "adv-ewc"
-    assert any(line.startswith("method adv-ewc: the default for the output of an earlier request") for line in logs)
+    moved = forget(model_dir, tmp_path / "moved", speaker="03", n=2, method="random-label", params={"epochs": 1},
+                   log=lambda *a: None)
+    assert not (moved.out_dir / "forget-keys.moments.safetensors").exists()  # it moved the backbone
+    after_moved = forget(moved.model_dir, tmp_path / "after-moved", speaker="02", n=2, split=tiny_split,
+                         log=logs.append, params=quick)
+    assert after_moved.receipt["method"]["name"] == "adv-ewc"
+    assert any(line.startswith("method adv-ewc: the default for the output of an earlier request that left no head "
+                               "moments") for line in logs)
+    with pytest.raises(SerkitError, match="answered a deletion request and no head moments .*--key, or name another"):
+        forget(moved.model_dir, tmp_path / "x", speaker="02", n=2, split=tiny_split, method="pgu", log=lambda *a: None)
     assert run(["models", "importances", str(first.model_dir), "--split", str(tiny_split)]) == 2
     assert not (first.model_dir / "importances.safetensors").exists()
     older = tmp_path / "older"

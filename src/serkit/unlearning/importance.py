@@ -17,6 +17,10 @@ forget set's with) are computed once while the training data exists (at the end 
 to those weights by their hash: a deletion request then reads the forget set alone. Beside them it
 stores the second moments of the training utterances' features at the input of each head layer
 (sum_e x_e x_e^T, `moments.<layer>`), from which PGU finds the directions the training data uses.
+
+After a request that moved only the head, the retained moments (the stored ones less the forget set's) go to a
+file beside the request's keys, `forget-keys.moments.safetensors`, bound to the new weights: as private as the keys
+(beside the shared ones, they would tell the forget set's moments), and what the next request of that lineage reads.
 """
 
 from __future__ import annotations
@@ -176,23 +180,33 @@ def _safetensors_bytes(state: dict, meta: dict) -> bytes:
 def load_importances(saved, split_hint: str = "--split SPLIT.json") -> tuple[Importance, int]:
     """The training importances stored in `saved`'s directory, checked to belong to its weights, and the
     number of utterances they average over."""
-    values, meta, path, fix = _read_stored(saved, split_hint)
+    values, meta, path, redo = _read_stored(saved, split_hint)
     params = {name: p for name, p in saved.model.named_parameters() if p.requires_grad}
     missing = sorted(set(params) - set(values))
     if missing or any(values[n].shape != params[n].shape for n in params):
         raise SerkitError(f"{path} does not cover the model's trainable parameters (e.g. {(missing or list(params))[0]}); "
-                          f"{fix} --overwrite")
+                          f"{redo}")
     return {name: values[name] for name in params}, int(meta.get("n_utterances") or 0)
 
 
-def load_moments(saved, split_hint: str = "--split SPLIT.json") -> dict[str, torch.Tensor]:
-    """The head layers' input second moments over the training utterances, stored beside the importances."""
-    values, _, path, fix = _read_stored(saved, split_hint)
+def load_moments(saved, split_hint: str = "--split SPLIT.json", retained: Path | None = None) -> dict[str, torch.Tensor]:
+    """The head layers' input second moments over the training utterances, stored beside the importances, or
+    over what is left of them after earlier requests (`retained`, the file the last request left beside its keys)."""
+    history = (saved.config.get("provenance") or {}).get("unlearning_history")
+    if retained is not None:
+        values, path = _read_retained(retained, saved.weights_sha256), retained
+        redo = f"give the keys file of the request that made model {saved.path} (--key)"
+    elif history and not (Path(saved.path) / IMPORTANCES_FILE).is_file():
+        raise SerkitError(f"model {saved.path} answered a deletion request and no head moments of its weights are "
+                          "known: a request that moves only the head (pgu) leaves them beside its keys file, so give "
+                          "that file with --key, or name another method")
+    else:
+        values, _, path, redo = _read_stored(saved, split_hint)
     layers = head_layers(saved.model)
     moments = {name: values.get(MOMENTS + name) for name in layers}
     if any(m is None or m.shape != (layers[n].in_features,) * 2 for n, m in moments.items()):
         raise SerkitError(f"{path} holds no training moments of the head layers ({', '.join(layers)}), which this "
-                          f"method projects its steps off (stored since 2026-12-05); {fix} --overwrite")
+                          f"method projects its steps off (stored since 2026-12-05); {redo}")
     return moments
 
 
@@ -204,27 +218,83 @@ def importances_sha256(saved) -> str:
     return sha256_file(Path(saved.path) / IMPORTANCES_FILE)
 
 
-def stores_moments(model_dir: Path | str) -> bool:
-    """Whether the model directory holds head moments computed for its own weights (what pgu reads): from the
-    file's header and the weights' hash, without loading the model."""
+RETAINED_KIND = "retained-head-moments"
+
+
+def retained_moments_file(keys_file: Path | str) -> Path:
+    """Where a request leaves the retained head moments: beside its keys file, as private as they are."""
+    keys_file = Path(keys_file)
+    return keys_file.with_name(keys_file.stem + ".moments.safetensors")
+
+
+def save_retained_moments(path: Path, moments: dict[str, torch.Tensor], weights_sha256: str, n: int) -> Path:
+    """The head moments of what a model still holds of its training utterances, bound to its weights (written whole
+    or not at all, never over an existing file)."""
+    state = {MOMENTS + name: value.detach().cpu().contiguous() for name, value in moments.items()}
+    meta = {"kind": RETAINED_KIND, "n_utterances": str(n), "weights_sha256": weights_sha256,
+            "private": "keep with the request keys: beside the model's earlier files it tells the forget set's moments"}
+    with atomic_file(path, "wb", overwrite=False, what="retained moments file") as handle:
+        handle.write(_safetensors_bytes(state, meta))
+    return path
+
+
+def safetensors_header(path: Path) -> tuple[dict, list[str]] | None:
+    """A safetensors file's metadata and tensor names, without reading the tensors; None where it cannot be read."""
     from safetensors import safe_open
 
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return handle.metadata() or {}, list(handle.keys())
+    except (SafetensorError, OSError):
+        return None
+
+
+def moments_source(model_dir: Path | str, keys_file: Path | str | None = None) -> tuple[str, Path] | None:
+    """Where head moments for the model's own weights are (what pgu reads), from the files' headers and the weights'
+    hash, without loading the model: ("stored", its importances file) for a trained model, ("retained", the file
+    beside `keys_file`) for the output of a request that left one; None where neither is."""
     from serkit.io import sha256_file
     from serkit.models.modeldir import WEIGHTS
 
-    path = Path(model_dir) / IMPORTANCES_FILE
     try:
-        with safe_open(str(path), "pt") as handle:
-            meta, keys = handle.metadata() or {}, list(handle.keys())
-        return any(k.startswith(MOMENTS) for k in keys) and meta.get("weights_sha256") == sha256_file(Path(model_dir) / WEIGHTS)
-    except (SafetensorError, OSError):
-        return False
+        weights = sha256_file(Path(model_dir) / WEIGHTS)
+    except OSError:
+        return None
+    candidates = [("stored", Path(model_dir) / IMPORTANCES_FILE)]
+    if keys_file is not None:
+        candidates.append(("retained", retained_moments_file(keys_file)))
+    for kind, path in candidates:
+        header = safetensors_header(path)
+        if header and any(k.startswith(MOMENTS) for k in header[1]) and header[0].get("weights_sha256") == weights:
+            return kind, path
+    return None
+
+
+def stores_moments(model_dir: Path | str) -> bool:
+    """Whether the model directory holds head moments computed for its own weights."""
+    found = moments_source(model_dir)
+    return found is not None and found[0] == "stored"
+
+
+def _read_retained(path: Path, weights_sha256: str) -> dict[str, torch.Tensor]:
+    header = safetensors_header(path)
+    if header is None or header[0].get("kind") != RETAINED_KIND:
+        raise SerkitError(f"cannot read {path} as the retained moments a deletion request leaves beside its keys; give "
+                          "the keys file of the request that made this model (--key)")
+    if header[0].get("weights_sha256") != weights_sha256:
+        raise SerkitError(f"{path} belongs to other weights than this model's; give the keys file of the request that "
+                          "made this model (--key)")
+    return load_file(str(path))
 
 
 def _read_stored(saved, split_hint: str):
     path = Path(saved.path) / IMPORTANCES_FILE
     fix = (f"compute them once, while the training data still exists: serkit models importances {saved.path} "
            f"{split_hint}")
+    redo = fix + " --overwrite"
+    if (saved.config.get("provenance") or {}).get("unlearning_history"):
+        fix = redo = ("it answered a deletion request, and a request's output carries no training importances (its "
+                      "recorded training data still holds what it forgot): name another method")
     if not path.is_file():
         raise SerkitError(f"model {saved.path} has no stored training importances ({IMPORTANCES_FILE}), which this "
                           f"method compares the forget set with; {fix}")
@@ -235,11 +305,11 @@ def _read_stored(saved, split_hint: str):
             meta = handle.metadata() or {}
         values = load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise SerkitError(f"cannot read {path} ({exc}); {fix} --overwrite") from None
+        raise SerkitError(f"cannot read {path} ({exc}); {redo}") from None
     if meta.get("weights_sha256") != saved.weights_sha256:
         raise SerkitError(f"{path} was computed for other weights than model {saved.path}'s (a model that answered a "
-                          f"deletion request has new weights); {fix} --overwrite")
-    return values, meta, path, fix
+                          f"deletion request has new weights); {redo}")
+    return values, meta, path, redo
 
 
 def training_importances(saved, data, progress: Callable | None = None) -> tuple[Importance, int, dict]:

@@ -37,6 +37,15 @@ from serkit.models.modeldir import SavedModel, file_hashes, load_model, save_mod
 from serkit.unlearning.commitments import commitments, new_key
 from serkit.unlearning.evaluation import evaluation_sets, forget_report, held_out_reference
 from serkit.unlearning.forget_set import ForgetSet, TrainingData, build_forget_set, training_data
+from serkit.unlearning.importance import (
+    head_layers,
+    head_moments,
+    load_moments,
+    moments_source,
+    retained_moments_file,
+    safetensors_header,
+    save_retained_moments,
+)
 from serkit.unlearning.keys import KEYS_FILE, RequestKey, RequestKeys, load_request_keys, load_signing_key, sign
 from serkit.unlearning.methods import UnlearnContext, get_method
 from serkit.unlearning.receipts import (
@@ -82,25 +91,36 @@ def is_forget_output(path: Path) -> bool:
 DEFAULT_METHOD, FALLBACK_METHOD = "pgu", "adv-ewc"  # bench/RESULTS.md 23k
 
 
-def default_method(model_dir: Path) -> tuple[str, str | None]:
+def keys_beside(model_dir: Path, keys: Path | str | None) -> Path:
+    """The keys file of the request that made a model: the one named, else the one its request wrote beside it."""
+    return Path(keys) if keys else Path(model_dir).parent / KEYS_FILE
+
+
+def default_method(model_dir: Path, keys: Path | str | None = None) -> tuple[str, str | None]:
     """The method a request runs when none is named, and why (None where there is no model to say it of: loading it
-    names what is wrong): pgu where the model directory holds the head moments of its own training utterances
-    (serkit train stores them), adv-ewc, the papers' method, where it cannot."""
+    names what is wrong): pgu where head moments of the model's own weights exist (serkit train stores them; a
+    request that moved only the head leaves the retained ones beside its keys), adv-ewc, the papers' method, where
+    they do not."""
     from serkit.models.modeldir import CONFIG, IMPORTANCES
-    from serkit.unlearning.importance import stores_moments
+    from serkit.unlearning.importance import moments_source
 
     if not (Path(model_dir) / CONFIG).is_file():
         return FALLBACK_METHOD, None
-    if stores_moments(model_dir):
+    found = moments_source(model_dir, keys_beside(model_dir, keys))
+    if found is not None and found[0] == "stored":
         return DEFAULT_METHOD, ("the default for a model that stores its training head moments (bench/RESULTS.md "
                                 "23k)")
+    if found is not None:
+        return DEFAULT_METHOD, (f"the default: the head moments of the training utterances this model still holds, "
+                                f"which the request that made it left beside its keys ({found[1]})")
     try:
         answered = bool((json.loads((Path(model_dir) / "config.json").read_text()).get("provenance") or {})
                         .get("unlearning_history"))
     except (OSError, ValueError, AttributeError):
         answered = False  # loading the model says what is wrong with it
     if answered:
-        return FALLBACK_METHOD, "the default for the output of an earlier request, which carries no training moments"
+        return FALLBACK_METHOD, ("the default for the output of an earlier request that left no head moments beside its "
+                                 "keys (it moved more than the head, or its keys file is elsewhere: name it with --key)")
     overwrite = " --overwrite" if (Path(model_dir) / IMPORTANCES).exists() else ""
     return FALLBACK_METHOD, ("the default for a model without its training head moments (trained before serkit "
                              "stored them); pgu, which keeps more of the model, needs `serkit models importances "
@@ -133,6 +153,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
     keys_out = Path(keys_out) if keys_out else None
     if keys_out is not None:
         refuse_existing(keys_out, "keys file")
+        refuse_existing(retained_moments_file(keys_out), "retained moments file (it goes beside the keys)")
         if out.resolve() in keys_out.resolve().parents:
             raise SerkitError(f"--key-out {keys_out} lies inside the output {out}; it exists to keep the key apart from "
                               "the output: choose a path outside it")
@@ -140,7 +161,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
     device = resolve_device(device)
     chosen = method is None
     if chosen:
-        method, why = default_method(model_dir)
+        method, why = default_method(model_dir, keys)
         if why is not None:
             log(f"method {method}: {why}")
     try:
@@ -182,6 +203,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             if remain_manifest is not None:
                 remain_manifest = remain_manifest.subset(data.trained_speakers)
         staging = output.staging()
+        moments = moments_source(model_dir, keys_beside(model_dir, keys))
         with reproducible(seed, replay.threads if replay else None, deterministic) as determinism:
             env = environment(device)
             before = forget_report(original.model, forget_eval, unseen, other, reference.model if reference else None)
@@ -190,14 +212,15 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             ctx = UnlearnContext(working, forget_set, forget_eval.waves, forget_eval.labels, seed, log,
                                  reference_accuracy=_reference_accuracy(original), remain=remain_manifest,
                                  profiles=profiles, work_dir=staging / "work", device=str(device), data=data,
-                                 progress=progress,
-                                 stop_reference=held_out)
+                                 progress=progress, stop_reference=held_out,
+                                 retained_moments=moments[1] if moments and moments[0] == "retained" else None)
             start = time.perf_counter()
             outcome = unlearner.unlearn(ctx)
             seconds = time.perf_counter() - start
             result_model = outcome.replacement or working
             _refuse_diverged(result_model.model, unlearner)
             after = forget_report(result_model.model, forget_eval, unseen, other, reference.model if reference else None)
+            retained = _retained_moments(original, result_model, moments, forget_eval.waves)
         env["nondeterministic_ops"] = sorted(set(determinism.nondeterministic_ops))
         if env["nondeterministic_ops"]:
             log(f"note: {len(env['nondeterministic_ops'])} operation(s) ran without a deterministic implementation "
@@ -239,11 +262,15 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
                                  receipt["model_after"]["weights_sha256"], receipt_sha256(receipt), receipt["created_utc"])
         lineage.with_request(request_key).save(keys_out or staging / KEYS_FILE)
         try:
+            if retained is not None:
+                save_retained_moments(retained_moments_file(keys_out or staging / KEYS_FILE), retained[0],
+                                      receipt["model_after"]["weights_sha256"], retained[1])
             _refuse_traces(staging, forget_set)
             output.commit()
         except BaseException:
             if keys_out is not None:
                 keys_out.unlink(missing_ok=True)
+                retained_moments_file(keys_out).unlink(missing_ok=True)
             raise
     return ForgetResult(out, out / "model", receipt, keys_out or out / KEYS_FILE)
 
@@ -357,6 +384,27 @@ def _shareable_evaluation(before: dict, after: dict, part: str) -> dict:
     b, a = clean(before), clean(after)
     kept = a[part]["uar"] / b[part]["uar"] if b[part]["uar"] else None
     return {"unseen_part": part, "before": b, "after": a, "unseen_uar_kept": kept}
+
+
+def _retained_moments(original: SavedModel, result: SavedModel, source: tuple[str, Path] | None,
+                      forget_waves) -> tuple[dict, int] | None:
+    """The head moments of the training utterances the new model still holds (the ones read, less the forget set's),
+    and their number, where a request moved nothing below the head: there the inputs of the head's first layer are
+    what they were, so its moments stay exact; the second layer's are approximate (the first moved, on directions
+    the retained utterances barely use, 80 % protected under pgu's default). None where a request moved more (a
+    fine-tuned or retrained backbone changes every input), or no moments were known."""
+    if source is None:
+        return None
+    layers = head_layers(original.model)
+    head = {f"{name}.{part}" for name in layers for part in ("weight", "bias")}
+    before, after = original.model.state_dict(), result.model.state_dict()
+    if before.keys() != after.keys() or any(not torch.equal(before[k].cpu(), after[k].cpu()) for k in before
+                                            if k not in head):
+        return None
+    stored = load_moments(original, retained=source[1] if source[0] == "retained" else None)
+    forgotten = head_moments(original.model, forget_waves)
+    n = int((safetensors_header(source[1]) or ({}, []))[0].get("n_utterances") or 0) - len(forget_waves)
+    return {name: stored[name].double() - forgotten[name] for name in layers}, max(n, 0)
 
 
 def _refuse_traces(staging: Path, forget_set: ForgetSet) -> None:

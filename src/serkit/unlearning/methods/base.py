@@ -139,6 +139,7 @@ class UnlearnContext:
     data: TrainingData | None = None  # where the model's training data is (retraining reads it)
     progress: Callable | None = None  # progress(label): a context giving update(done, total); the CLI's bar
     stop_reference: HeldOutReference | None = None  # what stop_reference held-out measures against
+    retained_moments: Path | None = None  # the head moments an earlier request left beside its keys (pgu reads them)
 
     def steps(self, label: str):
         """A progress report for a step of the request that takes a while (a bar on the command line)."""

@@ -11,7 +11,8 @@ L = loss1_w * mean_e -ln(1 - (p_e - offset)) - loss2_w * mean_e H(p(x_e)).
 The forget set alone: the training inputs' second moments sum_e x_e x_e^T are stored in the model
 directory at training time (`serkit train`; `serkit models importances` for an older model), and a
 request subtracts the forget set's own (from the original model) to get the retained ones, as the
-paper's code downdates its stored SVD.
+paper's code downdates its stored SVD. The request leaves the retained moments beside its keys (private as
+they are) for the next request of the lineage, exact at fc1's input (the backbone did not move).
 Differences: only the head's linear layers (fc1, fc2) move, biases stay (a bias moves every input
 alike; the code leaves every unprojected parameter too), so the conv or transformer blocks keep their
 trained weights; the step is projected after the optimizer's update as well as before, so Adam (whose
@@ -91,8 +92,10 @@ class PGU(UnlearningMethod):
     def unlearn(self, ctx: UnlearnContext) -> UnlearnOutcome:
         p = self.params
         model = ctx.saved.model
-        stored = load_moments(ctx.saved)
-        stored_sha256 = importances_sha256(ctx.saved)
+        stored = load_moments(ctx.saved, retained=ctx.retained_moments)
+        # an unkeyed hash of the retained moments would confirm a guess of the earlier request's forget set
+        read = {"importances_sha256": importances_sha256(ctx.saved)} if ctx.retained_moments is None else \
+            {"moments": "retained, left by the request that made this model"}
         forgotten = head_moments(model, ctx.forget_waves)
         layers = head_layers(model)
         projectors, kept = {}, {}
@@ -130,5 +133,4 @@ class PGU(UnlearningMethod):
                     module.weight.copy_(start[name] + project(module.weight - start[name], name))
 
         stats = finetune(ctx, p, ctx.forget_labels, None, loss_fn, p.learning_rate(ctx.saved), after_step=after_step)
-        return UnlearnOutcome({"method": self.name, "protected_directions": kept, "importances_sha256": stored_sha256,
-                               **stats})
+        return UnlearnOutcome({"method": self.name, "protected_directions": kept, **read, **stats})
