@@ -979,8 +979,12 @@ def test_a_request_naming_no_method_runs_pgu_where_the_model_stores_its_head_mom
     saved = load_model(model_dir)
     waves = {speaker: load_waves(build_forget_set(saved, speaker=speaker, n=k, seed=0).audio_paths(), saved.preprocessing)
              for speaker, k in (("02", 4), ("03", 2))}
-    expected = load_moments(saved)["fc1"] - head_moments(saved.model, waves["02"])["fc1"] \
-        - head_moments(saved.model, waves["03"])["fc1"]
+    stored, forgotten = load_moments(saved), {s: head_moments(saved.model, w) for s, w in waves.items()}
+    with safe_open(str(first.out_dir / "forget-keys.moments.safetensors"), "pt") as handle:  # both layers exact here
+        for layer in ("fc1", "fc2"):
+            assert torch.allclose(handle.get_tensor(f"moments.{layer}"), stored[layer] - forgotten["02"][layer])
+    assert (first.out_dir / "forget-keys.moments.safetensors").stat().st_mode & 0o777 == 0o600
+    expected = stored["fc1"] - forgotten["02"]["fc1"] - forgotten["03"]["fc1"]  # the backbone never moved
     retained = tmp_path / "second-keys.moments.safetensors"  # with the keys, wherever --key-out puts them
     assert not (second.out_dir / "forget-keys.moments.safetensors").exists()
     with safe_open(str(retained), "pt") as handle:

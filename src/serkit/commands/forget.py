@@ -12,22 +12,25 @@ from serkit.commands._shared import console, progress_bar
 def forget_cmd(
     model_dir: Path = typer.Argument(..., help="the trained serkit model directory (never modified)"),
     out: Path | None = typer.Option(None, "-o", "--out", help="new folder: model/, receipt.json, report.md, "
-                                    "forget-keys.json (with --reproduce: keep the re-run there)"),
+                                    "forget-keys.json and after pgu forget-keys.moments.safetensors, both private "
+                                    "(with --reproduce: keep the re-run there)"),
     forget_list: Path | None = typer.Option(None, "--forget", help="text file, one audio path per line"),
     speaker: str | None = typer.Option(None, help="forget this training speaker (all utterances, or --n of them)"),
     n: int | None = typer.Option(None, "--n", help="with --speaker: forget N utterances drawn at random"),
     seed: int = typer.Option(0, help="seed for drawing utterances, wrong labels, PGD and batch order"),
     method: str | None = typer.Option(None, help="pgu, adv-ewc, adv, random-label, neg-grad, l2ul, ssd, jit, amun, "
-                                       "remain, retrain (default: pgu where the model stores its training head "
-                                       "moments, as serkit train does; adv-ewc otherwise)"),
+                                       "remain, retrain (default: pgu where head moments of the model's weights "
+                                       "exist: serkit train stores them, a pgu request leaves them beside its keys; "
+                                       "adv-ewc otherwise)"),
     set_: list[str] = typer.Option([], "--set", help="method parameter, e.g. --set tau=0.02 --set epochs=10"),
     eval_part: str | None = typer.Option(None, help="unseen speakers to evaluate on: val or test (default val if held out)"),
     split: Path | None = typer.Option(None, help="the split the model was trained with (needed once a model has "
                                       "answered a request: it keeps its speakers private)"),
     manifest: Path | None = typer.Option(None, help="the model's manifest, where the recorded one has moved"),
     key: Path | None = typer.Option(None, "--key", help="the forget-keys.json of the request that made MODEL_DIR "
-                                    "(default: the one beside it)"),
-    key_out: Path | None = typer.Option(None, help="write this request's keys file here instead of OUT/forget-keys.json"),
+                                    "(default: the one beside it; pgu reads the moments beside it)"),
+    key_out: Path | None = typer.Option(None, help="write this request's keys file (and the moments pgu leaves "
+                                        "beside it) here instead of OUT/forget-keys.json"),
     sign_key: Path | None = typer.Option(None, help="sign the receipt with this Ed25519 key (serkit keys new)"),
     skip_forgotten: bool = typer.Option(False, help="leave out (and list) utterances an earlier request already "
                                         "forgot, instead of refusing the request"),

@@ -228,14 +228,14 @@ def retained_moments_file(keys_file: Path | str) -> Path:
 
 
 def save_retained_moments(path: Path, moments: dict[str, torch.Tensor], weights_sha256: str, n: int) -> Path:
-    """The head moments of what a model still holds of its training utterances, bound to its weights (written whole
-    or not at all, never over an existing file)."""
+    """The head moments of what a model still holds of its training utterances, bound to its weights: owner-only
+    (0600) like the keys, written whole or not at all, never over an existing file."""
+    from serkit.unlearning.keys import write_private
+
     state = {MOMENTS + name: value.detach().cpu().contiguous() for name, value in moments.items()}
     meta = {"kind": RETAINED_KIND, "n_utterances": str(n), "weights_sha256": weights_sha256,
             "private": "keep with the request keys: beside the model's earlier files it tells the forget set's moments"}
-    with atomic_file(path, "wb", overwrite=False, what="retained moments file") as handle:
-        handle.write(_safetensors_bytes(state, meta))
-    return path
+    return write_private(path, _safetensors_bytes(state, meta), what="retained moments file")
 
 
 def safetensors_header(path: Path) -> tuple[dict, list[str]] | None:
@@ -249,10 +249,10 @@ def safetensors_header(path: Path) -> tuple[dict, list[str]] | None:
         return None
 
 
-def moments_source(model_dir: Path | str, keys_file: Path | str | None = None) -> tuple[str, Path] | None:
+def moments_source(model_dir: Path | str, keys_files: list[Path] = ()) -> tuple[str, Path] | None:
     """Where head moments for the model's own weights are (what pgu reads), from the files' headers and the weights'
     hash, without loading the model: ("stored", its importances file) for a trained model, ("retained", the file
-    beside `keys_file`) for the output of a request that left one; None where neither is."""
+    beside one of `keys_files`) for the output of a request that left one; None where none is."""
     from serkit.io import sha256_file
     from serkit.models.modeldir import WEIGHTS
 
@@ -261,19 +261,12 @@ def moments_source(model_dir: Path | str, keys_file: Path | str | None = None) -
     except OSError:
         return None
     candidates = [("stored", Path(model_dir) / IMPORTANCES_FILE)]
-    if keys_file is not None:
-        candidates.append(("retained", retained_moments_file(keys_file)))
+    candidates += [("retained", retained_moments_file(k)) for k in keys_files]
     for kind, path in candidates:
         header = safetensors_header(path)
         if header and any(k.startswith(MOMENTS) for k in header[1]) and header[0].get("weights_sha256") == weights:
             return kind, path
     return None
-
-
-def stores_moments(model_dir: Path | str) -> bool:
-    """Whether the model directory holds head moments computed for its own weights."""
-    found = moments_source(model_dir)
-    return found is not None and found[0] == "stored"
 
 
 def _read_retained(path: Path, weights_sha256: str) -> dict[str, torch.Tensor]:

@@ -47,10 +47,10 @@ class UnknownRequestError(KeyFileError):
     """A request keys file holds no key for the request asked for (another request's keys)."""
 
 
-def write_private(path: Path | str, data: bytes) -> Path:
+def write_private(path: Path | str, data: bytes, what: str = "key file") -> Path:
     """Write a new owner-only file (0600) atomically: no moment where others could read it."""
     path = Path(path)
-    refuse_existing(path, "key file")
+    refuse_existing(path, what)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mkstemp: 0600
     try:
@@ -61,7 +61,7 @@ def write_private(path: Path | str, data: bytes) -> Path:
         os.link(tmp, path)  # unlike rename, never replaces a file that appeared meanwhile
         _fsync_folder(path.parent)
     except FileExistsError:
-        raise KeyFileError(f"key file {path} appeared while serkit was writing it; nothing was replaced") from None
+        raise KeyFileError(f"{what} {path} appeared while serkit was writing it; nothing was replaced") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -5,7 +5,8 @@ reaches the unlearning itself, and with stop_reference held-out the held-out cal
 of the model's other training speakers, which its stop measures against). Writes OUT/ whole or not at all, and never while another run
 writes it: `model/` (a NEW model directory that says N utterances were forgotten, never which;
 the input is never touched), `receipt.json` (signed with `sign_key`), `report.md`, and
-`forget-keys.json`, the owner's secret (mode 0600; elsewhere with `keys_out`).
+`forget-keys.json`, the owner's secret (mode 0600; elsewhere with `keys_out`), and after a pgu request,
+beside it and as private, `forget-keys.moments.safetensors`: the retained head moments the next request reads.
 
 A model that was forgotten before is the input of the next request: its request keys (the
 previous request's forget-keys.json) let this request refuse utterances already forgotten and
@@ -91,9 +92,11 @@ def is_forget_output(path: Path) -> bool:
 DEFAULT_METHOD, FALLBACK_METHOD = "pgu", "adv-ewc"  # bench/RESULTS.md 23k
 
 
-def keys_beside(model_dir: Path, keys: Path | str | None) -> Path:
-    """The keys file of the request that made a model: the one named, else the one its request wrote beside it."""
-    return Path(keys) if keys else Path(model_dir).parent / KEYS_FILE
+def keys_files(model_dir: Path, keys: Path | str | None) -> list[Path]:
+    """Where the keys of the request that made a model may be: the file named, and the one its request wrote beside
+    it (a later request's keys file also opens earlier requests, but the moments beside it are another model's)."""
+    beside = Path(model_dir).parent / KEYS_FILE
+    return [Path(keys), beside] if keys and Path(keys) != beside else [beside]
 
 
 def default_method(model_dir: Path, keys: Path | str | None = None) -> tuple[str, str | None]:
@@ -106,7 +109,7 @@ def default_method(model_dir: Path, keys: Path | str | None = None) -> tuple[str
 
     if not (Path(model_dir) / CONFIG).is_file():
         return FALLBACK_METHOD, None
-    found = moments_source(model_dir, keys_beside(model_dir, keys))
+    found = moments_source(model_dir, keys_files(model_dir, keys))
     if found is not None and found[0] == "stored":
         return DEFAULT_METHOD, ("the default for a model that stores its training head moments (bench/RESULTS.md "
                                 "23k)")
@@ -119,8 +122,9 @@ def default_method(model_dir: Path, keys: Path | str | None = None) -> tuple[str
     except (OSError, ValueError, AttributeError):
         answered = False  # loading the model says what is wrong with it
     if answered:
-        return FALLBACK_METHOD, ("the default for the output of an earlier request that left no head moments beside its "
-                                 "keys (it moved more than the head, or its keys file is elsewhere: name it with --key)")
+        looked = " or ".join(str(retained_moments_file(k)) for k in keys_files(model_dir, keys))
+        return FALLBACK_METHOD, (f"the default for the output of an earlier request that left no head moments for it "
+                                 f"({looked}: a pgu request leaves them beside its keys; name its keys file with --key)")
     overwrite = " --overwrite" if (Path(model_dir) / IMPORTANCES).exists() else ""
     return FALLBACK_METHOD, ("the default for a model without its training head moments (trained before serkit "
                              "stored them); pgu, which keeps more of the model, needs `serkit models importances "
@@ -146,9 +150,12 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
     a context giving `update(done, total)`, reports the long steps (the command line's bar)."""
     model_dir, out = Path(model_dir), Path(out)
     check_output(out, model_dir)
-    if overwrite and (out / KEYS_FILE).is_file():
-        raise SerkitError(f"{out} holds {KEYS_FILE}, the only key to its request's commitments, which --overwrite "
-                          "would destroy: move it somewhere safe first (or choose another -o)")
+    for private in (KEYS_FILE, retained_moments_file(KEYS_FILE).name):
+        if overwrite and (out / private).is_file():
+            raise SerkitError(f"{out} holds {private}, private to the model's owner ({KEYS_FILE}: the only key to its "
+                              "request's commitments; the moments: what the next pgu request reads), which --overwrite "
+                              f"would destroy: move {KEYS_FILE} and any {retained_moments_file(KEYS_FILE).name} somewhere "
+                              "safe first, together (or choose another -o)")
     signer = load_signing_key(sign_key) if sign_key else None
     keys_out = Path(keys_out) if keys_out else None
     if keys_out is not None:
@@ -203,7 +210,12 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             if remain_manifest is not None:
                 remain_manifest = remain_manifest.subset(data.trained_speakers)
         staging = output.staging()
-        moments = moments_source(model_dir, keys_beside(model_dir, keys))
+        moments = moments_source(model_dir, keys_files(model_dir, keys))
+        if unlearner.name == "pgu" and moments is None and len(lineage):
+            looked = " or ".join(str(retained_moments_file(k)) for k in keys_files(model_dir, keys))
+            raise SerkitError(f"model {model_dir} answered a deletion request and no head moments of its weights are "
+                              f"at {looked}: only a pgu request leaves them (beside its keys); give that request's "
+                              "keys file with --key, or name another method")
         with reproducible(seed, replay.threads if replay else None, deterministic) as determinism:
             env = environment(device)
             before = forget_report(original.model, forget_eval, unseen, other, reference.model if reference else None)
@@ -220,7 +232,8 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             result_model = outcome.replacement or working
             _refuse_diverged(result_model.model, unlearner)
             after = forget_report(result_model.model, forget_eval, unseen, other, reference.model if reference else None)
-            retained = _retained_moments(original, result_model, moments, forget_eval.waves)
+            retained = _retained_moments(original, result_model, moments, forget_eval.waves) \
+                if unlearner.name == "pgu" else None
         env["nondeterministic_ops"] = sorted(set(determinism.nondeterministic_ops))
         if env["nondeterministic_ops"]:
             log(f"note: {len(env['nondeterministic_ops'])} operation(s) ran without a deterministic implementation "
@@ -261,16 +274,18 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
         request_key = RequestKey(request_id, index, key.hex(), committed, original.weights_sha256,
                                  receipt["model_after"]["weights_sha256"], receipt_sha256(receipt), receipt["created_utc"])
         lineage.with_request(request_key).save(keys_out or staging / KEYS_FILE)
+        written = None
         try:
             if retained is not None:
-                save_retained_moments(retained_moments_file(keys_out or staging / KEYS_FILE), retained[0],
-                                      receipt["model_after"]["weights_sha256"], retained[1])
+                written = save_retained_moments(retained_moments_file(keys_out or staging / KEYS_FILE), retained[0],
+                                                receipt["model_after"]["weights_sha256"], retained[1])
             _refuse_traces(staging, forget_set)
             output.commit()
         except BaseException:
             if keys_out is not None:
                 keys_out.unlink(missing_ok=True)
-                retained_moments_file(keys_out).unlink(missing_ok=True)
+                if written is not None:
+                    written.unlink(missing_ok=True)
             raise
     return ForgetResult(out, out / "model", receipt, keys_out or out / KEYS_FILE)
 
@@ -388,12 +403,13 @@ def _shareable_evaluation(before: dict, after: dict, part: str) -> dict:
 
 def _retained_moments(original: SavedModel, result: SavedModel, source: tuple[str, Path] | None,
                       forget_waves) -> tuple[dict, int] | None:
-    """The head moments of the training utterances the new model still holds (the ones read, less the forget set's),
-    and their number, where a request moved nothing below the head: there the inputs of the head's first layer are
-    what they were, so its moments stay exact; the second layer's are approximate (the first moved, on directions
-    the retained utterances barely use, 80 % protected under pgu's default). None where a request moved more (a
-    fine-tuned or retrained backbone changes every input), or no moments were known."""
-    if source is None:
+    """The head moments of the training utterances the new model still holds after a pgu request (the ones read,
+    less the forget set's), and their number. Nothing below the head moved, so the inputs of the head's first layer
+    are what they were and its moments stay exact; the second layer's are approximate (the first layer moved, off
+    the directions that hold retained_var of the retained inputs). None where more moved (a check, not a case pgu
+    makes) or the moments read do not say how many utterances they sum over."""
+    count = (safetensors_header(source[1]) or ({}, []))[0].get("n_utterances") if source is not None else None
+    if not count:
         return None
     layers = head_layers(original.model)
     head = {f"{name}.{part}" for name in layers for part in ("weight", "bias")}
@@ -403,8 +419,7 @@ def _retained_moments(original: SavedModel, result: SavedModel, source: tuple[st
         return None
     stored = load_moments(original, retained=source[1] if source[0] == "retained" else None)
     forgotten = head_moments(original.model, forget_waves)
-    n = int((safetensors_header(source[1]) or ({}, []))[0].get("n_utterances") or 0) - len(forget_waves)
-    return {name: stored[name].double() - forgotten[name] for name in layers}, max(n, 0)
+    return {name: stored[name].double() - forgotten[name] for name in layers}, int(count) - len(forget_waves)
 
 
 def _refuse_traces(staging: Path, forget_set: ForgetSet) -> None:
