@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--n", nargs="+", type=int, default=[10, 30, 50, 100])
     parser.add_argument("--retrain-n", type=int, default=None, help="the N retrained (default: the largest)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", type=Path, default=None, help="keep every request's output here (e.g. for serkit "
+                        "audit), as PASS-N; default: a temporary folder")
     args = parser.parse_args()
     retrain_n = args.retrain_n or max(args.n)
     sets = {n: forget_files(args.model, args.speakers, n, args.seed) for n in sorted(set(args.n) | {retrain_n})}
@@ -67,9 +69,10 @@ def main() -> None:
               f"{row['auc']:.3f} | {row['forget_acc']:.2f} | {row['other']:.2f} | {row['steps']} | {row['stop']}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
+        folder = args.keep or Path(tmp)
         for tag in ("before", "retrain", "after"):
             for n in ([retrain_n] if tag == "retrain" else args.n):
-                row = request(args.model, Path(tmp) / f"{tag}-{n}", sets[n], args.seed,
+                row = request(args.model, folder / f"{tag}-{n}", sets[n], args.seed,
                               "retrain" if tag == "retrain" else None)
                 runs[(tag, n)] = row
                 show(tag, n, row)
