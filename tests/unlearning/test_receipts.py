@@ -435,8 +435,13 @@ def test_a_model_whose_config_was_changed_is_not_the_receipts(signed_request, ti
 def test_overwrite_never_destroys_a_requests_keys_and_a_later_keys_file_serves_an_earlier_model(
         model_dir, tiny_split, tmp_path):
     first = forget(model_dir, tmp_path / "r1", speaker="02", n=2, method="random-label", params=FAST, **quiet)
-    with pytest.raises(SerkitError, match="holds forget-keys.json, the only key to its request's commitments"):
+    with pytest.raises(SerkitError, match="holds forget-keys.json, private to the model's owner .*the only key to its "
+                                          "request's commitments.*move forget-keys.json and any"):
         forget(model_dir, tmp_path / "r1", speaker="02", n=2, method="random-label", params=FAST, overwrite=True, **quiet)
+    projected = forget(model_dir, tmp_path / "p1", speaker="02", n=2, method="pgu", params=FAST, **quiet)
+    projected.keys_file.rename(tmp_path / "p1-keys.json")  # the moments stay behind: as private, as guarded
+    with pytest.raises(SerkitError, match="holds forget-keys.moments.safetensors, private to the model's owner"):
+        forget(model_dir, tmp_path / "p1", speaker="02", n=2, method="pgu", params=FAST, overwrite=True, **quiet)
     with pytest.raises(SerkitError, match="--key-out .* lies inside the output"):
         forget(model_dir, tmp_path / "r9", speaker="02", n=2, keys_out=tmp_path / "r9" / "k.json", **quiet)
     second = forget(first.model_dir, tmp_path / "r2", speaker="03", n=2, method="random-label", params=FAST,

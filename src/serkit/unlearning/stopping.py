@@ -11,7 +11,10 @@
   a forget set pushed down to "unseen" stands out by being worse (an AUC below 0.5 betrays it as
   surely as one above). Without a "known" profile the goal is 0.5 when asked for by name; the default
   preset falls back to retrain-like instead (an AUC of 0.5 over-forgets as retrain-like does, and says so less
-  plainly);
+  plainly). Without an "unseen" profile (a model trained on every speaker it did not hold out for testing,
+  e.g. train+val) it measures the forget set against the "known" profile itself, down to 0.5: the forgotten
+  utterances should look like the training speakers' held-out ones, where retraining puts a few of a speaker's
+  (all of them, it puts a little further: this stop then forgets a little less than retraining);
 - calibrated-accuracy: forget-set accuracy down to the "known" utterances' accuracy.
 Each reads what the model directory recorded, never the training data.
 
@@ -70,6 +73,7 @@ class StopRule:
     goal: float
     unseen: dict | None = None  # the stored loss profile a membership AUC is measured against
     reference: HeldOutReference | None = None  # or held-out utterances the current model scores
+    against: str = "unseen speakers"  # whose stored profile `unseen` is
 
     def check(self, model: nn.Module, waves: list[np.ndarray], labels: np.ndarray) -> tuple[float, float]:
         """(forget-set accuracy, the rule's figure), in eval mode; the caller restores the training mode."""
@@ -85,7 +89,7 @@ class StopRule:
 
     def describe(self, value: float) -> str:
         name = "forget-set accuracy" if self.measure == "accuracy" else \
-            "membership AUC against unseen speakers" if self.reference is None else \
+            f"membership AUC against {self.against}" if self.reference is None else \
             "membership AUC against held-out utterances of trained speakers"
         return f"{name} {value:.2f} <= {self.goal:.2f}"
 
@@ -131,6 +135,13 @@ def stop_rule(target: str, target_accuracy: float | None, profiles: dict | None,
                             "membership_auc", 0.5 if goal is None else float(goal), unseen)
         if target == "calibrated-accuracy" and known is not None:
             return StopRule(target, "accuracy", float(known["accuracy"]))
+        if target == "calibrated" and unseen is None and known is not None:
+            goal = 0.5 if target_membership_auc is None else float(target_membership_auc)
+            log("note: the model records no loss profile of unseen speakers (it held none out for validation), so "
+                "the calibrated stop measures the forget set against its stored held-out utterances of training "
+                f"speakers (data.calibration), down to {goal:.2f}")
+            return StopRule("calibrated (against held-out utterances of training speakers)", "membership_auc", goal,
+                            known, against="held-out utterances of trained speakers (stored)")
         missing = "loss profile of its validation speakers" if target == "calibrated" and unseen is None else \
             "loss profile of held-out utterances of its training speakers"
         if not chosen_by_preset:
