@@ -804,6 +804,15 @@ def test_calibrated_target_on_a_model_without_profiles_is_refused_unless_a_prese
     preset = stop_rule("calibrated", None, {"unseen": {"loss_quantiles": [0.0, 1.0]}}, 0.7, True, notes.append)
     assert (preset.target, preset.goal) == ("retrain-like", 0.7)
     assert "no loss profile of held-out utterances of its training speakers" in notes[0]
+    # a model that recorded no unseen speakers (train+val) measures against its held-out utterances, to 0.5
+    known_only = {"known": {"loss_quantiles": [0.0, 1.0]}}
+    for chosen in (True, False):
+        rule = stop_rule("calibrated", None, known_only, None, chosen, print)
+        assert (rule.goal, rule.against, rule.unseen) == (0.5, "held-out utterances of trained speakers (stored)",
+                                                          known_only["known"])
+    assert stop_rule("calibrated", None, known_only, None, True, print, target_membership_auc=0.45).goal == 0.45
+    with pytest.raises(ConfigError, match="needs a loss profile of its validation speakers or of held-out utterances"):
+        stop_rule("calibrated", None, None, None, False, print)
 
 
 def test_a_train_val_model_stops_calibrated_against_the_profiles_its_train_val_sibling_recorded(
@@ -1008,7 +1017,7 @@ def test_a_request_naming_no_method_runs_pgu_where_the_model_stores_its_head_mom
     quick = {"epochs": 1, "adversarial_per_sample": 2, "pgd_steps": 2}
     moved = forget(model_dir, tmp_path / "moved", speaker="03", n=2, method="random-label", params={"epochs": 1},
                    log=lambda *a: None)
-    assert not (moved.out_dir / "forget-keys.moments.safetensors").exists()  # it moved the backbone
+    assert not (moved.out_dir / "forget-keys.moments.safetensors").exists()  # only pgu leaves them
     after_moved = forget(moved.model_dir, tmp_path / "after-moved", speaker="02", n=2, split=tiny_split,
                          log=logs.append, params=quick)
     assert after_moved.receipt["method"]["name"] == "adv-ewc"

@@ -232,7 +232,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             result_model = outcome.replacement or working
             _refuse_diverged(result_model.model, unlearner)
             after = forget_report(result_model.model, forget_eval, unseen, other, reference.model if reference else None)
-            retained = _retained_moments(original, result_model, moments, forget_eval.waves) \
+            retained = _retained_moments(original, moments, forget_eval.waves) \
                 if unlearner.name == "pgu" else None
         env["nondeterministic_ops"] = sorted(set(determinism.nondeterministic_ops))
         if env["nondeterministic_ops"]:
@@ -401,25 +401,19 @@ def _shareable_evaluation(before: dict, after: dict, part: str) -> dict:
     return {"unseen_part": part, "before": b, "after": a, "unseen_uar_kept": kept}
 
 
-def _retained_moments(original: SavedModel, result: SavedModel, source: tuple[str, Path] | None,
-                      forget_waves) -> tuple[dict, int] | None:
+def _retained_moments(original: SavedModel, source: tuple[str, Path] | None, forget_waves) -> tuple[dict, int] | None:
     """The head moments of the training utterances the new model still holds after a pgu request (the ones read,
-    less the forget set's), and their number. Nothing below the head moved, so the inputs of the head's first layer
-    are what they were and its moments stay exact; the second layer's are approximate (the first layer moved, off
-    the directions that hold retained_var of the retained inputs). None where more moved (a check, not a case pgu
-    makes) or the moments read do not say how many utterances they sum over."""
+    less the forget set's), and their number. pgu moves the head's linear weights alone, so the inputs of the
+    head's first layer are what they were and its moments stay exact; the second layer's are approximate (the first
+    layer moved, off the directions that hold retained_var of the retained inputs). None where the moments read do
+    not say how many utterances they sum over."""
     count = (safetensors_header(source[1]) or ({}, []))[0].get("n_utterances") if source is not None else None
     if not count:
         return None
     layers = head_layers(original.model)
-    head = {f"{name}.{part}" for name in layers for part in ("weight", "bias")}
-    before, after = original.model.state_dict(), result.model.state_dict()
-    if before.keys() != after.keys() or any(not torch.equal(before[k].cpu(), after[k].cpu()) for k in before
-                                            if k not in head):
-        return None
     stored = load_moments(original, retained=source[1] if source[0] == "retained" else None)
     forgotten = head_moments(original.model, forget_waves)
-    return {name: stored[name].double() - forgotten[name] for name in layers}, int(count) - len(forget_waves)
+    return {name: stored[name].double() - forgotten[name] for name in layers}, max(int(count) - len(forget_waves), 0)
 
 
 def _refuse_traces(staging: Path, forget_set: ForgetSet) -> None:

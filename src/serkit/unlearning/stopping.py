@@ -142,8 +142,8 @@ def stop_rule(target: str, target_accuracy: float | None, profiles: dict | None,
                 f"speakers (data.calibration), down to {goal:.2f}")
             return StopRule("calibrated (against held-out utterances of training speakers)", "membership_auc", goal,
                             known, against="held-out utterances of trained speakers (stored)")
-        missing = "loss profile of its validation speakers" if target == "calibrated" and unseen is None else \
-            "loss profile of held-out utterances of its training speakers"
+        missing = "loss profile of its validation speakers or of held-out utterances of its training speakers" \
+            if target == "calibrated" and unseen is None else "loss profile of held-out utterances of its training speakers"
         if not chosen_by_preset:
             how = "" if unseen is None and target == "calibrated" else " (data.calibration)"
             raise ConfigError(f"target {target} needs a {missing}{how}, which the model directory does not record (it is "

@@ -54,7 +54,8 @@ class FinetuneParams(BaseModel):
     target: Literal["misclassify", "retrain-like", "calibrated", "calibrated-accuracy"] | None = Field(
         None, description="misclassify (the papers'), retrain-like (forget-set accuracy down to the validation "
         "accuracy), calibrated (membership AUC down to what held-out utterances of training speakers scored at "
-        "training time) or calibrated-accuracy; default from the preset (serkit.unlearning.stopping)")
+        "training time against unseen speakers; on a model that recorded no unseen speakers, against those held-out "
+        "utterances, down to 0.5) or calibrated-accuracy; default from the preset (serkit.unlearning.stopping)")
     stop_early: bool = Field(True, description="stop as soon as the target is reached (checked every `check_every` steps)")
     check_every: int | None = Field(None, ge=1, description="steps between the stop's checks (default 5; 1 with "
                                     "stop_reference held-out, whose steps are smaller)")
@@ -62,8 +63,9 @@ class FinetuneParams(BaseModel):
                                           "(default: the original model's validation accuracy)")
     target_membership_auc: float | None = Field(
         None, ge=0, le=1, description="calibrated: the forget set's membership AUC to stop at (default: what the "
-        "model's held-out utterances of its training speakers scored against its unseen speakers at training time; "
-        "with stop_reference held-out, where retraining puts the forget set against held-out utterances, from 0.5 "
+        "model's held-out utterances of its training speakers scored against its unseen speakers at training time, "
+        "0.5 where it recorded no unseen speakers; with stop_reference held-out, where retraining puts the forget "
+        "set against held-out utterances, from 0.5 "
         "for a few of a speaker's utterances down to an unseen speaker's: serkit.unlearning.stopping)")
     stop_reference: Literal["stored", "held-out"] = Field(
         "stored", description="calibrated: what the forget set's losses are compared with at each check. stored: "
