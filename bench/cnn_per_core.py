@@ -14,30 +14,19 @@ run). A latency target below that floor cannot be met by a runtime, only by less
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+from serkit.transfer.export import latency_ms
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
     """float32 GEMM rate of one thread: 2 n^3 FLOPs per product."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    return 2 * size ** 3 / (median_ms(lambda: a @ b, repeats) / 1000) / 1e9
+    return 2 * size ** 3 / (latency_ms(lambda: a @ b, repeats) / 1000) / 1e9
 
 
 def count_macs(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -> int:
@@ -92,8 +81,8 @@ def main() -> None:
                                            providers=["CPUExecutionProvider"])
             feed = {"waveform": x.numpy(), "mask": mask.numpy()}
             with torch.no_grad():
-                torch_ms = median_ms(lambda m=model: m(x, mask), args.repeats)
-            onnx_ms = median_ms(lambda s=session, f=feed: s.run(None, f), args.repeats)
+                torch_ms = latency_ms(lambda m=model: m(x, mask), args.repeats)
+            onnx_ms = latency_ms(lambda s=session, f=feed: s.run(None, f), args.repeats)
             best = min(torch_ms, onnx_ms)
             print(f"| {name} | {macs / 1e6:.0f} | {flops / peak / 1e6:.1f} ms | {torch_ms:.1f} ms | {onnx_ms:.1f} ms | "
                   f"{3000 / best:.0f}x | {flops / best / 1e6:.1f} |", flush=True)

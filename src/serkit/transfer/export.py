@@ -86,7 +86,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def _latency_ms(fn, repeats: int = 20) -> float:
+def latency_ms(fn, repeats: int = 20) -> float:
+    """Median wall time of `fn` in ms, after 3 warm-up calls."""
     for _ in range(3):
         fn()
     times = []
@@ -147,9 +148,9 @@ def export_onnx(saved: SavedModel, out: Path | str, int8: bool = False, opset: i
             "checked_on": source,
             "fp32": {"file": "model.onnx", "bytes": fp32.stat().st_size, "max_abs_logit_diff": max_diff,
                      "tolerance": FP32_TOLERANCE, "prediction_agreement": agree,
-                     "latency_ms_3s": _latency_ms(lambda: session.run(None, feed))},
+                     "latency_ms_3s": latency_ms(lambda: session.run(None, feed))},
             "torch": {"parameters": int(sum(p.numel() for p in model.parameters())),
-                      "latency_ms_3s": _latency_ms(torch.no_grad()(lambda: model(*three_s)))},
+                      "latency_ms_3s": latency_ms(torch.no_grad()(lambda: model(*three_s)))},
             "opset": opset, "torch_version": torch.__version__,
         }
         if int8:
@@ -166,7 +167,7 @@ def export_onnx(saved: SavedModel, out: Path | str, int8: bool = False, opset: i
                               "float_frontend_nodes": len(front),
                               "prediction_agreement": float((qlogits.argmax(1) == reference.argmax(1)).mean()),
                               "max_abs_prob_diff": float(np.abs(_softmax(qlogits) - _softmax(reference)).max()),
-                              "latency_ms_3s": _latency_ms(lambda: qsession.run(None, feed))}
+                              "latency_ms_3s": latency_ms(lambda: qsession.run(None, feed))}
         (tmp / "serkit_model.json").write_text(json.dumps({
             "labels": saved.labels, "sample_rate": saved.preprocessing.sample_rate,
             "preprocessing": saved.preprocessing.to_dict(), "architecture": saved.config.get("architecture"),
