@@ -192,14 +192,9 @@ def load_importances(saved, split_hint: str = "--split SPLIT.json") -> tuple[Imp
 def load_moments(saved, split_hint: str = "--split SPLIT.json", retained: Path | None = None) -> dict[str, torch.Tensor]:
     """The head layers' input second moments over the training utterances, stored beside the importances, or
     over what is left of them after earlier requests (`retained`, the file the last request left beside its keys)."""
-    history = (saved.config.get("provenance") or {}).get("unlearning_history")
-    if retained is not None:
+    if retained is not None:  # a request output without them is refused by serkit forget, naming where it looked
         values, path = _read_retained(retained, saved.weights_sha256), retained
         redo = f"give the keys file of the request that made model {saved.path} (--key)"
-    elif history and not (Path(saved.path) / IMPORTANCES_FILE).is_file():
-        raise SerkitError(f"model {saved.path} answered a deletion request and no head moments of its weights are "
-                          "known: a request that moves only the head (pgu) leaves them beside its keys file, so give "
-                          "that file with --key, or name another method")
     else:
         values, _, path, redo = _read_stored(saved, split_hint)
     layers = head_layers(saved.model)
