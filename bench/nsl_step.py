@@ -55,7 +55,6 @@ def main() -> None:
         model = build_model(name, None, len(labels))
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        ce = torch.nn.functional.cross_entropy
         hooks = {(0, "base"): None}
         for n in args.neighbours:
             hooks[(n, "all at once")] = Neighbours(table[:, :n], dataset, args.alpha, "fc1", chunk=0)
@@ -63,17 +62,17 @@ def main() -> None:
         unique = {n: [] for n in hooks}
         times = {n: [] for n in hooks}
 
-        def step(hook, index):
+        def step(hook, index, model=model, optimizer=optimizer):
             wave, mask, target, idx = collate([dataset[int(i)] for i in index])
             optimizer.zero_grad(set_to_none=True)
             if hook is None:
-                loss = ce(model(wave, mask), target)
+                loss = torch.nn.functional.cross_entropy(model(wave, mask), target)
             else:
-                loss, _ = hook(model, (wave, mask, target, idx), ce)
+                loss, _ = hook(model, (wave, mask, target, idx), torch.nn.functional.cross_entropy)
             loss.backward()
             optimizer.step()
 
-        for key, hook in hooks.items():  # warm-up: allocator, oneDNN kernels for each batch shape
+        for hook in hooks.values():  # warm-up: allocator, oneDNN kernels for each batch shape
             step(hook, batches[0])
         for _ in range(args.rounds):
             for key, hook in hooks.items():

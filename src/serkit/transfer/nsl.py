@@ -18,10 +18,11 @@ neighbour pass batch normalisation uses, and does not update, its running statis
 neighbours are too few to normalise by, and the running statistics stay those of the batches
 alone. So with alpha = 0 NSL training is exactly the base model's training.
 
-The neighbour pass runs in chunks the size of the training batch: with batch normalisation frozen each
-row's output does not depend on the others (the same bits chunked or not), and on a CPU a CNN runs 16
-rows at a time about a quarter faster per row than 120 (bench/RESULTS.md 31). Running the neighbours in
-one forward with the batch instead (each batch-norm layer splitting its rows) was slower still.
+On a CPU the neighbour pass runs in chunks the size of the training batch: with batch normalisation frozen
+each row's output does not depend on the others (the same bits chunked or not), and a CNN-6 runs 16 rows at
+a time about a quarter faster per row than 120 there (bench/RESULTS.md 31; not measured on a GPU, which
+keeps one pass). Running the neighbours in one forward with the batch instead (each batch-norm layer
+splitting its rows) was slower still.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class Neighbours:
             raise ValueError("one row of neighbours per training utterance")
         self.table, self.dataset, self.alpha, self.embedding = table, dataset, alpha, embedding
         self.reduction = reduction
-        self.chunk = chunk  # neighbour rows per forward; None: the training batch's size, 0: all at once
+        self.chunk = chunk  # neighbour rows per forward; None: the training batch's size on a CPU, 0: all at once
 
     def batch(self, index: torch.Tensor) -> NeighbourBatch | None:
         rows = self.table[index.cpu().numpy()]
@@ -126,7 +127,10 @@ class Neighbours:
         if nb is None:
             return task_loss(model(wave, mask), target), {}
         feats = model.features(wave, mask)
-        step = len(wave) if self.chunk is None else (self.chunk or len(nb.wave))
+        if self.chunk is None:  # measured on CPUs only; an accelerator keeps its one large pass
+            step = len(wave) if wave.device.type == "cpu" else len(nb.wave)
+        else:
+            step = self.chunk or len(nb.wave)
         with batchnorm_frozen(model):
             near = torch.cat([model.features(nb.wave[s:s + step].to(wave.device), nb.mask[s:s + step].to(mask.device))[self.embedding]
                               for s in range(0, len(nb.wave), step)])
