@@ -58,7 +58,7 @@ def main() -> None:
         hooks = {(0, "base"): None}
         for n in args.neighbours:
             hooks[(n, "all at once")] = Neighbours(table[:, :n], dataset, args.alpha, "fc1", chunk=0)
-            hooks[(n, "in chunks of the batch")] = Neighbours(table[:, :n], dataset, args.alpha, "fc1")
+            hooks[(n, "in chunks of the batch")] = Neighbours(table[:, :n], dataset, args.alpha, "fc1", chunk=args.batch)
         unique = {n: [] for n in hooks}
         times = {n: [] for n in hooks}
 

@@ -4,9 +4,10 @@ The issue's goal: the adversarial set of a deletion request (the papers' N = 100
 made in at most twice the memory that training the model takes. Both run as child processes of this one, one
 after the other, and each child's peak resident memory is read from the kernel when it exits (`wait4`):
 - training: `serkit train RECIPE` for `--epochs` epochs (the recipe's batch size and data; no importances pass),
-  the footprint a user needs to train this model at all;
-- PGD: the model loaded from MODEL_DIR, the N forget utterances (split among `--speakers`), TargetedPGD with the
-  recipe defaults (batch 32, early stop, tau 0.01 x std), M targets, P steps; the child also prints its resident
+  the footprint a user needs to train this model at all (data loading in the process itself: `wait4` reports the
+  larger of a process's peak and its children's, not their sum);
+- PGD: the model loaded from MODEL_DIR, the N forget utterances (split among `--speakers`), TargetedPGD with its
+  own defaults (batch 32, early stop, tau 0.01 x std), M targets, P steps; the child also prints its resident
   memory after loading (model + interpreter), after decoding the forget set and after the attack, and the size
   of the adversarial waveforms it holds.
 
@@ -52,12 +53,12 @@ def pgd_child(args) -> None:
     adv = TargetedPGD(tau=0.01, steps=args.steps).generate(saved.model, waves, draw_targets(labels, len(saved.labels), args.m, seed=1))
     print(json.dumps({"loaded_mb": loaded, "decoded_mb": decoded, "after_mb": rss_mb(), "seconds": time.perf_counter() - start,
                       "samples": len(adv), "samples_mb": sum(w.nbytes for w in adv.waves) / 2 ** 20,
-                      "mean_seconds": float(np.mean([len(w) for w in waves])) / 16000,
+                      "mean_seconds": float(np.mean([len(w) for w in waves])) / saved.preprocessing.sample_rate,
                       "success": float(adv.success.mean())}))
 
 
 def run_child(command: list[str]) -> tuple[float, str, float]:
-    """(peak RSS in MB, stdout, seconds) of a child process."""
+    """(peak RSS in MiB, stdout, seconds) of a child process (Linux: ru_maxrss in KiB)."""
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -89,18 +90,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serkit-pgd-memory-") as work:
         train_cmd = [serkit, "train", str(args.recipe), *[a for o in args.overrides for a in ("--set", o)],
                      "--set", f"train.max_epochs={args.epochs}", "--set", "train.importances=false",
-                     "--set", "train.progress_bar=false", "--set", f"output_dir={work}/run"]
+                     "--set", "train.progress_bar=false", "--set", "train.num_workers=0", "--set", f"output_dir={work}/run"]
         train_peak, train_log, train_s = run_child(train_cmd)
     pgd_peak, pgd_out, pgd_s = run_child([sys.executable, __file__, str(args.model_dir), str(args.recipe), "--child",
                                           "--speakers", args.speakers, "--n", str(args.n), "--m", str(args.m),
                                           "--steps", str(args.steps)])
     stats = json.loads(pgd_out.strip().splitlines()[-1])
-    print(f"training ({args.epochs} epoch of {args.recipe}): peak RSS {train_peak:.0f} MB, {train_s:.0f} s")
+    print(f"training ({args.epochs} epoch of {args.recipe}): peak RSS {train_peak:.0f} MiB, {train_s:.0f} s")
     print(f"PGD, N = {args.n} ({args.speakers}, {stats['mean_seconds']:.2f} s mean), M = {args.m}, P = {args.steps}: "
-          f"peak RSS {pgd_peak:.0f} MB, {stats['seconds']:.0f} s, {stats['samples']} samples "
-          f"({stats['samples_mb']:.0f} MB of waveforms), target success {stats['success']:.1%}")
-    print(f"  resident after loading the model {stats['loaded_mb']:.0f} MB, after decoding the forget set "
-          f"{stats['decoded_mb']:.0f} MB, after the attack {stats['after_mb']:.0f} MB")
+          f"peak RSS {pgd_peak:.0f} MiB, {stats['seconds']:.0f} s, {stats['samples']} samples "
+          f"({stats['samples_mb']:.0f} MiB of waveforms), target success {stats['success']:.1%}")
+    print(f"  resident after loading the model {stats['loaded_mb']:.0f} MiB, after decoding the forget set "
+          f"{stats['decoded_mb']:.0f} MiB, after the attack {stats['after_mb']:.0f} MiB")
     print(f"PGD / training peak: {pgd_peak / train_peak:.2f}x (goal <= 2x)")
 
 

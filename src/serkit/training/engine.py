@@ -110,7 +110,7 @@ def _train(recipe: Recipe, task, output: OutputDir | None, log=print) -> TrainRe
     if recipe.graph is not None:
         from serkit.transfer.nsl import graph_neighbours
 
-        loss_hook, graph_stats = graph_neighbours(recipe.graph, parts["train"], train_set, log)
+        loss_hook, graph_stats = graph_neighbours(recipe.graph, parts["train"], train_set, recipe.train.batch_size, log)
     val_loader = None
     if select_on_val:
         val_set = UtteranceDataset(parts["val"], task.names, preprocessing, None, False, waves["val"],

@@ -18,10 +18,10 @@ neighbour pass batch normalisation uses, and does not update, its running statis
 neighbours are too few to normalise by, and the running statistics stay those of the batches
 alone. So with alpha = 0 NSL training is exactly the base model's training.
 
-On a CPU the neighbour pass runs in chunks the size of the training batch: with batch normalisation frozen
-each row's output does not depend on the others (the same bits chunked or not), and a CNN-6 runs 16 rows at
-a time about a quarter faster per row than 120 there (bench/RESULTS.md 31; not measured on a GPU, which
-keeps one pass). Running the neighbours in one forward with the batch instead (each batch-norm layer
+On a CPU the neighbour pass runs in chunks of the recipe's batch size: with batch normalisation frozen each
+row's output does not depend on the others (the same bits chunked or not), and there a CNN-6 neighbour row
+costs a fifth to a third less in forwards of 16 rows than in one of 85-121 (bench/RESULTS.md 31; not measured
+on a GPU, which keeps one pass). Running the neighbours in one forward with the batch instead (each batch-norm layer
 splitting its rows) was slower still.
 """
 
@@ -100,14 +100,16 @@ class Neighbours:
     """Fetches the neighbours of a batch of training rows from the training dataset."""
 
     def __init__(self, table: np.ndarray, dataset: UtteranceDataset, alpha: float, embedding: str = "fc1",
-                 reduction: str = "utterances", chunk: int | None = None):
+                 reduction: str = "utterances", chunk: int = 0):
         if embedding not in EMBEDDINGS:
             raise SerkitError(f"graph.embedding '{embedding}' is not one of {list(EMBEDDINGS)}")
         if len(table) != len(dataset):
             raise ValueError("one row of neighbours per training utterance")
         self.table, self.dataset, self.alpha, self.embedding = table, dataset, alpha, embedding
         self.reduction = reduction
-        self.chunk = chunk  # neighbour rows per forward; None: the training batch's size on a CPU, 0: all at once
+        if chunk < 0:
+            raise ValueError(f"chunk {chunk}: give the neighbour rows per forward on a CPU, or 0 for all at once")
+        self.chunk = chunk  # graph_neighbours passes the recipe's batch size
 
     def batch(self, index: torch.Tensor) -> NeighbourBatch | None:
         rows = self.table[index.cpu().numpy()]
@@ -127,10 +129,8 @@ class Neighbours:
         if nb is None:
             return task_loss(model(wave, mask), target), {}
         feats = model.features(wave, mask)
-        if self.chunk is None:  # measured on CPUs only; an accelerator keeps its one large pass
-            step = len(wave) if wave.device.type == "cpu" else len(nb.wave)
-        else:
-            step = self.chunk or len(nb.wave)
+        # chunks were measured on CPUs only; an accelerator keeps its one large pass
+        step = self.chunk if self.chunk and wave.device.type == "cpu" else len(nb.wave)
         with batchnorm_frozen(model):
             near = torch.cat([model.features(nb.wave[s:s + step].to(wave.device), nb.mask[s:s + step].to(mask.device))[self.embedding]
                               for s in range(0, len(nb.wave), step)])
@@ -138,14 +138,14 @@ class Neighbours:
         return task_loss(feats["logits"], target) + self.alpha * l_nbr, {"neighbour_loss": l_nbr}
 
 
-def graph_neighbours(config, train: Manifest, train_set: UtteranceDataset, log=print) -> tuple[Neighbours, dict]:
-    """The loss hook of a recipe's graph section over its training part, and what the run records
-    about the graph."""
+def graph_neighbours(config, train: Manifest, train_set: UtteranceDataset, batch_size: int, log=print) -> tuple[Neighbours, dict]:
+    """The loss hook of a recipe's graph section over its training part (its neighbours run `batch_size`
+    rows at a time on a CPU), and what the run records about the graph."""
     graph = load_graph(config.file)
     table, stats = align_graph(graph, train, config.max_neighbours, f"graph {config.file}", log)
     stats = {"file": str(Path(config.file).resolve()), "sha256": sha256_file(config.file), "alpha": config.alpha,
              "embedding": config.embedding, "reduction": config.reduction, **stats, **graph.meta}
-    return Neighbours(table, train_set, config.alpha, config.embedding, config.reduction), stats
+    return Neighbours(table, train_set, config.alpha, config.embedding, config.reduction, batch_size), stats
 
 
 @contextmanager
