@@ -57,11 +57,11 @@ def pgd_child(args) -> None:
                       "success": float(adv.success.mean())}))
 
 
-def run_child(command: list[str]) -> tuple[float, str, float]:
+def run_child(command: list[str], env: dict | None = None) -> tuple[float, str, float]:
     """(peak RSS in MiB, stdout, seconds) of a child process (Linux: ru_maxrss in KiB)."""
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:
-        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=20)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--pgd-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment of the PGD child, e.g. MALLOC_MMAP_THRESHOLD_=65536 (glibc's allocator)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -94,10 +96,11 @@ def main() -> None:
         train_peak, train_log, train_s = run_child(train_cmd)
     pgd_peak, pgd_out, pgd_s = run_child([sys.executable, __file__, str(args.model_dir), str(args.recipe), "--child",
                                           "--speakers", args.speakers, "--n", str(args.n), "--m", str(args.m),
-                                          "--steps", str(args.steps)])
+                                          "--steps", str(args.steps)], dict(e.split("=", 1) for e in args.pgd_env))
     stats = json.loads(pgd_out.strip().splitlines()[-1])
     print(f"training ({args.epochs} epoch of {args.recipe}): peak RSS {train_peak:.0f} MiB, {train_s:.0f} s")
-    print(f"PGD, N = {args.n} ({args.speakers}, {stats['mean_seconds']:.2f} s mean), M = {args.m}, P = {args.steps}: "
+    env = f" ({', '.join(args.pgd_env)})" if args.pgd_env else ""
+    print(f"PGD{env}, N = {args.n} ({args.speakers}, {stats['mean_seconds']:.2f} s mean), M = {args.m}, P = {args.steps}: "
           f"peak RSS {pgd_peak:.0f} MiB, {stats['seconds']:.0f} s, {stats['samples']} samples "
           f"({stats['samples_mb']:.0f} MiB of waveforms), target success {stats['success']:.1%}")
     print(f"  resident after loading the model {stats['loaded_mb']:.0f} MiB, after decoding the forget set "
