@@ -20,9 +20,9 @@ alone. So with alpha = 0 NSL training is exactly the base model's training.
 
 On a CPU the neighbour pass runs in chunks of the recipe's batch size: with batch normalisation frozen each
 row's output does not depend on the others (the same bits chunked or not), and there a CNN-6 neighbour row
-costs a fifth to a third less in forwards of 16 rows than in one of 85-121 (bench/RESULTS.md 31; not measured
-on a GPU, which keeps one pass). Running the neighbours in one forward with the batch instead (each batch-norm layer
-splitting its rows) was slower still.
+costs a fifth to a third less in forwards of 16 rows than in one of 85-121 (bench/RESULTS.md 31; not
+measured on a GPU, which keeps one pass). Running the neighbours in one forward with the batch instead
+(each batch-norm layer splitting its rows) was slower still.
 """
 
 from __future__ import annotations
