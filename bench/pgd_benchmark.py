@@ -30,6 +30,17 @@ from serkit.unlearning.forget_set import build_forget_set
 from serkit.unlearning.pgd import TargetedPGD, draw_targets
 
 
+def forget_waves(saved, speakers: list[str], n: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """N forget utterances (seed 0) split evenly among `speakers`, decoded, and their label indices."""
+    from serkit.data.dataset import load_waves
+
+    shares = [n // len(speakers) + (i < n % len(speakers)) for i in range(len(speakers))]
+    forgets = [build_forget_set(saved, speaker=s, n=k, seed=0) for s, k in zip(speakers, shares)]
+    waves = [w for f in forgets for w in load_waves(f.audio_paths(), saved.preprocessing)]
+    index = {label: i for i, label in enumerate(saved.labels)}
+    return waves, np.array([index[e] for f in forgets for e in f.rows["emotion"]])
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -56,13 +67,7 @@ def main() -> None:
     chosen = list(dict.fromkeys(s.strip() for s in speaker.split(",") if s.strip()))
     if args.n < len(chosen):
         parser.error(f"--n {args.n} is fewer than the {len(chosen)} speakers given: each needs at least one utterance")
-    shares = [args.n // len(chosen) + (i < args.n % len(chosen)) for i in range(len(chosen))]
-    forgets = [build_forget_set(saved, speaker=s, n=k, seed=0) for s, k in zip(chosen, shares)]
-    from serkit.data.dataset import load_waves
-
-    waves = [w for f in forgets for w in load_waves(f.audio_paths(), saved.preprocessing)]
-    index = {label: i for i, label in enumerate(saved.labels)}
-    labels = np.array([index[e] for f in forgets for e in f.rows["emotion"]])
+    waves, labels = forget_waves(saved, chosen, args.n)
     targets = draw_targets(labels, len(saved.labels), args.m, seed=1)
     seconds = np.array([w.shape[0] / 16000 for w in waves])
     print(f"model {saved.config['architecture']} ({args.model_dir}), speaker {speaker}: N={args.n} utterances "

@@ -34,20 +34,14 @@ def rss_mb() -> float:
 
 def pgd_child(args) -> None:
     import numpy as np
+    from pgd_benchmark import forget_waves  # bench/ is this script's folder
 
-    from serkit.data.dataset import load_waves
     from serkit.models import load_model
-    from serkit.unlearning.forget_set import build_forget_set
     from serkit.unlearning.pgd import TargetedPGD, draw_targets
 
     saved = load_model(args.model_dir)
     loaded = rss_mb()
-    chosen = [s for s in args.speakers.split(",") if s]
-    shares = [args.n // len(chosen) + (i < args.n % len(chosen)) for i in range(len(chosen))]
-    forgets = [build_forget_set(saved, speaker=s, n=k, seed=0) for s, k in zip(chosen, shares)]
-    waves = [w for f in forgets for w in load_waves(f.audio_paths(), saved.preprocessing)]
-    index = {label: i for i, label in enumerate(saved.labels)}
-    labels = np.array([index[e] for f in forgets for e in f.rows["emotion"]])
+    waves, labels = forget_waves(saved, [s for s in args.speakers.split(",") if s], args.n)
     decoded = rss_mb()
     start = time.perf_counter()
     adv = TargetedPGD(tau=0.01, steps=args.steps).generate(saved.model, waves, draw_targets(labels, len(saved.labels), args.m, seed=1))
