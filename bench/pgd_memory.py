@@ -37,9 +37,15 @@ def pgd_child(args) -> None:
     from pgd_benchmark import forget_waves  # bench/ is this script's folder
 
     from serkit.models import load_model
+    from serkit.unlearning import pgd
     from serkit.unlearning.pgd import TargetedPGD, draw_targets
 
     saved = load_model(args.model_dir)
+    trim_mode = args.trim[0]
+    if trim_mode != "batch":  # serkit's own: malloc_trim after each batch
+        trim, pgd.give_back_freed_memory = pgd.give_back_freed_memory, lambda: None
+        if trim_mode == "step":
+            saved.model.register_forward_pre_hook(lambda *_: trim())
     loaded = rss_mb()
     waves, labels = forget_waves(saved, [s for s in args.speakers.split(",") if s], args.n)
     decoded = rss_mb()
@@ -77,6 +83,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--pgd-env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment of the PGD child, e.g. MALLOC_MMAP_THRESHOLD_=65536 (glibc's allocator)")
+    parser.add_argument("--trim", action="append", choices=["none", "batch", "step"],
+                        help="when PGD gives freed heap pages back (malloc_trim): never, after each batch (serkit's "
+                             "default) or before every forward; repeat to run several side by side (default: batch)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -88,18 +97,20 @@ def main() -> None:
                      "--set", f"train.max_epochs={args.epochs}", "--set", "train.importances=false",
                      "--set", "train.progress_bar=false", "--set", "train.num_workers=0", "--set", f"output_dir={work}/run"]
         train_peak, train_log, train_s = run_child(train_cmd)
-    pgd_peak, pgd_out, pgd_s = run_child([sys.executable, __file__, str(args.model_dir), str(args.recipe), "--child",
-                                          "--speakers", args.speakers, "--n", str(args.n), "--m", str(args.m),
-                                          "--steps", str(args.steps)], dict(e.split("=", 1) for e in args.pgd_env))
-    stats = json.loads(pgd_out.strip().splitlines()[-1])
-    print(f"training ({args.epochs} epoch of {args.recipe}): peak RSS {train_peak:.0f} MiB, {train_s:.0f} s")
+    print(f"training ({args.epochs} epoch of {args.recipe}): peak RSS {train_peak:.0f} MiB, {train_s:.0f} s", flush=True)
     env = f" ({', '.join(args.pgd_env)})" if args.pgd_env else ""
-    print(f"PGD{env}, N = {args.n} ({args.speakers}, {stats['mean_seconds']:.2f} s mean), M = {args.m}, P = {args.steps}: "
-          f"peak RSS {pgd_peak:.0f} MiB, {stats['seconds']:.0f} s, {stats['samples']} samples "
-          f"({stats['samples_mb']:.0f} MiB of waveforms), target success {stats['success']:.1%}")
-    print(f"  resident after loading the model {stats['loaded_mb']:.0f} MiB, after decoding the forget set "
-          f"{stats['decoded_mb']:.0f} MiB, after the attack {stats['after_mb']:.0f} MiB")
-    print(f"PGD / training peak: {pgd_peak / train_peak:.2f}x (goal <= 2x)")
+    for trim in args.trim or ["batch"]:
+        pgd_peak, pgd_out, pgd_s = run_child([sys.executable, __file__, str(args.model_dir), str(args.recipe), "--child",
+                                              "--speakers", args.speakers, "--n", str(args.n), "--m", str(args.m),
+                                              "--steps", str(args.steps), "--trim", trim],
+                                             dict(e.split("=", 1) for e in args.pgd_env))
+        stats = json.loads(pgd_out.strip().splitlines()[-1])
+        print(f"PGD{env}, trim {trim}, N = {args.n} ({args.speakers}, {stats['mean_seconds']:.2f} s mean), M = {args.m}, "
+              f"P = {args.steps}: peak RSS {pgd_peak:.0f} MiB, {stats['seconds']:.0f} s, {stats['samples']} samples "
+              f"({stats['samples_mb']:.0f} MiB of waveforms), target success {stats['success']:.1%}")
+        print(f"  resident after loading the model {stats['loaded_mb']:.0f} MiB, after decoding the forget set "
+              f"{stats['decoded_mb']:.0f} MiB, after the attack {stats['after_mb']:.0f} MiB")
+        print(f"  PGD / training peak: {pgd_peak / train_peak:.2f}x (goal <= 2x)", flush=True)
 
 
 if __name__ == "__main__":

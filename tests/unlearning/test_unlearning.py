@@ -93,6 +93,7 @@ def test_pgd_reaches_targets_inside_the_ball():
         with torch.no_grad():
             predicted = int(model(torch.from_numpy(wave)[None], torch.ones(1, len(wave)))[0].argmax())
         assert (predicted == target) == ok
+        assert wave.base is None  # its own array: a view would keep its whole padded batch in memory
     assert np.median(adv.snr_db) > 15
     exhaustive = TargetedPGD(tau=0.1, steps=40, early_stop=False, batch_size=4).generate(model, waves, targets)
     assert adv.steps_taken.sum() < exhaustive.steps_taken.sum() == 9 * 40
@@ -768,6 +769,62 @@ def test_a_held_out_stop_measures_the_forget_set_against_the_current_models_loss
              for share in (0.0, 0.5, 1.0)]
     assert goals == pytest.approx([0.5, 0.47, 0.44])
     assert stop_rule("calibrated", None, None, None, True, reference=HeldOutReference([], np.zeros(0), 1.0)).goal == 0.5
+
+
+def test_a_speaker_stop_measures_the_forget_set_against_its_own_speakers_held_out_utterances_down_to_one_half(
+        calibrated_dir, tmp_path, monkeypatch):
+    """stop_reference speaker: each check scores the held-out calibration utterances of the forget set's OWN speaker
+    with the model as it is now; the default goal is 0.5 whatever the speaker or the share forgotten (a retrained
+    model treats both as utterances of that speaker it never trained on), so the receipt's goal says nothing of
+    who. (This 4-epoch model fits its forget set no better than the speaker's 2 held-out utterances, so the request
+    asks for less.)"""
+    import re
+
+    from serkit.data.manifest import Manifest
+    from serkit.metrics import membership_auc
+    from serkit.unlearning import evaluation
+    from serkit.unlearning.evaluation import held_out_reference, outputs
+    from serkit.unlearning.forget_set import training_data
+    from serkit.unlearning.stopping import stop_rule
+
+    monkeypatch.setattr(evaluation, "MIN_SPEAKER_REFERENCE", 2)  # the tiny corpus holds out 2 utterances a speaker
+    result = forget(calibrated_dir, tmp_path / "speaker", speaker="02", n=6, method="random-label",
+                    params={"epochs": 30, "stop_reference": "speaker", "target_membership_auc": 0.45},
+                    log=lambda *a: None)
+    receipt = result.receipt
+    stats, outcome = receipt["stats"], receipt["outcome"]
+    assert stats["target"] == "calibrated (held-out utterances of the forget set's own speakers)"
+    assert outcome["target_membership_auc"] == 0.45 and outcome["target_reached"] is True
+    assert receipt["data"]["stop_reference"] == ("held-out utterances of the forget set's own speakers "
+                                                 "(data.calibration), read at request time")
+    assert receipt["method"]["params"]["check_every"] == 1
+    original, data = load_model(calibrated_dir), training_data(load_model(calibrated_dir))
+    frame = data.manifest.frame
+    own = frame[data.calibration_mask() & (frame["speaker"] == "02")].reset_index(drop=True)
+    forgotten = build_forget_set(original, speaker="02", n=6)
+    saved = load_model(result.model_dir)
+    forget_part = evaluation._eval_set(saved, "f", Manifest(forgotten.rows, data.manifest.file))
+    reference = evaluation._eval_set(saved, "r", Manifest(own, data.manifest.file))
+
+    def auc(model):
+        return membership_auc(outputs(model, forget_part)[1], outputs(model, reference)[1])
+
+    stopped_at = float(re.search(r"own speakers (\d\.\d\d) <=", stats["stop_reason"]).group(1))
+    assert auc(saved.model) == pytest.approx(stopped_at, abs=0.006) and stopped_at <= 0.45
+    assert auc(original.model) > 0.45 and stats["steps"] > 1  # it had to fall
+    # the default goal: 0.5 at any share of the speaker (the other speakers' reference moves with it: 23h)
+    chosen = held_out_reference(original, data, forgotten, "speaker")
+    assert len(chosen.waves) == len(own) == 2 and chosen.forget_share == 0
+    known = {"known": {"auc_vs_unseen": 0.56}}
+    assert stop_rule("calibrated", None, known, None, True, reference=chosen).goal == 0.5
+    monkeypatch.setattr(evaluation, "MIN_REFERENCE", 4)
+    assert held_out_reference(original, data, forgotten).forget_share > 0
+    with pytest.raises(ConfigError, match="stop_reference speaker: the model holds out only 2 utterances of the "
+                                          "forget set's speakers, too few .* \\(at least 3\\)"):
+        monkeypatch.setattr(evaluation, "MIN_SPEAKER_REFERENCE", 3)
+        forget(calibrated_dir, tmp_path / "x", speaker="02", n=2, method="neg-grad",
+               params={"epochs": 1, "stop_reference": "speaker"}, log=lambda *a: None)
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_held_out_stop_is_refused_before_any_output_where_the_model_holds_out_too_little(

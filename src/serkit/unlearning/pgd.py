@@ -15,6 +15,8 @@ standard deviation (`tau_mode="relative"`), which makes one value fit corpora of
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -25,6 +27,23 @@ import torch
 from torch import nn
 
 from serkit.data.dataset import pad_batch
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to give back this way
+        return None
+
+
+def give_back_freed_memory() -> None:
+    """Return the pages glibc's allocator holds free to the system (bench/RESULTS.md 32). PGD drops rows as
+    they reach their target, so its tensors take thousands of shapes; glibc keeps the large freed blocks in a
+    heap that fragments, and a 100-utterance attack would otherwise hold twice the memory training takes."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 @dataclass
@@ -157,7 +176,7 @@ class TargetedPGD:
                     reached = model(x, mask).argmax(-1) == y
                 for row, i in enumerate(idx):
                     length = int(mask[row].sum())
-                    adv = x[row, :length].cpu().numpy()
+                    adv = x[row, :length].cpu().numpy().copy()  # not a view that keeps the padded batch alive
                     ref = clean[row, :length].cpu().numpy()
                     noise_power = float(np.mean((adv - ref) ** 2))
                     snr[i] = 10 * math.log10(float(np.mean(ref ** 2)) / noise_power) if noise_power > 0 else float("inf")
@@ -165,6 +184,7 @@ class TargetedPGD:
                     success[i] = bool(reached[row])
                     steps_taken[i] = int(taken[row])
                 done += len(idx)
+                give_back_freed_memory()
                 if progress is not None:
                     progress(done, len(flat_source))
         finally:
@@ -306,13 +326,14 @@ class NearestAdversarial:
                     final = model(x, mask).argmax(-1)
                 for row, i in enumerate(idx):
                     length = int(mask[row].sum())
-                    adv, ref = x[row, :length].cpu().numpy(), clean[row, :length].cpu().numpy()
+                    adv, ref = x[row, :length].cpu().numpy().copy(), clean[row, :length].cpu().numpy()
                     noise_power = float(np.mean((adv - ref) ** 2))
                     snr[i] = 10 * math.log10(float(np.mean(ref ** 2)) / noise_power) if noise_power > 0 else float("inf")
                     out_waves[i], predicted[i] = adv, int(final[row])
                     success[i] = predicted[i] != labels[i]
                     steps_taken[i] = int(taken[row])
                     radius[i] = float(eps[row] / norm[row])
+                give_back_freed_memory()
                 if progress is not None:
                     progress(min(b + self.batch_size, n), n)
         finally:

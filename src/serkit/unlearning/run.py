@@ -60,7 +60,7 @@ from serkit.unlearning.receipts import (
     report_markdown,
 )
 from serkit.unlearning.redaction import find_traces, identifiers_of, private_training_provenance
-from serkit.unlearning.stopping import stop_rule
+from serkit.unlearning.stopping import HeldOutReference, stop_rule
 
 
 @dataclass
@@ -184,8 +184,8 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
         forget_set, digests, skipped = _forget_set(original, data, lineage, files, speaker, n, seed, strict,
                                                    skip_forgotten, log)
         held_out = None
-        if getattr(unlearner.params, "stop_reference", "stored") == "held-out":
-            held_out = held_out_reference(original, data, forget_set)
+        if getattr(unlearner.params, "stop_reference", "stored") != "stored":
+            held_out = held_out_reference(original, data, forget_set, unlearner.params.stop_reference)
         if getattr(unlearner.params, "target", None) is not None:  # a stop the model cannot serve: refused before PGD
             stop_rule(unlearner.params.target, getattr(unlearner.params, "target_accuracy", None), profiles,
                       _reference_accuracy(original), unlearner.params._preset_target, log=lambda *a: None,
@@ -258,8 +258,8 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             data={"manifest_sha256": data.manifest.sha256, "split_parts_sha256": split_parts_sha256(data.parts),
                   "unseen_part": eval_part, "n_unseen": len(unseen),
                   # how many is left out: with a corpus' per-speaker counts it would say how many speakers were forgotten
-                  **({} if held_out is None else {"stop_reference": "held-out utterances of the model's other training "
-                                                  "speakers (data.calibration), read at request time"})},
+                  **({} if held_out is None else {"stop_reference": f"held-out utterances of {_whose(held_out)} "
+                                                  "(data.calibration), read at request time"})},
             evaluation=_shareable_evaluation(before, after, eval_part),
             outcome={"target": stats.get("target"), "target_accuracy": stats.get("target_accuracy"),
                      **({k: stats[k] for k in ("target_measure", "target_membership_auc") if k in stats}),
@@ -442,6 +442,10 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type not in ("cpu", "cuda"):
         raise SerkitError(f"--device {device}: serkit forget runs on cpu or cuda")
     return resolved
+
+
+def _whose(reference: HeldOutReference) -> str:
+    return "the model's other training speakers" if reference.whose == "trained speakers" else reference.whose
 
 
 def _reference_accuracy(saved: SavedModel) -> float | None:

@@ -67,12 +67,14 @@ class FinetuneParams(BaseModel):
         "0.5 where it recorded no unseen speakers; with stop_reference held-out, where retraining puts the forget "
         "set against held-out utterances, from 0.5 "
         "for a few of a speaker's utterances down to an unseen speaker's: serkit.unlearning.stopping)")
-    stop_reference: Literal["stored", "held-out"] = Field(
+    stop_reference: Literal["stored", "held-out", "speaker"] = Field(
         "stored", description="calibrated: what the forget set's losses are compared with at each check. stored: "
         "the unseen speakers' loss profile the model recorded at training time (reads nothing but the forget set; "
         "stale once fine-tuning moves every loss, bench/RESULTS.md 23g). held-out: the CURRENT model's losses on "
         "the held-out utterances (data.calibration) of the model's other training speakers, read at request time "
-        "(the receipt says so)")
+        "(the receipt says so). speaker: the current model's losses on the held-out utterances of the forget set's "
+        "OWN speakers, down to 0.5 (where retraining puts the forget set against them, whatever the speaker; "
+        "bench/RESULTS.md 23q)")
     update: Literal["all", "head"] = Field(
         "all", description="which weights the fine-tuning moves: all (the papers) or head (the classification head "
         "only: fc1, fc2 and any layer weights; the backbone stays as trained, and its gradients are not computed). "
@@ -112,15 +114,20 @@ class FinetuneParams(BaseModel):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         if self.check_every is None:
-            object.__setattr__(self, "check_every", 1 if self.stop_reference == "held-out" else 5)
+            object.__setattr__(self, "check_every", 1 if self.reads_held_out else 5)
         return self
+
+    @property
+    def reads_held_out(self) -> bool:
+        """The stop reads held-out utterances at request time (stop_reference held-out or speaker)."""
+        return self.stop_reference != "stored"
 
     def learning_rate(self, saved: SavedModel) -> float:
         """lr, or the model's training rate; a third of it with stop_reference held-out, the steps it was measured
         with (bench/RESULTS.md 23h: a stop that sees the drift can wait for smaller steps to land)."""
         if self.lr is not None:
             return self.lr
-        if self.stop_reference != "held-out":
+        if not self.reads_held_out:
             return default_lr(saved)
         return float(f"{default_lr(saved) * HELD_OUT_LR_SHARE:.6g}")  # 1e-05, not 9.999999999999999e-06
 
@@ -140,7 +147,7 @@ class UnlearnContext:
     device: str = "cpu"
     data: TrainingData | None = None  # where the model's training data is (retraining reads it)
     progress: Callable | None = None  # progress(label): a context giving update(done, total); the CLI's bar
-    stop_reference: HeldOutReference | None = None  # what stop_reference held-out measures against
+    stop_reference: HeldOutReference | None = None  # what stop_reference held-out / speaker measures against
     retained_moments: Path | None = None  # the head moments an earlier request left beside its keys (pgu reads them)
 
     def steps(self, label: str):
