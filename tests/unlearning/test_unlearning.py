@@ -567,7 +567,7 @@ def test_experiment_grid_test_setting_uses_the_tau_chosen_on_validation(model_di
     from serkit.unlearning.run import _reference_accuracy
     receipt = json.loads(next((out / "runs").glob("a_trainpval-test_02_2_0_adv_*/receipt.json")).read_text())
     assert receipt["method"]["params"]["target_accuracy"] == round(_reference_accuracy(load_model(model_dir)), 4)
-    assert any("with the retrain-like target stop at" in m for m in messages)
+    assert any("whose target is retrain-like stop at" in m for m in messages)
     messages.clear()
     run_grid(load_grid(recipe), log=messages.append)
     assert messages[0] == "5 runs done, 0 to go"
@@ -798,6 +798,8 @@ def test_a_speaker_stop_measures_the_forget_set_against_its_own_speakers_held_ou
     assert receipt["data"]["stop_reference"] == ("held-out utterances of the forget set's own speakers "
                                                  "(data.calibration), read at request time")
     assert receipt["method"]["params"]["check_every"] == 1
+    # a fraction over N x their count would say how many speakers the forget set holds: two decimals only
+    assert all(round(h["forget_membership_auc"], 2) == h["forget_membership_auc"] for h in stats["history"])
     original, data = load_model(calibrated_dir), training_data(load_model(calibrated_dir))
     frame = data.manifest.frame
     own = frame[data.calibration_mask() & (frame["speaker"] == "02")].reset_index(drop=True)

@@ -556,7 +556,7 @@ class _Sibling:
         value, profiles = _reference_accuracy(saved), (saved.config.get("provenance") or {}).get("calibration")
         if value is not None:
             value = round(value, 4)
-            self.log(f"{backbone}: train+val->test runs with the retrain-like target stop at {value:.3f}, the "
+            self.log(f"{backbone}: train+val->test runs whose target is retrain-like stop at {value:.3f}, the "
                      "validation accuracy of its train->val model (unless a label sets target_accuracy)")
         if not (profiles or {}).get("unseen"):
             profiles = None

@@ -302,7 +302,10 @@ def _finetune(ctx, params, forget_targets, extra, loss_fn, lr, model, trainable,
         acc, value = rule.check(model, ctx.forget_waves, ctx.forget_labels)
         freeze_batchnorm(model)
         mean_parts = {k: float(np.mean([p[k] for p in losses])) for k in losses[0]} if losses else {}
-        figure = {} if rule.measure == "accuracy" else {"forget_membership_auc": value}
+        # against held-out utterances an AUC is a fraction over N x (their count), and their count says how many
+        # speakers the forget set holds: the receipt keeps two decimals, as the stop reason does
+        figure = {} if rule.measure == "accuracy" else \
+            {"forget_membership_auc": round(value, 2) if rule.reference is not None else value}
         history.append({"epoch": epoch + 1, "forget_accuracy": acc, **figure, **mean_parts})
         ctx.log(f"unlearning epoch {epoch + 1}: forget-set accuracy {acc:.2f}, "
                 + "".join(f"membership AUC {v:.2f}, " for v in figure.values())
