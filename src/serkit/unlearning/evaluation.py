@@ -25,7 +25,7 @@ from serkit.data.manifest import Manifest
 from serkit.errors import ConfigError, SerkitError
 from serkit.inference.predict import model_outputs
 from serkit.metrics import membership_auc, uar, war
-from serkit.unlearning.stopping import HeldOutReference, forget_figures
+from serkit.unlearning.stopping import HeldOutReference
 
 if TYPE_CHECKING:
     from serkit.models.modeldir import SavedModel
@@ -125,20 +125,15 @@ def held_out_reference(saved: SavedModel, data: TrainingData, forget_set: Forget
                           f"(data.calibration), and model {saved.path} was trained without them: use stop_reference "
                           "stored, or train with --set data.calibration=6")
     frame = data.manifest.frame
-    own, speaker = frame["speaker"].isin(forget_set.speakers), whose.startswith("speaker")
-    rows = frame[data.calibration_mask() & (own if speaker else ~own)]
-    least = MIN_SPEAKER_REFERENCE if speaker else MIN_REFERENCE
+    own = frame["speaker"].isin(forget_set.speakers)
+    rows = frame[data.calibration_mask() & (own if whose == "speaker" else ~own)]
+    least = MIN_SPEAKER_REFERENCE if whose == "speaker" else MIN_REFERENCE
     if len(rows) < least:
-        of = "the forget set's speakers" if speaker else "its other training speakers"
+        of = "the forget set's speakers" if whose == "speaker" else "its other training speakers"
         raise ConfigError(f"{option}: the model holds out only {len(rows)} utterances of {of}, too few to measure "
                           f"a membership AUC against (at least {least}); use stop_reference stored, or train with a "
                           "larger data.calibration")
     reference = _eval_set(saved, "held_out_reference", Manifest(rows.reset_index(drop=True), data.manifest.file))
-    if whose == "speaker-before":
-        # the model as trained: a model retrained without the forget set never trained on these utterances either
-        losses = forget_figures(saved.model, reference.waves, reference.labels)[1]
-        return HeldOutReference(reference.waves, reference.labels, 0.0, losses=losses,
-                                whose="the forget set's own speakers (scored before the request)")
     if whose == "speaker":
         return HeldOutReference(reference.waves, reference.labels, 0.0, whose="the forget set's own speakers")
     per_speaker = len(data.train_rows()) / max(len(data.trained_speakers), 1)

@@ -64,7 +64,6 @@ class HeldOutReference:
     labels: np.ndarray
     forget_share: float = 0.0
     whose: str = "trained speakers"  # whose held-out utterances, as the log and receipt say it
-    losses: np.ndarray | None = None  # as the model scored them before the request (speaker-before); None: each check
 
 
 def held_out_goal(forget_share: float, profiles: dict | None) -> float:
@@ -91,9 +90,7 @@ class StopRule:
         if self.measure == "accuracy":
             return accuracy, accuracy
         if self.reference is not None:
-            reference = self.reference.losses if self.reference.losses is not None else \
-                forget_figures(model, self.reference.waves, self.reference.labels)[1]
-            return accuracy, membership_auc(losses, reference)
+            return accuracy, membership_auc(losses, forget_figures(model, self.reference.waves, self.reference.labels)[1])
         return accuracy, auc_against_profile(losses, self.unseen)
 
     def reached(self, value: float) -> bool:

@@ -67,15 +67,14 @@ class FinetuneParams(BaseModel):
         "0.5 where it recorded no unseen speakers; with stop_reference held-out, where retraining puts the forget "
         "set against held-out utterances, from 0.5 "
         "for a few of a speaker's utterances down to an unseen speaker's: serkit.unlearning.stopping)")
-    stop_reference: Literal["stored", "held-out", "speaker", "speaker-before"] = Field(
+    stop_reference: Literal["stored", "held-out", "speaker"] = Field(
         "stored", description="calibrated: what the forget set's losses are compared with at each check. stored: "
         "the unseen speakers' loss profile the model recorded at training time (reads nothing but the forget set; "
         "stale once fine-tuning moves every loss, bench/RESULTS.md 23g). held-out: the CURRENT model's losses on "
         "the held-out utterances (data.calibration) of the model's other training speakers, read at request time "
         "(the receipt says so). speaker: the current model's losses on the held-out utterances of the forget set's "
         "OWN speakers, down to 0.5 (where retraining puts the forget set against them, whatever the speaker; "
-        "bench/RESULTS.md 23q). speaker-before: those utterances as the model scored them before the request "
-        "(a model retrained without the forget set never trained on them either)")
+        "bench/RESULTS.md 23q)")
     update: Literal["all", "head"] = Field(
         "all", description="which weights the fine-tuning moves: all (the papers) or head (the classification head "
         "only: fc1, fc2 and any layer weights; the backbone stays as trained, and its gradients are not computed). "
