@@ -32,13 +32,15 @@ from serkit.data.dataset import pad_batch
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to give back this way
         return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
 
 
 def give_back_freed_memory() -> None:
-    """Return the pages glibc's allocator holds free to the system (bench/RESULTS.md 32). PGD drops rows as
+    """Return the pages glibc's allocator holds free to the system (bench/RESULTS.md 32, 32b). PGD drops rows as
     they reach their target, so its tensors take thousands of shapes; glibc keeps the large freed blocks in a
     heap that fragments, and a 100-utterance attack would otherwise hold twice the memory training takes."""
     trim = _malloc_trim()
@@ -184,6 +186,7 @@ class TargetedPGD:
                     success[i] = bool(reached[row])
                     steps_taken[i] = int(taken[row])
                 done += len(idx)
+                del x, clean, mask, weight  # the batch's tensors, before their pages go back
                 give_back_freed_memory()
                 if progress is not None:
                     progress(done, len(flat_source))
@@ -333,6 +336,7 @@ class NearestAdversarial:
                     success[i] = predicted[i] != labels[i]
                     steps_taken[i] = int(taken[row])
                     radius[i] = float(eps[row] / norm[row])
+                del x, clean, mask, weight
                 give_back_freed_memory()
                 if progress is not None:
                     progress(min(b + self.batch_size, n), n)

@@ -58,7 +58,7 @@ class FinetuneParams(BaseModel):
         "utterances, down to 0.5) or calibrated-accuracy; default from the preset (serkit.unlearning.stopping)")
     stop_early: bool = Field(True, description="stop as soon as the target is reached (checked every `check_every` steps)")
     check_every: int | None = Field(None, ge=1, description="steps between the stop's checks (default 5; 1 with "
-                                    "stop_reference held-out, whose steps are smaller)")
+                                    "stop_reference held-out or speaker, whose steps are smaller)")
     target_accuracy: float | None = Field(None, ge=0, le=1, description="retrain-like: forget-set accuracy to stop at "
                                           "(default: the original model's validation accuracy)")
     target_membership_auc: float | None = Field(
@@ -66,15 +66,17 @@ class FinetuneParams(BaseModel):
         "model's held-out utterances of its training speakers scored against its unseen speakers at training time, "
         "0.5 where it recorded no unseen speakers; with stop_reference held-out, where retraining puts the forget "
         "set against held-out utterances, from 0.5 "
-        "for a few of a speaker's utterances down to an unseen speaker's: serkit.unlearning.stopping)")
+        "for a few of a speaker's utterances down to an unseen speaker's; with stop_reference speaker, 0.5: "
+        "serkit.unlearning.stopping)")
     stop_reference: Literal["stored", "held-out", "speaker"] = Field(
         "stored", description="calibrated: what the forget set's losses are compared with at each check. stored: "
         "the unseen speakers' loss profile the model recorded at training time (reads nothing but the forget set; "
         "stale once fine-tuning moves every loss, bench/RESULTS.md 23g). held-out: the CURRENT model's losses on "
         "the held-out utterances (data.calibration) of the model's other training speakers, read at request time "
         "(the receipt says so). speaker: the current model's losses on the held-out utterances of the forget set's "
-        "OWN speakers, down to 0.5 (where retraining puts the forget set against them, whatever the speaker; "
-        "bench/RESULTS.md 23q)")
+        "OWN speakers, each speaker's forget utterances against that speaker's, down to 0.5 (a model retrained "
+        "without the forget set trained on neither; on average it puts them alike, but a given few held-out "
+        "utterances carry their own offset: bench/RESULTS.md 23q)")
     update: Literal["all", "head"] = Field(
         "all", description="which weights the fine-tuning moves: all (the papers) or head (the classification head "
         "only: fc1, fc2 and any layer weights; the backbone stays as trained, and its gradients are not computed). "
@@ -123,8 +125,9 @@ class FinetuneParams(BaseModel):
         return self.stop_reference != "stored"
 
     def learning_rate(self, saved: SavedModel) -> float:
-        """lr, or the model's training rate; a third of it with stop_reference held-out, the steps it was measured
-        with (bench/RESULTS.md 23h: a stop that sees the drift can wait for smaller steps to land)."""
+        """lr, or the model's training rate; a third of it with stop_reference held-out or speaker, the steps held-out
+        was measured with (bench/RESULTS.md 23h: a stop that sees the drift can wait for smaller steps to land;
+        speaker was measured with pgu's own lr, 23q)."""
         if self.lr is not None:
             return self.lr
         if not self.reads_held_out:
@@ -302,8 +305,8 @@ def _finetune(ctx, params, forget_targets, extra, loss_fn, lr, model, trainable,
         acc, value = rule.check(model, ctx.forget_waves, ctx.forget_labels)
         freeze_batchnorm(model)
         mean_parts = {k: float(np.mean([p[k] for p in losses])) for k in losses[0]} if losses else {}
-        # against held-out utterances an AUC is a fraction over N x (their count), and their count says how many
-        # speakers the forget set holds: the receipt keeps two decimals, as the stop reason does
+        # against held-out utterances of other speakers an AUC is a fraction over N x their count, which says how
+        # many speakers the forget set holds: the receipt keeps two decimals, as the stop reason does
         figure = {} if rule.measure == "accuracy" else \
             {"forget_membership_auc": round(value, 2) if rule.reference is not None else value}
         history.append({"epoch": epoch + 1, "forget_accuracy": acc, **figure, **mean_parts})
