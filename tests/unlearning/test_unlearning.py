@@ -1160,6 +1160,7 @@ def test_nearest_adversarial_finds_misclassified_neighbours_labelled_as_the_mode
     assert np.array_equal(predicted, found.targets)  # labelled with the model's own prediction on it
     assert np.array_equal(found.success, predicted != labels) and found.success.mean() >= 0.5
     for wave, adv, ok, right in zip(waves, found.waves, found.success, clean == labels):
+        assert adv.base is None  # its own array: a view would keep its whole padded batch in memory
         if not right:  # already misclassified: nothing to attack, kept as it is
             assert np.array_equal(wave, adv)
         elif ok:
