@@ -24,29 +24,27 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from serkit.data.dataset import load_waves
+    from serkit.data.manifest import Manifest
     from serkit.metrics import membership_auc
     from serkit.models import load_model
-    from serkit.unlearning.evaluation import _label_indices, held_out_reference
+    from serkit.unlearning.evaluation import _eval_set, outputs
     from serkit.unlearning.forget_set import build_forget_set, training_data
-    from serkit.unlearning.stopping import forget_figures
 
     original = load_model(args.model_dir)
     data = training_data(original)
+    frame, held = data.manifest.frame, data.calibration_mask()
     print("speaker | model | forget vs own held-out AUC | own held-out vs other speakers' held-out AUC | "
           "mean loss forget / own held-out")
     for speaker in args.speakers.split(","):
         forget_set = build_forget_set(original, speaker=speaker, n=args.n, seed=args.seed)
-        forget = (load_waves(forget_set.audio_paths(), original.preprocessing), _label_indices(original, forget_set.rows))
-        own = held_out_reference(original, data, forget_set, "speaker")  # what stop_reference speaker reads
-        others = held_out_reference(original, data, forget_set, "held-out")
+        parts = {name: _eval_set(original, name, Manifest(rows.reset_index(drop=True), data.manifest.file))
+                 for name, rows in (("forget", forget_set.rows), ("own", frame[held & (frame["speaker"] == speaker)]),
+                                    ("others", frame[held & (frame["speaker"] != speaker)]))}
         runs = sorted(args.runs.glob(f"*_{speaker}_{args.n}_{args.seed}_*/model"))
         for name, model_dir in [("original", args.model_dir)] + [(p.parent.name.split("_")[5], p) for p in runs]:
             model = original.model if name == "original" else load_model(model_dir).model
-            loss = {part: forget_figures(model, waves, labels)[1]
-                    for part, (waves, labels) in (("forget", forget), ("own", (own.waves, own.labels)),
-                                                  ("others", (others.waves, others.labels)))}
-            print(f"{speaker} | {name} | {own.auc(loss['forget'], loss['own']):.3f} | "
+            loss = {part: outputs(model, evalset)[1] for part, evalset in parts.items()}
+            print(f"{speaker} | {name} | {membership_auc(loss['forget'], loss['own']):.3f} | "
                   f"{membership_auc(loss['own'], loss['others']):.3f} | "
                   f"{loss['forget'].mean():.3f} / {loss['own'].mean():.3f}", flush=True)
 

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -109,39 +109,22 @@ def evaluation_sets(saved: SavedModel, data: TrainingData, forget_set: ForgetSet
 
 
 MIN_REFERENCE = 20  # below this a membership AUC against the reference moves by 0.05 per utterance
-MIN_SPEAKER_REFERENCE = 5  # held out of each speaker (stop_reference speaker): a coarse AUC, the only ones of that speaker
 
 
-def held_out_reference(saved: SavedModel, data: TrainingData, forget_set: ForgetSet,
-                       option: Literal["held-out", "speaker"] = "held-out") -> HeldOutReference:
-    """What a calibrated stop with stop_reference held-out or speaker measures against: the utterances of the
-    model's training speakers that data.calibration held out of training. held-out: the OTHER speakers' (the
-    forget set's speaker is the one being forgotten), with the share of a speaker's training utterances the
-    request forgets. speaker: the forget set's own speakers' (a model retrained without the forget set trained
-    on neither; on average over which utterances are held out it puts the two alike, but a given few carry their
-    own offset: bench/RESULTS.md 23q)."""
-    if option not in ("held-out", "speaker"):
-        raise ConfigError(f"stop_reference {option}: choose stored, held-out or speaker")
+def held_out_reference(saved: SavedModel, data: TrainingData, forget_set: ForgetSet) -> HeldOutReference:
+    """What a calibrated stop with stop_reference held-out measures against: the utterances of the model's
+    training speakers that data.calibration held out of training, less the forget set's speakers' own (their
+    speaker is the one being forgotten), and the share of a speaker's training utterances the request forgets."""
     if not data.calibration:
-        raise ConfigError(f"stop_reference {option} needs utterances of the training speakers held out of training "
+        raise ConfigError(f"stop_reference held-out needs utterances of the training speakers held out of training "
                           f"(data.calibration), and model {saved.path} was trained without them: use stop_reference "
                           "stored, or train with --set data.calibration=6")
     frame = data.manifest.frame
-    own = frame["speaker"].isin(forget_set.speakers)
-    if option == "speaker" and data.calibration < MIN_SPEAKER_REFERENCE:
-        raise ConfigError(f"stop_reference speaker: the model holds out only {data.calibration} utterances of each "
-                          f"training speaker (data.calibration), too few to measure a membership AUC against (at "
-                          f"least {MIN_SPEAKER_REFERENCE}); use stop_reference stored, or train with a larger "
-                          "data.calibration")
-    rows = frame[data.calibration_mask() & (own if option == "speaker" else ~own)].reset_index(drop=True)
-    if option == "held-out" and len(rows) < MIN_REFERENCE:
+    rows = frame[data.calibration_mask() & ~frame["speaker"].isin(forget_set.speakers)]
+    if len(rows) < MIN_REFERENCE:
         raise ConfigError(f"stop_reference held-out: the model holds out only {len(rows)} utterances of its other "
                           f"training speakers, too few to measure a membership AUC against (at least {MIN_REFERENCE}); "
                           "use stop_reference stored, or train with a larger data.calibration")
-    reference = _eval_set(saved, "held_out_reference", Manifest(rows, data.manifest.file))
-    if option == "speaker":
-        return HeldOutReference(reference.waves, reference.labels, option="speaker",
-                                speakers=rows["speaker"].astype(str).to_numpy(),
-                                forget_speakers=forget_set.rows["speaker"].astype(str).to_numpy())
+    reference = _eval_set(saved, "held_out_reference", Manifest(rows.reset_index(drop=True), data.manifest.file))
     per_speaker = len(data.train_rows()) / max(len(data.trained_speakers), 1)
     return HeldOutReference(reference.waves, reference.labels, min(1.0, len(forget_set) / per_speaker))

@@ -1,13 +1,12 @@
 """`serkit forget`: one deletion request, end to end, with a receipt.
 
 Reads the model and the forget set only (plus the evaluation data named below, which never
-reaches the unlearning itself, and with stop_reference held-out / speaker the held-out calibration
-utterances of the model's other training speakers / of the forget set's own speakers, which its stop
-measures against). Writes OUT/ whole or not at all, and never while another run writes it:
-`model/` (a NEW model directory that says N utterances were forgotten, never which; the input is never
-touched), `receipt.json` (signed with `sign_key`), `report.md`, and `forget-keys.json`, the owner's secret
-(mode 0600; elsewhere with `keys_out`), and after a pgu request, beside it and as private,
-`forget-keys.moments.safetensors`: the retained head moments the next request reads.
+reaches the unlearning itself, and with stop_reference held-out the held-out calibration utterances
+of the model's other training speakers, which its stop measures against). Writes OUT/ whole or not at all, and never while another run
+writes it: `model/` (a NEW model directory that says N utterances were forgotten, never which;
+the input is never touched), `receipt.json` (signed with `sign_key`), `report.md`, and
+`forget-keys.json`, the owner's secret (mode 0600; elsewhere with `keys_out`), and after a pgu request,
+beside it and as private, `forget-keys.moments.safetensors`: the retained head moments the next request reads.
 
 A model that was forgotten before is the input of the next request: its request keys (the
 previous request's forget-keys.json) let this request refuse utterances already forgotten and
@@ -185,8 +184,8 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
         forget_set, digests, skipped = _forget_set(original, data, lineage, files, speaker, n, seed, strict,
                                                    skip_forgotten, log)
         held_out = None
-        if getattr(unlearner.params, "reads_held_out", False):
-            held_out = held_out_reference(original, data, forget_set, unlearner.params.stop_reference)
+        if getattr(unlearner.params, "stop_reference", "stored") == "held-out":
+            held_out = held_out_reference(original, data, forget_set)
         if getattr(unlearner.params, "target", None) is not None:  # a stop the model cannot serve: refused before PGD
             stop_rule(unlearner.params.target, getattr(unlearner.params, "target_accuracy", None), profiles,
                       _reference_accuracy(original), unlearner.params._preset_target, log=lambda *a: None,
@@ -259,8 +258,8 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             data={"manifest_sha256": data.manifest.sha256, "split_parts_sha256": split_parts_sha256(data.parts),
                   "unseen_part": eval_part, "n_unseen": len(unseen),
                   # how many is left out: with a corpus' per-speaker counts it would say how many speakers were forgotten
-                  **({} if held_out is None else {"stop_reference": f"held-out utterances of {held_out.whose} "
-                                                  "(data.calibration), read at request time"})},
+                  **({} if held_out is None else {"stop_reference": "held-out utterances of the model's other training "
+                                                  "speakers (data.calibration), read at request time"})},
             evaluation=_shareable_evaluation(before, after, eval_part),
             outcome={"target": stats.get("target"), "target_accuracy": stats.get("target_accuracy"),
                      **({k: stats[k] for k in ("target_measure", "target_membership_auc") if k in stats}),

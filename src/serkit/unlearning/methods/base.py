@@ -58,7 +58,7 @@ class FinetuneParams(BaseModel):
         "utterances, down to 0.5) or calibrated-accuracy; default from the preset (serkit.unlearning.stopping)")
     stop_early: bool = Field(True, description="stop as soon as the target is reached (checked every `check_every` steps)")
     check_every: int | None = Field(None, ge=1, description="steps between the stop's checks (default 5; 1 with "
-                                    "stop_reference held-out or speaker, whose steps are smaller)")
+                                    "stop_reference held-out, whose steps are smaller)")
     target_accuracy: float | None = Field(None, ge=0, le=1, description="retrain-like: forget-set accuracy to stop at "
                                           "(default: the original model's validation accuracy)")
     target_membership_auc: float | None = Field(
@@ -66,17 +66,13 @@ class FinetuneParams(BaseModel):
         "model's held-out utterances of its training speakers scored against its unseen speakers at training time, "
         "0.5 where it recorded no unseen speakers; with stop_reference held-out, where retraining puts the forget "
         "set against held-out utterances, from 0.5 "
-        "for a few of a speaker's utterances down to an unseen speaker's; with stop_reference speaker, 0.5: "
-        "serkit.unlearning.stopping)")
-    stop_reference: Literal["stored", "held-out", "speaker"] = Field(
+        "for a few of a speaker's utterances down to an unseen speaker's: serkit.unlearning.stopping)")
+    stop_reference: Literal["stored", "held-out"] = Field(
         "stored", description="calibrated: what the forget set's losses are compared with at each check. stored: "
         "the unseen speakers' loss profile the model recorded at training time (reads nothing but the forget set; "
         "stale once fine-tuning moves every loss, bench/RESULTS.md 23g). held-out: the CURRENT model's losses on "
         "the held-out utterances (data.calibration) of the model's other training speakers, read at request time "
-        "(the receipt says so). speaker: the current model's losses on the held-out utterances of the forget set's "
-        "OWN speakers, each speaker's forget utterances against that speaker's, down to 0.5 (a model retrained "
-        "without the forget set trained on neither; on average it puts them alike, but a given few held-out "
-        "utterances carry their own offset: bench/RESULTS.md 23q)")
+        "(the receipt says so)")
     update: Literal["all", "head"] = Field(
         "all", description="which weights the fine-tuning moves: all (the papers) or head (the classification head "
         "only: fc1, fc2 and any layer weights; the backbone stays as trained, and its gradients are not computed). "
@@ -116,21 +112,15 @@ class FinetuneParams(BaseModel):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         if self.check_every is None:
-            object.__setattr__(self, "check_every", 1 if self.reads_held_out else 5)
+            object.__setattr__(self, "check_every", 1 if self.stop_reference == "held-out" else 5)
         return self
 
-    @property
-    def reads_held_out(self) -> bool:
-        """The stop reads held-out utterances at request time (stop_reference held-out or speaker)."""
-        return self.stop_reference != "stored"
-
     def learning_rate(self, saved: SavedModel) -> float:
-        """lr, or the model's training rate; a third of it with stop_reference held-out or speaker, the steps held-out
-        was measured with (bench/RESULTS.md 23h: a stop that sees the drift can wait for smaller steps to land;
-        speaker was measured with pgu's own lr, 23q)."""
+        """lr, or the model's training rate; a third of it with stop_reference held-out, the steps it was measured
+        with (bench/RESULTS.md 23h: a stop that sees the drift can wait for smaller steps to land)."""
         if self.lr is not None:
             return self.lr
-        if not self.reads_held_out:
+        if self.stop_reference != "held-out":
             return default_lr(saved)
         return float(f"{default_lr(saved) * HELD_OUT_LR_SHARE:.6g}")  # 1e-05, not 9.999999999999999e-06
 
@@ -150,7 +140,7 @@ class UnlearnContext:
     device: str = "cpu"
     data: TrainingData | None = None  # where the model's training data is (retraining reads it)
     progress: Callable | None = None  # progress(label): a context giving update(done, total); the CLI's bar
-    stop_reference: HeldOutReference | None = None  # what stop_reference held-out / speaker measures against
+    stop_reference: HeldOutReference | None = None  # what stop_reference held-out measures against
     retained_moments: Path | None = None  # the head moments an earlier request left beside its keys (pgu reads them)
 
     def steps(self, label: str):
