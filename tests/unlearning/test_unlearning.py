@@ -1039,6 +1039,8 @@ def test_a_request_naming_no_method_runs_pgu_where_the_model_stores_its_head_mom
                for line in logs)
     with pytest.raises(ConfigError, match="method 'pgu': tau: .*pgu is the default method for this model.*--method"):
         forget(model_dir, tmp_path / "x", speaker="02", n=2, params={"tau": 0.02}, log=lambda *a: None)
+    with pytest.raises(ConfigError, match=r"method 'pgu': stop_reference: Input should be 'stored' or 'held-out'$"):
+        forget(model_dir, tmp_path / "x", speaker="02", n=2, params={"stop_reference": "speaker"}, log=lambda *a: None)
     assert not (tmp_path / "x").exists()
 
 

@@ -48,7 +48,7 @@ from serkit.unlearning.importance import (
     save_retained_moments,
 )
 from serkit.unlearning.keys import KEYS_FILE, RequestKey, RequestKeys, load_request_keys, load_signing_key, sign
-from serkit.unlearning.methods import UnlearnContext, get_method
+from serkit.unlearning.methods import METHODS, UnlearnContext, get_method
 from serkit.unlearning.receipts import (
     RECEIPT_FILE,
     RECEIPT_FORMAT,
@@ -174,8 +174,10 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
     try:
         unlearner = get_method(method, params)
     except ConfigError as err:
+        # the hint only where the default method does not know a parameter; a bad value for one it knows is just that
+        foreign = chosen and bool(set(params or {}) - set(METHODS[method].Params.model_fields))
         raise ConfigError(f"{err} ({method} is the default method for this model: name the one these parameters "
-                          "are for with --method)" if chosen else str(err)) from None
+                          "are for with --method)" if foreign else str(err)) from None
     with OutputDir(out, overwrite, recognise=is_forget_output) as output:
         original = load_model(model_dir)
         profiles = getattr(unlearner.params, "profiles", None) or (original.config.get("provenance") or {}).get("calibration")
