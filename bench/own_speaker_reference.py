@@ -1,8 +1,8 @@
 """Where the models of an unlearning grid put a forget set against its own speaker's held-out utterances (issue [3 of 5]).
 
-`stop_reference: speaker` stops at 0.5: the forget set's membership AUC against the held-out calibration
-utterances of its own speaker. That is where a model retrained without the forget set should put it on average
-(it trained on neither); this prints where each retrained and unlearned model of a grid actually puts it, with
+`stop_reference: speaker` (bench/RESULTS.md 23q, tried and dropped) stopped at 0.5: the forget set's membership
+AUC against the held-out calibration utterances of its own speaker. That is where a model retrained without the
+forget set should put it on average (it trained on neither); this prints where each retrained and unlearned model of a grid actually puts it, with
 the mean losses of both sets, and the speaker's held-out utterances against the other speakers' held-out ones.
 
     .venv/bin/python bench/own_speaker_reference.py runs/emodb-cnn6-cal/model \\
