@@ -4,6 +4,9 @@
 AUC against the held-out calibration utterances of its own speaker. That is where a model retrained without the
 forget set should put it on average (it trained on neither); this prints where each retrained and unlearned model of a grid actually puts it, with
 the mean losses of both sets, and the speaker's held-out utterances against the other speakers' held-out ones.
+First it prints, for each speaker, the AUC of the speaker's held-out utterances against the unseen speakers' as
+the model scores them (the model-wide figure is the calibrated stop's target): a per-speaker target a stop could
+aim at instead, to hold against where the grid's retrained models put that speaker's forget set.
 
     .venv/bin/python bench/own_speaker_reference.py runs/emodb-cnn6-cal/model \\
         runs/experiments/unlearning-audit-emodb-cnn6-more/runs --speakers 13,16 --n 10
@@ -33,6 +36,14 @@ def main() -> None:
     original = load_model(args.model_dir)
     data = training_data(original)
     frame, held = data.manifest.frame, data.calibration_mask()
+    unseen = _eval_set(original, "val", data.manifest.subset(data.held_out["val"]))
+    calibration = frame[held].reset_index(drop=True)
+    unseen_loss = outputs(original.model, unseen)[1]
+    calibration_loss = outputs(original.model, _eval_set(original, "calibration", Manifest(calibration, data.manifest.file)))[1]
+    print(f"held-out utterances of training speakers against unseen speakers, as the model scores them: all "
+          f"{len(calibration)}: AUC {membership_auc(calibration_loss, unseen_loss):.3f}")
+    for speaker, rows in calibration.groupby("speaker"):
+        print(f"  speaker {speaker} ({len(rows)}): AUC {membership_auc(calibration_loss[rows.index], unseen_loss):.3f}")
     print("speaker | model | forget vs own held-out AUC | own held-out vs other speakers' held-out AUC | "
           "mean loss forget / own held-out")
     for speaker in args.speakers.split(","):

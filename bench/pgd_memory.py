@@ -42,10 +42,12 @@ def pgd_child(args) -> None:
 
     saved = load_model(args.model_dir)
     trim_mode = args.trim[0]
-    if trim_mode != "batch":  # serkit's own: malloc_trim after each batch
-        trim, pgd.give_back_freed_memory = pgd.give_back_freed_memory, lambda: None
-        if trim_mode == "step":
-            saved.model.register_forward_pre_hook(lambda *_: trim())
+    # serkit's own ("rows"): malloc_trim after each batch and whenever a batch's active rows shrink
+    pgd.TRIM_WHEN_ROWS_DROP = trim_mode == "rows"
+    if trim_mode == "none":
+        pgd.give_back_freed_memory = lambda: None
+    elif trim_mode == "step":
+        saved.model.register_forward_pre_hook(lambda *_: pgd.give_back_freed_memory())
     loaded = rss_mb()
     waves, labels = forget_waves(saved, [s for s in args.speakers.split(",") if s], args.n)
     decoded = rss_mb()
@@ -83,9 +85,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--pgd-env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment of the PGD child, e.g. MALLOC_MMAP_THRESHOLD_=65536 (glibc's allocator)")
-    parser.add_argument("--trim", action="append", choices=["none", "batch", "step"],
-                        help="when PGD gives freed heap pages back (malloc_trim): never, after each batch (serkit's "
-                             "default) or before every forward; repeat to run several side by side (default: batch)")
+    parser.add_argument("--trim", action="append", choices=["none", "batch", "rows", "step"],
+                        help="when PGD gives freed heap pages back (malloc_trim): never, after each batch, after each "
+                             "batch and whenever its active rows shrink (serkit's default) or after each batch and "
+                             "before every forward; repeat to run several side by side (default: rows)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -99,7 +102,7 @@ def main() -> None:
         train_peak, train_log, train_s = run_child(train_cmd)
     print(f"training ({args.epochs} epoch of {args.recipe}): peak RSS {train_peak:.0f} MiB, {train_s:.0f} s", flush=True)
     env = f" ({', '.join(args.pgd_env)})" if args.pgd_env else ""
-    for trim in args.trim or ["batch"]:
+    for trim in args.trim or ["rows"]:
         pgd_peak, pgd_out, pgd_s = run_child([sys.executable, __file__, str(args.model_dir), str(args.recipe), "--child",
                                               "--speakers", args.speakers, "--n", str(args.n), "--m", str(args.m),
                                               "--steps", str(args.steps), "--trim", trim],

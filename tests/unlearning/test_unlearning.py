@@ -100,6 +100,30 @@ def test_pgd_reaches_targets_inside_the_ball():
     assert all(p.requires_grad for p in model.parameters())  # restored after the attack
 
 
+def test_pgd_gives_freed_memory_back_after_each_batch_and_when_its_rows_shrink_without_changing_a_sample(monkeypatch):
+    from serkit.unlearning import pgd as pgd_module
+
+    model = BandEnergy().eval()
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (6000, 4000, 5000)]
+    targets = draw_targets(np.zeros(3, dtype=int), 4, 3, seed=0)
+    attack = TargetedPGD(tau=0.1, steps=40, batch_size=4)
+    trims = []
+    monkeypatch.setattr(pgd_module, "give_back_freed_memory", lambda: trims.append(1))
+    trimmed = attack.generate(model, waves, targets)
+    shrinks = len(trims) - 3  # one after each of the three batches
+    monkeypatch.setattr(pgd_module, "TRIM_WHEN_ROWS_DROP", False)
+    trims.clear()
+    plain = attack.generate(model, waves, targets)
+    assert len(trims) == 3
+    # a shrink is a step after which fewer rows attack; the rows reaching their target at the batch's last
+    # check end it without one
+    assert 1 <= shrinks <= int(trimmed.success.sum())
+    for a, b in zip(trimmed.waves, plain.waves):
+        np.testing.assert_array_equal(a, b)
+    assert (trimmed.steps_taken == plain.steps_taken).all()
+
+
 def test_pgd_samples_made_on_demand_are_the_ones_made_up_front_and_only_those_asked_for():
     from serkit.unlearning.pgd import OnDemandAdversarial
 
