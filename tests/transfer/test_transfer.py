@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -417,7 +418,10 @@ def test_transfer_command_trains_nsl_and_base_and_compares(cnn_dir, tiny_manifes
 
 
 def test_onnx_export_matches_pytorch_and_int8_is_reported(cnn_dir, tmp_path, capsys):
+    import onnx
     import onnxruntime as ort
+
+    from serkit.transfer.export import frontend_nodes
 
     out = tmp_path / "onnx"
     assert run(["export", str(cnn_dir), "--onnx", "--int8", "-o", str(out)]) == 0
@@ -427,16 +431,21 @@ def test_onnx_export_matches_pytorch_and_int8_is_reported(cnn_dir, tmp_path, cap
     assert report["fp32"]["max_abs_logit_diff"] <= 1e-3 and report["fp32"]["prediction_agreement"] == 1.0
     assert report["int8"]["bytes"] < 0.5 * report["fp32"]["bytes"]
     assert 0 <= report["int8"]["prediction_agreement"] <= 1
+    # static by default: activations quantised too, their ranges read from the training speakers' audio
+    assert report["int8"]["mode"] == "static" and "the model's training speakers" in report["int8"]["calibrated_on"]
     # the log-Mel front end stays float in the int8 model (its power spectrum does not fit int8)
-    import onnx
-
-    from serkit.transfer.export import frontend_nodes
-
     front = set(frontend_nodes(out / "model.onnx"))
     assert report["int8"]["float_frontend_nodes"] == len(front) > 0
-    int8_ops = {n.name: n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
+    graph = onnx.load(str(out / "model.int8.onnx")).graph
+    int8_ops = {n.name: n.op_type for n in graph.node}
     assert any(int8_ops.get(name) == "MatMul" for name in front)
-    assert "ConvInteger" in int8_ops.values() or "MatMulInteger" in int8_ops.values()
+    dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs and all(n.input[0] in dequantised and n.input[1] in dequantised for n in convs)
+    # nothing in the export names the machine or the folders it came from (a device's files are shared)
+    shared = "".join((out / name).read_text() for name in ("export.json", "serkit_model.json"))
+    for machine_path in (str(cnn_dir), str(cnn_dir.parent), str(tmp_path), "/work/", "/tmp/"):
+        assert machine_path not in shared
     # the exported graph takes any batch and length, with padding masked as in PyTorch
     saved = load_model(cnn_dir)
     rng = np.random.default_rng(0)
@@ -452,6 +461,35 @@ def test_onnx_export_matches_pytorch_and_int8_is_reported(cnn_dir, tmp_path, cap
     assert labels == saved.labels
     assert run(["export", str(cnn_dir), "-o", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_int8_export_is_dynamic_on_request_and_static_needs_audio_the_model_may_use(cnn_dir, tmp_path, capsys):
+    import onnx
+
+    out = tmp_path / "dyn"
+    assert run(["export", str(cnn_dir), "--int8", "--int8-mode", "dynamic", "-o", str(out)]) == 0
+    report = json.loads((out / "export.json").read_text())["int8"]
+    assert report["mode"] == "dynamic" and "calibrated_on" not in report
+    ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
+    assert "ConvInteger" in ops or "MatMulInteger" in ops
+    # a model that names no training manifest here (a forgotten model's provenance is private) needs one given
+    private = tmp_path / "private"
+    shutil.copytree(cnn_dir, private)
+    config = json.loads((private / "config.json").read_text())
+    config["provenance"]["manifest"] = str(tmp_path / "gone" / "manifest.csv")
+    (private / "config.json").write_text(json.dumps(config))
+    assert run(["export", str(private), "--int8", "-o", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "static int8 needs calibration audio" in err and "--calibration MANIFEST" in err and "--int8-mode dynamic" in err
+    assert not (tmp_path / "p").exists()
+    manifest = load_model(cnn_dir).config["provenance"]["manifest"]
+    assert run(["export", str(private), "--int8", "--calibration", manifest, "-o", str(tmp_path / "p")]) == 0
+    assert json.loads((tmp_path / "p" / "export.json").read_text())["int8"]["calibrated_on"].endswith("(--calibration)")
+    assert run(["export", str(cnn_dir), "--calibration", manifest, "-o", str(tmp_path / "q")]) == 2
+    assert "add --int8" in capsys.readouterr().err
+    assert run(["export", str(cnn_dir), "--int8", "--int8-mode", "float16", "-o", str(tmp_path / "q")]) == 2
+    assert "choose static or dynamic" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
 
 
 def test_export_without_onnx_names_the_install_command(cnn_dir, tmp_path, monkeypatch):

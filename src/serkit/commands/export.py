@@ -14,7 +14,11 @@ def export_cmd(
     model_dir: Path = typer.Argument(..., help="a serkit model directory"),
     out: Path = typer.Option(..., "-o", "--out", help="new folder: model.onnx (+ model.int8.onnx), serkit_model.json, export.json"),
     onnx: bool = typer.Option(True, "--onnx", help="export to ONNX (the on-device format serkit writes)"),
-    int8: bool = typer.Option(False, "--int8", help="also write a dynamically quantised int8 model"),
+    int8: bool = typer.Option(False, "--int8", help="also write an int8 model (its agreement with PyTorch is reported)"),
+    int8_mode: str = typer.Option("static", "--int8-mode", help="static: weights and activations in int8, ranges read "
+                                  "from calibration audio (bench/RESULTS.md 34); dynamic: weights only, no audio needed"),
+    calibration: Path = typer.Option(None, "--calibration", help="static int8: a manifest whose utterances give the "
+                                     "activation ranges (default: the model's own training speakers)"),
     hf: bool = typer.Option(False, "--hf", help="instead, a transformers directory: pipeline('audio-classification', "
                             "model=OUT) runs it after `import serkit`"),
 ):
@@ -26,21 +30,22 @@ def export_cmd(
     if hf:
         from serkit.hf.export import export_hf
 
-        if int8:
-            raise SerkitError("--int8 is an ONNX option; --hf writes the float model")
+        if int8 or calibration:
+            raise SerkitError("--int8 and --calibration are ONNX options; --hf writes the float model")
         with console.status("exporting and checking through transformers' pipeline"):
             export_hf(saved, out, log=console.print)
         console.print(f"wrote {out}/: import serkit; transformers.pipeline('audio-classification', model='{out}')")
         return
     with console.status("exporting and checking"):
-        report = export_onnx(saved, out, int8=int8)
+        report = export_onnx(saved, out, int8=int8, int8_mode=int8_mode, calibration=calibration)
     fp = report["fp32"]
     console.print(f"model.onnx: {fp['bytes'] / 2**20:.1f} MB, max logit difference to PyTorch {fp['max_abs_logit_diff']:.2g} "
                   f"(tolerance {fp['tolerance']:g}), {fp['latency_ms_3s']:.1f} ms per 3 s utterance "
                   f"(PyTorch {report['torch']['latency_ms_3s']:.1f} ms); checked on {report['checked_on']}")
     if "int8" in report:
         q = report["int8"]
-        console.print(f"model.int8.onnx: {q['bytes'] / 2**20:.1f} MB, {q['prediction_agreement']:.0%} of predictions as PyTorch, "
+        console.print(f"model.int8.onnx ({q['mode']}): {q['bytes'] / 2**20:.1f} MB, {q['prediction_agreement']:.0%} of "
+                      "predictions as PyTorch, "
                       f"max probability difference {q['max_abs_prob_diff']:.3f}, {q['latency_ms_3s']:.1f} ms per 3 s utterance")
     console.print(f"wrote {out}/")
 

@@ -8,14 +8,17 @@ not part of the graph; `serkit_model.json` beside it says what it is, with the l
 Checks, on real utterances when the model's manifest is at hand (else on noise, said so):
 - float32: the largest absolute logit difference to PyTorch must stay within `FP32_TOLERANCE`,
   and every prediction must agree; otherwise nothing is written.
-- int8 (dynamic quantisation of weights with onnxruntime): agreement with PyTorch's predictions and
-  the largest probability difference are measured and reported, not required: quantisation changes
-  numbers, and how much it matters is for the user to judge.
+- int8 (onnxruntime's quantisation): agreement with PyTorch's predictions and the largest probability
+  difference are measured and reported, not required: quantisation changes numbers, and how much it
+  matters is for the user to judge. `static` (the default) also quantises the activations, with ranges
+  read from calibration audio (the model's own training speakers, or a manifest the owner gives), so
+  convolutions run in int8 throughout; `dynamic` quantises the weights only and needs no audio.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import statistics
 import time
@@ -56,12 +59,79 @@ def check_waves(saved: SavedModel, n: int = 24, seed: int = 0, raw: bool = False
             rows = read_manifest(manifest).subset(held_out)
             rows.frame = rows.frame.sample(n=min(n, len(rows)), random_state=seed)
             preprocessing = Preprocessing(sample_rate=saved.preprocessing.sample_rate) if raw else saved.preprocessing
-            return load_waves(rows.audio_paths(), preprocessing), f"{len(rows)} held-out utterances of {manifest}"
+            return load_waves(rows.audio_paths(), preprocessing), f"{len(rows)} held-out utterances of the model's manifest"
         except SerkitError:
             pass
     rng = np.random.default_rng(seed)
     waves = [(0.1 * rng.standard_normal(int(16000 * rng.uniform(1, 4)))).astype(np.float32) for _ in range(n)]
     return waves, f"{n} noise signals (the model's manifest was not found)"
+
+
+INT8_MODES = ("static", "dynamic")
+CALIBRATION_UTTERANCES = 64
+
+
+def calibration_waves(saved: SavedModel, manifest: Path | str | None = None, n: int = CALIBRATION_UTTERANCES,
+                      seed: int = 0) -> tuple[list[np.ndarray], str]:
+    """Up to n utterances, preprocessed as the model was trained, from which static int8 reads its activation
+    ranges: from `manifest` (every row) when given, else from the training speakers of the model's own manifest.
+    A forgotten model records neither (its provenance is private), so it needs `manifest`."""
+    from serkit.data.manifest import read_manifest
+
+    if manifest is not None:
+        rows, where = read_manifest(manifest), f"{Path(manifest).name} (--calibration)"
+    else:
+        provenance = saved.config.get("provenance") or {}
+        own, train = provenance.get("manifest"), (provenance.get("speakers") or {}).get("train")
+        if not (own and Path(own).is_file() and train):
+            raise SerkitError(f"static int8 needs calibration audio and {saved.path} names no training manifest that "
+                              "exists here (a forgotten model keeps its data private): give --calibration MANIFEST "
+                              "(utterances the model may still use), or --int8-mode dynamic (weights only, no audio)")
+        rows, where = read_manifest(own).subset(train), "the model's training speakers"
+    if len(rows) == 0:
+        raise SerkitError(f"calibration manifest {manifest}: no utterances; give one with audio rows")
+    rows.frame = rows.frame.sample(n=min(n, len(rows)), random_state=seed)
+    return load_waves(rows.audio_paths(), saved.preprocessing), f"{len(rows)} utterances of {where}"
+
+
+class _Feeds:
+    """onnxruntime's CalibrationDataReader protocol over utterances, one at a time (as the model runs on a device)."""
+
+    def __init__(self, waves: list[np.ndarray]):
+        self._waves = iter(waves)
+
+    def get_next(self) -> dict | None:
+        wave = next(self._waves, None)
+        if wave is None:
+            return None
+        x, mask = pad_batch([wave])
+        return {"waveform": x.numpy(), "mask": mask.numpy()}
+
+
+def _quantise(fp32: Path, q: Path, mode: str, calibration: list[np.ndarray] | None, work: Path) -> dict:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # the log-Mel front end stays float: its mel matrix multiplies a power spectrum whose
+    # dynamic range int8 cannot hold (quantised, EmoDB CNN-6 agreed on 29 % of predictions)
+    front = frontend_nodes(fp32)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime's quantiser advises through the root logger on every call
+    try:
+        if mode == "dynamic":
+            quantize_dynamic(str(fp32), str(q), weight_type=QuantType.QInt8, nodes_to_exclude=front)
+            return {"quantisation": "dynamic, int8 weights; front end kept float", "float_frontend_nodes": len(front)}
+        prepared = work / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        # uint8 activations with int8 per-channel weights: the pair x86's int8 kernels (VNNI) take directly
+        quantize_static(str(prepared), str(q), _Feeds(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=front)
+        prepared.unlink()
+    finally:
+        root.setLevel(level)
+    return {"quantisation": "static, int8 weights (per channel) and activations (min-max ranges); front end kept float",
+            "float_frontend_nodes": len(front)}
 
 
 def _ort_session(path: Path, threads: int | None = None):
@@ -109,9 +179,15 @@ def frontend_nodes(path: Path) -> list[str]:
             if any(p.key == "namespace" and pattern.search(p.value) for p in n.metadata_props)]
 
 
-def export_onnx(saved: SavedModel, out: Path | str, int8: bool = False, opset: int = 18, log=print) -> dict:
-    """Write OUT/ with model.onnx (+ model.int8.onnx), serkit_model.json and export.json."""
+def export_onnx(saved: SavedModel, out: Path | str, int8: bool = False, opset: int = 18, log=print,
+                int8_mode: str = "static", calibration: Path | str | None = None) -> dict:
+    """Write OUT/ with model.onnx (+ model.int8.onnx), serkit_model.json and export.json. `int8_mode`: static
+    (activation ranges from `calibration_waves`) or dynamic."""
     _require()
+    if int8_mode not in INT8_MODES:
+        raise SerkitError(f"int8 mode '{int8_mode}': choose {' or '.join(INT8_MODES)}")
+    if calibration is not None and not (int8 and int8_mode == "static"):
+        raise SerkitError("--calibration gives static int8 its activation ranges: add --int8 (static is its default mode)")
     if saved.task:
         raise SerkitError(f"{saved.path} is a {saved.task.get('type')} model; serkit export handles classifiers so far "
                           "(its checks compare class predictions)")
@@ -120,6 +196,7 @@ def export_onnx(saved: SavedModel, out: Path | str, int8: bool = False, opset: i
     out = Path(out)
     model = saved.model.eval()
     waves, source = check_waves(saved)
+    calibration_set = calibration_waves(saved, calibration) if int8 and int8_mode == "static" else None  # before OUT/
     with torch.no_grad():
         reference = np.stack([model(*pad_batch([w]))[0].numpy() for w in waves])
     example = pad_batch([np.zeros(48000, dtype=np.float32)])
@@ -154,17 +231,12 @@ def export_onnx(saved: SavedModel, out: Path | str, int8: bool = False, opset: i
             "opset": opset, "torch_version": torch.__version__,
         }
         if int8:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
             q = tmp / "model.int8.onnx"
-            # the log-Mel front end stays float: its mel matrix multiplies a power spectrum whose
-            # dynamic range int8 cannot hold (quantised, EmoDB CNN-6 agreed on 29 % of predictions)
-            front = frontend_nodes(fp32)
-            quantize_dynamic(str(fp32), str(q), weight_type=QuantType.QInt8, nodes_to_exclude=front)
+            how = _quantise(fp32, q, int8_mode, calibration_set and calibration_set[0], tmp)
             qsession = _ort_session(q)
             qlogits = _ort_logits(qsession, waves)
-            report["int8"] = {"file": "model.int8.onnx", "bytes": q.stat().st_size, "quantisation": "dynamic, int8 weights; front end kept float",
-                              "float_frontend_nodes": len(front),
+            report["int8"] = {"file": "model.int8.onnx", "bytes": q.stat().st_size, "mode": int8_mode, **how,
+                              **({"calibrated_on": calibration_set[1]} if calibration_set else {}),
                               "prediction_agreement": float((qlogits.argmax(1) == reference.argmax(1)).mean()),
                               "max_abs_prob_diff": float(np.abs(_softmax(qlogits) - _softmax(reference)).max()),
                               "latency_ms_3s": latency_ms(lambda: qsession.run(None, feed))}
@@ -173,7 +245,8 @@ def export_onnx(saved: SavedModel, out: Path | str, int8: bool = False, opset: i
             "preprocessing": saved.preprocessing.to_dict(), "architecture": saved.config.get("architecture"),
             "inputs": {"waveform": "float32 (batch, samples), 16 kHz mono", "mask": "bool (batch, samples), True on real samples"},
             "outputs": {"logits": "float32 (batch, classes), softmax gives probabilities in label order"},
-            "source_model": str(saved.path.resolve()) if saved.path else None, "source_weights_sha256": saved.weights_sha256,
+            # the weights' hash names the source; its path would be a machine path, and a folder name can name a speaker
+            "source_weights_sha256": saved.weights_sha256,
         }, indent=2) + "\n")
         (tmp / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
