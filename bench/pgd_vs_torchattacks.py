@@ -4,10 +4,11 @@ torchattacks attacks images in [0, 1]; the waveform x in [-1, 1] is given to it 
 maps it back, so its eps and step are half of serkit's absolute tau and sigma. To compare like with like every
 utterance is cut to the same length (the shortest forget utterance; torchattacks has no padding mask) and
 serkit runs with `tau_mode="absolute"` (tau = --tau x the mean std of the utterances). Both run random start,
-P steps, batches of --batch-size samples. torchattacks always runs all P steps; serkit is timed both ways:
-without early stop (the same work) and with it (what a deletion request runs). Prints utterance-steps per second,
-the ratio, the target success rates, and the largest difference between the two attacks' samples (they draw
-different random starts, so only the statistics must agree).
+P steps, batches of --batch-size samples. torchattacks always runs all P steps; serkit is timed without early
+stop (the same work), with it (what a deletion request runs), with it but without the trim when rows shrink, and
+with it in bfloat16 after the front end (`pgd_precision=bfloat16`); --serkit picks which. Prints utterance-steps
+per second, the ratios, the target success rates and serkit's mean steps (the two draw different random starts,
+so only the statistics can agree).
 
 torchattacks pins an old `requests`; install it without its dependencies: pip install --no-deps torchattacks
 
@@ -30,6 +31,12 @@ from serkit.models import load_model
 from serkit.unlearning import pgd
 from serkit.unlearning.forget_set import build_forget_set
 from serkit.unlearning.pgd import TargetedPGD, draw_targets
+
+# name: (label, early stop, trim when rows shrink, precision). "no-trim": what a request ran before PGD gave freed
+# pages back whenever its rows shrink (RESULTS 32c); "bf16": the model after its front end in bfloat16 (RESULTS 35)
+SERKIT_RUNS = {"all": ("serkit, all steps", False, True, "float32"), "early": ("serkit, early stop", True, True, "float32"),
+               "no-trim": ("serkit, early, no trim", True, False, "float32"),
+               "bf16": ("serkit, early, bfloat16", True, True, "bfloat16")}
 
 
 class UnitInterval(nn.Module):
@@ -55,6 +62,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--tau", type=float, default=0.01, help="x the utterances' mean std, absolute for both")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--serkit", nargs="+", choices=list(SERKIT_RUNS), default=list(SERKIT_RUNS),
+                        help="which of serkit's attacks to time (default all)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -76,17 +85,18 @@ def main() -> None:
 
     saved.model.eval()
     rates, success = {}, {}
-    # the third: what a request ran before PGD gave freed pages back whenever its rows shrink (RESULTS 32c)
-    for name, early, trim_rows in (("serkit, all steps", False, True), ("serkit, early stop", True, True),
-                                   ("serkit, early, no trim", True, False)):
-        attack = TargetedPGD(tau=tau, sigma=sigma, steps=args.steps, tau_mode="absolute", early_stop=early, batch_size=args.batch_size)
+    for key in args.serkit:
+        name, early, trim_rows, precision = SERKIT_RUNS[key]
+        attack = TargetedPGD(tau=tau, sigma=sigma, steps=args.steps, tau_mode="absolute", early_stop=early,
+                             batch_size=args.batch_size, precision=precision)
         pgd.TRIM_WHEN_ROWS_DROP = trim_rows
         start = time.perf_counter()
         adv = attack.generate(saved.model, waves, targets)
         seconds = time.perf_counter() - start
         rates[name], success[name] = pairs * args.steps / seconds, float(adv.success.mean())
-        print(f"{name:22s}: {seconds:6.1f} s, {rates[name]:6.1f} utterance-steps/s (of P for every pair), "
-              f"target success {success[name]:.1%}", flush=True)
+        print(f"{name:24s}: {seconds:6.1f} s, {rates[name]:6.1f} utterance-steps/s (of P for every pair), "
+              f"target success {success[name]:.1%}, mean steps {adv.steps_taken.mean():.1f}", flush=True)
+    pgd.TRIM_WHEN_ROWS_DROP = True
 
     wrapped = UnitInterval(saved.model).eval()
     for p in wrapped.parameters():
@@ -104,10 +114,9 @@ def main() -> None:
     seconds = time.perf_counter() - start
     name = "torchattacks PGD"
     rates[name], success[name] = pairs * args.steps / seconds, hits / pairs
-    print(f"{name:22s}: {seconds:6.1f} s, {rates[name]:6.1f} utterance-steps/s, target success {success[name]:.1%}")
-    print(f"serkit / torchattacks, the same work: {rates['serkit, all steps'] / rates[name]:.2f}x; "
-          f"with early stop: {rates['serkit, early stop'] / rates[name]:.2f}x; early stop without the trim when rows "
-          f"shrink: {rates['serkit, early, no trim'] / rates[name]:.2f}x")
+    print(f"{name:24s}: {seconds:6.1f} s, {rates[name]:6.1f} utterance-steps/s, target success {success[name]:.1%}")
+    print("serkit / torchattacks: " + "; ".join(f"{label}: {rates[label] / rates[name]:.2f}x"
+                                                for label, *_ in (SERKIT_RUNS[k] for k in args.serkit)))
 
 
 if __name__ == "__main__":

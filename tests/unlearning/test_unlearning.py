@@ -100,6 +100,46 @@ def test_pgd_reaches_targets_inside_the_ball():
     assert all(p.requires_grad for p in model.parameters())  # restored after the attack
 
 
+class BandEnergyWithFrontEnd(torch.nn.Module):
+    """BandEnergy behind a `frontend` (the band filters) and a small linear body, recording the precision each ran in."""
+
+    def __init__(self):
+        super().__init__()
+        self.frontend = BandEnergy()
+        self.body = torch.nn.Linear(4, 4)
+        with torch.no_grad():
+            self.body.weight.copy_(torch.eye(4))
+            self.body.bias.zero_()
+        self.seen = []
+
+    def forward(self, x, mask):
+        energy = self.frontend(x, mask)
+        logits = self.body(energy)
+        self.seen.append((torch.is_autocast_enabled("cpu"), energy.dtype, logits.dtype))
+        return logits
+
+
+def test_pgd_in_bfloat16_runs_the_model_after_its_front_end_in_bfloat16_and_still_reaches_targets_in_the_ball():
+    model = BandEnergyWithFrontEnd().eval()
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (6000, 4000, 5000)]
+    targets = draw_targets(np.zeros(3, dtype=int), 4, 3, seed=0)
+    adv = TargetedPGD(tau=0.1, steps=40, batch_size=4, precision="bfloat16").generate(model, waves, targets)
+    steps = [seen for seen in model.seen if seen[0]]
+    # the attack's steps: autocast on, the front end's output float32, the body's bfloat16
+    assert steps and all(energy == torch.float32 and logits == torch.bfloat16 for _, energy, logits in steps)
+    assert model.seen[-1] == (False, torch.float32, torch.float32)  # success is judged by the float32 model
+    assert adv.success.mean() >= 0.8
+    for wave, src in zip(adv.waves, adv.source_index):
+        assert np.abs(wave - waves[src]).max() <= 0.1 * waves[src].std() * 1.001
+    assert "forward" not in vars(model.frontend)  # the model is as it was
+    model.seen.clear()
+    TargetedPGD(tau=0.1, steps=5, batch_size=4).generate(model, waves, targets)
+    assert not any(seen[0] for seen in model.seen)  # float32, the default: no autocast anywhere
+    with pytest.raises(ValueError, match="PGD precision 'float16': choose float32 or bfloat16"):
+        TargetedPGD(precision="float16")
+
+
 def test_pgd_gives_freed_memory_back_after_each_batch_and_when_its_rows_shrink_without_changing_a_sample(monkeypatch):
     from serkit.unlearning import pgd as pgd_module
 

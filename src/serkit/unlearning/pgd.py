@@ -15,6 +15,7 @@ standard deviation (`tau_mode="relative"`), which makes one value fit corpora of
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import math
@@ -53,6 +54,34 @@ def give_back_freed_memory() -> None:
 # unchanged shape reuses them, so trimming there too would only fault the same pages back in (32b: 1.34x time).
 TRIM_WHEN_ROWS_DROP = True
 
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+
+
+@contextlib.contextmanager
+def autocast_after_frontend(model: nn.Module, precision: str, device: torch.device):
+    """Run `model` in `precision` (torch autocast) with its `frontend` (the log-Mel) kept in float32: a power
+    spectrum spans more orders of magnitude than bfloat16's 8-bit mantissa resolves before the log, and the
+    front end is < 1 % of a step (bench/RESULTS.md 35). float32: nothing changes."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        yield
+        return
+    frontend = getattr(model, "frontend", None)
+    if frontend is not None:
+        original = frontend.forward
+
+        def float_forward(*args, **kwargs):
+            with torch.autocast(device.type, enabled=False):
+                return original(*args, **kwargs)
+
+        frontend.forward = float_forward  # an instance attribute: nn.Module.__call__ finds it first
+    try:
+        with torch.autocast(device.type, dtype=dtype):
+            yield
+    finally:
+        if frontend is not None:
+            del frontend.forward
+
 
 @dataclass
 class AdversarialSet:
@@ -89,9 +118,12 @@ class TargetedPGD:
 
     def __init__(self, tau: float = 0.01, sigma: float | None = None, steps: int = 50, tau_mode: str = "relative",
                  random_start: bool = True, early_stop: bool = True, batch_size: int = 32, seed: int = 0,
-                 max_padding: float = 1.0):
+                 max_padding: float = 1.0, precision: str = "float32"):
         if tau <= 0 or steps < 1:
             raise ValueError("PGD needs tau > 0 and steps >= 1")
+        if precision not in PRECISIONS:
+            raise ValueError(f"PGD precision '{precision}': choose {' or '.join(PRECISIONS)}")
+        self.precision = precision
         if tau_mode not in ("relative", "absolute"):
             raise ValueError("tau_mode must be 'relative' (x the utterance's std) or 'absolute'")
         self.tau, self.steps, self.tau_mode = tau, steps, tau_mode
@@ -105,7 +137,8 @@ class TargetedPGD:
 
     def params(self) -> dict:
         return {"tau": self.tau, "tau_mode": self.tau_mode, "sigma": self.sigma, "steps": self.steps,
-                "random_start": self.random_start, "early_stop": self.early_stop, "batch_size": self.batch_size}
+                "random_start": self.random_start, "early_stop": self.early_stop, "batch_size": self.batch_size,
+                "precision": self.precision}
 
     def generate(self, model: nn.Module, waves: list[np.ndarray], targets: np.ndarray,
                  progress: Callable[[int, int], None] | None = None) -> AdversarialSet:
@@ -159,16 +192,17 @@ class TargetedPGD:
                 active = torch.arange(len(idx), device=device)  # rows still short of their target
                 taken = torch.zeros(len(idx), dtype=torch.long, device=device)
                 x = x.detach()
-                for _ in range(self.steps):
-                    rows = len(active)
-                    active = self._step(model, x, clean, mask, weight, y, tau, sigma, active)
-                    if active is None:
-                        break
-                    taken[active] += 1
-                    if TRIM_WHEN_ROWS_DROP and len(active) < rows:  # the step's tensors are freed: its locals are gone
-                        give_back_freed_memory()
+                with autocast_after_frontend(model, self.precision, device):
+                    for _ in range(self.steps):
+                        rows = len(active)
+                        active = self._step(model, x, clean, mask, weight, y, tau, sigma, active)
+                        if active is None:
+                            break
+                        taken[active] += 1
+                        if TRIM_WHEN_ROWS_DROP and len(active) < rows:  # the step's tensors are freed: its locals are gone
+                            give_back_freed_memory()
                 x = x.detach()
-                with torch.no_grad():
+                with torch.no_grad():  # success as the float32 model the fine-tuning uses sees it
                     reached = model(x, mask).argmax(-1) == y
                 for row, i in enumerate(idx):
                     length = int(mask[row].sum())
@@ -196,7 +230,7 @@ class TargetedPGD:
         when every row already has its target (early stop). Only rows still attacking are computed, so the cost
         falls as targets are reached."""
         xa = x[active].requires_grad_(True)
-        logits = model(xa, mask[active])
+        logits = model(xa, mask[active]).float()  # the loss in float32 whatever precision the model ran in
         if self.early_stop:
             keep = logits.argmax(-1) != y[active]
             if not keep.any():

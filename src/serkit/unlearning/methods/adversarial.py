@@ -46,6 +46,10 @@ class PGDParams(FinetuneParams):
     sigma: float | None = Field(None, gt=0, description="PGD step; default 2.5 * tau / P")
     pgd_early_stop: bool = Field(True, description="stop attacking a sample once it reaches its target")
     pgd_batch_size: int = Field(32, ge=1)
+    pgd_precision: Literal["float32", "bfloat16"] = Field(
+        "float32", description="the precision PGD's forward and backward run in (the log-Mel front end stays float32): "
+        "bfloat16 is ~2x faster on a CPU with AVX-512 BF16 or a recent GPU and emulated (slower) elsewhere; it changes "
+        "the samples (bench/RESULTS.md 35)")
     adversarial_keep: Literal["all", "successful"] = Field(
         "all", description="all: every sample with its target label (the papers); successful: only the samples the "
         "original model assigns to their target. A failed attack's sample is still, for the original model, its source "
@@ -87,7 +91,8 @@ class Adversarial(UnlearningMethod):
     def _pgd(self, ctx: UnlearnContext) -> tuple[TargetedPGD, np.ndarray]:
         p = self.params
         pgd = TargetedPGD(tau=p.tau, sigma=p.sigma, steps=p.pgd_steps, tau_mode=p.tau_mode,
-                          early_stop=p.pgd_early_stop, batch_size=p.pgd_batch_size, seed=ctx.seed)
+                          early_stop=p.pgd_early_stop, batch_size=p.pgd_batch_size, seed=ctx.seed,
+                          precision=p.pgd_precision)
         return pgd, draw_targets(ctx.forget_labels, len(ctx.saved.labels), p.adversarial_per_sample, ctx.seed + 1)
 
     def _attack(self, ctx: UnlearnContext):
