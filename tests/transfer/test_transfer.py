@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,8 +21,9 @@ from serkit.inference.embeddings import available_layers, embed, load_embeddings
 from serkit.models import build_model, load_model, save_model
 from serkit.training import train
 from serkit.transfer.graph import build_graph, isolation_warning, load_graph, save_graph
+from serkit.unlearning.redaction import private_training_provenance
+from tests.helpers import REPO, tiny_recipe
 from tests.helpers import WHISPER_TINY as TINY
-from tests.helpers import tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -442,10 +444,12 @@ def test_onnx_export_matches_pytorch_and_int8_is_reported(cnn_dir, tmp_path, cap
     dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert convs and all(n.input[0] in dequantised and n.input[1] in dequantised for n in convs)
+    assert not [n.name for n in graph.node if n.name in front and set(n.input) & dequantised]
     # nothing in the export names the machine or the folders it came from (a device's files are shared)
-    shared = "".join((out / name).read_text() for name in ("export.json", "serkit_model.json"))
-    for machine_path in (str(cnn_dir), str(cnn_dir.parent), str(tmp_path), "/work/", "/tmp/"):
-        assert machine_path not in shared
+    for name in ("export.json", "serkit_model.json", "model.onnx", "model.int8.onnx"):
+        shared = (out / name).read_bytes()
+        for machine_path in (str(cnn_dir), str(tmp_path), str(REPO), "site-packages", "/work/", "/tmp/"):
+            assert machine_path.encode() not in shared, (name, machine_path)
     # the exported graph takes any batch and length, with padding masked as in PyTorch
     saved = load_model(cnn_dir)
     rng = np.random.default_rng(0)
@@ -472,11 +476,11 @@ def test_int8_export_is_dynamic_on_request_and_static_needs_audio_the_model_may_
     assert report["mode"] == "dynamic" and "calibrated_on" not in report
     ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
     assert "ConvInteger" in ops or "MatMulInteger" in ops
-    # a model that names no training manifest here (a forgotten model's provenance is private) needs one given
+    # a forgotten model's provenance names neither its speakers nor its manifest: static int8 needs audio given
     private = tmp_path / "private"
     shutil.copytree(cnn_dir, private)
     config = json.loads((private / "config.json").read_text())
-    config["provenance"]["manifest"] = str(tmp_path / "gone" / "manifest.csv")
+    config["provenance"] = private_training_provenance(config["provenance"])
     (private / "config.json").write_text(json.dumps(config))
     assert run(["export", str(private), "--int8", "-o", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err.replace("\n", " ")
@@ -484,9 +488,13 @@ def test_int8_export_is_dynamic_on_request_and_static_needs_audio_the_model_may_
     assert not (tmp_path / "p").exists()
     manifest = load_model(cnn_dir).config["provenance"]["manifest"]
     assert run(["export", str(private), "--int8", "--calibration", manifest, "-o", str(tmp_path / "p")]) == 0
-    assert json.loads((tmp_path / "p" / "export.json").read_text())["int8"]["calibrated_on"].endswith("(--calibration)")
+    report = (tmp_path / "p" / "export.json").read_text()
+    assert json.loads(report)["int8"]["calibrated_on"].endswith("of a manifest given with --calibration")
+    assert Path(manifest).name not in report and Path(manifest).parent.name not in report
     assert run(["export", str(cnn_dir), "--calibration", manifest, "-o", str(tmp_path / "q")]) == 2
     assert "add --int8" in capsys.readouterr().err
+    assert run(["export", str(cnn_dir), "--int8-mode", "dynamic", "-o", str(tmp_path / "q")]) == 2
+    assert "--int8-mode dynamic chooses how --int8 quantises: add --int8" in capsys.readouterr().err.replace("\n", " ")
     assert run(["export", str(cnn_dir), "--int8", "--int8-mode", "float16", "-o", str(tmp_path / "q")]) == 2
     assert "choose static or dynamic" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()

@@ -100,44 +100,55 @@ def test_pgd_reaches_targets_inside_the_ball():
     assert all(p.requires_grad for p in model.parameters())  # restored after the attack
 
 
-class BandEnergyWithFrontEnd(torch.nn.Module):
-    """BandEnergy behind a `frontend` (the band filters) and a small linear body, recording the precision each ran in."""
+class BandEnergyRecorded(BandEnergy):
+    """BandEnergy recording, at each call, whether autocast is on and the dtype its band filters ran in."""
 
     def __init__(self):
         super().__init__()
-        self.frontend = BandEnergy()
-        self.body = torch.nn.Linear(4, 4)
-        with torch.no_grad():
-            self.body.weight.copy_(torch.eye(4))
-            self.body.bias.zero_()
         self.seen = []
 
     def forward(self, x, mask):
-        energy = self.frontend(x, mask)
-        logits = self.body(energy)
-        self.seen.append((torch.is_autocast_enabled("cpu"), energy.dtype, logits.dtype))
+        logits = super().forward(x, mask)
+        self.seen.append((torch.is_autocast_enabled("cpu"), logits.dtype))
         return logits
 
 
-def test_pgd_in_bfloat16_runs_the_model_after_its_front_end_in_bfloat16_and_still_reaches_targets_in_the_ball():
-    model = BandEnergyWithFrontEnd().eval()
+def test_pgd_in_bfloat16_runs_the_model_in_bfloat16_and_still_reaches_targets_inside_the_ball():
+    model = BandEnergyRecorded().eval()
     rng = np.random.default_rng(0)
     waves = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (6000, 4000, 5000)]
-    targets = draw_targets(np.zeros(3, dtype=int), 4, 3, seed=0)
-    adv = TargetedPGD(tau=0.1, steps=40, batch_size=4, precision="bfloat16").generate(model, waves, targets)
-    steps = [seen for seen in model.seen if seen[0]]
-    # the attack's steps: autocast on, the front end's output float32, the body's bfloat16
-    assert steps and all(energy == torch.float32 and logits == torch.bfloat16 for _, energy, logits in steps)
-    assert model.seen[-1] == (False, torch.float32, torch.float32)  # success is judged by the float32 model
+    with torch.no_grad():
+        labels = np.array([int(model(torch.from_numpy(w)[None], torch.ones(1, len(w)))[0].argmax()) for w in waves])
+    model.seen.clear()
+    adv = TargetedPGD(tau=0.1, steps=40, batch_size=4, precision="bfloat16").generate(model, waves, draw_targets(labels, 4, 3, seed=0))
+    steps = [dtype for on, dtype in model.seen if on]
+    assert steps and all(dtype == torch.bfloat16 for dtype in steps)
+    assert model.seen[-1] == (False, torch.float32)  # success is judged by the float32 model the fine-tuning uses
     assert adv.success.mean() >= 0.8
     for wave, src in zip(adv.waves, adv.source_index):
         assert np.abs(wave - waves[src]).max() <= 0.1 * waves[src].std() * 1.001
-    assert "forward" not in vars(model.frontend)  # the model is as it was
     model.seen.clear()
-    TargetedPGD(tau=0.1, steps=5, batch_size=4).generate(model, waves, targets)
-    assert not any(seen[0] for seen in model.seen)  # float32, the default: no autocast anywhere
+    TargetedPGD(tau=0.1, steps=5, batch_size=4).generate(model, waves, draw_targets(labels, 4, 3, seed=0))
+    assert model.seen and not any(on for on, _ in model.seen)  # float32, the default: no autocast anywhere
     with pytest.raises(ValueError, match="PGD precision 'float16': choose float32 or bfloat16"):
         TargetedPGD(precision="float16")
+
+
+def test_log_mel_front_ends_compute_in_float32_inside_autocast_and_the_layers_after_them_do_not():
+    from serkit.models import build_model
+    from serkit.models.whisper import WhisperLogMel
+
+    cnn = build_model("cnn6", {}, 4).eval()
+    x = torch.from_numpy((0.1 * np.random.default_rng(0).standard_normal((2, 8000))).astype(np.float32))
+    mask = torch.ones_like(x, dtype=torch.bool)
+    for frontend in (cnn.frontend, WhisperLogMel(80)):
+        plain = frontend(x, mask)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = frontend(x, mask)[0]
+        assert mixed.dtype == torch.float32
+        torch.testing.assert_close(mixed, plain, rtol=0, atol=0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cnn(x, mask).dtype == torch.bfloat16  # the convolutions after it do run in bfloat16
 
 
 def test_pgd_gives_freed_memory_back_after_each_batch_and_when_its_rows_shrink_without_changing_a_sample(monkeypatch):

@@ -6,10 +6,27 @@ statistic, so an utterance gives the same features alone or in a padded batch.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from transformers.audio_utils import mel_filter_bank
+
+
+def float32_under_autocast(forward):
+    """A log-Mel front end's forward, run in float32 even inside torch.autocast (mixed-precision training, PGD in
+    bfloat16): a power spectrum spans more orders of magnitude than a 16-bit float resolves before the log (or holds
+    at all, in float16). Outside autocast nothing changes, so exported graphs stay as they were."""
+
+    @functools.wraps(forward)
+    def wrapped(self, waveform: torch.Tensor, *args, **kwargs):
+        if not torch.is_autocast_enabled(waveform.device.type):
+            return forward(self, waveform, *args, **kwargs)
+        with torch.autocast(waveform.device.type, enabled=False):
+            return forward(self, waveform.float(), *args, **kwargs)
+
+    return wrapped
 
 
 class SpecAugmentConfig(BaseModel):
@@ -78,6 +95,7 @@ class LogMel(nn.Module):
         n_fft, hop = self.config.n_fft, self.config.hop_length
         return torch.clamp((sample_lengths - n_fft) // hop + 1, min=0)
 
+    @float32_under_autocast
     def forward(self, waveform: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n_fft, hop = self.config.n_fft, self.config.hop_length
         if waveform.shape[-1] < n_fft:

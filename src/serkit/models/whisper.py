@@ -32,6 +32,7 @@ from transformers.audio_utils import mel_filter_bank
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from serkit.errors import ConfigError, ModelDirError
+from serkit.models.frontends import float32_under_autocast
 from serkit.models.head import PooledHead
 from serkit.models.registry import SERModel, register
 
@@ -101,6 +102,7 @@ class WhisperLogMel(nn.Module):
         self.mel_filters = torch.tensor(filters, dtype=torch.float32)
         self.window = torch.hann_window(self.n_fft)
 
+    @float32_under_autocast
     def forward(self, waveform: torch.Tensor, mask: torch.Tensor, pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         half = self.n_fft // 2
         waveform = waveform * mask

@@ -79,17 +79,20 @@ def calibration_waves(saved: SavedModel, manifest: Path | str | None = None, n: 
     from serkit.data.manifest import read_manifest
 
     if manifest is not None:
-        rows, where = read_manifest(manifest), f"{Path(manifest).name} (--calibration)"
+        # its name is not recorded: a file or folder name can name a speaker
+        rows, where = read_manifest(manifest), "a manifest given with --calibration"
+        if len(rows) == 0:
+            raise SerkitError(f"calibration manifest {manifest}: no utterances; give one with audio rows")
     else:
         provenance = saved.config.get("provenance") or {}
         own, train = provenance.get("manifest"), (provenance.get("speakers") or {}).get("train")
         if not (own and Path(own).is_file() and train):
-            raise SerkitError(f"static int8 needs calibration audio and {saved.path} names no training manifest that "
-                              "exists here (a forgotten model keeps its data private): give --calibration MANIFEST "
-                              "(utterances the model may still use), or --int8-mode dynamic (weights only, no audio)")
+            raise SerkitError(f"static int8 needs calibration audio and {saved.path} names no training speakers in a "
+                              "manifest that exists here (a forgotten model keeps its data private): give --calibration "
+                              "MANIFEST (utterances the model may still use), or --int8-mode dynamic (weights only, no audio)")
         rows, where = read_manifest(own).subset(train), "the model's training speakers"
-    if len(rows) == 0:
-        raise SerkitError(f"calibration manifest {manifest}: no utterances; give one with audio rows")
+        if len(rows) == 0:
+            raise SerkitError(f"{own} has no utterances of the model's training speakers; give --calibration MANIFEST")
     rows.frame = rows.frame.sample(n=min(n, len(rows)), random_state=seed)
     return load_waves(rows.audio_paths(), saved.preprocessing), f"{len(rows)} utterances of {where}"
 
@@ -123,11 +126,17 @@ def _quantise(fp32: Path, q: Path, mode: str, calibration: list[np.ndarray] | No
             quantize_dynamic(str(fp32), str(q), weight_type=QuantType.QInt8, nodes_to_exclude=front)
             return {"quantisation": "dynamic, int8 weights; front end kept float", "float_frontend_nodes": len(front)}
         prepared = work / "prepared.onnx"
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        # shapes only, no graph optimisation: the front end's nodes must keep the names excluded below
+        quant_pre_process(str(fp32), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
         # uint8 activations with int8 per-channel weights: the pair x86's int8 kernels (VNNI) take directly
         quantize_static(str(prepared), str(q), _Feeds(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=front)
         prepared.unlink()
+    except Exception as exc:  # onnxruntime's quantiser raises whatever its graph passes meet
+        other = "static" if mode == "dynamic" else "dynamic"
+        raise SerkitError(f"{mode} int8 quantisation failed on this graph ({type(exc).__name__}: "
+                          f"{(str(exc).splitlines() or [''])[0][:200]}); nothing was written: try --int8-mode {other}, "
+                          "or export without --int8") from None
     finally:
         root.setLevel(level)
     return {"quantisation": "static, int8 weights (per channel) and activations (min-max ranges); front end kept float",
@@ -166,6 +175,24 @@ def latency_ms(fn, repeats: int = 20) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
+
+
+def _drop_source_traces(path: Path) -> None:
+    """The exporter records each node's Python stack, with this machine's file paths; an exported model is shared,
+    so each node keeps only `namespace` (module names, which `frontend_nodes` reads)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if p.key == "namespace"]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+            graphs += [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+            graphs += [g for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS for g in a.graphs]
+    onnx.save(model, str(path))
 
 
 def frontend_nodes(path: Path) -> list[str]:
@@ -212,6 +239,7 @@ def export_onnx(saved: SavedModel, out: Path | str, int8: bool = False, opset: i
         except Exception as exc:  # the exporter's own errors are long and internal
             raise SerkitError(f"the {saved.config.get('architecture')} model could not be exported to ONNX "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        _drop_source_traces(fp32)
         session = _ort_session(fp32)
         logits = _ort_logits(session, waves)
         max_diff = float(np.abs(logits - reference).max())
@@ -233,8 +261,13 @@ def export_onnx(saved: SavedModel, out: Path | str, int8: bool = False, opset: i
         if int8:
             q = tmp / "model.int8.onnx"
             how = _quantise(fp32, q, int8_mode, calibration_set and calibration_set[0], tmp)
-            qsession = _ort_session(q)
-            qlogits = _ort_logits(qsession, waves)
+            try:
+                qsession = _ort_session(q)
+                qlogits = _ort_logits(qsession, waves)
+            except Exception as exc:  # an int8 kernel this onnxruntime build lacks
+                raise SerkitError(f"onnxruntime cannot run the {int8_mode} int8 model ({type(exc).__name__}: "
+                                  f"{(str(exc).splitlines() or [''])[0][:200]}); nothing was written: try another "
+                                  "--int8-mode, or export without --int8") from None
             report["int8"] = {"file": "model.int8.onnx", "bytes": q.stat().st_size, "mode": int8_mode, **how,
                               **({"calibrated_on": calibration_set[1]} if calibration_set else {}),
                               "prediction_agreement": float((qlogits.argmax(1) == reference.argmax(1)).mean()),

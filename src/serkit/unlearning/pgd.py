@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from serkit.data.dataset import pad_batch
+from serkit.errors import SerkitError
 
 
 @functools.cache
@@ -57,30 +58,15 @@ TRIM_WHEN_ROWS_DROP = True
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
-@contextlib.contextmanager
-def autocast_after_frontend(model: nn.Module, precision: str, device: torch.device):
-    """Run `model` in `precision` (torch autocast) with its `frontend` (the log-Mel) kept in float32: a power
-    spectrum spans more orders of magnitude than bfloat16's 8-bit mantissa resolves before the log, and the
-    front end is < 1 % of a step (bench/RESULTS.md 35). float32: nothing changes."""
+def autocast(precision: str, device: torch.device):
+    """The context PGD's steps run in: torch autocast at `precision` (the log-Mel front ends keep float32 inside
+    it: serkit.models.frontends.float32_under_autocast), or nothing for float32."""
     dtype = PRECISIONS[precision]
     if dtype is None:
-        yield
-        return
-    frontend = getattr(model, "frontend", None)
-    if frontend is not None:
-        original = frontend.forward
-
-        def float_forward(*args, **kwargs):
-            with torch.autocast(device.type, enabled=False):
-                return original(*args, **kwargs)
-
-        frontend.forward = float_forward  # an instance attribute: nn.Module.__call__ finds it first
-    try:
-        with torch.autocast(device.type, dtype=dtype):
-            yield
-    finally:
-        if frontend is not None:
-            del frontend.forward
+        return contextlib.nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise SerkitError(f"pgd_precision={precision}: this GPU has no {precision}; use float32")
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @dataclass
@@ -192,7 +178,7 @@ class TargetedPGD:
                 active = torch.arange(len(idx), device=device)  # rows still short of their target
                 taken = torch.zeros(len(idx), dtype=torch.long, device=device)
                 x = x.detach()
-                with autocast_after_frontend(model, self.precision, device):
+                with autocast(self.precision, device):
                     for _ in range(self.steps):
                         rows = len(active)
                         active = self._step(model, x, clean, mask, weight, y, tau, sigma, active)

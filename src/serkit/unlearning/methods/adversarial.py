@@ -47,9 +47,9 @@ class PGDParams(FinetuneParams):
     pgd_early_stop: bool = Field(True, description="stop attacking a sample once it reaches its target")
     pgd_batch_size: int = Field(32, ge=1)
     pgd_precision: Literal["float32", "bfloat16"] = Field(
-        "float32", description="the precision PGD's forward and backward run in (the log-Mel front end stays float32): "
-        "bfloat16 is ~2x faster on a CPU with AVX-512 BF16 or a recent GPU and emulated (slower) elsewhere; it changes "
-        "the samples (bench/RESULTS.md 35)")
+        "float32", description="the precision PGD's forward and backward run in (torch autocast; a log-Mel front end "
+        "stays float32): bfloat16 is 1.6x faster on a CPU with AVX-512 BF16 and emulated (slower) on one without; it "
+        "changes the samples (bench/RESULTS.md 35)")
     adversarial_keep: Literal["all", "successful"] = Field(
         "all", description="all: every sample with its target label (the papers); successful: only the samples the "
         "original model assigns to their target. A failed attack's sample is still, for the original model, its source "
