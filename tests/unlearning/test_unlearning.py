@@ -74,12 +74,18 @@ class BandEnergy(torch.nn.Module):
         return 5 * torch.log(energy + 1e-8)
 
 
-def test_pgd_reaches_targets_inside_the_ball():
-    model = BandEnergy().eval()
+def noise_and_labels(model) -> tuple[list[np.ndarray], np.ndarray]:
+    """Three white-noise utterances of different lengths and the classes `model` gives them."""
     rng = np.random.default_rng(0)
     waves = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (6000, 4000, 5000)]
     with torch.no_grad():
         labels = np.array([int(model(torch.from_numpy(w)[None], torch.ones(1, len(w)))[0].argmax()) for w in waves])
+    return waves, labels
+
+
+def test_pgd_reaches_targets_inside_the_ball():
+    model = BandEnergy().eval()
+    waves, labels = noise_and_labels(model)
     targets = draw_targets(labels, 4, 3, seed=0)
     assert (targets != labels[:, None]).all()
     pgd = TargetedPGD(tau=0.1, steps=40, tau_mode="relative", batch_size=4)
@@ -115,10 +121,7 @@ class BandEnergyRecorded(BandEnergy):
 
 def test_pgd_in_bfloat16_runs_the_model_in_bfloat16_and_still_reaches_targets_inside_the_ball():
     model = BandEnergyRecorded().eval()
-    rng = np.random.default_rng(0)
-    waves = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (6000, 4000, 5000)]
-    with torch.no_grad():
-        labels = np.array([int(model(torch.from_numpy(w)[None], torch.ones(1, len(w)))[0].argmax()) for w in waves])
+    waves, labels = noise_and_labels(model)
     model.seen.clear()
     adv = TargetedPGD(tau=0.1, steps=40, batch_size=4, precision="bfloat16").generate(model, waves, draw_targets(labels, 4, 3, seed=0))
     steps = [dtype for on, dtype in model.seen if on]
