@@ -92,7 +92,7 @@ def test_what_a_pipeline_cannot_hold_is_refused_by_name(tmp_path, capsys):
     assert "dimensional model" in capsys.readouterr().err and not (tmp_path / "out").exists()
     save_model(tmp_path / "cnn", build_model("cnn6", {}, 3), LABELS, Preprocessing())
     assert run(["export", str(tmp_path / "cnn"), "--hf", "--int8", "-o", str(tmp_path / "out")]) == 2
-    assert "--int8 is an ONNX option" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert "--int8, --int8-mode and --calibration are ONNX options" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_import_serkit_registers_with_transformers_whichever_comes_first():
