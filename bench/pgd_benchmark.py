@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--loop-samples", type=int, default=10, help="pairs the per-sample loop attacks")
     parser.add_argument("--full-utterances", type=int, default=2, help="utterances (x M targets) of the batched run without early stop")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                        help="the batched attacks' precision (the per-sample loop, the baseline, stays float32)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -71,9 +73,10 @@ def main() -> None:
     targets = draw_targets(labels, len(saved.labels), args.m, seed=1)
     seconds = np.array([w.shape[0] / 16000 for w in waves])
     print(f"model {saved.config['architecture']} ({args.model_dir}), speaker {speaker}: N={args.n} utterances "
-          f"({seconds.mean():.2f} s mean), M={args.m}, P={args.steps}, tau={args.tau} x std, {args.threads} threads")
+          f"({seconds.mean():.2f} s mean), M={args.m}, P={args.steps}, tau={args.tau} x std, {args.threads} threads, "
+          f"batched in {args.precision}")
 
-    batched = TargetedPGD(tau=args.tau, steps=args.steps, early_stop=True, batch_size=args.batch_size)
+    batched = TargetedPGD(tau=args.tau, steps=args.steps, early_stop=True, batch_size=args.batch_size, precision=args.precision)
     adv = batched.generate(saved.model, waves, targets)
     s = adv.summary()
     full_steps = args.n * args.m * args.steps
@@ -81,7 +84,7 @@ def main() -> None:
           f"{s['utterance_steps_per_s']:.1f} utterance-steps/s, mean {s['mean_steps']:.1f} steps/sample, "
           f"target success {s['target_success_rate']:.1%}, median SNR {s['snr_db_median']:.1f} dB, peak RSS {peak_rss_mb():.0f} MB")
 
-    no_stop = TargetedPGD(tau=args.tau, steps=args.steps, early_stop=False, batch_size=args.batch_size)
+    no_stop = TargetedPGD(tau=args.tau, steps=args.steps, early_stop=False, batch_size=args.batch_size, precision=args.precision)
     k = min(args.full_utterances, args.n)
     t = time.perf_counter()
     adv_full = no_stop.generate(saved.model, waves[:k], targets[:k])
