@@ -56,7 +56,7 @@ def main() -> None:
 
     from serkit.data.dataset import Preprocessing, pad_batch
     from serkit.models import build_model, load_model, save_model
-    from serkit.transfer.export import export_onnx
+    from serkit.transfer.export import _ort_session, export_onnx
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["cnn6", "resnet9"])
@@ -84,7 +84,7 @@ def main() -> None:
             export_onnx(load_model(path), out, int8=True, calibration=args.calibration, log=lambda *a: None)
             export_onnx(load_model(path), Path(tmp) / f"{name}-dyn", int8=True, int8_mode="dynamic", log=lambda *a: None)
             feed = {"waveform": x.numpy(), "mask": mask.numpy()}
-            onnx_ms = [latency_ms(lambda s=one_thread(f), f=feed: s.run(None, f), args.repeats)
+            onnx_ms = [latency_ms(lambda s=_ort_session(f, threads=1), f=feed: s.run(None, f), args.repeats)
                        for f in (out / "model.onnx", out / "model.int8.onnx", Path(tmp) / f"{name}-dyn" / "model.int8.onnx")]
             with torch.no_grad():
                 torch_ms = latency_ms(lambda m=model: m(x, mask), args.repeats)
@@ -95,21 +95,12 @@ def main() -> None:
             agreement(args.model_dir, Path(tmp))
 
 
-def one_thread(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def agreement(model_dir: Path, tmp: Path) -> None:
     """Every held-out utterance of the model's manifest through PyTorch and its three ONNX models, one at a time."""
     from serkit.data.dataset import load_waves, pad_batch
     from serkit.data.manifest import read_manifest
     from serkit.models import load_model
-    from serkit.transfer.export import export_onnx
+    from serkit.transfer.export import _ort_logits, _ort_session, export_onnx
 
     saved = load_model(model_dir)
     provenance = saved.config["provenance"]
@@ -125,9 +116,8 @@ def agreement(model_dir: Path, tmp: Path) -> None:
     print("|---|---|---|")
     for label, path in (("ONNX fp32", tmp / "trained" / "model.onnx"), ("ONNX int8 static", tmp / "trained" / "model.int8.onnx"),
                         ("ONNX int8 dynamic", tmp / "trained-dyn" / "model.int8.onnx")):
-        session = one_thread(path)
-        got = np.array([session.run(None, dict(zip(("waveform", "mask"), (t.numpy() for t in pad_batch([w])))))[0][0].argmax()
-                        for w in waves])
+        session = _ort_session(path, threads=1)
+        got = _ort_logits(session, waves).argmax(1)
         print(f"| {label} | {np.mean(got == reference):.2%} | {int(np.sum(got != reference))} of {len(waves)} |", flush=True)
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ file or field at fault and says what to do. The CLI prints it without a tracebac
 """
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """A library exception's message cut to its first line, for a one-line error that names its type."""
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:limit]}"
+
+
 class SerkitError(Exception):
     """Base class: a problem with the user's input, with a fix in the message."""
 

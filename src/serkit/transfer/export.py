@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from serkit.data.dataset import Preprocessing, load_waves, pad_batch
-from serkit.errors import SerkitError
+from serkit.errors import SerkitError, first_line
 from serkit.io import atomic_dir
 from serkit.models.modeldir import SavedModel
 
@@ -105,10 +105,7 @@ class _Feeds:
 
     def get_next(self) -> dict | None:
         wave = next(self._waves, None)
-        if wave is None:
-            return None
-        x, mask = pad_batch([wave])
-        return {"waveform": x.numpy(), "mask": mask.numpy()}
+        return None if wave is None else _feed(wave)
 
 
 def _quantise(fp32: Path, q: Path, mode: str, calibration: list[np.ndarray] | None, work: Path) -> dict:
@@ -134,9 +131,8 @@ def _quantise(fp32: Path, q: Path, mode: str, calibration: list[np.ndarray] | No
         prepared.unlink()
     except Exception as exc:  # onnxruntime's quantiser raises whatever its graph passes meet
         other = "static" if mode == "dynamic" else "dynamic"
-        raise SerkitError(f"{mode} int8 quantisation failed on this graph ({type(exc).__name__}: "
-                          f"{(str(exc).splitlines() or [''])[0][:200]}); nothing was written: try --int8-mode {other}, "
-                          "or export without --int8") from None
+        raise SerkitError(f"{mode} int8 quantisation failed on this graph ({first_line(exc)}); nothing was written: "
+                          f"try --int8-mode {other}, or export without --int8") from None
     finally:
         root.setLevel(level)
     return {"quantisation": "static, int8 weights (per channel) and activations (min-max ranges); front end kept float",
@@ -152,12 +148,14 @@ def _ort_session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def _feed(wave: np.ndarray) -> dict:
+    """One utterance as the exported graph's inputs."""
+    x, mask = pad_batch([wave])
+    return {"waveform": x.numpy(), "mask": mask.numpy()}
+
+
 def _ort_logits(session, waves: list[np.ndarray]) -> np.ndarray:
-    out = []
-    for wave in waves:  # one at a time, as on a device
-        x, mask = pad_batch([wave])
-        out.append(session.run(None, {"waveform": x.numpy(), "mask": mask.numpy()})[0][0])
-    return np.stack(out)
+    return np.stack([session.run(None, _feed(wave))[0][0] for wave in waves])  # one at a time, as on a device
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -238,7 +236,7 @@ def export_onnx(saved: SavedModel, out: Path | str, int8: bool = False, opset: i
                                   opset_version=opset, external_data=False, verbose=False)
         except Exception as exc:  # the exporter's own errors are long and internal
             raise SerkitError(f"the {saved.config.get('architecture')} model could not be exported to ONNX "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+                              f"({first_line(exc)})") from None
         _drop_source_traces(fp32)
         session = _ort_session(fp32)
         logits = _ort_logits(session, waves)
@@ -265,9 +263,8 @@ def export_onnx(saved: SavedModel, out: Path | str, int8: bool = False, opset: i
                 qsession = _ort_session(q)
                 qlogits = _ort_logits(qsession, waves)
             except Exception as exc:  # an int8 kernel this onnxruntime build lacks
-                raise SerkitError(f"onnxruntime cannot run the {int8_mode} int8 model ({type(exc).__name__}: "
-                                  f"{(str(exc).splitlines() or [''])[0][:200]}); nothing was written: try another "
-                                  "--int8-mode, or export without --int8") from None
+                raise SerkitError(f"onnxruntime cannot run the {int8_mode} int8 model ({first_line(exc)}); nothing "
+                                  "was written: try another --int8-mode, or export without --int8") from None
             report["int8"] = {"file": "model.int8.onnx", "bytes": q.stat().st_size, "mode": int8_mode, **how,
                               **({"calibrated_on": calibration_set[1]} if calibration_set else {}),
                               "prediction_agreement": float((qlogits.argmax(1) == reference.argmax(1)).mean()),
