@@ -1,6 +1,7 @@
 """Forget-set-only unlearning: the forget set, PGD, EWC, the methods and the receipt."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -1040,6 +1041,31 @@ def test_pgu_moves_the_head_only_off_the_directions_the_retained_training_uttera
     history = result.receipt["stats"]["history"]
     assert result.receipt["evaluation"]["after"]["forget"]["accuracy"] <= result.receipt["evaluation"]["before"]["forget"]["accuracy"]
     assert history[-1]["L_1"] < history[0]["L_1"]
+    ascent = forget(model, tmp_path / "ascent", speaker="02", n=6, method="pgu", params={**params, "forget_loss": "ascent"},
+                    log=lambda *a: None)
+    assert ascent.receipt["method"]["params"]["forget_loss"] == "ascent"
+    moved = load_file(str(ascent.model_dir / "model.safetensors"))
+    assert all(torch.equal(before[k], moved[k]) for k in before if not k.endswith(("fc1.weight", "fc2.weight")))
+    for name in ("fc1", "fc2"):
+        change = moved[f"{name}.weight"] - before[f"{name}.weight"]
+        assert change.abs().max() > 1e-4
+        assert (change @ protected_directions(retained[name], 0.9)[0]).abs().max() < 1e-5 * change.abs().max() + 1e-7
+    rising = ascent.receipt["stats"]["history"]
+    assert rising[-1]["L_ce"] > rising[0]["L_ce"] and "L_1" not in rising[0]
+
+
+def test_bounded_ascent_pulls_hardest_on_the_utterances_the_model_is_least_sure_of_and_not_past_its_bound():
+    """The forget loss of neg-grad and of pgu's ascent: its gradient on the logits is p - onehot(y), so an
+    utterance the model is sure of barely pulls and one it doubts pulls most (a retrained model gets the doubted
+    ones wrong and keeps the rest); an utterance whose loss is past the bound does not pull at all."""
+    from serkit.unlearning.methods.neg_grad import bounded_ascent
+
+    logits = torch.tensor([[6.0, 0.0, 0.0], [0.5, 0.0, 0.0], [-4.0, 0.0, 0.0]], requires_grad=True)
+    loss, ce = bounded_ascent(logits, torch.tensor([0, 0, 0]), bound=math.log(3))
+    loss.backward()
+    pull = logits.grad.norm(dim=1)
+    assert pull[1] > 10 * pull[0] > 0 and pull[2] == 0
+    assert ce == pytest.approx(torch.nn.functional.cross_entropy(logits.detach(), torch.tensor([0, 0, 0])).item())
 
 
 def test_a_request_naming_no_method_runs_pgu_where_the_model_stores_its_head_moments_and_adv_ewc_where_not(

@@ -31,6 +31,14 @@ from serkit.unlearning.methods.base import (
 )
 
 
+def bounded_ascent(logits: torch.Tensor, labels: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(-mean_e min(CE_e, bound), mean CE): the loss whose descent raises each utterance's cross-entropy up to
+    `bound`. Its gradient on the logits is p - onehot(y), small where the model is sure, so it moves the
+    utterances the model is least sure of first (a retrained model gets those wrong and the rest right)."""
+    ce = nn.functional.cross_entropy(logits, labels, reduction="none")
+    return -torch.clamp(ce, max=bound).mean(), ce.mean().detach()
+
+
 class NegGradParams(FinetuneParams):
     loss_bound: float | None = Field(None, gt=0, description="cap on each forget utterance's cross-entropy being "
                                      "raised (default ln K, a uniform prediction's): past it an utterance stops pulling")
@@ -48,8 +56,8 @@ class NegGrad(UnlearningMethod):
 
         def loss_fn(model, forget, extra):
             x, mask, y = forget
-            ce = nn.functional.cross_entropy(model(x, mask), y, reduction="none")
-            return -torch.clamp(ce, max=bound).mean(), {"L_ce": ce.mean().detach()}
+            loss, ce = bounded_ascent(model(x, mask), y, bound)
+            return loss, {"L_ce": ce}
 
         stats = finetune(ctx, self.params, ctx.forget_labels, None, loss_fn, self.params.learning_rate(ctx.saved))
         return UnlearnOutcome({"method": self.name, "loss_bound": bound, **stats})

@@ -1,0 +1,58 @@
+"""How the models of an unlearning grid spread their losses over one forget set (issue [3 of 5], bench/RESULTS.md 23t).
+
+A membership AUC ranks the forget utterances' losses among unseen speakers', so two models can share it while
+one gets a fifth of the forget set wrong and the other none. This prints, per model, the forget-set accuracy,
+the median and mean loss, and every utterance's loss in the order the first retrained model ranks them (`*`:
+misclassified), which shows whether a method raises every loss a little or a few a lot, as retraining does.
+
+    .venv/bin/python bench/forget_loss_shape.py runs/ravdess-whisper-cal/model \\
+        runs/experiments/unlearning-audit-ravdess-whisper-n30/runs --speaker 12 --n 30 \\
+        --labels retrain-s1,retrain-s2,retrain-s3,pgu-0.8-lr1e-2,pgu-ascent
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", type=Path, help="the model the grid forgot from (train->val)")
+    parser.add_argument("runs", type=Path, help="the grid's runs/ folder (its models kept: audit or keep_models)")
+    parser.add_argument("--speaker", required=True)
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--labels", required=True, help="the grid's method labels, comma-separated; the first one "
+                        "that is retrained orders the utterances")
+    args = parser.parse_args()
+
+    import numpy as np
+
+    from serkit.data.dataset import load_waves
+    from serkit.models.modeldir import load_model
+    from serkit.unlearning.evaluation import EvalSet, _label_indices, outputs
+    from serkit.unlearning.forget_set import build_forget_set, training_data
+
+    original = load_model(args.model_dir)
+    forget_set = build_forget_set(original, speaker=args.speaker, n=args.n, seed=args.seed, data=training_data(original))
+    forget = EvalSet("forget", load_waves(forget_set.audio_paths(), original.preprocessing),
+                     _label_indices(original, forget_set.rows))
+    labels = args.labels.split(",")
+    rows = {"original": outputs(original.model, forget)}
+    for label in labels:
+        found = sorted(args.runs.glob(f"*_{args.speaker}_{args.n}_{args.seed}_{label}_*/model"))
+        if not found:
+            raise SystemExit(f"no kept model for {label} (speaker {args.speaker}, N {args.n}) under {args.runs}")
+        rows[label] = outputs(load_model(found[0]).model, forget)
+    first = next((label for label in labels if label.startswith("retrain")), labels[0])
+    order = np.argsort(rows[first][1])
+    print(f"speaker {args.speaker}, N = {args.n}, seed {args.seed}; utterances ordered by {first}'s loss, * = wrong")
+    for name, (predicted, loss) in rows.items():
+        right = predicted == forget.labels
+        print(f"{name:18s} acc {right.mean():.2f}  median loss {np.median(loss):.2f}  mean loss {loss.mean():.2f}")
+        print("    " + " ".join(f"{value:.2f}{'' if ok else '*'}" for ok, value in zip(right[order], loss[order])))
+
+
+if __name__ == "__main__":
+    main()
