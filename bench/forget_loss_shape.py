@@ -4,6 +4,9 @@ A membership AUC ranks the forget utterances' losses among unseen speakers', so 
 one gets a fifth of the forget set wrong and the other none. This prints, per model, the forget-set accuracy,
 the median and mean loss, and every utterance's loss in the order the first retrained model ranks them (`*`:
 misclassified), which shows whether a method raises every loss a little or a few a lot, as retraining does.
+Beside them: the Kolmogorov-Smirnov distance between the forget losses and the loss profile of the held-out
+utterances of training speakers that the model directory recorded at training time ("known", data.calibration),
+the distribution a retrained model should give a forgotten utterance of a speaker it still knows.
 
     .venv/bin/python bench/forget_loss_shape.py runs/ravdess-whisper-cal/model \\
         runs/experiments/unlearning-audit-ravdess-whisper-n30/runs --speaker 12 --n 30 \\
@@ -45,12 +48,27 @@ def main() -> None:
         if not found:
             raise SystemExit(f"no kept model for {label} (speaker {args.speaker}, N {args.n}) under {args.runs}")
         rows[label] = outputs(load_model(found[0]).model, forget)
+    known = (original.config.get("provenance") or {}).get("calibration", {}).get("known")
+    quantiles = np.asarray(known["loss_quantiles"]) if known else None
+    if known:
+        print(f"known profile: accuracy {known['accuracy']:.2f}, median loss {np.median(quantiles):.2f}, "
+              f"mean loss {known['loss_mean']:.2f}")
+
+    def ks(loss):  # against the profile's quantiles read as its distribution function
+        if quantiles is None:
+            return float("nan")
+        grid = np.sort(np.concatenate([loss, quantiles]))
+        ours = np.searchsorted(np.sort(loss), grid, side="right") / len(loss)
+        theirs = np.searchsorted(quantiles, grid, side="right") / len(quantiles)
+        return float(np.abs(ours - theirs).max())
+
     first = next((label for label in labels if label.startswith("retrain")), labels[0])
     order = np.argsort(rows[first][1])
     print(f"speaker {args.speaker}, N = {args.n}, seed {args.seed}; utterances ordered by {first}'s loss, * = wrong")
     for name, (predicted, loss) in rows.items():
         right = predicted == forget.labels
-        print(f"{name:18s} acc {right.mean():.2f}  median loss {np.median(loss):.2f}  mean loss {loss.mean():.2f}")
+        print(f"{name:18s} acc {right.mean():.2f}  median loss {np.median(loss):.2f}  mean loss {loss.mean():.2f}  "
+              f"KS vs known {ks(loss):.2f}")
         print("    " + " ".join(f"{value:.2f}{'' if ok else '*'}" for ok, value in zip(right[order], loss[order])))
 
 
