@@ -1041,23 +1041,47 @@ def test_pgu_moves_the_head_only_off_the_directions_the_retained_training_uttera
     history = result.receipt["stats"]["history"]
     assert result.receipt["evaluation"]["after"]["forget"]["accuracy"] <= result.receipt["evaluation"]["before"]["forget"]["accuracy"]
     assert history[-1]["L_1"] < history[0]["L_1"]
-    ascent = forget(model, tmp_path / "ascent", speaker="02", n=6, method="pgu", params={**params, "forget_loss": "ascent"},
-                    log=lambda *a: None)
-    assert ascent.receipt["method"]["params"]["forget_loss"] == "ascent"
-    moved = load_file(str(ascent.model_dir / "model.safetensors"))
-    assert all(torch.equal(before[k], moved[k]) for k in before if not k.endswith(("fc1.weight", "fc2.weight")))
+
+
+def test_pgu_with_the_ascent_forget_loss_raises_the_forget_loss_up_to_ln_k_off_the_same_protected_directions(
+        model_dir, tmp_path):
+    """forget_loss ascent swaps the paper's loss for neg-grad's bounded ascent and keeps the projection: only fc1 /
+    fc2 move, orthogonally to the retained inputs' main directions, the forget set's cross-entropy rises, and the
+    receipt records the loss and its bound. The paper's loss weights are refused beside it."""
+    from safetensors.torch import load_file
+
+    from serkit.data.dataset import load_waves
+    from serkit.unlearning.importance import head_moments, load_moments
+    from serkit.unlearning.methods.pgu import protected_directions
+
+    with pytest.raises(ConfigError, match="method 'pgu': loss2_w weigh the paper's forget loss, which forget_loss "
+                                          "ascent replaces: leave them out, or set forget_loss paper"):
+        forget(model_dir, tmp_path / "x", speaker="02", n=6, method="pgu",
+               params={"forget_loss": "ascent", "loss2_w": 0.5}, log=lambda *a: None)
+    assert not (tmp_path / "x").exists()
+    model = model_dir
+    saved = load_model(model)
+    params = {"retained_var": 0.9, "lr": 1e-2, "epochs": 5, "stop_early": False, "forget_loss": "ascent"}
+    result = forget(model, tmp_path / "ascent", speaker="02", n=6, method="pgu", params=params, log=lambda *a: None)
+    assert result.receipt["method"]["params"]["forget_loss"] == "ascent"
+    assert result.receipt["stats"]["loss_bound"] == pytest.approx(np.log(4))  # ln K for the tiny model's 4 emotions
+    before, after = load_file(str(model / "model.safetensors")), load_file(str(result.model_dir / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith(("fc1.weight", "fc2.weight")))
+    waves = load_waves(build_forget_set(saved, speaker="02", n=6, seed=0).audio_paths(), saved.preprocessing)
+    retained = {name: m - head_moments(saved.model, waves)[name] for name, m in load_moments(saved).items()}
     for name in ("fc1", "fc2"):
-        change = moved[f"{name}.weight"] - before[f"{name}.weight"]
+        change = after[f"{name}.weight"] - before[f"{name}.weight"]
         assert change.abs().max() > 1e-4
         assert (change @ protected_directions(retained[name], 0.9)[0]).abs().max() < 1e-5 * change.abs().max() + 1e-7
-    rising = ascent.receipt["stats"]["history"]
-    assert rising[-1]["L_ce"] > rising[0]["L_ce"] and "L_1" not in rising[0]
+    history = result.receipt["stats"]["history"]
+    assert history[-1]["L_ce"] > history[0]["L_ce"] and "L_1" not in history[0]
 
 
 def test_bounded_ascent_pulls_hardest_on_the_utterances_the_model_is_least_sure_of_and_not_past_its_bound():
-    """The forget loss of neg-grad and of pgu's ascent: its gradient on the logits is p - onehot(y), so an
-    utterance the model is sure of barely pulls and one it doubts pulls most (a retrained model gets the doubted
-    ones wrong and keeps the rest); an utterance whose loss is past the bound does not pull at all."""
+    """The forget loss of neg-grad and of pgu's ascent: an utterance pulls on its logits by |p - onehot(y)| / N,
+    so one the model is sure of barely pulls and one it doubts pulls most (a retrained model gets the doubted
+    ones wrong and keeps the rest); one whose loss is past the bound does not pull at all. Descent lowers the true
+    logit: the cross-entropy rises."""
     from serkit.unlearning.methods.neg_grad import bounded_ascent
 
     logits = torch.tensor([[6.0, 0.0, 0.0], [0.5, 0.0, 0.0], [-4.0, 0.0, 0.0]], requires_grad=True)
@@ -1065,6 +1089,7 @@ def test_bounded_ascent_pulls_hardest_on_the_utterances_the_model_is_least_sure_
     loss.backward()
     pull = logits.grad.norm(dim=1)
     assert pull[1] > 10 * pull[0] > 0 and pull[2] == 0
+    assert logits.grad[0, 0] > 0 and logits.grad[1, 0] > 0  # a descent step lowers the true class's logit
     assert ce == pytest.approx(torch.nn.functional.cross_entropy(logits.detach(), torch.tensor([0, 0, 0])).item())
 
 

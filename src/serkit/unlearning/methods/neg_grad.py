@@ -31,10 +31,16 @@ from serkit.unlearning.methods.base import (
 )
 
 
+def ascent_bound(num_classes: int) -> float:
+    """ln K: the cross-entropy of a uniform prediction, the default cap of a raised loss."""
+    return math.log(num_classes)
+
+
 def bounded_ascent(logits: torch.Tensor, labels: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(-mean_e min(CE_e, bound), mean CE): the loss whose descent raises each utterance's cross-entropy up to
-    `bound`. Its gradient on the logits is p - onehot(y), small where the model is sure, so it moves the
-    utterances the model is least sure of first (a retrained model gets those wrong and the rest right)."""
+    `bound`. An utterance's pull on its logits, |p - onehot(y)| / N below the bound and 0 above it, is small where
+    the model is sure, so it moves the utterances the model is least sure of first (a retrained model gets those
+    wrong and the rest right)."""
     ce = nn.functional.cross_entropy(logits, labels, reduction="none")
     return -torch.clamp(ce, max=bound).mean(), ce.mean().detach()
 
@@ -52,7 +58,7 @@ class NegGrad(UnlearningMethod):
     Params = NegGradParams
 
     def unlearn(self, ctx: UnlearnContext) -> UnlearnOutcome:
-        bound = self.params.loss_bound or math.log(len(ctx.saved.labels))
+        bound = self.params.loss_bound or ascent_bound(len(ctx.saved.labels))
 
         def loss_fn(model, forget, extra):
             x, mask, y = forget
