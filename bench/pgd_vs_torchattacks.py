@@ -6,7 +6,8 @@ utterance is cut to the same length (the shortest forget utterance; torchattacks
 serkit runs with `tau_mode="absolute"` (tau = --tau x the mean std of the utterances). Both run random start,
 P steps, batches of --batch-size samples. torchattacks always runs all P steps; serkit is timed without early
 stop (the same work), with it (what a deletion request runs), with it but without the trim when rows shrink, and
-with it in bfloat16 after the front end (`pgd_precision=bfloat16`); --serkit picks which. Prints utterance-steps
+with it in bfloat16 after the front end (`pgd_precision=bfloat16`), with it and a cosine step schedule from 4
+sigma (`pgd_step_schedule=cosine`); --serkit picks which. Prints utterance-steps
 per second, the ratios, the target success rates and serkit's mean steps (the two draw different random starts,
 so only the statistics can agree).
 
@@ -32,11 +33,14 @@ from serkit.unlearning import pgd
 from serkit.unlearning.forget_set import build_forget_set
 from serkit.unlearning.pgd import TargetedPGD, draw_targets
 
-# name: (label, early stop, trim when rows shrink, precision). "no-trim": what a request ran before PGD gave freed
-# pages back whenever its rows shrink (RESULTS 32c); "bf16": the model after its front end in bfloat16 (RESULTS 35)
-SERKIT_RUNS = {"all": ("serkit, all steps", False, True, "float32"), "early": ("serkit, early stop", True, True, "float32"),
-               "no-trim": ("serkit, early, no trim", True, False, "float32"),
-               "bf16": ("serkit, early, bfloat16", True, True, "bfloat16")}
+# name: (label, early stop, trim when rows shrink, precision, step schedule, first step in sigmas). "no-trim": what a
+# request ran before PGD gave freed pages back whenever its rows shrink (RESULTS 32c); "bf16": the model after its front
+# end in bfloat16 (RESULTS 35); "cosine": steps annealed from 4 sigma (a mean step of 2 sigma; RESULTS 36)
+SERKIT_RUNS = {"all": ("serkit, all steps", False, True, "float32", "constant", 1),
+               "early": ("serkit, early stop", True, True, "float32", "constant", 1),
+               "no-trim": ("serkit, early, no trim", True, False, "float32", "constant", 1),
+               "bf16": ("serkit, early, bfloat16", True, True, "bfloat16", "constant", 1),
+               "cosine": ("serkit, early, cosine", True, True, "float32", "cosine", 4)}
 
 
 class UnitInterval(nn.Module):
@@ -86,9 +90,9 @@ def main() -> None:
     saved.model.eval()
     rates, success = {}, {}
     for key in args.serkit:
-        name, early, trim_rows, precision = SERKIT_RUNS[key]
-        attack = TargetedPGD(tau=tau, sigma=sigma, steps=args.steps, tau_mode="absolute", early_stop=early,
-                             batch_size=args.batch_size, precision=precision)
+        name, early, trim_rows, precision, schedule, first = SERKIT_RUNS[key]
+        attack = TargetedPGD(tau=tau, sigma=first * sigma, steps=args.steps, tau_mode="absolute", early_stop=early,
+                             batch_size=args.batch_size, precision=precision, step_schedule=schedule)
         pgd.TRIM_WHEN_ROWS_DROP = trim_rows
         start = time.perf_counter()
         adv = attack.generate(saved.model, waves, targets)

@@ -107,6 +107,30 @@ def test_pgd_reaches_targets_inside_the_ball():
     assert all(p.requires_grad for p in model.parameters())  # restored after the attack
 
 
+def test_a_cosine_step_schedule_moves_a_sample_by_sigma_first_and_by_less_at_each_later_step():
+    """Without a random start or early stop, step t of P moves each sample point by sigma (1 + cos(pi t / P)) / 2
+    (the ball is wide enough never to clip): over P = 4, sigma, then 0.85, 0.5 and 0.15 of it; the constant schedule
+    moves by sigma every time. A schedule serkit does not know is refused by name."""
+    model = BandEnergy().eval()
+    waves, labels = noise_and_labels(model)
+    targets = draw_targets(labels, 4, 1, seed=0)
+    moved = {}
+    for schedule in ("constant", "cosine"):
+        for steps in range(1, 5):
+            pgd = TargetedPGD(tau=10.0, sigma=0.01, steps=steps, tau_mode="absolute", random_start=False,
+                              early_stop=False, batch_size=4, step_schedule=schedule)
+            adv = pgd.generate(model, waves, targets)
+            moved[schedule, steps] = max(np.abs(w - waves[i]).max() for w, i in zip(adv.waves, adv.source_index))
+        assert pgd.params()["step_schedule"] == schedule
+    assert [moved["constant", p] for p in range(1, 5)] == pytest.approx([0.01, 0.02, 0.03, 0.04], abs=1e-6)
+    # a point whose gradient keeps its sign moves by the sum of the steps: 1, 1.5, 2 and 2.5 sigma over P = 1 to 4
+    cosine = [0.01 * sum(0.5 * (1 + math.cos(math.pi * t / p)) for t in range(p)) for p in range(1, 5)]
+    assert cosine == pytest.approx([0.01, 0.015, 0.02, 0.025])
+    assert [moved["cosine", p] for p in range(1, 5)] == pytest.approx(cosine, abs=1e-6)
+    with pytest.raises(ValueError, match="PGD step_schedule 'linear': choose constant or cosine"):
+        TargetedPGD(step_schedule="linear")
+
+
 class BandEnergyRecorded(BandEnergy):
     """BandEnergy recording, at each call, whether autocast is on and the dtype its band filters ran in."""
 

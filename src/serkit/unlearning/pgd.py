@@ -57,6 +57,11 @@ TRIM_WHEN_ROWS_DROP = True
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
+# The step at step t of P as a share of sigma. cosine: large steps while the sample is far from its target, small ones
+# near it (cosine annealing, as learning rates; its mean share is 1/2, so sigma is the first step, not the mean).
+STEP_SCHEDULES = {"constant": lambda t, steps: 1.0,
+                  "cosine": lambda t, steps: 0.5 * (1 + math.cos(math.pi * t / steps))}
+
 
 def autocast(precision: str, device: torch.device):
     """The context PGD's steps run in: torch autocast at `precision` (the log-Mel front ends keep float32 inside
@@ -104,9 +109,12 @@ class TargetedPGD:
 
     def __init__(self, tau: float = 0.01, sigma: float | None = None, steps: int = 50, tau_mode: str = "relative",
                  random_start: bool = True, early_stop: bool = True, batch_size: int = 32, seed: int = 0,
-                 max_padding: float = 1.0, precision: str = "float32"):
+                 max_padding: float = 1.0, precision: str = "float32", step_schedule: str = "constant"):
         if tau <= 0 or steps < 1:
             raise ValueError("PGD needs tau > 0 and steps >= 1")
+        if step_schedule not in STEP_SCHEDULES:
+            raise ValueError(f"PGD step_schedule '{step_schedule}': choose {' or '.join(STEP_SCHEDULES)}")
+        self.step_schedule = step_schedule
         if precision not in PRECISIONS:
             raise ValueError(f"PGD precision '{precision}': choose {' or '.join(PRECISIONS)}")
         self.precision = precision
@@ -124,7 +132,7 @@ class TargetedPGD:
     def params(self) -> dict:
         return {"tau": self.tau, "tau_mode": self.tau_mode, "sigma": self.sigma, "steps": self.steps,
                 "random_start": self.random_start, "early_stop": self.early_stop, "batch_size": self.batch_size,
-                "precision": self.precision}
+                "precision": self.precision, "step_schedule": self.step_schedule}
 
     def generate(self, model: nn.Module, waves: list[np.ndarray], targets: np.ndarray,
                  progress: Callable[[int, int], None] | None = None) -> AdversarialSet:
@@ -179,9 +187,10 @@ class TargetedPGD:
                 taken = torch.zeros(len(idx), dtype=torch.long, device=device)
                 x = x.detach()
                 with autocast(self.precision, device):
-                    for _ in range(self.steps):
+                    for t in range(self.steps):
                         rows = len(active)
-                        active = self._step(model, x, clean, mask, weight, y, tau, sigma, active)
+                        share = STEP_SCHEDULES[self.step_schedule](t, self.steps)
+                        active = self._step(model, x, clean, mask, weight, y, tau, sigma * share, active)
                         if active is None:
                             break
                         taken[active] += 1

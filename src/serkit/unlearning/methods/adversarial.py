@@ -43,7 +43,10 @@ class PGDParams(FinetuneParams):
     pgd_steps: int | None = Field(None, ge=1, description="P; default from the preset: 20 measured, 50 paper")
     tau: float = Field(0.01, gt=0, description="PGD bound; x the utterance's std when tau_mode is relative")
     tau_mode: Literal["relative", "absolute"] = "relative"
-    sigma: float | None = Field(None, gt=0, description="PGD step; default 2.5 * tau / P")
+    sigma: float | None = Field(None, gt=0, description="PGD step (the first one with a schedule); default 2.5 * tau / P")
+    pgd_step_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant: every step sigma; cosine: sigma * (1 + cos(pi t / P)) / 2 at step t, large "
+        "steps first and small ones near the target (bench/RESULTS.md 36)")
     pgd_early_stop: bool = Field(True, description="stop attacking a sample once it reaches its target")
     pgd_batch_size: int = Field(32, ge=1)
     pgd_precision: Literal["float32", "bfloat16"] = Field(
@@ -92,7 +95,7 @@ class Adversarial(UnlearningMethod):
         p = self.params
         pgd = TargetedPGD(tau=p.tau, sigma=p.sigma, steps=p.pgd_steps, tau_mode=p.tau_mode,
                           early_stop=p.pgd_early_stop, batch_size=p.pgd_batch_size, seed=ctx.seed,
-                          precision=p.pgd_precision)
+                          precision=p.pgd_precision, step_schedule=p.pgd_step_schedule)
         return pgd, draw_targets(ctx.forget_labels, len(ctx.saved.labels), p.adversarial_per_sample, ctx.seed + 1)
 
     def _attack(self, ctx: UnlearnContext):
