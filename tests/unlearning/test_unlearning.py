@@ -110,7 +110,8 @@ def test_pgd_reaches_targets_inside_the_ball():
 def test_a_cosine_step_schedule_moves_a_sample_by_sigma_first_and_by_less_at_each_later_step():
     """Without a random start or early stop, step t of P moves each sample point by sigma (1 + cos(pi t / P)) / 2
     (the ball is wide enough never to clip): over P = 4, sigma, then 0.85, 0.5 and 0.15 of it; the constant schedule
-    moves by sigma every time. A schedule serkit does not know is refused by name."""
+    moves by sigma every time; without a sigma, cosine starts at four times the constant default. A schedule serkit does
+    not know is refused by name."""
     model = BandEnergy().eval()
     waves, labels = noise_and_labels(model)
     targets = draw_targets(labels, 4, 1, seed=0)
@@ -127,6 +128,9 @@ def test_a_cosine_step_schedule_moves_a_sample_by_sigma_first_and_by_less_at_eac
     cosine = [0.01 * sum(0.5 * (1 + math.cos(math.pi * t / p)) for t in range(p)) for p in range(1, 5)]
     assert cosine == pytest.approx([0.01, 0.015, 0.02, 0.025])
     assert [moved["cosine", p] for p in range(1, 5)] == pytest.approx(cosine, abs=1e-6)
+    # unless sigma is given, cosine starts at four times the constant step 2.5 tau / P (the setting RESULTS 36 measured)
+    assert TargetedPGD(tau=0.03, steps=20).sigma == pytest.approx(0.00375)
+    assert TargetedPGD(tau=0.03, steps=20, step_schedule="cosine").sigma == pytest.approx(0.015)
     with pytest.raises(ValueError, match="PGD step_schedule 'linear': choose constant or cosine"):
         TargetedPGD(step_schedule="linear")
 

@@ -121,8 +121,9 @@ class TargetedPGD:
         if tau_mode not in ("relative", "absolute"):
             raise ValueError("tau_mode must be 'relative' (x the utterance's std) or 'absolute'")
         self.tau, self.steps, self.tau_mode = tau, steps, tau_mode
-        # the common choice: a step that can cross the whole ball in a fraction of the steps
-        self.sigma = sigma if sigma is not None else 2.5 * tau / steps
+        # the common choice: a step that can cross the whole ball in a fraction of the steps; a cosine schedule starts
+        # at four times it (its mean step twice it: bench/RESULTS.md 36)
+        self.sigma = sigma if sigma is not None else (2.5 if step_schedule == "constant" else 10.0) * tau / steps
         self.random_start, self.early_stop = random_start, early_stop
         self.batch_size, self.seed = batch_size, seed
         if not 0 <= max_padding <= 1:

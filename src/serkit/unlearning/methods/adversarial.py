@@ -43,7 +43,8 @@ class PGDParams(FinetuneParams):
     pgd_steps: int | None = Field(None, ge=1, description="P; default from the preset: 20 measured, 50 paper")
     tau: float = Field(0.01, gt=0, description="PGD bound; x the utterance's std when tau_mode is relative")
     tau_mode: Literal["relative", "absolute"] = "relative"
-    sigma: float | None = Field(None, gt=0, description="PGD step (the first one with a schedule); default 2.5 * tau / P")
+    sigma: float | None = Field(None, gt=0, description="PGD step (the first one with a schedule); default 2.5 * tau / P, "
+                                "10 * tau / P with pgd_step_schedule cosine")
     pgd_step_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="constant: every step sigma; cosine: sigma * (1 + cos(pi t / P)) / 2 at step t, large "
         "steps first and small ones near the target (bench/RESULTS.md 36)")
