@@ -27,8 +27,7 @@ p(1 - p) / (1 - p + offset): 0.28 at p = 0.98, 0.45 at 0.5) and its entropy term
 a little, where a retrained model gets a few of the forget utterances wrong and the rest right; ascent's pull, 1 - p
 (0.02 at 0.98, 0.5 at 0.5), goes to the doubted ones first. On Whisper / RAVDESS (N = 30) it brings forget-set
 accuracy from 0.97 to 0.87 (inside the retrained spread on 2 of 3 actors) at the same membership AUC; on CNN-6 /
-EmoDB it costs val UAR
-(bench/RESULTS.md 23t), so the paper's loss stays the default.
+EmoDB it costs val UAR (bench/RESULTS.md 23t), so the paper's loss stays the default.
 Why the head (bench/RESULTS.md 23i): on CNN-6 / EmoDB 90 % of the training features' energy at fc1's
 input lies in 3 of 512 directions, which any unprojected step on the head drags every utterance along.
 """
