@@ -1082,8 +1082,8 @@ def test_pgu_with_the_ascent_forget_loss_raises_the_forget_loss_up_to_ln_k_off_t
     from serkit.unlearning.importance import head_moments, load_moments
     from serkit.unlearning.methods.pgu import protected_directions
 
-    with pytest.raises(ConfigError, match="method 'pgu': loss2_w weigh the paper's forget loss, which forget_loss "
-                                          "ascent replaces: leave them out, or set forget_loss paper"):
+    with pytest.raises(ConfigError, match="method 'pgu': loss2_w: part of the paper's forget loss, which forget_loss "
+                                          "ascent replaces: leave it out, or set forget_loss paper"):
         forget(model_dir, tmp_path / "x", speaker="02", n=6, method="pgu",
                params={"forget_loss": "ascent", "loss2_w": 0.5}, log=lambda *a: None)
     assert not (tmp_path / "x").exists()

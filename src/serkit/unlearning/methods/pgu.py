@@ -80,8 +80,8 @@ class PGUParams(FinetuneParams):
             object.__setattr__(self, "lr", PGU_LR)  # in the receipt's parameters, not a constant of this version
         unused = sorted({"offset", "loss1_w", "loss2_w"} & self.model_fields_set)
         if self.forget_loss == "ascent" and unused:
-            raise ValueError(f"{', '.join(unused)} weigh the paper's forget loss, which forget_loss ascent replaces: "
-                             "leave them out, or set forget_loss paper")
+            raise ValueError(f"{', '.join(unused)}: part of the paper's forget loss, which forget_loss ascent "
+                             f"replaces: leave {'it' if len(unused) == 1 else 'them'} out, or set forget_loss paper")
         return self
 
 
