@@ -880,6 +880,44 @@ def test_a_held_out_stop_measures_the_forget_set_against_the_current_models_loss
     assert stop_rule("calibrated", None, None, None, True, reference=HeldOutReference([], np.zeros(0), 1.0)).goal == 0.5
 
 
+def test_share_power_lowers_the_calibrated_goal_by_the_share_of_a_speaker_forgotten_to_that_power(
+        calibrated_dir, tmp_path):
+    from serkit.unlearning.forget_set import training_data
+
+    known = load_model(calibrated_dir).config["provenance"]["calibration"]["known"]["auc_vs_unseen"]
+    share = training_data(load_model(calibrated_dir)).forget_share(build_forget_set(load_model(calibrated_dir),
+                                                                                    speaker="02", n=6))
+    assert 0 < share < 1
+    goals = {}
+    for power in (None, 1.0, 2.0):
+        params = {"epochs": 1} if power is None else {"epochs": 1, "share_power": power}
+        receipt = forget(calibrated_dir, tmp_path / f"p{power}", speaker="02", n=6, method="random-label",
+                         params=params, log=lambda *a: None).receipt
+        goals[power] = receipt["outcome"]["target_membership_auc"]
+    assert goals[None] == pytest.approx(known)  # the stored goal stays put unless asked
+    assert goals[1.0] == pytest.approx(known - share * (known - 0.5))
+    assert goals[2.0] == pytest.approx(known - share ** 2 * (known - 0.5))
+    assert goals[1.0] < goals[2.0] < goals[None]  # a square falls later than a straight line
+
+
+def test_share_power_is_refused_before_any_output_where_it_has_no_goal_to_move(model_dir, calibrated_dir, tmp_path):
+    cases = [(calibrated_dir, {"share_power": 2, "target_membership_auc": 0.55},
+              "share_power moves the calibrated goal and target_membership_auc fixes it: set one of them"),
+             (calibrated_dir, {"share_power": 2, "target": "retrain-like"},
+              "share_power moves the calibrated stop's goal; target retrain-like has none to move"),
+             (model_dir, {"share_power": 2},
+              "and this model records none \\(trained without data.calibration or without validation speakers\\): "
+              "leave share_power out")]
+    for directory, params, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            forget(directory, tmp_path / "x", speaker="02", n=2, method="random-label",
+                   params={"epochs": 1, **params}, log=lambda *a: None)
+    with pytest.raises(ConfigError, match="method 'random-label': share_power: Input should be greater than 0"):
+        forget(calibrated_dir, tmp_path / "x", speaker="02", n=2, method="random-label",
+               params={"epochs": 1, "share_power": 0}, log=lambda *a: None)
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_held_out_stop_is_refused_before_any_output_where_the_model_holds_out_too_little(
         model_dir, calibrated_dir, tmp_path):
     from serkit.unlearning.stopping import HeldOutReference, stop_rule

@@ -126,5 +126,4 @@ def held_out_reference(saved: SavedModel, data: TrainingData, forget_set: Forget
                           f"training speakers, too few to measure a membership AUC against (at least {MIN_REFERENCE}); "
                           "use stop_reference stored, or train with a larger data.calibration")
     reference = _eval_set(saved, "held_out_reference", Manifest(rows.reset_index(drop=True), data.manifest.file))
-    per_speaker = len(data.train_rows()) / max(len(data.trained_speakers), 1)
-    return HeldOutReference(reference.waves, reference.labels, min(1.0, len(forget_set) / per_speaker))
+    return HeldOutReference(reference.waves, reference.labels, data.forget_share(forget_set))

@@ -39,6 +39,13 @@ class TrainingData:
         frame = self.manifest.frame
         return frame[frame["speaker"].isin(self.trained_speakers) & ~self.calibration_mask()]
 
+    def forget_share(self, forget_set: ForgetSet) -> float:
+        """The share of a speaker's training utterances a request forgets: min(1, N / the mean per training speaker).
+        The corpus-wide mean, not the forget speaker's own count, so a goal read from it says nothing the receipt's
+        N does not (a forget set of several speakers gets the share of one)."""
+        per_speaker = len(self.train_rows()) / max(len(self.trained_speakers), 1)
+        return min(1.0, len(forget_set) / per_speaker) if per_speaker else 1.0
+
 
 def training_data(saved: SavedModel, manifest: Path | str | None = None, split: Path | str | None = None) -> TrainingData:
     """What `saved` was trained on: from its provenance, or from the split it was trained with.

@@ -191,7 +191,8 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
         if getattr(unlearner.params, "target", None) is not None:  # a stop the model cannot serve: refused before PGD
             stop_rule(unlearner.params.target, getattr(unlearner.params, "target_accuracy", None), profiles,
                       _reference_accuracy(original), unlearner.params._preset_target, log=lambda *a: None,
-                      reference=held_out)
+                      reference=held_out, target_membership_auc=getattr(unlearner.params, "target_membership_auc", None),
+                      share_power=getattr(unlearner.params, "share_power", None))
         key = replay.key if replay else new_key()
         committed = commitments(key, digests)
         if replay and committed != replay.commitments:
@@ -227,6 +228,7 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
                                  reference_accuracy=_reference_accuracy(original), remain=remain_manifest,
                                  profiles=profiles, work_dir=staging / "work", device=str(device), data=data,
                                  progress=progress, stop_reference=held_out,
+                                 forget_share=data.forget_share(forget_set),
                                  retained_moments=moments[1] if moments and moments[0] == "retained" else None)
             start = time.perf_counter()
             outcome = unlearner.unlearn(ctx)

@@ -62,13 +62,27 @@ class HeldOutReference:
     forget_share: float = 0.0
 
 
-def held_out_goal(forget_share: float, profiles: dict | None) -> float:
+def share_fall(forget_share: float, share_power: float | None) -> float:
+    """How far along the way from "a few of a speaker's utterances" to "all of them" a goal has moved: f ** p for
+    the share f a request forgets, 0 without a power (the goal stays where it starts)."""
+    if share_power is None:
+        return 0.0
+    return min(max(forget_share, 0.0), 1.0) ** share_power
+
+
+def held_out_goal(forget_share: float, profiles: dict | None, share_power: float | None = 1.0) -> float:
     """Where a retrained model puts the forget set against held-out utterances of trained speakers (the module's
     docstring): 0.5 for a small share of one speaker, down to an unseen speaker's 1 - auc_vs_unseen."""
     known = (profiles or {}).get("known") or {}
     if known.get("auc_vs_unseen") is None:
         return 0.5
-    return 0.5 - min(max(forget_share, 0.0), 1.0) * max(float(known["auc_vs_unseen"]) - 0.5, 0.0)
+    return 0.5 - share_fall(forget_share, share_power) * max(float(known["auc_vs_unseen"]) - 0.5, 0.0)
+
+
+def stored_goal(known_auc: float, forget_share: float, share_power: float | None) -> float:
+    """Where a retrained model puts the forget set against the stored unseen speakers: the known speakers' held-out
+    utterances' AUC for a few of a speaker's utterances, down to an unseen speaker's 0.5 for all of them."""
+    return known_auc - share_fall(forget_share, share_power) * max(known_auc - 0.5, 0.0)
 
 
 @dataclass
@@ -119,22 +133,35 @@ def forget_figures(model: nn.Module, waves: list[np.ndarray], labels: np.ndarray
 
 def stop_rule(target: str, target_accuracy: float | None, profiles: dict | None, reference_accuracy: float | None,
               chosen_by_preset: bool, log=print, reference: HeldOutReference | None = None,
-              target_membership_auc: float | None = None) -> StopRule:
+              target_membership_auc: float | None = None, forget_share: float = 0.0,
+              share_power: float | None = None) -> StopRule:
     """The rule for `target`; where the model lacks what it needs, the preset's choice falls back (and says
     so), an explicit choice is refused. `reference`: what a calibrated stop measures against with the current
-    model (stop_reference held-out)."""
+    model (stop_reference held-out). `share_power`: the calibrated goal falls with the share of a speaker the
+    request forgets, as that share to this power (held-out: 1 when None)."""
+    if share_power is not None and target_membership_auc is not None:
+        raise ConfigError("share_power moves the calibrated goal and target_membership_auc fixes it: set one of them")
+    if share_power is not None and target != "calibrated":
+        raise ConfigError(f"share_power moves the calibrated stop's goal; target {target} has none to move: set "
+                          "target calibrated, or leave share_power out")
+    if share_power is not None and ((profiles or {}).get("known") or {}).get("auc_vs_unseen") is None:
+        raise ConfigError("share_power moves the calibrated goal from the membership AUC the model recorded for held-out "
+                          "utterances of its training speakers towards an unseen speaker's, and this model records none "
+                          "(trained without data.calibration or without validation speakers): leave share_power out")
     if reference is not None:
         if target != "calibrated":
             raise ConfigError(f"stop_reference held-out measures the calibrated stop; target {target} reads no loss "
                               "profile: set target calibrated, or leave stop_reference stored")
-        goal = held_out_goal(reference.forget_share, profiles) if target_membership_auc is None \
-            else float(target_membership_auc)
+        goal = held_out_goal(reference.forget_share, profiles, 1.0 if share_power is None else share_power) \
+            if target_membership_auc is None else float(target_membership_auc)
         return StopRule("calibrated (held-out reference)", "membership_auc", goal, reference=reference)
     profiles = profiles or {}
     if target in ("calibrated", "calibrated-accuracy"):
         unseen, known = profiles.get("unseen"), profiles.get("known")
         if target == "calibrated" and unseen is not None and (known is not None or not chosen_by_preset):
             goal = known.get("auc_vs_unseen") if known is not None else None
+            if goal is not None:
+                goal = stored_goal(float(goal), forget_share, share_power)
             goal = goal if target_membership_auc is None else target_membership_auc
             return StopRule("calibrated" if goal is not None else "calibrated (no known-speaker profile: goal 0.5)",
                             "membership_auc", 0.5 if goal is None else float(goal), unseen)

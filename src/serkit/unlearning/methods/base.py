@@ -67,6 +67,12 @@ class FinetuneParams(BaseModel):
         "0.5 where it recorded no unseen speakers; with stop_reference held-out, where retraining puts the forget "
         "set against held-out utterances, from 0.5 "
         "for a few of a speaker's utterances down to an unseen speaker's: serkit.unlearning.stopping)")
+    share_power: float | None = Field(
+        None, gt=0, description="calibrated: the goal falls with the share f of a speaker's training utterances the "
+        "request forgets (N over the mean per training speaker), from where retraining puts a few of a speaker's "
+        "utterances towards an unseen speaker's, by f ** share_power: 1 falls in a straight line, 2 late (a "
+        "retrained model still knows a speaker from half their utterances). Default: the goal stays put (stored), "
+        "falls in a straight line (held-out). bench/RESULTS.md 23v")
     stop_reference: Literal["stored", "held-out"] = Field(
         "stored", description="calibrated: what the forget set's losses are compared with at each check. stored: "
         "the unseen speakers' loss profile the model recorded at training time (reads nothing but the forget set; "
@@ -141,6 +147,7 @@ class UnlearnContext:
     data: TrainingData | None = None  # where the model's training data is (retraining reads it)
     progress: Callable | None = None  # progress(label): a context giving update(done, total); the CLI's bar
     stop_reference: HeldOutReference | None = None  # what stop_reference held-out measures against
+    forget_share: float = 0.0  # the share of a speaker's training utterances the request forgets (share_power)
     retained_moments: Path | None = None  # the head moments an earlier request left beside its keys (pgu reads them)
 
     def steps(self, label: str):
@@ -254,7 +261,8 @@ def _finetune(ctx, params, forget_targets, extra, loss_fn, lr, model, trainable,
     optimizer = torch.optim.Adam(trainable, lr=lr) if params.optimizer == "adam" else torch.optim.SGD(trainable, lr=lr)
     rule = stop_rule(params.target, params.target_accuracy, ctx.profiles, ctx.reference_accuracy,
                      params._preset_target, ctx.log, reference=ctx.stop_reference,
-                     target_membership_auc=params.target_membership_auc)
+                     target_membership_auc=params.target_membership_auc, forget_share=ctx.forget_share,
+                     share_power=params.share_power)
     history, stop_reason, step = [], f"{params.epochs} epochs", 0
     start = time.perf_counter()
     model.train()
