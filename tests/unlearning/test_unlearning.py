@@ -689,6 +689,20 @@ def test_experiment_grid_test_setting_uses_the_tau_chosen_on_validation(model_di
         load_grid(recipe, [f"backbones.a={{'train+val->test': {model_dir}}}"])
 
 
+def test_a_grid_label_recorded_with_every_field_resumes_even_where_the_method_refuses_a_field_beside_another():
+    """grid.json records every field of a label; pgu refuses its paper weights beside forget_loss ascent, and a
+    field added since an older record reads as unset: neither is a change of the label's parameters."""
+    from serkit.unlearning.experiment import _fingerprint, _set_fields
+
+    params = {"retained_var": 0.8, "lr": 1.0e-2, "epochs": 30, "forget_loss": "ascent"}
+    recorded = _fingerprint("pgu", params)
+    assert recorded["loss2_w"] == 0.2  # recorded at its default, which set by hand would be refused
+    older = {k: v for k, v in recorded.items() if k != "share_power"}
+    for record in (recorded, older):
+        assert _fingerprint("pgu", _set_fields(record)) == _fingerprint("pgu", params)
+    assert _fingerprint("pgu", _set_fields({**recorded, "lr": 0.02})) != _fingerprint("pgu", params)
+
+
 def test_grid_summary_tables_from_known_rows(tmp_path):
     """Table 1 on hand-made rows: tau chosen among taus with all their runs, the z-test against the best
     random-labelling row, cells with missing runs marked, and each method placed against the retrained spread."""

@@ -51,7 +51,7 @@ from serkit.errors import ConfigError, SerkitError
 from serkit.experiment import Cell, ExecutorConfig, Fingerprint, ResultsTable, mean_std, run_cells, take_in_finished
 from serkit.io import write_text
 from serkit.metrics import significance_marker, z_test_one_tailed
-from serkit.unlearning.methods import get_method
+from serkit.unlearning.methods import METHODS, get_method
 from serkit.unlearning.run import forget
 
 SETTINGS = {"train->val": "val", "train+val->test": "test"}
@@ -292,6 +292,15 @@ def _fingerprint(method: str, params: dict) -> dict:
     return {"method": method, **values}
 
 
+def _set_fields(recorded: dict) -> dict:
+    """A recorded fingerprint's parameters less those at their defaults: the record lists every field, and a
+    method may refuse a field set beside another (pgu's paper weights beside forget_loss ascent)."""
+    get_method(recorded["method"], {"tau": 0.01} if recorded["method"] in PROPOSED else None)  # unknown: refused
+    fields = METHODS[recorded["method"]].Params.model_fields
+    return {k: v for k, v in recorded.items()
+            if k != "method" and not (k in fields and fields[k].default is not None and fields[k].default == v)}
+
+
 def _check_fingerprint(grid: UnlearningGrid, out: Path, finished: set) -> dict:
     """grid.json holds the method and parameters of every label with finished rows. A resume that changes
     them is refused, since old and new rows would mix in one cell; a label without rows is free to change."""
@@ -305,11 +314,11 @@ def _check_fingerprint(grid: UnlearningGrid, out: Path, finished: set) -> dict:
                 continue
             new = _fingerprint(method, params)
             try:  # the recorded parameters, validated by this serkit: a default left unset is not a change
-                old = _fingerprint(old["method"], {k: v for k, v in old.items() if k != "method"})
+                old = _fingerprint(old["method"], _set_fields(old))
             except (ConfigError, KeyError):
                 pass
-            if old != new:
-                changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+            changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))  # a field added since reads None
+            if changed:
                 show = lambda d, changed=changed: ", ".join(f"{k}={d[k]!r}" if k in d else f"{k} unset" for k in changed)  # noqa: E731
                 raise ConfigError(f"{path}: label '{label}' of backbone {backbone} has finished runs with {show(old)}, "
                                   f"but the grid now gives {show(new)}: give the new parameters a new label, or use "
