@@ -823,9 +823,14 @@ def test_calibration_rows_do_not_depend_on_the_other_rows_or_where_the_manifest_
 def test_calibrated_stop_ends_where_the_forget_set_scores_the_known_speakers_membership_auc(calibrated_dir, tmp_path):
     """The calibrated target, the default on a model with calibration profiles, stops once the forget set's
     membership AUC against the recorded unseen-speaker profile is down to what held-out utterances of training
-    speakers scored; the receipt says what it aimed for and the history shows the figure falling to it."""
+    speakers scored, lowered towards 0.5 by the square of the share of the speaker forgotten; the receipt says
+    what it aimed for and the history shows the figure falling to it."""
+    from serkit.unlearning.forget_set import training_data
+
     saved = load_model(calibrated_dir)
-    goal = saved.config["provenance"]["calibration"]["known"]["auc_vs_unseen"]
+    known_auc = saved.config["provenance"]["calibration"]["known"]["auc_vs_unseen"]
+    share = training_data(saved).forget_share(build_forget_set(saved, speaker="02", n=6))
+    goal = known_auc - share ** 2 * (known_auc - 0.5)
     result = forget(calibrated_dir, tmp_path / "calibrated", speaker="02", n=6, method="neg-grad",
                     params={"epochs": 30, "check_every": 1}, log=lambda *a: None)
     stats, outcome = result.receipt["stats"], result.receipt["outcome"]
@@ -894,7 +899,7 @@ def test_a_held_out_stop_measures_the_forget_set_against_the_current_models_loss
     assert stop_rule("calibrated", None, None, None, True, reference=HeldOutReference([], np.zeros(0), 1.0)).goal == 0.5
 
 
-def test_share_power_lowers_the_calibrated_goal_by_the_share_of_a_speaker_forgotten_to_that_power(
+def test_the_calibrated_goal_falls_with_the_square_of_the_share_of_a_speaker_forgotten_unless_share_power_says_otherwise(
         calibrated_dir, tmp_path):
     from serkit.unlearning.forget_set import training_data
 
@@ -902,34 +907,60 @@ def test_share_power_lowers_the_calibrated_goal_by_the_share_of_a_speaker_forgot
     share = training_data(load_model(calibrated_dir)).forget_share(build_forget_set(load_model(calibrated_dir),
                                                                                     speaker="02", n=6))
     assert 0 < share < 1
-    goals = {}
-    for power in (None, 1.0, 2.0):
-        params = {"epochs": 1} if power is None else {"epochs": 1, "share_power": power}
+    goals, powers = {}, {}
+    for power in ("unset", None, 1.0, 2.0, 3.0):
+        params = {"epochs": 1} if power == "unset" else {"epochs": 1, "share_power": power}
         receipt = forget(calibrated_dir, tmp_path / f"p{power}", speaker="02", n=6, method="random-label",
                          params=params, log=lambda *a: None).receipt
         goals[power] = receipt["outcome"]["target_membership_auc"]
-    assert goals[None] == pytest.approx(known)  # the stored goal stays put unless asked
+        powers[power] = receipt["method"]["params"]["share_power"]
+    assert powers["unset"] == 2.0 and goals["unset"] == pytest.approx(known - share ** 2 * (known - 0.5))
+    assert powers[None] is None and goals[None] == pytest.approx(known)  # null: the goal stays put
     assert goals[1.0] == pytest.approx(known - share * (known - 0.5))
-    assert goals[2.0] == pytest.approx(known - share ** 2 * (known - 0.5))
-    assert goals[1.0] < goals[2.0] < goals[None]  # a square falls later than a straight line
+    assert goals[1.0] < goals[2.0] < goals[3.0] < goals[None]  # the higher the power, the later the goal falls
+    # the held-out stop falls in a straight line unless told otherwise; a fixed goal fills in no power
+    from serkit.unlearning.methods import get_method
+    assert get_method("random-label", {"stop_reference": "held-out"}).params.share_power == 1.0
+    assert get_method("random-label", {"target_membership_auc": 0.55}).params.share_power is None
+    assert get_method("random-label", {"preset": "paper"}).params.share_power is None
 
 
-def test_share_power_is_refused_before_any_output_where_it_has_no_goal_to_move(model_dir, calibrated_dir, tmp_path):
-    cases = [(calibrated_dir, {"share_power": 2, "target_membership_auc": 0.55},
+def test_a_receipt_from_before_share_power_reproduces_with_the_goal_it_had(calibrated_dir, tmp_path):
+    from serkit.unlearning.run import reproduce
+
+    old = forget(calibrated_dir, tmp_path / "old", speaker="02", n=6, method="random-label",
+                 params={"epochs": 3, "share_power": None}, log=lambda *a: None)
+    receipt = json.loads((old.out_dir / "receipt.json").read_text())
+    del receipt["method"]["params"]["share_power"]  # as serkit wrote it before the field existed
+    (old.out_dir / "receipt.json").write_text(json.dumps(receipt))
+    again = reproduce(calibrated_dir, old.out_dir / "receipt.json", speaker="02", n=6, log=lambda *a: None)
+    assert again.identical and again.receipt["method"]["params"]["share_power"] is None
+    assert again.receipt["outcome"]["target_membership_auc"] == receipt["outcome"]["target_membership_auc"]
+
+
+def test_share_power_is_refused_before_any_output_where_it_conflicts_with_the_stop(calibrated_dir, tmp_path):
+    cases = [({"share_power": 2, "target_membership_auc": 0.55},
               "share_power moves the calibrated goal and target_membership_auc fixes it: set one of them"),
-             (calibrated_dir, {"share_power": 2, "target": "retrain-like"},
-              "share_power moves the calibrated stop's goal; target retrain-like has none to move"),
-             (model_dir, {"share_power": 2},
-              "and this model records none \\(trained without data.calibration or without validation speakers\\): "
-              "leave share_power out")]
-    for directory, params, message in cases:
+             ({"share_power": 2, "target": "retrain-like"},
+              "share_power moves the calibrated stop's goal; target retrain-like has none to move")]
+    for params, message in cases:
         with pytest.raises(ConfigError, match=message):
-            forget(directory, tmp_path / "x", speaker="02", n=2, method="random-label",
+            forget(calibrated_dir, tmp_path / "x", speaker="02", n=2, method="random-label",
                    params={"epochs": 1, **params}, log=lambda *a: None)
     with pytest.raises(ConfigError, match="method 'random-label': share_power: Input should be greater than 0"):
         forget(calibrated_dir, tmp_path / "x", speaker="02", n=2, method="random-label",
                params={"epochs": 1, "share_power": 0}, log=lambda *a: None)
     assert not (tmp_path / "x").exists()
+
+
+def test_share_power_on_a_model_without_a_known_speaker_profile_says_it_moves_nothing(model_dir, tmp_path):
+    notes = []
+    forget(model_dir, tmp_path / "x", speaker="02", n=2, method="random-label",
+           params={"epochs": 1, "target": "calibrated", "share_power": 2}, log=notes.append)
+    assert any(m.startswith("note: share_power moves nothing here") for m in notes)
+    notes.clear()
+    forget(model_dir, tmp_path / "y", speaker="02", n=2, method="random-label", params={"epochs": 1}, log=notes.append)
+    assert not any("share_power" in m for m in notes)  # the default is not the user's choice: nothing to say
 
 
 def test_a_held_out_stop_is_refused_before_any_output_where_the_model_holds_out_too_little(

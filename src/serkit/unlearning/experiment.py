@@ -51,7 +51,7 @@ from serkit.errors import ConfigError, SerkitError
 from serkit.experiment import Cell, ExecutorConfig, Fingerprint, ResultsTable, mean_std, run_cells, take_in_finished
 from serkit.io import write_text
 from serkit.metrics import significance_marker, z_test_one_tailed
-from serkit.unlearning.methods import METHODS, get_method
+from serkit.unlearning.methods import get_method, method_class
 from serkit.unlearning.run import forget
 
 SETTINGS = {"train->val": "val", "train+val->test": "test"}
@@ -295,8 +295,7 @@ def _fingerprint(method: str, params: dict) -> dict:
 def _set_fields(recorded: dict) -> dict:
     """A recorded fingerprint's parameters less those at their defaults: the record lists every field, and a
     method may refuse a field set beside another (pgu's paper weights beside forget_loss ascent)."""
-    get_method(recorded["method"], {"tau": 0.01} if recorded["method"] in PROPOSED else None)  # unknown: refused
-    fields = METHODS[recorded["method"]].Params.model_fields
+    fields = method_class(recorded["method"]).Params.model_fields
     return {k: v for k, v in recorded.items()
             if k != "method" and not (k in fields and fields[k].default is not None and fields[k].default == v)}
 

@@ -48,7 +48,7 @@ from serkit.unlearning.importance import (
     save_retained_moments,
 )
 from serkit.unlearning.keys import KEYS_FILE, RequestKey, RequestKeys, load_request_keys, load_signing_key, sign
-from serkit.unlearning.methods import METHODS, UnlearnContext, get_method
+from serkit.unlearning.methods import METHODS, UnlearnContext, get_method, method_class
 from serkit.unlearning.receipts import (
     RECEIPT_FILE,
     RECEIPT_FORMAT,
@@ -192,7 +192,8 @@ def forget(model_dir: Path | str, out: Path | str, *, files: list[str] | None = 
             stop_rule(unlearner.params.target, getattr(unlearner.params, "target_accuracy", None), profiles,
                       _reference_accuracy(original), unlearner.params._preset_target, log=lambda *a: None,
                       reference=held_out, target_membership_auc=getattr(unlearner.params, "target_membership_auc", None),
-                      share_power=getattr(unlearner.params, "share_power", None))
+                      share_power=getattr(unlearner.params, "share_power", None),
+                      share_power_chosen=getattr(unlearner.params, "_share_power_chosen", False))
         key = replay.key if replay else new_key()
         committed = commitments(key, digests)
         if replay and committed != replay.commitments:
@@ -502,6 +503,9 @@ def reproduce(model_dir: Path | str, receipt_path: Path | str, *, files: list[st
         log(f"warning: this machine differs from the receipt's in {', '.join(f'{k} ({theirs.get(k)} there, {mine.get(k)} here)' for k in differs)}; "
             "a bit-identical result is not expected, the figures should be close")
     method = receipt["method"]
+    params = dict(method["params"])
+    if "share_power" not in params and "share_power" in method_class(method["name"]).Params.model_fields:
+        params["share_power"] = None  # a receipt from before share_power: its goal stayed put
     replay = Replay(bytes.fromhex(request.key), receipt["forget_set"]["commitments"], theirs.get("threads"),
                     request_keys.before(request.index))
     temporary = None
@@ -510,7 +514,7 @@ def reproduce(model_dir: Path | str, receipt_path: Path | str, *, files: list[st
         out = temporary / "run"
     try:
         result = forget(model_dir, out, files=files, speaker=speaker, n=n, seed=method["seed"], method=method["name"],
-                        params=method["params"], eval_part=receipt["evaluation"]["unseen_part"], manifest=manifest,
+                        params=params, eval_part=receipt["evaluation"]["unseen_part"], manifest=manifest,
                         split=split, remain=remain, strict=strict, device=device,
                         skip_forgotten=receipt["forget_set"]["skipped_already_forgotten"] > 0, log=log, replay=replay,
                         deterministic=theirs.get("deterministic_algorithms", True), progress=progress)

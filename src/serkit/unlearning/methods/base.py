@@ -33,7 +33,7 @@ from serkit.data.manifest import Manifest
 from serkit.errors import ConfigError
 from serkit.models.modeldir import SavedModel
 from serkit.unlearning.forget_set import ForgetSet, TrainingData
-from serkit.unlearning.stopping import HeldOutReference, stop_rule
+from serkit.unlearning.stopping import HeldOutReference, default_share_power, stop_rule
 
 HELD_OUT_LR_SHARE = 1 / 3  # Whisper's 3e-5 -> 1e-5 (RESULTS 23g/h); the CNN grids' 1e-4 is a third of its 3e-4 too
 
@@ -71,8 +71,8 @@ class FinetuneParams(BaseModel):
         None, gt=0, description="calibrated: the goal falls with the share f of a speaker's training utterances the "
         "request forgets (N over the mean per training speaker), from where retraining puts a few of a speaker's "
         "utterances towards an unseen speaker's, by f ** share_power: 1 falls in a straight line, 2 late (a "
-        "retrained model still knows a speaker from half their utterances). Default: the goal stays put (stored), "
-        "falls in a straight line (held-out). bench/RESULTS.md 23v")
+        "retrained model still knows a speaker from half their utterances), null not at all (the goal of serkit "
+        "before 2026-12-06). Default: 2 with stop_reference stored, 1 with held-out (bench/RESULTS.md 23v, 23h)")
     stop_reference: Literal["stored", "held-out"] = Field(
         "stored", description="calibrated: what the forget set's losses are compared with at each check. stored: "
         "the unseen speakers' loss profile the model recorded at training time (reads nothing but the forget set; "
@@ -89,6 +89,7 @@ class FinetuneParams(BaseModel):
         "to profile; the unlearning grid lends its runs those of the same recipe's train->val model")
 
     _preset_target: bool = PrivateAttr(False)
+    _share_power_chosen: bool = PrivateAttr(False)
 
     PRESETS: ClassVar[dict[str, dict]] = {"measured": {"target": "calibrated"}, "paper": {"target": "misclassify"}}
 
@@ -119,6 +120,9 @@ class FinetuneParams(BaseModel):
                 object.__setattr__(self, name, value)
         if self.check_every is None:
             object.__setattr__(self, "check_every", 1 if self.stop_reference == "held-out" else 5)
+        self._share_power_chosen = "share_power" in self.model_fields_set
+        if not self._share_power_chosen and self.target == "calibrated" and self.target_membership_auc is None:
+            object.__setattr__(self, "share_power", default_share_power(self.stop_reference == "held-out"))
         return self
 
     def learning_rate(self, saved: SavedModel) -> float:
@@ -191,12 +195,16 @@ def register(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
     return cls
 
 
-def get_method(name: str, params: dict | None = None) -> UnlearningMethod:
+def method_class(name: str) -> type[UnlearningMethod]:
     from serkit.unlearning.methods import adversarial, amun, jit, l2ul, neg_grad, pgu, random_label, remain, retrain, ssd  # noqa: F401  (registers)
 
     if name not in METHODS:
         raise ConfigError(f"unknown unlearning method '{name}'; choose one of {sorted(METHODS)}")
-    return METHODS[name](params)
+    return METHODS[name]
+
+
+def get_method(name: str, params: dict | None = None) -> UnlearningMethod:
+    return method_class(name)(params)
 
 
 def random_wrong_labels(labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
@@ -262,7 +270,7 @@ def _finetune(ctx, params, forget_targets, extra, loss_fn, lr, model, trainable,
     rule = stop_rule(params.target, params.target_accuracy, ctx.profiles, ctx.reference_accuracy,
                      params._preset_target, ctx.log, reference=ctx.stop_reference,
                      target_membership_auc=params.target_membership_auc, forget_share=ctx.forget_share,
-                     share_power=params.share_power)
+                     share_power=params.share_power, share_power_chosen=params._share_power_chosen)
     history, stop_reason, step = [], f"{params.epochs} epochs", 0
     start = time.perf_counter()
     model.train()
