@@ -31,8 +31,8 @@ receipt says), down to `target_membership_auc`. By default that is where retrain
 retrained without a few of a speaker's utterances treats them like those held-out ones (0.5); without
 all of them, like an unseen speaker's, which the "known" profile says scored 1 - auc_vs_unseen against
 them. Between the two the goal moves with the share f = N / (training utterances per speaker) of a
-speaker's utterances the request forgets: 0.5 - f ** share_power (auc_vs_unseen - 0.5), share_power 1 here. N and the corpus-wide mean
-are all it reads, so the goal says nothing the receipt does not (a forget set of several speakers gets
+speaker's utterances the request forgets: 0.5 - f ** share_power (auc_vs_unseen - 0.5), share_power 1 here.
+N and the corpus-wide mean are all it reads, so the goal says nothing the receipt does not (a forget set of several speakers gets
 a lower goal than its share per speaker would give; bench/RESULTS.md 23h).
 
 Where retraining lands depends on the speaker (bench/RESULTS.md 23p). A reference per speaker, the forget
@@ -151,8 +151,9 @@ def stop_rule(target: str, target_accuracy: float | None, profiles: dict | None,
     """The rule for `target`; where the model lacks what it needs, the preset's choice falls back (and says
     so), an explicit choice is refused. `reference`: what a calibrated stop measures against with the current
     model (stop_reference held-out). `share_power`: the calibrated goal falls with the share of a speaker the
-    request forgets, as that share to this power (None: it stays put; "default": default_share_power); `share_power_chosen`: set by the user (or a
-    receipt), not filled in by default, so a conflict is refused rather than ignored."""
+    request forgets, as that share to this power (None: it stays put; "default": default_share_power).
+    `share_power_chosen`: set by the user (or a receipt), not filled in by default, so a conflict is refused
+    rather than ignored."""
     if share_power == "default":
         share_power, share_power_chosen = default_share_power(reference is not None), False
     if share_power_chosen and share_power is not None:
