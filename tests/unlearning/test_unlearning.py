@@ -893,10 +893,11 @@ def test_a_held_out_stop_measures_the_forget_set_against_the_current_models_loss
     assert auc(load_model(calibrated_dir).model) > 0.2 and stats["steps"] > 1  # it had to fall
     # the default goal: where retraining puts the forget set, from a few of a speaker's utterances to all of them
     known = {"known": {"auc_vs_unseen": 0.56}}
-    goals = [stop_rule("calibrated", None, known, None, True, reference=HeldOutReference([], np.zeros(0), share)).goal
-             for share in (0.0, 0.5, 1.0)]
+    goals = [stop_rule("calibrated", None, known, None, True, reference=HeldOutReference([], np.zeros(0)),
+                       forget_share=share).goal for share in (0.0, 0.5, 1.0)]
     assert goals == pytest.approx([0.5, 0.47, 0.44])
-    assert stop_rule("calibrated", None, None, None, True, reference=HeldOutReference([], np.zeros(0), 1.0)).goal == 0.5
+    assert stop_rule("calibrated", None, None, None, True, reference=HeldOutReference([], np.zeros(0)),
+                     forget_share=1.0).goal == 0.5
 
 
 def test_the_calibrated_goal_falls_with_the_square_of_the_share_of_a_speaker_forgotten_unless_share_power_says_otherwise(

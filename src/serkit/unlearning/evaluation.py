@@ -114,7 +114,7 @@ MIN_REFERENCE = 20  # below this a membership AUC against the reference moves by
 def held_out_reference(saved: SavedModel, data: TrainingData, forget_set: ForgetSet) -> HeldOutReference:
     """What a calibrated stop with stop_reference held-out measures against: the utterances of the model's
     training speakers that data.calibration held out of training, less the forget set's speakers' own (their
-    speaker is the one being forgotten), and the share of a speaker's training utterances the request forgets."""
+    speaker is the one being forgotten)."""
     if not data.calibration:
         raise ConfigError(f"stop_reference held-out needs utterances of the training speakers held out of training "
                           f"(data.calibration), and model {saved.path} was trained without them: use stop_reference "
@@ -126,4 +126,4 @@ def held_out_reference(saved: SavedModel, data: TrainingData, forget_set: Forget
                           f"training speakers, too few to measure a membership AUC against (at least {MIN_REFERENCE}); "
                           "use stop_reference stored, or train with a larger data.calibration")
     reference = _eval_set(saved, "held_out_reference", Manifest(rows.reset_index(drop=True), data.manifest.file))
-    return HeldOutReference(reference.waves, reference.labels, data.forget_share(forget_set))
+    return HeldOutReference(reference.waves, reference.labels)

@@ -58,12 +58,10 @@ TARGETS = ("misclassify", "retrain-like", "calibrated", "calibrated-accuracy")
 
 @dataclass
 class HeldOutReference:
-    """What stop_reference held-out measures against: held-out utterances of the other training speakers, and
-    the share of a speaker's training utterances the request forgets (min(1, N / mean per speaker))."""
+    """What stop_reference held-out measures against: held-out utterances of the other training speakers."""
 
     waves: list[np.ndarray]
     labels: np.ndarray
-    forget_share: float = 0.0
 
 
 SHARE_POWER = 2.0  # the stored stop's goal falls late: bench/RESULTS.md 23v
@@ -150,7 +148,8 @@ def stop_rule(target: str, target_accuracy: float | None, profiles: dict | None,
               share_power: float | None | str = "default", share_power_chosen: bool = True) -> StopRule:
     """The rule for `target`; where the model lacks what it needs, the preset's choice falls back (and says
     so), an explicit choice is refused. `reference`: what a calibrated stop measures against with the current
-    model (stop_reference held-out). `share_power`: the calibrated goal falls with the share of a speaker the
+    model (stop_reference held-out). `forget_share`: the share of a speaker's training utterances the request
+    forgets (TrainingData.forget_share), which moves either stop's goal. `share_power`: the calibrated goal falls with the share of a speaker the
     request forgets, as that share to this power (None: it stays put; "default": default_share_power).
     `share_power_chosen`: set by the user (or a receipt), not filled in by default, so a conflict is refused
     rather than ignored."""
@@ -171,7 +170,7 @@ def stop_rule(target: str, target_accuracy: float | None, profiles: dict | None,
         if target != "calibrated":
             raise ConfigError(f"stop_reference held-out measures the calibrated stop; target {target} reads no loss "
                               "profile: set target calibrated, or leave stop_reference stored")
-        goal = held_out_goal(reference.forget_share, profiles, share_power) \
+        goal = held_out_goal(forget_share, profiles, share_power) \
             if target_membership_auc is None else float(target_membership_auc)
         return StopRule("calibrated (held-out reference)", "membership_auc", goal, reference=reference)
     profiles = profiles or {}
