@@ -149,8 +149,8 @@ def stop_rule(target: str, target_accuracy: float | None, profiles: dict | None,
     """The rule for `target`; where the model lacks what it needs, the preset's choice falls back (and says
     so), an explicit choice is refused. `reference`: what a calibrated stop measures against with the current
     model (stop_reference held-out). `forget_share`: the share of a speaker's training utterances the request
-    forgets (TrainingData.forget_share), which moves either stop's goal. `share_power`: the calibrated goal falls with the share of a speaker the
-    request forgets, as that share to this power (None: it stays put; "default": default_share_power).
+    forgets (TrainingData.forget_share). `share_power`: either stop's calibrated goal falls with that share to this
+    power (None: it stays put; "default": default_share_power).
     `share_power_chosen`: set by the user (or a receipt), not filled in by default, so a conflict is refused
     rather than ignored."""
     if share_power == "default":
